@@ -1,0 +1,70 @@
+"""Population maps over subjects in atlas space (pure functions over arrays).
+
+The workspace-level wrappers (reading the cohort, warping Grad-CAMs, writing NIfTI) are in
+:mod:`bodyage_core.atlas.workspace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.atlas.stats import age_bands, gap_classes, mean_std
+
+
+def subgroup_maps(maps: np.ndarray, labels: Sequence[str | None], min_n: int = 1
+                  ) -> dict[str, dict[str, Any]]:
+    """Mean / std map per label value.
+
+    Parameters
+    ----------
+    maps
+        ``(N, Z, Y, X)`` maps in atlas space.
+    labels
+        One subgroup name per map (None: left out).
+    min_n
+        Subgroups with fewer maps are reported with ``mean=None``.
+
+    Returns
+    -------
+    ``{name: {"mean": (Z,Y,X) | None, "std": ..., "n": int, "index": [i...]}}``
+    """
+    maps = np.asarray(maps)
+    out: dict[str, dict[str, Any]] = {}
+    names = sorted({lab for lab in labels if lab is not None})
+    for name in names:
+        idx = [i for i, lab in enumerate(labels) if lab == name]
+        entry: dict[str, Any] = {"n": len(idx), "index": idx, "mean": None, "std": None}
+        if len(idx) >= min_n and idx:
+            entry["mean"], entry["std"] = mean_std(maps[idx])
+        out[name] = entry
+    return out
+
+
+def population_maps(maps: np.ndarray, ages: Sequence[float] | None = None,
+                    gaps: Sequence[float] | None = None,
+                    age_edges: Sequence[float] = (60.0, 70.0),
+                    gap_threshold: float | tuple[float, float] | None = None,
+                    gap_quantile: float | None = None, min_n: int = 1
+                    ) -> dict[str, dict[str, Any]]:
+    """All population maps of one atlas group.
+
+    Returns ``{"all": ..., "age_<band>": ..., "<gap class>": ...}`` with the entries of
+    :func:`subgroup_maps` (mean, std, n, index). Age bands need ``ages``, gap classes ``gaps``.
+    """
+    maps = np.asarray(maps)
+    n = maps.shape[0]
+    out = subgroup_maps(maps, ["all"] * n, min_n)
+    if ages is not None:
+        for k, v in subgroup_maps(maps, age_bands(ages, age_edges), min_n).items():
+            out[f"age_{k}"] = v
+    if gaps is not None:
+        out.update(subgroup_maps(maps, gap_classes(gaps, gap_threshold, gap_quantile), min_n))
+    return out
+
+
+def summary_row(name: str, entry: Mapping[str, Any], ids: Sequence[str]) -> dict[str, Any]:
+    return {"subgroup": name, "n": entry["n"], "subjects": [ids[i] for i in entry["index"]],
+            "written": entry["mean"] is not None}

@@ -1,0 +1,204 @@
+"""Population statistics over maps in atlas space: pure numpy functions.
+
+Map stacks are numpy ``(N, Z, Y, X)`` (one map per subject, all on the atlas grid); any trailing
+spatial shape works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.errors import ConfigError
+
+GAP_CLASSES = ("accelerated", "aligned", "decelerated")
+
+
+def mean_std(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel-wise mean and standard deviation (ddof=1 when N > 1, else zeros) of ``(N, ...)``."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.shape[0] == 0:
+        raise ValueError("no maps to average")
+    mean = maps.mean(axis=0)
+    std = maps.std(axis=0, ddof=1) if maps.shape[0] > 1 else np.zeros_like(mean)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def band_names(edges: Sequence[float] = (60.0, 70.0)) -> list[str]:
+    """Names of the age bands cut at ``edges``: ``['lt60', '60-70', 'ge70']``."""
+    e = [float(x) for x in edges]
+    if sorted(e) != e or len(set(e)) != len(e):
+        raise ConfigError(f"age band edges must increase strictly, got {list(edges)}")
+
+    def f(x: float) -> str:
+        return f"{x:g}"
+
+    if not e:
+        return ["all"]
+    names = [f"lt{f(e[0])}"]
+    names += [f"{f(a)}-{f(b)}" for a, b in zip(e[:-1], e[1:])]
+    names.append(f"ge{f(e[-1])}")
+    return names
+
+
+def age_bands(ages: Sequence[float], edges: Sequence[float] = (60.0, 70.0)) -> list[str | None]:
+    """Band name per age (bands ``[-inf, e0), [e0, e1), ..., [e_last, inf)``); None if unknown."""
+    names = band_names(edges)
+    out: list[str | None] = []
+    for a in ages:
+        if a is None or not np.isfinite(a):
+            out.append(None)
+        else:
+            out.append(names[int(np.searchsorted(np.asarray(edges, float), a, side="right"))])
+    return out
+
+
+def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | None = None,
+                quantile: float | None = None) -> list[str | None]:
+    """Label each subject ``accelerated`` / ``aligned`` / ``decelerated`` by its age gap.
+
+    Parameters
+    ----------
+    gaps
+        Predicted minus chronological age (bias-corrected, out-of-fold), years.
+    threshold
+        ``Y``: gap >= Y accelerated, gap <= -Y decelerated; or ``(lo, hi)``: gap <= lo
+        decelerated, gap >= hi accelerated.
+    quantile
+        ``Q`` in (0, 0.5]: the top ``Q`` fraction of gaps accelerated, the bottom ``Q``
+        decelerated. Used when ``threshold`` is None (default 0.25).
+    """
+    g = np.array([np.nan if v is None else float(v) for v in gaps], dtype=float)
+    finite = np.isfinite(g)
+    if threshold is not None and quantile is not None:
+        raise ConfigError("give either a gap threshold or a quantile, not both")
+    if threshold is None:
+        q = 0.25 if quantile is None else float(quantile)
+        if not 0 < q <= 0.5:
+            raise ConfigError(f"gap quantile must be in (0, 0.5], got {q}")
+        if not finite.any():
+            return [None] * len(g)
+        lo, hi = np.quantile(g[finite], [q, 1 - q])
+    elif isinstance(threshold, (tuple, list)):
+        lo, hi = float(threshold[0]), float(threshold[1])
+    else:
+        t = float(threshold)
+        if t < 0:
+            raise ConfigError(f"gap threshold must be >= 0, got {t}")
+        lo, hi = -t, t
+    out: list[str | None] = []
+    for v in g:
+        if not np.isfinite(v):
+            out.append(None)
+        elif v >= hi:
+            out.append("accelerated")
+        elif v <= lo:
+            out.append("decelerated")
+        else:
+            out.append("aligned")
+    return out
+
+
+def _tstat(sa, qa, sb, qb, na, nb, eps):
+    ma, mb = sa / na, sb / nb
+    va = np.maximum(qa - sa * ma, 0.0) / max(na - 1, 1)
+    vb = np.maximum(qb - sb * mb, 0.0) / max(nb - 1, 1)
+    den = np.sqrt(va / na + vb / nb)
+    return np.where(den > eps, (ma - mb) / np.maximum(den, eps), 0.0)
+
+
+def permutation_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 1000, seed: int = 0,
+                     mask: np.ndarray | None = None, statistic: str = "t",
+                     tail: str = "two-sided", batch: int = 100) -> dict[str, Any]:
+    """Voxel-wise two-sample permutation test with family-wise error control by the
+    max-statistic (Nichols & Holmes 2002).
+
+    Parameters
+    ----------
+    a, b
+        ``(Na, ...)`` and ``(Nb, ...)`` maps of the two groups (same spatial shape).
+    n_permutations
+        Random relabellings (the observed labelling is counted once in the p-values).
+    mask
+        Boolean spatial mask of the voxels tested (default all); others get t=0, p=1.
+    statistic
+        ``"t"`` (Welch t) or ``"diff"`` (difference of means).
+    tail
+        ``"two-sided"`` (|stat|), ``"greater"`` (a > b) or ``"less"``.
+
+    Returns
+    -------
+    dict with spatial arrays ``diff`` (mean a - mean b), ``stat``, ``p_fwe``, ``p_uncorrected``
+    and ``max_null`` (the permutation distribution of the maximum), ``n_a``, ``n_b``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"group maps differ in shape: {a.shape[1:]} vs {b.shape[1:]}")
+    na, nb = a.shape[0], b.shape[0]
+    if na < 2 or nb < 2:
+        raise ConfigError(f"a permutation test needs at least 2 subjects per group (have "
+                          f"{na} and {nb})", hint="lower the gap threshold or raise the quantile")
+    if statistic not in ("t", "diff"):
+        raise ConfigError(f"unknown statistic {statistic!r}", hint="use 't' or 'diff'")
+    if tail not in ("two-sided", "greater", "less"):
+        raise ConfigError(f"unknown tail {tail!r}", hint="two-sided, greater or less")
+    spatial = a.shape[1:]
+    m = np.ones(spatial, bool) if mask is None else np.asarray(mask, bool)
+    x = np.concatenate([a[:, m], b[:, m]], axis=0)  # (N, V)
+    n = na + nb
+    s_all = x.sum(0)
+    q_all = (x * x).sum(0)
+    scale = float(np.abs(x).max()) or 1.0
+    eps = 1e-12 * scale
+
+    def stat_of(ga: np.ndarray) -> np.ndarray:
+        sa = ga @ x
+        sb = s_all[None] - sa
+        if statistic == "diff":
+            return sa / na - sb / nb
+        qa = ga @ x2
+        return _tstat(sa, qa, sb, q_all[None] - qa, na, nb, eps)
+
+    x2 = x * x if statistic == "t" else None
+    g_obs = np.zeros((1, n))
+    g_obs[0, :na] = 1.0
+    obs = stat_of(g_obs)[0]
+
+    def signed(v):
+        if tail == "two-sided":
+            return np.abs(v)
+        return v if tail == "greater" else -v
+
+    obs_s = signed(obs)
+    rng = np.random.default_rng(seed)
+    # Bound the (batch, voxels) float64 temporaries to a few tens of MB each.
+    batch = max(1, min(int(batch), int(4e6 // max(x.shape[1], 1))))
+    max_null = np.empty(n_permutations)
+    exceed = np.zeros(obs.shape, np.int64)
+    done = 0
+    while done < n_permutations:
+        k = min(batch, n_permutations - done)
+        g = np.zeros((k, n))
+        for i in range(k):
+            g[i, rng.permutation(n)[:na]] = 1.0
+        st = signed(stat_of(g))
+        max_null[done:done + k] = st.max(axis=1)
+        exceed += (st >= obs_s[None] - 1e-12).sum(axis=0)
+        done += k
+    p_fwe_v = (1.0 + (max_null[None, :] >= obs_s[:, None] - 1e-12).sum(1)) / (
+        n_permutations + 1.0)
+    p_unc_v = (1.0 + exceed) / (n_permutations + 1.0)
+
+    def full(v, fill):
+        out = np.full(spatial, fill, dtype=np.float32)
+        out[m] = v
+        return out
+
+    diff = a.mean(0) - b.mean(0)
+    return {"diff": diff.astype(np.float32), "stat": full(obs, 0.0),
+            "p_fwe": full(p_fwe_v, 1.0), "p_uncorrected": full(p_unc_v, 1.0),
+            "max_null": max_null, "n_a": na, "n_b": nb, "statistic": statistic, "tail": tail,
+            "n_permutations": int(n_permutations)}

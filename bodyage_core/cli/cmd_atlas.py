@@ -1,0 +1,109 @@
+"""``bodyage atlas build|maps``: group templates and population importance maps."""
+
+from __future__ import annotations
+
+from bodyage_core.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("atlas", help="build group atlases and population maps",
+                       description="Build group atlases (templates by iterative registration) "
+                                   "and population importance maps in atlas space.")
+    asub = p.add_subparsers(dest="atlas_command", metavar="ACTION")
+    b = asub.add_parser("build", help="build one atlas per group (resumable)")
+    b.add_argument("workspace")
+    b.add_argument("--groups", default="sex,bmi_group",
+                   help="comma-separated grouping columns (default sex,bmi_group; any subject "
+                        "column or metadata key)")
+    b.add_argument("--group", action="append", help="only these group names (repeatable)")
+    b.add_argument("--iterations", type=int, default=2, help="template iterations (default 2)")
+    b.add_argument("--min-subjects", type=int, default=3,
+                   help="smallest group that gets an atlas (default 3)")
+    b.add_argument("--method", choices=("demons", "bspline", "affine"), help="deformable method")
+    b.add_argument("--config", help="JSON file of registration options")
+    b.set_defaults(func=run_build)
+    m = asub.add_parser("maps", help="population maps of a run's Grad-CAMs per group")
+    m.add_argument("workspace")
+    m.add_argument("--run", required=True, help="model run whose gradcam_<run> maps to use")
+    m.add_argument("--group", action="append", help="only these atlas groups")
+    m.add_argument("--age-bands", default="60,70", help="age band edges (default 60,70)")
+    g = m.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, help="gap (years) for accelerated/decelerated")
+    g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
+    m.set_defaults(func=run_maps)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _edges(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--age-bands must be numbers separated by commas, got {text!r}") \
+            from exc
+
+
+def run_build(args) -> int:
+    from bodyage_core.atlas.workspace import build_atlases
+    from bodyage_core.cli.cmd_register import registration_config
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.progress import TerminalProgress
+
+    by = [c.strip() for c in args.groups.split(",") if c.strip()]
+    if args.iterations < 0:
+        raise ConfigError("--iterations must be >= 0")
+    if args.min_subjects < 2:
+        raise ConfigError("--min-subjects must be >= 2")
+    ws = Workspace.open(args.workspace)
+    try:
+        out = build_atlases(ws, by=by, groups=args.group, iterations=args.iterations,
+                            min_subjects=args.min_subjects,
+                            registration=registration_config(args),
+                            reporter=TerminalProgress())
+    finally:
+        ws.close()
+    errors = 0
+    print(f"{'group':<20} {'members':>8} {'failed':>7} {'Dice body':>10} {'Dice labels':>12}"
+          f" {'seconds':>8}")
+    for g, s in out.items():
+        if "error" in s:
+            errors += 1
+            print(f"{g:<20} ERROR: {s['error']}")
+            continue
+        dl = s.get("dice_labels_mean")
+        dls = f"{dl:.3f}" if dl is not None else "-"
+        print(f"{g:<20} {len(s['members']):>8} {len(s['failed']):>7} "
+              f"{s['dice_body_mean']:>10.3f} {dls:>12} "
+              f"{s['seconds']:>8.0f}")
+        for sid, reasons in s["failed"].items():
+            print(f"  failed {sid}: {'; '.join(reasons)}")
+    return 2 if errors else 0
+
+
+def run_maps(args) -> int:
+    from bodyage_core.atlas.workspace import build_population_maps
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.progress import TerminalProgress
+
+    ws = Workspace.open(args.workspace)
+    try:
+        out = build_population_maps(ws, args.run, groups=args.group,
+                                    age_edges=_edges(args.age_bands),
+                                    gap_threshold=args.threshold, gap_quantile=args.quantile,
+                                    reporter=TerminalProgress())
+    finally:
+        ws.close()
+    for g, s in out["groups"].items():
+        if "error" in s:
+            print(f"{g}: {s['error']}")
+            continue
+        subs = ", ".join(f"{k} n={v['n']}" for k, v in s["subgroups"].items())
+        print(f"{g}: {subs}")
+        if s.get("top_regions"):
+            print("  " + ", ".join(f"{r} {100 * v:.0f}%" for r, v in s["top_regions"]))
+        allg = s["subgroups"].get("all", {})
+        if "importance_in_age_mask" in allg:
+            print(f"  importance inside age-effect regions {allg['importance_in_age_mask']:.2f} "
+                  f"(uniform map {allg['uniform_baseline']:.2f})")
+    if out.get("regions"):
+        print(f"region table: {out['regions']['csv']}")
+    return 0

@@ -1,0 +1,74 @@
+"""``bodyage explain``: per-subject Grad-CAM / occlusion maps of a trained run, in subject space."""
+
+from __future__ import annotations
+
+from bodyage_core.errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "explain", help="per-subject Grad-CAM or occlusion maps of a trained run",
+        description="Write subjects/<id>/gradcam_<run>.nii.gz (or gradcam_signed_<run>, "
+                    "occlusion_<run>) for every subject: the ensemble-mean map resampled to the "
+                    "subject's original image grid, raw values, with that image's affine. "
+                    "Resumable: existing maps are skipped unless --overwrite.")
+    p.add_argument("workspace", help="workspace folder")
+    p.add_argument("--run", required=True, help="trained run under models/<run>/")
+    p.add_argument("--subject", action="append", dest="subjects", metavar="ID",
+                   help="explain only this subject (repeatable; default: all)")
+    p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam")
+    p.add_argument("--layer", default="layer3",
+                   help="Grad-CAM layer (default layer3; ResNet stages: stem, layer1..layer4)")
+    p.add_argument("--signed", action="store_true",
+                   help="signed Grad-CAM (+ evidence for older, - for younger) instead of ReLU")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--patch", type=int, default=8,
+                   help="occlusion patch size in model-grid voxels (default 8)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="occlusion stride in voxels (default half the patch)")
+    p.add_argument("--baseline", default="zero",
+                   help="occlusion baseline: zero (default), mean, or a number")
+    p.add_argument("--members", action="store_true",
+                   help="also write each ensemble member's map (<kind>_member<k>.nii.gz)")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing maps")
+    p.add_argument("--sanity-check", action="store_true",
+                   help="also run the model-randomisation check (Adebayo et al. 2018) on the "
+                        "first subject; writes reports/explain_sanity_<run>.json")
+    p.set_defaults(func=run)
+
+
+def _baseline(text: str) -> str | float:
+    if text in ("zero", "mean"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--baseline must be zero, mean or a number, got {text!r}") from None
+
+
+def run(args) -> int:
+    from bodyage_core.explain.pipeline import explain_subjects
+    from bodyage_core.progress import TerminalProgress
+
+    if args.signed and args.method != "gradcam":
+        raise ConfigError("--signed applies to --method gradcam only",
+                          hint="occlusion maps are always signed")
+    summary = explain_subjects(
+        args.workspace, args.run, subject_ids=args.subjects, method=args.method,
+        layer=args.layer, variant="signed" if args.signed else "relu", device=args.device,
+        reporter=TerminalProgress(), overwrite=args.overwrite, occlusion_patch=args.patch,
+        occlusion_stride=args.stride, occlusion_baseline=_baseline(args.baseline),
+        save_members=args.members)
+    for line in summary.lines():
+        print(line)
+    if args.sanity_check:
+        from bodyage_core.explain.pipeline import sanity_report
+
+        rep = sanity_report(args.workspace, args.run,
+                            subject_id=args.subjects[0] if args.subjects else None,
+                            layer=args.layer, variant="signed" if args.signed else "relu",
+                            device=args.device)
+        print(f"sanity check ({rep['subject_id']}): {rep['message']}")
+        if rep["flagged"]:
+            return 1
+    return 1 if summary.failed else 0

@@ -1,0 +1,79 @@
+"""``bodyage gui [WORKSPACE | FILES...] [--overlay MAP ...] [--threshold T] [--session FILE]
+[--screenshot PNG]``: the desktop viewer.
+
+The command line parses into the same :class:`~bodyage_core.viewer_state.ViewerState` the
+session file restores (FSLeyes style): the first file is the image, the others and every
+``--overlay`` are layers on top, ``--threshold`` applies to the overlays. The GUI package is
+imported only when the command runs, so ``bodyage_core`` stays Qt-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from bodyage_core.errors import ConfigError
+from bodyage_core.viewer_state import CONVENTIONS, LAYOUTS, ViewerState
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "gui", help="open the desktop viewer",
+        description="Open the viewer on a workspace, image files or a saved session. "
+                    "World coordinates are RAS mm; voxel indices are 0-based.")
+    p.add_argument("inputs", nargs="*", metavar="WORKSPACE_OR_FILE",
+                   help="a workspace folder, or image files (first = image, rest = overlays)")
+    p.add_argument("--overlay", action="append", default=[], metavar="MAP",
+                   help="a map to show on top (repeatable)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="overlay values below this (|v| for signed maps) are transparent")
+    p.add_argument("--colormap", default=None, help="colour map of the overlays")
+    p.add_argument("--session", default=None, metavar="FILE", help="restore a session JSON")
+    p.add_argument("--convention", choices=CONVENTIONS, default="radiological")
+    p.add_argument("--layout", choices=LAYOUTS, default="grid")
+    p.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="render the views (offscreen or under xvfb-run), save a PNG and exit")
+    p.add_argument("--whole-window", action="store_true",
+                   help="with --screenshot: the whole window, not only the views")
+    p.add_argument("--size", default="1400x900", help="window size WxH (default 1400x900)")
+    p.set_defaults(func=run)
+
+
+def state_from_args(args) -> tuple[ViewerState, Path | None]:
+    """Build the ViewerState the command line describes; returns it and the workspace (if the
+    single input is a workspace folder)."""
+    from bodyage_core.io import load_labels, load_volume
+
+    state = ViewerState(convention=args.convention, layout=args.layout)
+    inputs = [Path(p) for p in args.inputs]
+    workspace = None
+    if len(inputs) == 1 and inputs[0].is_dir() and (inputs[0] / "cohort.sqlite").exists():
+        workspace = inputs[0]
+        inputs = []
+    if args.overlay and not inputs and workspace is None:
+        raise ConfigError("--overlay needs an image to lie on", hint="give the image file first")
+    for i, path in enumerate(inputs + [Path(p) for p in args.overlay]):
+        is_overlay = i > 0
+        labels = is_overlay and any(k in path.name.lower() for k in ("label", "seg", "mask"))
+        vol = load_labels(path) if labels else load_volume(path)
+        state.add_layer(vol, path=path, kind="image" if i == 0 else None,
+                        threshold=args.threshold if is_overlay else None,
+                        colormap=args.colormap if is_overlay and not labels else None)
+    return state, workspace
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ConfigError(f"--size must look like 1400x900, got {text!r}") from exc
+    return w, h
+
+
+def run(args) -> int:
+    size = _size(args.size)
+    state, workspace = state_from_args(args)
+    app = importlib.import_module("bodyage_gui.app")
+    return app.run_viewer(state, workspace=workspace, session=args.session,
+                          screenshot=args.screenshot, size=size,
+                          whole_window=args.whole_window)

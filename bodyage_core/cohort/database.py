@@ -1,0 +1,442 @@
+"""The cohort index: one SQLite file (``cohort.sqlite``) per workspace.
+
+Tables (schema version in ``PRAGMA user_version``):
+
+* ``subjects``    one row per subject: id, age, sex ('F'|'M'), BMI, BMI group, site, meta JSON.
+* ``images``      (subject, kind) -> path relative to the workspace root (kinds: water, fat, t1,
+                  labels, age_mask, gradcam_<run>, ...).
+* ``runs``        trained model runs: id, model kind, config JSON, status.
+* ``predictions`` (run, subject) -> fold, split, member outputs JSON, mean, sigma, bias-corrected
+                  age, gap (corrected - chronological).
+* ``registrations`` (subject, group) -> status, quality figures, transform paths.
+* ``tasks``       per-subject stage bookkeeping (done / failed with error, attempts) so batch
+                  stages are resumable and idempotent.
+
+Every write happens in one transaction: an exception (or a crash) in the middle of an import
+leaves the database exactly as it was. The database runs in WAL mode with a busy timeout so
+several readers and one writer at a time coexist (viewer open while a stage runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bodyage_core.errors import CohortError
+
+SCHEMA_VERSION = 1
+BMI_GROUPS = ("healthy", "overweight", "obese")
+
+_SCHEMA_V1 = """
+CREATE TABLE subjects (
+    subject_id TEXT PRIMARY KEY,
+    age REAL,
+    sex TEXT CHECK (sex IN ('F', 'M') OR sex IS NULL),
+    bmi REAL,
+    bmi_group TEXT,
+    site TEXT,
+    meta TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE images (
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (subject_id, kind)
+);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    model TEXT,
+    config TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL DEFAULT 'created',
+    created REAL NOT NULL
+);
+CREATE TABLE predictions (
+    run_id TEXT NOT NULL,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    fold INTEGER,
+    split TEXT,
+    members TEXT NOT NULL DEFAULT '[]',
+    mean REAL,
+    sigma REAL,
+    corrected REAL,
+    gap REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, subject_id)
+);
+CREATE TABLE registrations (
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    atlas_group TEXT NOT NULL,
+    status TEXT NOT NULL,
+    metric REAL,
+    dice_body REAL,
+    dice_labels REAL,
+    reason TEXT,
+    forward TEXT,
+    inverse TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (subject_id, atlas_group)
+);
+CREATE TABLE tasks (
+    stage TEXT NOT NULL,
+    key TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (stage, key, subject_id)
+);
+CREATE INDEX predictions_subject ON predictions(subject_id);
+CREATE INDEX subjects_group ON subjects(sex, bmi_group);
+"""
+
+# version -> SQL that brings a database from version-1 to version. Add new versions here; never
+# edit an old one (databases in the field were made with it).
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+
+def bmi_group(bmi: float | None) -> str | None:
+    """WHO groups used by the atlases: healthy < 25, overweight 25-30, obese >= 30."""
+    if bmi is None or (isinstance(bmi, float) and math.isnan(bmi)):
+        return None
+    if bmi < 25.0:
+        return "healthy"
+    if bmi < 30.0:
+        return "overweight"
+    return "obese"
+
+
+@dataclass
+class Subject:
+    """One subject of the cohort. ``images`` paths are relative to the workspace root."""
+
+    subject_id: str
+    age: float | None = None
+    sex: str | None = None
+    bmi: float | None = None
+    bmi_group: str | None = None
+    site: str | None = None
+    images: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str | None:
+        """The default atlas group, e.g. ``'F_healthy'``; None when sex or BMI group is unknown."""
+        if self.sex is None or self.bmi_group is None:
+            return None
+        return f"{self.sex}_{self.bmi_group}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject_id": self.subject_id, "age": self.age, "sex": self.sex, "bmi": self.bmi,
+            "bmi_group": self.bmi_group, "site": self.site, "images": dict(self.images),
+            "meta": dict(self.meta),
+        }
+
+
+class CohortDB:
+    """Access to ``cohort.sqlite``. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self._conn = conn
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, create: bool = False) -> CohortDB:
+        path = Path(path)
+        if not path.exists() and not create:
+            raise CohortError("no cohort index here", path,
+                              "create a workspace with `bodyage import` or `bodyage synth`")
+        try:
+            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and create is False:
+                tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+                if not tables:
+                    raise CohortError("the cohort index is empty (no schema)", path,
+                                      "delete it and import the cohort again")
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.DatabaseError as err:
+            raise CohortError(f"not a readable SQLite cohort index ({err})", path,
+                              "restore it from a backup or re-import the cohort") from None
+        db = cls(path, conn)
+        db._migrate(version)
+        return db
+
+    def _migrate(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise CohortError(
+                f"this workspace was written by a newer bodyage (schema {version}, this one "
+                f"knows up to {SCHEMA_VERSION})", self.path, "upgrade bodyage to open it")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction() as cur:
+                for statement in _split_sql(MIGRATIONS[v]):
+                    cur.execute(statement)
+                cur.execute(f"PRAGMA user_version = {v}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception)."""
+        cur = self._conn.cursor()
+        for attempt in range(50):
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == 49:
+                    raise
+                time.sleep(0.1)
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+
+    # -- subjects -----------------------------------------------------------------------------
+    def add_subjects(self, records: Iterable[dict[str, Any] | Subject]) -> int:
+        """Insert or update subjects (and their images) in one transaction; returns the count.
+
+        A record is a :class:`Subject` or a dict with ``subject_id`` and any of ``age, sex, bmi,
+        bmi_group, site, images, meta``. ``bmi_group`` is derived from ``bmi`` when missing.
+        Updating a subject replaces its metadata and merges its images.
+        """
+        now = time.time()
+        subject_rows = []
+        image_rows = []
+        seen: set[str] = set()
+        for rec in records:
+            d = rec.to_dict() if isinstance(rec, Subject) else dict(rec)
+            sid = str(d["subject_id"])
+            if sid in seen:
+                raise CohortError(f"subject id {sid!r} appears twice in one import",
+                                  hint="make subject ids unique")
+            seen.add(sid)
+            sex = normalise_sex(d.get("sex"))
+            bmi = _float_or_none(d.get("bmi"))
+            group = d.get("bmi_group") or bmi_group(bmi)
+            subject_rows.append((sid, _float_or_none(d.get("age")), sex, bmi, group,
+                                 None if d.get("site") is None else str(d.get("site")),
+                                 json.dumps(d.get("meta") or {}, default=str), now))
+            for kind, p in (d.get("images") or {}).items():
+                image_rows.append((sid, kind, str(p)))
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT INTO subjects (subject_id, age, sex, bmi, bmi_group, site, meta, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(subject_id) DO UPDATE SET"
+                " age=excluded.age, sex=excluded.sex, bmi=excluded.bmi,"
+                " bmi_group=excluded.bmi_group, site=excluded.site, meta=excluded.meta",
+                subject_rows)
+            cur.executemany(
+                "INSERT INTO images (subject_id, kind, path) VALUES (?, ?, ?)"
+                " ON CONFLICT(subject_id, kind) DO UPDATE SET path=excluded.path", image_rows)
+        return len(subject_rows)
+
+    def subject_ids(self) -> list[str]:
+        return [r[0] for r in self._conn.execute(
+            "SELECT subject_id FROM subjects ORDER BY subject_id")]
+
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM subjects").fetchone()[0])
+
+    def subjects(self, ids: Sequence[str] | None = None, sex: str | None = None,
+                 bmi_group: str | None = None) -> list[Subject]:
+        """Subjects with their images, ordered by id; optionally filtered."""
+        where, params = [], []
+        if sex is not None:
+            where.append("sex = ?")
+            params.append(sex)
+        if bmi_group is not None:
+            where.append("bmi_group = ?")
+            params.append(bmi_group)
+        sql = "SELECT * FROM subjects"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY subject_id"
+        rows = self._conn.execute(sql, params).fetchall()
+        images: dict[str, dict[str, str]] = {}
+        for r in self._conn.execute("SELECT subject_id, kind, path FROM images"):
+            images.setdefault(r[0], {})[r[1]] = r[2]
+        out = [Subject(r["subject_id"], r["age"], r["sex"], r["bmi"], r["bmi_group"], r["site"],
+                       images.get(r["subject_id"], {}), json.loads(r["meta"])) for r in rows]
+        if ids is not None:
+            wanted = {str(i) for i in ids}
+            missing = wanted - {s.subject_id for s in out}
+            if missing:
+                raise CohortError(f"no subject(s) {', '.join(sorted(missing)[:5])} in the cohort",
+                                  self.path, "check the ids with `bodyage info WORKSPACE`")
+            out = [s for s in out if s.subject_id in wanted]
+        return out
+
+    def get_subject(self, subject_id: str) -> Subject:
+        return self.subjects(ids=[subject_id])[0]
+
+    def set_image(self, subject_id: str, kind: str, path: str | Path) -> None:
+        """Record (or replace) the path of one image of a subject (relative to the workspace)."""
+        with self.transaction() as cur:
+            cur.execute("INSERT INTO images (subject_id, kind, path) VALUES (?, ?, ?)"
+                        " ON CONFLICT(subject_id, kind) DO UPDATE SET path=excluded.path",
+                        (subject_id, kind, str(path)))
+
+    def delete_subjects(self, ids: Iterable[str]) -> None:
+        with self.transaction() as cur:
+            cur.executemany("DELETE FROM subjects WHERE subject_id = ?", [(i,) for i in ids])
+
+    # -- runs and predictions -----------------------------------------------------------------
+    def add_run(self, run_id: str, model: str | None = None, config: dict | None = None,
+                status: str = "created") -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO runs (run_id, model, config, status, created) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(run_id) DO UPDATE SET model=excluded.model,"
+                " config=excluded.config, status=excluded.status",
+                (run_id, model, json.dumps(config or {}, default=str), status, time.time()))
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [{"run_id": r["run_id"], "model": r["model"], "config": json.loads(r["config"]),
+                 "status": r["status"], "created": r["created"]}
+                for r in self._conn.execute("SELECT * FROM runs ORDER BY created")]
+
+    def add_predictions(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert or replace predictions of ``run_id`` in one transaction.
+
+        Each row: ``subject_id, mean, sigma`` and optionally ``fold, split, members`` (list of
+        ``{"mu":..., "sigma":...}`` per ensemble member), ``corrected`` and ``gap``. When ``gap``
+        is missing it is computed as (corrected, else mean) minus the subject's age.
+        """
+        ages = {r[0]: r[1] for r in self._conn.execute("SELECT subject_id, age FROM subjects")}
+        now = time.time()
+        data = []
+        for row in rows:
+            sid = str(row["subject_id"])
+            if sid not in ages:
+                raise CohortError(f"prediction for unknown subject {sid!r}", self.path)
+            mean = _float_or_none(row.get("mean"))
+            corrected = _float_or_none(row.get("corrected"))
+            gap = _float_or_none(row.get("gap"))
+            if gap is None and ages[sid] is not None:
+                ref = corrected if corrected is not None else mean
+                gap = None if ref is None else ref - ages[sid]
+            data.append((run_id, sid, row.get("fold"), row.get("split"),
+                         json.dumps(row.get("members") or [], default=float), mean,
+                         _float_or_none(row.get("sigma")), corrected, gap, now))
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT OR REPLACE INTO predictions (run_id, subject_id, fold, split, members,"
+                " mean, sigma, corrected, gap, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                data)
+        return len(data)
+
+    def predictions(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Predictions joined with subject facts (age, sex, bmi_group), one dict per row."""
+        sql = ("SELECT p.*, s.age, s.sex, s.bmi, s.bmi_group, s.site FROM predictions p"
+               " JOIN subjects s USING (subject_id)")
+        params: list[Any] = []
+        if run_id is not None:
+            sql += " WHERE p.run_id = ?"
+            params.append(run_id)
+        sql += " ORDER BY p.run_id, p.subject_id"
+        out = []
+        for r in self._conn.execute(sql, params):
+            d = dict(r)
+            d["members"] = json.loads(d["members"])
+            out.append(d)
+        return out
+
+    def latest_run(self) -> str | None:
+        """The run with predictions made most recently (what the viewer shows by default)."""
+        r = self._conn.execute(
+            "SELECT run_id FROM predictions GROUP BY run_id ORDER BY MAX(created) DESC LIMIT 1"
+        ).fetchone()
+        return None if r is None else r[0]
+
+    # -- registrations ------------------------------------------------------------------------
+    def set_registration(self, subject_id: str, atlas_group: str, status: str,
+                         metric: float | None = None, dice_body: float | None = None,
+                         dice_labels: float | None = None, reason: str | None = None,
+                         forward: str | None = None, inverse: str | None = None) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO registrations (subject_id, atlas_group, status, metric,"
+                " dice_body, dice_labels, reason, forward, inverse, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (subject_id, atlas_group, status, metric, dice_body, dice_labels, reason,
+                 forward, inverse, time.time()))
+
+    def registrations(self, atlas_group: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM registrations"
+        params: list[Any] = []
+        if atlas_group is not None:
+            sql += " WHERE atlas_group = ?"
+            params.append(atlas_group)
+        return [dict(r) for r in self._conn.execute(sql + " ORDER BY subject_id", params)]
+
+    # -- per-subject task bookkeeping ---------------------------------------------------------
+    def set_task(self, stage: str, key: str, subject_id: str, status: str,
+                 error: str | None = None) -> None:
+        """Record a per-subject stage outcome ('done', 'failed', 'running'); counts attempts."""
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO tasks (stage, key, subject_id, status, attempts, error, updated)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT(stage, key, subject_id) DO UPDATE SET"
+                " status=excluded.status, error=excluded.error, updated=excluded.updated,"
+                " attempts=tasks.attempts + (excluded.status = 'running')",
+                (stage, key, subject_id, status, error, time.time()))
+
+    def tasks(self, stage: str, key: str) -> dict[str, dict[str, Any]]:
+        return {r["subject_id"]: dict(r) for r in self._conn.execute(
+            "SELECT * FROM tasks WHERE stage = ? AND key = ?", (stage, key))}
+
+
+def normalise_sex(value: Any) -> str | None:
+    """'M'/'F' from the spellings found in CSVs and DICOM headers; None when unknown."""
+    if value is None:
+        return None
+    s = str(value).strip().lower()
+    if s in ("m", "male", "man"):
+        return "M"
+    if s in ("f", "female", "woman", "w"):
+        return "F"
+    if s in ("", "nan", "none", "o", "other", "u", "unknown"):
+        return None
+    raise CohortError(f"sex {value!r} is neither M nor F", hint="use M/F or male/female")
+
+
+def _float_or_none(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = v.strip()
+        if v == "" or v.lower() in ("nan", "na", "n/a", "none"):
+            return None
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,228 @@
+"""Import a cohort from a folder of images plus a CSV of subject facts.
+
+The CSV's columns are found by name (case-insensitive, common aliases such as IXI's ``MRID``,
+UK Biobank's ``eid``) or given explicitly. Images are matched to CSV rows by file or folder name:
+an entry belongs to subject ``ID`` when its name without extension is ``ID`` or starts with
+``ID`` followed by a separator (``IXI013-HH-1212_T1.nii.gz`` -> ``IXI013-HH-1212``). Images are
+recorded where they lie (never copied). The whole import is one transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bodyage_core.cohort.database import _float_or_none, normalise_sex
+from bodyage_core.cohort.workspace import Workspace
+from bodyage_core.errors import CohortError
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
+COLUMN_ALIASES = {
+    "id": ("subject_id", "id", "mrid", "eid", "subject", "participant_id", "participant", "ixi_id"),
+    "age": ("age", "age_years", "age_at_scan", "chronological_age"),
+    "sex": ("sex", "gender"),
+    "bmi": ("bmi", "body_mass_index"),
+    "site": ("site", "scanner", "centre", "center"),
+}
+_SEPARATORS = re.compile(r"[_\-. ]")
+
+
+@dataclass
+class ColumnMap:
+    """CSV column names; ``None`` means "find it by its usual names"."""
+
+    id: str | None = None
+    age: str | None = None
+    sex: str | None = None
+    bmi: str | None = None
+    site: str | None = None
+
+
+@dataclass
+class ImportSummary:
+    imported: int = 0
+    rows_without_image: list[str] = field(default_factory=list)
+    images_without_row: list[str] = field(default_factory=list)
+    ambiguous: list[str] = field(default_factory=list)
+    without_age: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        out = []
+        if self.rows_without_image:
+            out.append(f"{len(self.rows_without_image)} CSV row(s) with no image, skipped: "
+                       + _preview(self.rows_without_image))
+        if self.images_without_row:
+            out.append(f"{len(self.images_without_row)} image(s) with no CSV row, skipped: "
+                       + _preview(self.images_without_row))
+        if self.ambiguous:
+            out.append(f"{len(self.ambiguous)} subject(s) matched several images, skipped: "
+                       + _preview(self.ambiguous))
+        if self.without_age:
+            out.append(f"{len(self.without_age)} subject(s) have no age (imported; they can be "
+                       "predicted but not trained on): " + _preview(self.without_age))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"imported": self.imported, "rows_without_image": self.rows_without_image,
+                "images_without_row": self.images_without_row, "ambiguous": self.ambiguous,
+                "without_age": self.without_age}
+
+
+def read_subject_csv(csv_path: str | Path, columns: ColumnMap | None = None) -> list[dict]:
+    """Rows of a subject CSV as dicts with keys subject_id, age, sex, bmi, site.
+
+    Raises :class:`CohortError` naming the file for a missing file, an empty table, a missing id
+    or age column, duplicate ids, or an unparseable value (with its row number).
+    """
+    path = Path(csv_path)
+    columns = columns or ColumnMap()
+    if not path.is_file():
+        raise CohortError("CSV file not found", path, "check the path given with --csv")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CohortError(f"cannot read the CSV ({err})", path, "save it as UTF-8 text") from None
+    if not text.strip():
+        raise CohortError("the CSV is empty", path, "it needs a header row and one row per subject")
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    header = [h for h in (reader.fieldnames or []) if h is not None]
+    resolved = {key: _find_column(header, getattr(columns, key), key, path)
+                for key in ("id", "age", "sex", "bmi", "site")}
+    for key in ("id", "age"):
+        if resolved[key] is None:
+            opt = "--id-column" if key == "id" else "--age-column"
+            raise CohortError(
+                f"no {key} column (columns are: {', '.join(header) or 'none'})", path,
+                f"rename the column or name it with {opt}")
+    rows, seen, dups = [], set(), []
+    for lineno, raw in enumerate(reader, start=2):
+        sid = (raw.get(resolved["id"]) or "").strip()
+        if not sid:
+            continue
+        if sid in seen:
+            dups.append(sid)
+            continue
+        seen.add(sid)
+        try:
+            row = {"subject_id": sid, "age": _float_or_none(raw.get(resolved["age"]))}
+            row["sex"] = normalise_sex(raw.get(resolved["sex"])) if resolved["sex"] else None
+            row["bmi"] = _float_or_none(raw.get(resolved["bmi"])) if resolved["bmi"] else None
+            row["site"] = (raw.get(resolved["site"]) or None) if resolved["site"] else None
+        except (ValueError, CohortError) as err:
+            msg = err.args[0] if isinstance(err, CohortError) else str(err)
+            raise CohortError(f"row {lineno} (subject {sid}): {msg}", path,
+                              "fix the value in the CSV") from None
+        rows.append(row)
+    if dups:
+        raise CohortError(f"duplicate subject ids: {_preview(sorted(set(dups)))}", path,
+                          "each subject may appear once")
+    if not rows:
+        raise CohortError("the CSV has a header but no subject rows", path)
+    return rows
+
+
+def find_images(folder: str | Path) -> dict[str, Path]:
+    """Image entries of a folder by name without extension (files and sub-folders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CohortError("image folder not found", folder, "check the path given with --images")
+    out: dict[str, Path] = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                out[entry.name] = Path(entry.path)
+                continue
+            low = entry.name.lower()
+            for suf in IMAGE_SUFFIXES:
+                if low.endswith(suf):
+                    out[entry.name[: -len(suf)]] = Path(entry.path)
+                    break
+    return out
+
+
+def match_images(ids: list[str], images: dict[str, Path]) -> tuple[dict[str, list[Path]],
+                                                                    list[str]]:
+    """Assign image entries to ids: exact name, else the longest id prefix before a separator."""
+    idset = set(ids)
+    matched: dict[str, list[Path]] = {}
+    unmatched: list[str] = []
+    for stem, path in sorted(images.items()):
+        owner = stem if stem in idset else None
+        if owner is None:
+            for m in reversed(list(_SEPARATORS.finditer(stem))):
+                if stem[: m.start()] in idset:
+                    owner = stem[: m.start()]
+                    break
+        if owner is None:
+            unmatched.append(path.name)
+        else:
+            matched.setdefault(owner, []).append(path)
+    return matched, unmatched
+
+
+def import_cohort(workspace: Workspace | str | Path, images: str | Path, csv_path: str | Path,
+                  kind: str = "image", columns: ColumnMap | None = None,
+                  reporter: ProgressReporter | None = None) -> ImportSummary:
+    """Import subjects from ``csv_path`` with images in ``images`` into the workspace.
+
+    Subjects already in the index are updated (re-import is idempotent). CSV rows without an
+    image and images without a row are skipped and listed in the returned summary.
+    """
+    reporter = ensure_reporter(reporter)
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.create(workspace)
+    rows = read_subject_csv(csv_path, columns)
+    reporter.update("import", 0, 3, "reading")
+    entries = find_images(images)
+    reporter.update("import", 1, 3, "matching")
+    matched, unmatched = match_images([r["subject_id"] for r in rows], entries)
+    summary = ImportSummary(images_without_row=unmatched)
+    records = []
+    for row in rows:
+        paths = matched.get(row["subject_id"], [])
+        if not paths:
+            summary.rows_without_image.append(row["subject_id"])
+            continue
+        if len(paths) > 1:
+            summary.ambiguous.append(row["subject_id"])
+            continue
+        if row["age"] is None:
+            summary.without_age.append(row["subject_id"])
+        records.append({**row, "images": {kind: ws.relative(paths[0])}})
+    if not records:
+        raise CohortError(f"no CSV row matches an image in {images}", Path(csv_path),
+                          "subject ids must be the image names or their prefix before '_'/'-'")
+    reporter.update("import", 2, 3, "writing")
+    summary.imported = ws.db.add_subjects(records)
+    reporter.update("import", 3, 3, f"{summary.imported} subjects")
+    return summary
+
+
+def _find_column(header: list[str], wanted: str | None, key: str, path: Path) -> str | None:
+    lower = {h.strip().lower(): h for h in header}
+    if wanted is not None:
+        if wanted in header:
+            return wanted
+        if wanted.lower() in lower:
+            return lower[wanted.lower()]
+        raise CohortError(f"no column {wanted!r} (columns are: {', '.join(header)})", path,
+                          f"check the name given for the {key} column")
+    for alias in COLUMN_ALIASES[key]:
+        if alias in lower:
+            return lower[alias]
+    return None
+
+
+def _preview(items: list[str], n: int = 5) -> str:
+    head = ", ".join(items[:n])
+    return head + (f" ... (+{len(items) - n} more)" if len(items) > n else "")

@@ -1,0 +1,112 @@
+"""A workspace folder: every stage reads and writes plain files here (DESIGN.md layout)::
+
+    workspace/
+      cohort.sqlite        subjects, metadata, runs, predictions, paths
+      subjects/<id>/       input images, maps, transforms of one subject
+      models/<run>/        config.json, member_<k>.pt, normalisation, bias correction, metrics
+      atlases/<group>/     template, population maps, statistics
+      reports/             evaluation tables and plots
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bodyage_core.cohort.database import CohortDB
+from bodyage_core.errors import CohortError
+
+DB_NAME = "cohort.sqlite"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe folder name for a subject id, run or group (no separators)."""
+    cleaned = _SAFE.sub("_", str(name)).strip("._")
+    if not cleaned:
+        raise CohortError(f"{name!r} cannot be used as a folder name", hint="use letters/digits")
+    return cleaned
+
+
+class Workspace:
+    """A bodyage workspace folder and its cohort index.
+
+    Use :meth:`create` for a new (or existing) folder and :meth:`open` for an existing one.
+    """
+
+    def __init__(self, root: Path, db: CohortDB):
+        self.root = root
+        self.db = db
+
+    @classmethod
+    def create(cls, path: str | Path) -> Workspace:
+        """Create the folder layout and the cohort index if missing; open it if present."""
+        root = Path(path).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise CohortError("exists and is not a folder", root, "choose another workspace path")
+        for sub in ("subjects", "models", "atlases", "reports"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return cls(root, CohortDB.open(root / DB_NAME, create=True))
+
+    @classmethod
+    def open(cls, path: str | Path) -> Workspace:
+        """Open an existing workspace; a clear error if there is none at ``path``."""
+        root = Path(path).expanduser().resolve()
+        if not (root / DB_NAME).exists():
+            raise CohortError(f"not a bodyage workspace (no {DB_NAME})", root,
+                              "create one with `bodyage synth` or `bodyage import`")
+        return cls(root, CohortDB.open(root / DB_NAME))
+
+    @staticmethod
+    def is_workspace(path: str | Path) -> bool:
+        return (Path(path) / DB_NAME).is_file()
+
+    # -- paths --------------------------------------------------------------------------------
+    def subject_dir(self, subject_id: str, create: bool = False) -> Path:
+        p = self.root / "subjects" / safe_name(subject_id)
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def model_dir(self, run: str) -> Path:
+        return self.root / "models" / safe_name(run)
+
+    def atlas_dir(self, group: str) -> Path:
+        return self.root / "atlases" / safe_name(group)
+
+    @property
+    def reports_dir(self) -> Path:
+        p = self.root / "reports"
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def resolve(self, relpath: str | Path) -> Path:
+        """Absolute path of an image path stored in the index (relative to the root)."""
+        p = Path(relpath)
+        return p if p.is_absolute() else self.root / p
+
+    def relative(self, path: str | Path) -> str:
+        """The path to store in the index: relative to the root when inside it."""
+        p = Path(path).resolve()
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def image_path(self, subject_id: str, kind: str) -> Path:
+        """Absolute path of one image of a subject; a clear error when it is not recorded."""
+        subj = self.db.get_subject(subject_id)
+        if kind not in subj.images:
+            have = ", ".join(sorted(subj.images)) or "none"
+            raise CohortError(f"subject {subject_id} has no {kind!r} image (has: {have})",
+                              self.root / DB_NAME)
+        return self.resolve(subj.images[kind])
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

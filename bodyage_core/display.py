@@ -1,0 +1,205 @@
+"""Colour maps and the mapping of raw values to RGBA for display (Qt-free).
+
+Heat maps keep their meaning: raw values stay raw on disk and in the viewer state; only this
+module maps them to colours. The *display range* ``(vmin, vmax)`` sets where the colour map
+starts and ends; the *threshold* is separate and makes pixels transparent (``value < threshold``,
+or ``|value| < threshold`` for a signed/diverging map). NaN is always transparent.
+
+Arrays are any shape; the RGBA result has a trailing axis of 4 (``uint8``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Names of the colour maps, in the order a GUI offers them.
+COLORMAPS = ("grey", "hot", "heat", "bwr", "viridis", "labels")
+
+#: Colour maps meant for signed values (evidence for older / for younger): ``|v| < threshold``
+#: is transparent and the range is usually symmetric about 0.
+DIVERGING = frozenset({"bwr"})
+
+_LUT_SIZE = 256
+
+
+def _interp_lut(stops: list[tuple[float, tuple[float, float, float]]]) -> np.ndarray:
+    """A ``(256, 4)`` uint8 LUT interpolated linearly between ``(position, rgb)`` stops."""
+    pos = np.array([p for p, _ in stops])
+    rgb = np.array([c for _, c in stops], dtype=float)
+    t = np.linspace(0.0, 1.0, _LUT_SIZE)
+    out = np.empty((_LUT_SIZE, 4), dtype=np.uint8)
+    for ch in range(3):
+        out[:, ch] = np.round(np.interp(t, pos, rgb[:, ch]) * 255).astype(np.uint8)
+    out[:, 3] = 255
+    return out
+
+
+def _label_lut() -> np.ndarray:
+    """Distinct, deterministic colours for label ids 0..255; id 0 (background) transparent."""
+    rng = np.random.default_rng(7)
+    lut = np.empty((_LUT_SIZE, 4), dtype=np.uint8)
+    golden = 0.618033988749895
+    for i in range(_LUT_SIZE):
+        h = (i * golden) % 1.0
+        s = 0.55 + 0.35 * rng.random()
+        v = 0.75 + 0.25 * rng.random()
+        lut[i, :3] = np.round(np.array(_hsv_to_rgb(h, s, v)) * 255).astype(np.uint8)
+        lut[i, 3] = 255
+    lut[0] = (0, 0, 0, 0)
+    return lut
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
+    i = int(h * 6.0) % 6
+    f = h * 6.0 - int(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+_LUTS: dict[str, np.ndarray] = {
+    "grey": _interp_lut([(0.0, (0, 0, 0)), (1.0, (1, 1, 1))]),
+    "hot": _interp_lut([(0.0, (0.04, 0, 0)), (0.375, (1, 0, 0)), (0.75, (1, 1, 0)),
+                        (1.0, (1, 1, 1))]),
+    # "heat": red -> yellow, no black start (reads well over a grey image)
+    "heat": _interp_lut([(0.0, (0.6, 0, 0)), (0.5, (1, 0.35, 0)), (1.0, (1, 1, 0.2))]),
+    "bwr": _interp_lut([(0.0, (0.02, 0.19, 0.78)), (0.25, (0.3, 0.55, 1.0)), (0.5, (1, 1, 1)),
+                        (0.75, (1, 0.45, 0.3)), (1.0, (0.75, 0.0, 0.05))]),
+    "viridis": _interp_lut([(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)),
+                            (0.5, (0.128, 0.567, 0.551)), (0.75, (0.369, 0.789, 0.383)),
+                            (1.0, (0.993, 0.906, 0.144))]),
+    "labels": _label_lut(),
+}
+_ALIASES = {"gray": "grey", "greyscale": "grey", "grayscale": "grey", "diverging": "bwr",
+            "coolwarm": "bwr", "blue-white-red": "bwr", "label": "labels", "lut": "labels"}
+
+
+def canonical_name(cmap: str) -> str:
+    """The canonical name of a colour map (``'gray'`` -> ``'grey'``); raises KeyError if unknown."""
+    name = _ALIASES.get(cmap.lower(), cmap.lower())
+    if name not in _LUTS:
+        raise KeyError(f"unknown colour map {cmap!r}; known: {', '.join(COLORMAPS)}")
+    return name
+
+
+def lut(cmap: str) -> np.ndarray:
+    """The ``(256, 4)`` uint8 lookup table of a colour map (a copy)."""
+    return _LUTS[canonical_name(cmap)].copy()
+
+
+def is_diverging(cmap: str) -> bool:
+    return canonical_name(cmap) in DIVERGING
+
+
+def to_rgba(array: np.ndarray, cmap: str = "grey", vmin: float = 0.0, vmax: float = 1.0,
+            threshold: float | None = None, opacity: float = 1.0,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """Map raw values to RGBA ``uint8`` (``array.shape + (4,)``).
+
+    Parameters
+    ----------
+    array
+        Raw values, any shape.
+    cmap
+        Colour map name (see :data:`COLORMAPS`). ``'labels'`` maps integer ids through the label
+        LUT (id 0 transparent) and ignores ``vmin``/``vmax``/``threshold``.
+    vmin, vmax
+        Display range: ``vmin`` maps to the first LUT entry, ``vmax`` to the last; values outside
+        are clipped to the ends (they stay visible).
+    threshold
+        ``None``: nothing is made transparent. Otherwise ``value < threshold`` is fully
+        transparent, or ``|value| < threshold`` for a diverging map.
+    opacity
+        Global alpha multiplier in ``[0, 1]``.
+    """
+    name = canonical_name(cmap)
+    table = _LUTS[name]
+    a = np.asarray(array)
+    if name == "labels":
+        ids = np.nan_to_num(a, nan=0).astype(np.int64) if a.dtype.kind == "f" else a.astype(
+            np.int64, copy=False)
+        idx = np.where(ids > 0, (ids - 1) % (_LUT_SIZE - 1) + 1, 0)
+        rgba = np.take(table, idx, axis=0, out=out)
+        if opacity < 1.0:
+            rgba[..., 3] = (rgba[..., 3] * float(opacity)).astype(np.uint8)
+        return rgba
+    af = a.astype(np.float32, copy=False)
+    span = float(vmax) - float(vmin)
+    scale = (_LUT_SIZE - 1) / span if span != 0 else 0.0
+    with np.errstate(invalid="ignore"):
+        t = np.subtract(af, np.float32(vmin), dtype=np.float32)
+        t *= np.float32(scale)
+        np.clip(t, 0, _LUT_SIZE - 1, out=t)
+        # one reduction tells whether there is any NaN at all (the usual case: none)
+        with np.errstate(over="ignore"):
+            total = np.add.reduce(af, axis=None) if af.dtype.kind == "f" else 0.0
+        nan = np.isnan(af) if not np.isfinite(total) else None
+        idx = t.astype(np.uint8)  # NaN becomes 0 here and transparent below
+    rgba = np.take(table, idx, axis=0, out=out)
+    alpha = None
+    if threshold is not None:
+        with np.errstate(invalid="ignore"):
+            hidden = (np.abs(af) < threshold) if name in DIVERGING else (af < threshold)
+        alpha = ~hidden
+    if nan is not None and nan.any():
+        alpha = ~nan if alpha is None else (alpha & ~nan)
+    a255 = int(round(255 * float(np.clip(opacity, 0.0, 1.0))))
+    if alpha is None:
+        if a255 != 255:
+            rgba[..., 3] = a255
+    else:
+        rgba[..., 3] = np.where(alpha, np.uint8(a255), np.uint8(0))
+    return rgba
+
+
+def colorbar_rgba(cmap: str, length: int = 256, width: int = 1,
+                  vertical: bool = True) -> np.ndarray:
+    """An RGBA ramp of a colour map (low values at the bottom when ``vertical``), uint8."""
+    ramp = lut(cmap)[np.linspace(0, _LUT_SIZE - 1, length).astype(int)]
+    if vertical:
+        return np.repeat(ramp[::-1, None, :], width, axis=1)
+    return np.repeat(ramp[None, :, :], width, axis=0)
+
+
+def robust_range(array: np.ndarray, lower: float = 1.0, upper: float = 99.5,
+                 symmetric: bool = False, max_samples: int = 200_000) -> tuple[float, float]:
+    """A display range from percentiles of the finite values (subsampled for speed).
+
+    ``symmetric=True`` returns ``(-m, m)`` with ``m`` the ``upper`` percentile of ``|v|``.
+    """
+    a = np.asarray(array).ravel()
+    if a.size > max_samples:
+        a = a[:: int(np.ceil(a.size / max_samples))]
+    a = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+    if a.size == 0:
+        return (0.0, 1.0)
+    if symmetric:
+        m = float(np.percentile(np.abs(a), upper))
+        m = m if m > 0 else 1.0
+        return (-m, m)
+    lo, hi = (float(v) for v in np.percentile(a, [lower, upper]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return (lo, hi)
+
+
+def importance_display(array: np.ndarray, signed: bool = False) -> dict:
+    """Display settings for an importance map (Grad-CAM, occlusion, population map).
+
+    Raw values stay untouched; only the display is normalised. ReLU map: ``heat`` from 0 to the
+    99.5th percentile ``hi`` of the non-zero values, transparent below
+    ``max(0.25 * hi, 80th percentile of the non-zero values)`` so at most the top fifth of the
+    map covers the anatomy. Signed map: ``bwr`` symmetric about 0, the same rule on ``|v|``.
+    """
+    arr = np.asarray(array, dtype=np.float64)
+    nz = np.abs(arr[np.isfinite(arr) & (arr != 0)])
+    if nz.size:
+        hi, q80 = (float(v) for v in np.percentile(nz, [99.5, 80.0]))
+    else:
+        hi, q80 = 1.0, 0.0
+    hi = hi if hi > 0 else 1.0
+    thr = max(0.25 * hi, min(q80, 0.9 * hi))
+    if signed:
+        return {"kind": "overlay", "colormap": "bwr", "display_range": (-hi, hi),
+                "threshold": thr, "opacity": 0.7}
+    return {"kind": "overlay", "colormap": "heat", "display_range": (0.0, hi),
+            "threshold": thr, "opacity": 0.7}

@@ -1,0 +1,389 @@
+"""Explain the subjects of a workspace with a trained run: maps in each subject's own space.
+
+For every subject: load its images, bring them onto the run's model grid (exactly the input the
+run was trained and predicts on, plus that grid's affine), compute one map per ensemble member
+and their mean, resample the mean to the grid of the subject's original image and write it as
+NIfTI with that image's affine, raw float32 values, atomically::
+
+    subjects/<id>/gradcam_<run>.nii.gz          Grad-CAM, ReLU variant
+    subjects/<id>/gradcam_signed_<run>.nii.gz   Grad-CAM, signed (+ older, - younger)
+    subjects/<id>/occlusion_<run>.nii.gz        occlusion sensitivity (signed, years)
+    subjects/<id>/<kind>.json                   how the map was made (method, layer, members,
+                                                their predictions, units, model grid)
+
+and records the path in the cohort index under the image kind of the same name. Values are
+scaled by each member's ``target_std``, so Grad-CAM is in (years per unit activation) x
+activation and occlusion in years of predicted age.
+
+Members: a subject the run held out in a cross-validation fold is explained with the members of
+that fold only (the ones whose out-of-fold prediction it got); any other subject with all.
+
+Resumable: a subject whose map exists is skipped unless ``overwrite``; a subject that fails with
+a user-fixable error is recorded (``tasks`` table, stage ``explain``) and the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.atomic import write_json
+from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.explain.gradcam import gradcam
+from bodyage_core.explain.occlusion import occlusion_map
+from bodyage_core.explain.space import map_to_subject_space, save_map
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.volume import Volume
+
+METHODS = ("gradcam", "occlusion")
+
+
+def map_kind(method: str, run: str, variant: str = "relu") -> str:
+    """Image kind (and file stem) of a map: ``gradcam_<run>``, ``gradcam_signed_<run>``,
+    ``occlusion_<run>``."""
+    if method == "gradcam":
+        return f"gradcam_{run}" if variant == "relu" else f"gradcam_signed_{run}"
+    if method == "occlusion":
+        return f"occlusion_{run}"
+    raise ConfigError(f"unknown explanation method {method!r}; use {' or '.join(METHODS)}")
+
+
+@dataclass
+class ExplainSummary:
+    """What :func:`explain_subjects` did."""
+
+    run: str
+    method: str
+    kind: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    no_prediction: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.kind}: {len(self.written)} written, {len(self.skipped)} skipped "
+               f"(map exists; --overwrite to redo), {len(self.failed)} failed "
+               f"in {self.seconds:.1f} s"]
+        for sid, msg in self.failed.items():
+            out.append(f"  failed {sid}: {msg}")
+        if self.no_prediction:
+            ids = ", ".join(self.no_prediction[:5]) + (" ..." if len(self.no_prediction) > 5
+                                                       else "")
+            out.append(f"  note: {len(self.no_prediction)} subject(s) have no stored prediction "
+                       f"of run {self.run!r} ({ids}); the maps do not need one — run "
+                       "`bodyage predict` to get their ages")
+        return out
+
+
+# -- the model grid and its affine ----------------------------------------------------------
+
+def _minimal_geometry(volume: Volume, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Geometry of ``training.data``'s minimal preprocessor (zoom to the grid spacing, crop/pad
+    around the intensity centre of mass): un-normalised ``(C, Z, Y, X)`` array and affine."""
+    from bodyage_core.training.data import minimal_model_grid
+
+    in_shape = np.array(volume.shape, dtype=float)
+    zoom = [s / t for s, t in zip(volume.spacing_zyx, spec.spacing_zyx)]
+    arr, start = minimal_model_grid(volume, spec)
+    out_shape = np.array([round(n * z) for n, z in zip(volume.shape, zoom)], dtype=float)
+    # scipy.ndimage.zoom (grid_mode=False): in = out * (n_in - 1) / (n_out - 1)
+    if np.allclose(zoom, 1.0, atol=1e-3):
+        scale = np.ones(3)
+    else:
+        scale = np.where(out_shape > 1, (in_shape - 1) / np.maximum(out_shape - 1, 1), 1.0)
+    zyx_to_in = np.eye(4)
+    zyx_to_in[:3, :3] = np.diag(scale)
+    zyx_to_in[:3, 3] = scale * start
+    rev = np.eye(4)[[2, 1, 0, 3]]
+    affine = volume.affine @ rev @ zyx_to_in @ rev
+    return arr, affine
+
+
+def _same_geometry(a: np.ndarray, b: np.ndarray, min_corr: float = 0.99) -> bool:
+    """Two ``(C, Z, Y, X)`` arrays that differ at most by a per-channel intensity scaling."""
+    if a.shape != b.shape:
+        return False
+    for ca, cb in zip(a, b):
+        ca, cb = ca.ravel().astype(np.float64), cb.ravel().astype(np.float64)
+        if np.ptp(ca) == 0 or np.ptp(cb) == 0:
+            if not (np.ptp(ca) == 0 and np.ptp(cb) == 0):
+                return False
+            continue
+        if np.corrcoef(ca, cb)[0, 1] < min_corr:
+            return False
+    return True
+
+
+def model_grid_input(volume: Volume, spec) -> Volume:
+    """The subject on the run's model grid: the exact input array the run sees
+    (``training.data.prepare_input``) together with the affine of that grid.
+
+    The affine comes from the preprocessing that produced the array: the preprocess module's
+    ``prepare_for_model(..., return_volume=True)`` when its geometry matches, else the minimal
+    resampler of ``training.data``. If neither reproduces the array, the geometry is unknown and
+    a BodyageError says so (a map must never be saved in the wrong place).
+    """
+    from bodyage_core.training.data import prepare_input
+
+    if getattr(spec, "mode", "3d") != "3d":
+        raise ConfigError("this run is a 2.5D model: its maps live on the projection images, "
+                          "not in the subject's 3D space",
+                          hint="use bodyage_core.explain.guided_gradcam on the projections")
+    sel = volume.with_data(np.stack([volume.channel(c) for c in spec.channels]),
+                           channels=tuple(spec.channels))
+    arr = prepare_input(volume, spec)
+    def candidates():
+        try:
+            from bodyage_core.preprocess import ModelGrid, prepare_for_model
+        except ImportError:
+            prepare_for_model = None
+        if prepare_for_model is not None:
+            try:
+                grid = spec if isinstance(spec, ModelGrid) else None
+                if grid is None and hasattr(spec, "model_grid"):
+                    grid = spec.model_grid() if callable(spec.model_grid) else spec.model_grid
+                if grid is None:
+                    grid = ModelGrid(spacing_xyz=tuple(spec.spacing_zyx)[::-1],
+                                     shape_zyx=tuple(spec.shape_zyx),
+                                     channels=tuple(spec.channels),
+                                     normalisation={"method": "none"})
+                out = prepare_for_model(sel, grid, return_volume=True)
+                yield np.asarray(out.data), np.asarray(out.affine)
+            except (AttributeError, TypeError, ValueError, BodyageError):
+                pass
+        yield _minimal_geometry(sel, spec)
+
+    for data, affine in candidates():
+        if _same_geometry(np.asarray(data, np.float32), arr):
+            return Volume(arr, affine, tuple(spec.channels),
+                          {"model_grid": True, "source": volume.provenance.get("path")})
+    raise BodyageError("cannot tell where the run's model grid lies in the subject's space "
+                       "(the preprocessing that made the input is not one explain knows)",
+                       path=volume.provenance.get("path"),
+                       hint="report this: explain must learn the new preprocessing's affine")
+
+
+def subject_grid(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """``(shape_zyx, affine)`` of the subject's original image file: for NIfTI the file's own
+    voxel grid (read from the header); otherwise the grid the loader returns."""
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")) and path.is_file():
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            shape = tuple(int(s) for s in img.shape[:3])
+            return (shape[2], shape[1], shape[0]), np.asarray(img.affine, float)
+        except Exception as err:  # noqa: BLE001 - any header problem is a load error
+            raise BodyageError(f"cannot read the image header ({err})", path=path) from err
+    from bodyage_core.io import load_volume
+
+    vol = load_volume(path)
+    return vol.shape, vol.affine
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+class _Nested(ProgressReporter):
+    """Forwards only cancellation of an outer reporter (inner loops stay quiet)."""
+
+    def __init__(self, outer: ProgressReporter):
+        super().__init__(None)
+        self._outer = outer
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._outer.check()
+
+
+def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = None,
+                     method: str = "gradcam", layer: str = "layer3", variant: str = "relu",
+                     device: str = "auto", reporter: ProgressReporter | None = None,
+                     overwrite: bool = False, occlusion_patch: int | Sequence[int] = 8,
+                     occlusion_stride: int | Sequence[int] | None = None,
+                     occlusion_baseline: str | float = "zero",
+                     batch_size: int = 8, save_members: bool = False) -> ExplainSummary:
+    """Write one explanation map per subject of ``workspace`` for the trained ``run``.
+
+    Parameters
+    ----------
+    workspace
+        A :class:`~bodyage_core.cohort.Workspace` or its path.
+    run
+        Name of a complete run under ``models/<run>/``.
+    subject_ids
+        Subjects to explain (default: all).
+    method
+        ``'gradcam'`` or ``'occlusion'``.
+    layer, variant
+        Grad-CAM layer (default ``'layer3'``) and ``'relu'`` or ``'signed'``.
+    device
+        ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``.
+    reporter
+        Progress (stage ``'explain'``, one unit per subject); can cancel between and within
+        subjects.
+    overwrite
+        Recompute maps that exist.
+    occlusion_patch, occlusion_stride, occlusion_baseline
+        Occlusion settings in model-grid voxels (see :func:`occlusion_map`).
+    batch_size
+        Occluded copies per forward pass.
+    save_members
+        Also write each member's map as ``<kind>_member<k>.nii.gz`` (same grid; listed in the
+        JSON sidecar, not in the cohort index).
+
+    Returns
+    -------
+    ExplainSummary
+    """
+    from bodyage_core.cohort import Workspace
+
+    t0 = time.perf_counter()
+    if variant not in ("relu", "signed"):
+        raise ConfigError(f"unknown Grad-CAM variant {variant!r}; use relu or signed")
+    kind = map_kind(method, run, variant)
+    if isinstance(workspace, Workspace):
+        return _explain(workspace, run, subject_ids, method, layer, variant, device, reporter,
+                        overwrite, occlusion_patch, occlusion_stride, occlusion_baseline,
+                        batch_size, save_members, kind, t0)
+    with Workspace.open(workspace) as ws:
+        return _explain(ws, run, subject_ids, method, layer, variant, device, reporter,
+                        overwrite, occlusion_patch, occlusion_stride, occlusion_baseline,
+                        batch_size, save_members, kind, t0)
+
+
+def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,
+             occlusion_patch, occlusion_stride, occlusion_baseline, batch_size, save_members,
+             kind, t0) -> ExplainSummary:
+    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.training.data import load_subject_volume
+
+    age_run = AgeRun(ws.model_dir(run), device=device)
+    spec = age_run.spec
+    if spec.mode != "3d":
+        model_grid_input(Volume(np.zeros((1, 1, 1, 1)), np.eye(4)), spec)  # raises the 2.5D error
+    models = age_run.load_members()
+    if method == "gradcam":
+        from bodyage_core.explain.gradcam import resolve_layer
+
+        resolve_layer(models[0], layer)  # an unknown layer fails before any subject
+    member_folds = [m.get("fold") for m in age_run.members]
+    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
+
+    subjects = ws.db.subjects(list(subject_ids)) if subject_ids else ws.db.subjects()
+    if not subjects:
+        raise BodyageError("the workspace has no subjects to explain", path=ws.root,
+                           hint="import or synthesise a cohort first")
+    predicted = {p["subject_id"] for p in ws.db.predictions(run)}
+    rep = ensure_reporter(reporter)
+    summary = ExplainSummary(run=run, method=method, kind=kind)
+    rep.update("explain", 0, len(subjects), kind)
+    for i, subj in enumerate(subjects):
+        sid = subj.subject_id
+        target = ws.subject_dir(sid) / f"{kind}.nii.gz"
+        if sid not in predicted:
+            summary.no_prediction.append(sid)
+        if target.exists() and not overwrite:
+            summary.skipped.append(sid)
+            if kind not in subj.images:
+                ws.db.set_image(sid, kind, ws.relative(target))
+            rep.update("explain", i + 1, len(subjects), sid)
+            continue
+        ws.db.set_task("explain", kind, sid, "running")
+        try:
+            fold = age_run.fold_of(sid)
+            sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
+            sel = sel or list(range(len(models)))
+            vol = load_subject_volume(ws, subj, spec.channels)
+            mg = model_grid_input(vol, spec)
+            x = mg.data[None]
+            if method == "gradcam":
+                res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
+                              target_std=[member_std[k] for k in sel])
+            else:
+                res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
+                                    stride=occlusion_stride, baseline=occlusion_baseline,
+                                    batch_size=batch_size,
+                                    target_std=[member_std[k] for k in sel],
+                                    reporter=_Nested(rep))
+            src = ws.image_path(sid, spec.channels[0])
+            shape, affine = subject_grid(src)
+            out = map_to_subject_space(res.mean[0], mg.affine, (shape, affine))
+            save_map(out, target, description=f"bodyage {kind}")
+            member_files = []
+            if save_members:
+                for j, k in enumerate(sel):
+                    mp = target.with_name(f"{kind}_member{k}.nii.gz")
+                    save_map(map_to_subject_space(res.members[j, 0], mg.affine,
+                                                  (shape, affine)), mp,
+                             description=f"bodyage {kind} member {k}")
+                    member_files.append(ws.relative(mp))
+            mu_years = [float(res.mu[j, 0]) * member_std[k]
+                        + float(age_run.members[k].get("target_mean", 0.0))
+                        for j, k in enumerate(sel)]
+            write_json(target.with_name(f"{kind}.json"), {
+                "kind": kind, "run": run, "method": method,
+                "layer": layer if method == "gradcam" else None,
+                "variant": variant if method == "gradcam" else "signed",
+                "members": sel, "member_files": member_files, "fold": fold, "member_mu_years": mu_years,
+                "units": ("(d age / d activation) x activation, years"
+                          if method == "gradcam" else "change of predicted age, years"),
+                "sign": ("relu: evidence that raises the predicted age" if
+                         method == "gradcam" and variant == "relu" else
+                         "positive = evidence for older, negative = for younger"),
+                "occlusion": res.info if method == "occlusion" else None,
+                "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
+                "model_grid_shape_zyx": list(mg.shape),
+            })
+            ws.db.set_image(sid, kind, ws.relative(target))
+            ws.db.set_task("explain", kind, sid, "done")
+            summary.written.append(sid)
+            summary.paths[sid] = ws.relative(target)
+        except BodyageError as err:
+            ws.db.set_task("explain", kind, sid, "failed", str(err))
+            summary.failed[sid] = str(err)
+        except BaseException:
+            ws.db.set_task("explain", kind, sid, "failed", "interrupted")
+            raise
+        rep.update("explain", i + 1, len(subjects), sid)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def sanity_report(workspace, run: str, subject_id: str | None = None, layer: str = "layer3",
+                  variant: str = "relu", mode: str = "cascading", threshold: float = 0.5,
+                  device: str = "auto") -> dict[str, Any]:
+    """Run the model-randomisation check (Adebayo et al. 2018) on one subject with the run's
+    first member and write ``reports/explain_sanity_<run>.json``; returns the report dict (its
+    ``flagged`` is True when a randomised model's Grad-CAM is too similar to the trained one's).
+    """
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.explain.sanity import randomisation_check
+    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.training.data import load_subject_volume
+
+    own = not isinstance(workspace, Workspace)
+    ws = Workspace.open(workspace) if own else workspace
+    try:
+        age_run = AgeRun(ws.model_dir(run), device=device)
+        subjects = ws.db.subjects([subject_id]) if subject_id else ws.db.subjects()
+        if not subjects:
+            raise BodyageError("the workspace has no subjects", path=ws.root)
+        subj = subjects[0]
+        mg = model_grid_input(load_subject_volume(ws, subj, age_run.spec.channels),
+                              age_run.spec)
+        model = age_run.load_members()[0]
+        report = randomisation_check(model, mg.data[None], layer=layer, mode=mode,
+                                     threshold=threshold, variant=variant)
+        report.update({"run": run, "subject_id": subj.subject_id, "member": 0})
+        write_json(ws.reports_dir / f"explain_sanity_{run}.json", report)
+        return report
+    finally:
+        if own:
+            ws.close()

@@ -1,0 +1,373 @@
+"""Train a whole run: k-fold cross-validation x K ensemble members into ``models/<run>/``.
+
+``train_run`` validates the cohort, splits it, trains every member (resumable, member by member
+and epoch by epoch), predicts each fold's validation and held-out subjects with that fold's
+ensemble, fits variance calibration and bias correction on validation subjects only, and writes
+the run directory (layout in :mod:`bodyage_core.models.ensemble`). Training happens in
+``<run>.partial/``; only a complete run is renamed to ``<run>/`` (replacing an old one only with
+``overwrite``), so an interrupted or failed run never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.atomic import atomic_path, write_json, write_text
+from bodyage_core.errors import BodyageError, CohortError, ConfigError
+from bodyage_core.models.ensemble import (
+    MEMBER_FORMAT,
+    RUN_FORMAT,
+    apply_bias_correction,
+    apply_variance_scale,
+    combine_members,
+    fit_bias_correction,
+    fit_variance_scale,
+)
+from bodyage_core.models.factory import build_model, is_3d, model_config
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.training.data import AgeDataset, InputSpec, SubjectRecord
+from bodyage_core.training.losses import LOGVAR_RANGE, TargetScaler
+from bodyage_core.training.splits import make_folds, split_indices
+from bodyage_core.training.trainer import (
+    TrainConfig,
+    Trainer,
+    predict_arrays,
+    resolve_device,
+    seed_everything,
+)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    oof: list[dict[str, Any]]          # one row per cohort subject (out-of-fold prediction)
+    metrics: dict[str, Any]
+
+
+def validate_cohort(records: Sequence[SubjectRecord], folds: int) -> None:
+    """Clear errors for cohorts no age model can be trained on."""
+    if not records:
+        raise CohortError("the cohort has no subjects with an age and the needed images",
+                          hint="import subjects first (`bodyage import` or `bodyage synth`)")
+    ages = np.array([np.nan if r.age is None else r.age for r in records], dtype=float)
+    bad = [r.subject_id for r, a in zip(records, ages) if not np.isfinite(a)]
+    if bad:
+        raise CohortError(f"{len(bad)} subject(s) have no valid age (NaN): "
+                          f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}",
+                          hint="fix their ages in the cohort CSV or remove them")
+    if np.ptp(ages) < 1e-6:
+        raise CohortError(f"all {len(ages)} subjects have the same age ({ages[0]:g}); an age "
+                          "model needs a spread of ages", hint="add subjects of other ages")
+    need = max(folds, 1) * 2 if folds > 1 else 6
+    if folds > 1 and len(records) < folds:
+        raise CohortError(f"{len(records)} subjects are fewer than the {folds} folds asked for",
+                          hint=f"use --folds {max(2, len(records) // 2)} or add subjects")
+    if len(records) < need:
+        raise CohortError(f"{len(records)} subjects are too few to train with "
+                          f"{folds} fold(s) (need at least {need})",
+                          hint="add subjects or use fewer folds")
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if overwrite:
+        if partial.exists():
+            shutil.rmtree(partial)
+        return partial
+    if resume:
+        if not partial.exists():
+            if run_dir.exists():
+                raise BodyageError("run is already complete; nothing to resume", path=run_dir,
+                                   hint="use --overwrite to train it again")
+        return partial
+    if run_dir.exists():
+        raise BodyageError("run folder already exists", path=run_dir,
+                           hint="use --overwrite to replace it, or another --run name")
+    if partial.exists():
+        raise BodyageError("an interrupted run exists", path=partial,
+                           hint="use --resume to continue it or --overwrite to start again")
+    return partial
+
+
+def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: InputSpec,
+              model: dict[str, Any] | None = None, train: TrainConfig | None = None,
+              folds: int = 5, members: int = 1, split_method: str = "stratified",
+              val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+              resume: bool = False, overwrite: bool = False,
+              reporter: ProgressReporter | None = None, handlers: dict | None = None,
+              dataset: AgeDataset | None = None, _on_start=None) -> RunResult:
+    """Train ``folds x members`` networks and write a complete run to ``run_dir``.
+
+    Parameters
+    ----------
+    records
+        The cohort (subjects with ages; their loaders return arrays of ``spec.array_shape``).
+    run_dir
+        ``workspace/models/<run>``; must not exist unless ``overwrite`` (or ``resume`` of an
+        interrupted run).
+    folds
+        ``>= 2``: k-fold cross-validation, every subject gets an out-of-fold prediction.
+        ``1``: one split; ``test_fraction`` of the subjects are held out as fold 0.
+    members
+        Ensemble members per fold (different seeds).
+    handlers
+        ``{event: handler}`` attached to every member's :class:`Trainer`.
+    """
+    rep = ensure_reporter(reporter)
+    run_dir = Path(run_dir)
+    train = train or TrainConfig()
+    mcfg = model_config(model)
+    if is_3d(mcfg) != (spec.mode == "3d"):
+        raise ConfigError(f"model {mcfg['arch']} does not take {spec.mode} inputs",
+                          hint="use resnet3d for 3D volumes, resnet2d/vgg2d for 2.5D")
+    mcfg["in_channels"] = len(spec.channels)
+    if members < 1 or members > 20:
+        raise ConfigError(f"--members must be between 1 and 20, got {members}")
+    if folds < 1:
+        raise ConfigError(f"--folds must be at least 1, got {folds}")
+    resolve_device(train.device)
+    validate_cohort(records, folds)
+    work = _check_run_dir(run_dir, resume, overwrite)
+
+    ds = dataset if dataset is not None else AgeDataset(records)
+    ages = ds.ages
+    n = len(ds)
+    sex, bmi, site = ds.column("sex"), ds.column("bmi_group"), ds.column("site")
+    ids = ds.subject_ids
+    if len(set(ids)) != n:
+        raise CohortError("subject ids are not unique")
+    first = ds.array(0)
+    if tuple(first.shape) != spec.array_shape:
+        raise BodyageError(f"subject {ids[0]}: input shape {tuple(first.shape)} differs from "
+                           f"the model grid {spec.array_shape}")
+
+    # -- splits ----------------------------------------------------------------------------
+    if folds > 1:
+        fold_of = make_folds(folds, ages, sex, bmi, site, split_method, seed)
+    else:
+        fold_of = np.full(n, -1)
+        _, test = split_indices(np.arange(n), test_fraction, ages, sex, bmi, site,
+                                split_method, seed)
+        fold_of[test] = 0
+    n_fold_models = max(folds, 1)
+    plan = []
+    val_sets: dict[int, np.ndarray] = {}
+    for f in range(n_fold_models):
+        trainval = np.where(fold_of != f)[0]
+        tr, va = split_indices(trainval, val_fraction, ages, sex, bmi, site, split_method,
+                               seed + 7919 * (f + 1))
+        val_sets[f] = va
+        for k in range(members):
+            plan.append({"index": len(plan), "fold": f, "member": k,
+                         "seed": int(seed + 1000 * f + k), "train": tr, "val": va})
+
+    config = {
+        "format": RUN_FORMAT, "run": run_dir.name, "status": "training",
+        "model": mcfg, "train": train.to_dict(), "input": spec.to_dict(),
+        "folds": folds, "members_per_fold": members, "split_method": split_method,
+        "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+        "subjects": n, "created": time.time(),
+        "members": [{"file": f"member_{p['index']}.pt", "fold": p["fold"], "seed": p["seed"]}
+                    for p in plan],
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    old_cfg_path = work / "config.json"
+    if resume and old_cfg_path.exists():
+        import json
+        old = json.loads(old_cfg_path.read_text())
+        for key in ("model", "input", "folds", "members_per_fold", "split_method", "seed"):
+            if old.get(key) != json.loads(json.dumps(config[key])):
+                raise ConfigError(f"--resume with a different {key} than the interrupted run",
+                                  path=old_cfg_path, hint="repeat the original options or use "
+                                                          "--overwrite")
+        tr_old, tr_new = dict(old.get("train", {})), train.to_dict()
+        tr_old.pop("device", None)
+        tr_new.pop("device", None)
+        if tr_old != json.loads(json.dumps(tr_new)):
+            raise ConfigError("--resume with different training options than the interrupted "
+                              "run", path=old_cfg_path,
+                              hint="repeat the original options or use --overwrite")
+    write_json(work / "config.json", config)
+    if _on_start is not None:
+        _on_start()
+    split_info = {
+        "method": split_method,
+        "folds": {ids[i]: int(fold_of[i]) for i in range(n) if fold_of[i] >= 0},
+        "split": {ids[i]: ("oof" if folds > 1 else "test") for i in range(n) if fold_of[i] >= 0},
+        "single_split_roles": {},
+        "val": {str(f): [ids[i] for i in v] for f, v in val_sets.items()},
+    }
+    if folds == 1:   # who trained / validated the single-split members (not held out)
+        val0 = set(val_sets[0].tolist())
+        split_info["single_split_roles"] = {ids[i]: ("val" if i in val0 else "train")
+                                            for i in range(n) if fold_of[i] < 0}
+    write_json(work / "splits.json", split_info)
+
+    # -- cache inputs (fills the workspace .npy cache on first use) -------------------------
+    for i in range(n):
+        ds.array(i)
+        rep.update("load", i + 1, n, ids[i])
+
+    # -- members -----------------------------------------------------------------------------
+    member_info: list[dict[str, Any]] = []
+    histories: dict[str, Any] = {}
+    outputs: dict[int, np.ndarray] = {}       # member index -> (n, 2) raw outputs on all
+    device = resolve_device(train.device)
+    for p in plan:
+        k = p["index"]
+        label = f"fold {p['fold'] + 1}/{n_fold_models} member {p['member'] + 1}/{members}"
+        member_path = work / f"member_{k}.pt"
+        scaler = TargetScaler.fit(ages[p["train"]])
+        seed_everything(p["seed"])
+        net = build_model(mcfg)
+        if member_path.exists():
+            from bodyage_core.training.trainer import load_torch_file
+            ck = load_torch_file(member_path, what="ensemble member")
+            net.load_state_dict(ck["state_dict"])
+            info = ck["info"]
+            scaler = TargetScaler(info["target_mean"], info["target_std"])
+        else:
+            tcfg = TrainConfig.from_dict(dict(train.to_dict(), seed=p["seed"]))
+            tr = Trainer(net, ds, p["train"], p["val"], tcfg, scaler,
+                         checkpoint=work / "checkpoints" / f"member_{k}.ckpt", reporter=rep,
+                         name=label)
+            for ev, h in (handlers or {}).items():
+                tr.on(ev, h)
+            state = tr.fit(resume=True)
+            net = tr.model
+            info = {"file": member_path.name, "fold": p["fold"], "seed": p["seed"],
+                    "target_mean": scaler.mean, "target_std": scaler.std,
+                    "best_val_mae": state.best_val_mae, "best_epoch": state.best_epoch,
+                    "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+                    "n_train": len(p["train"]), "n_val": len(p["val"]),
+                    "history": state.history}
+            import torch
+            payload = {"format": MEMBER_FORMAT, "model_config": dict(mcfg, weights=None),
+                       "state_dict": {k2: v.detach().cpu() for k2, v in
+                                      net.state_dict().items()},
+                       "input": spec.to_dict(), "info": info}
+            with atomic_path(member_path) as tmp:
+                torch.save(payload, tmp)
+        member_info.append({key: info[key] for key in info if key != "history"})
+        histories[member_path.name] = info.get("history", [])
+        net = net.to(device)
+        outputs[k] = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
+                                    stage="predict")
+
+    # -- ensemble per fold, calibration and bias correction on validation ---------------------
+    use_var = train.loss == "meanvar"
+    mu_all = np.full((len(plan), n), np.nan)
+    var_all = np.zeros((len(plan), n))
+    for p, info in zip(plan, member_info):
+        out = outputs[p["index"]]
+        mu_all[p["index"]] = out[:, 0] * info["target_std"] + info["target_mean"]
+        if use_var:
+            var_all[p["index"]] = np.exp(np.clip(out[:, 1], *LOGVAR_RANGE)) * info["target_std"] ** 2
+    member_fold = np.array([p["fold"] for p in plan])
+    bias = {"folds": {}}
+    calib = {"folds": {}}
+    val_pred, val_age, val_err, val_var = [], [], [], []
+    fold_mean = np.full(n, np.nan)
+    fold_var = np.full(n, np.nan)
+    for f in range(n_fold_models):
+        sel = member_fold == f
+        mean_f, var_f = combine_members(mu_all[sel], var_all[sel])
+        va = val_sets[f]
+        bias["folds"][str(f)] = fit_bias_correction(ages[va], mean_f[va])
+        calib["folds"][str(f)] = fit_variance_scale(mean_f[va] - ages[va], var_f[va])
+        val_pred.append(mean_f[va])
+        val_age.append(ages[va])
+        val_err.append(mean_f[va] - ages[va])
+        val_var.append(var_f[va])
+        test = fold_of == f
+        fold_mean[test] = mean_f[test]
+        fold_var[test] = var_f[test]
+    bias["global"] = fit_bias_correction(np.concatenate(val_age), np.concatenate(val_pred))
+    calib["global"] = fit_variance_scale(np.concatenate(val_err), np.concatenate(val_var))
+    bias["note"] = ("fitted on validation subjects only: predicted = a * age + b; "
+                    "corrected = (predicted - b) / a")
+    calib["note"] = ("calibrated variance = scale * ensemble variance + floor, both fitted by "
+                     "the Gaussian NLL of validation errors")
+
+    # -- out-of-fold rows ----------------------------------------------------------------------
+    oof = []
+    for i in range(n):
+        f = int(fold_of[i])
+        if f < 0:
+            continue
+        key = str(f)
+        sel = member_fold == f
+        var_c = apply_variance_scale(fold_var[i:i + 1], calib["folds"][key])[0]
+        corr = apply_bias_correction(fold_mean[i:i + 1], bias["folds"][key])[0]
+        mem = [{"mu": float(mu_all[j, i]), "sigma": float(math.sqrt(var_all[j, i]))}
+               for j in np.where(sel)[0]]
+        oof.append({"subject_id": ids[i], "fold": f, "split": split_info["split"][ids[i]],
+                    "age": float(ages[i]), "sex": sex[i], "bmi_group": bmi[i], "site": site[i],
+                    "members": mem, "mean": float(fold_mean[i]), "sigma": float(math.sqrt(var_c)),
+                    "corrected": float(corr), "gap": float(corr - ages[i])})
+
+    from bodyage_core.evaluation.metrics import regression_metrics
+    metrics = {
+        "n_subjects": n, "n_out_of_fold": len(oof),
+        "raw": regression_metrics([r["age"] for r in oof], [r["mean"] for r in oof]),
+        "corrected": regression_metrics([r["age"] for r in oof], [r["corrected"] for r in oof]),
+        "members": member_info, "histories": histories,
+    }
+    write_json(work / "bias_correction.json", bias)
+    write_json(work / "calibration.json", calib)
+    write_json(work / "normalisation.json", {
+        "input": {"normalise": spec.normalise, "channels": list(spec.channels),
+                  "mode": spec.mode},
+        "targets": {m["file"]: {"target_mean": m["target_mean"],
+                                "target_std": m["target_std"]} for m in member_info}})
+    write_text(work / "oof_predictions.csv", predictions_csv(oof))
+    write_json(work / "metrics.json", metrics)
+    config["members"] = member_info
+    config["status"] = "complete"
+    config["finished"] = time.time()
+    write_json(work / "config.json", config)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    _publish(work, run_dir)
+    return RunResult(run_dir, oof, metrics)
+
+
+def _publish(work: Path, run_dir: Path) -> None:
+    """Rename the finished ``<run>.partial`` onto ``<run>`` (the old run goes only now)."""
+    old = None
+    if run_dir.exists():
+        old = run_dir.with_name(f".{run_dir.name}.old-{int(time.time() * 1000)}")
+        run_dir.rename(old)
+    work.rename(run_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def predictions_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV text of prediction rows (members as ``mu_<k>`` / ``sigma_<k>`` columns)."""
+    cols = ["subject_id", "fold", "split", "age", "sex", "bmi_group", "site", "mean", "sigma",
+            "corrected", "gap"]
+    k = max((len(r.get("members") or []) for r in rows), default=0)
+    header = cols + [f"mu_{j}" for j in range(k)] + [f"sigma_{j}" for j in range(k)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        mem = r.get("members") or []
+        vals = [r.get(c) for c in cols]
+        vals += [m["mu"] for m in mem] + [None] * (k - len(mem))
+        vals += [m["sigma"] for m in mem] + [None] * (k - len(mem))
+        w.writerow(["" if v is None else (f"{v:.4f}" if isinstance(v, float) else v)
+                    for v in vals])
+    return buf.getvalue()

@@ -1,0 +1,471 @@
+"""The training loop of one network: events, progress, cancel, checkpoints, resume.
+
+The :class:`Trainer` fires events (:class:`~bodyage_core.training.events.Events`) that handlers
+attach to, and reports every step through a :class:`~bodyage_core.progress.ProgressReporter`
+(``stage="train"``, values ``epoch, step, loss, val_mae, lr``; the reporter computes the ETA),
+which is also where a cancel request is honoured (within one step). After every epoch the full
+state (model, optimiser, scheduler, history, best weights) is written atomically to the
+checkpoint file, so an interrupted run resumes from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bodyage_core.atomic import atomic_path
+from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.training.augment import AugmentConfig, augment_batch
+from bodyage_core.training.data import AgeDataset
+from bodyage_core.training.events import EventEmitter, Events
+from bodyage_core.training.losses import TargetScaler, get_loss
+
+SCHEDULERS = ("plateau", "step", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one network (DESIGN.md defaults where they exist)."""
+
+    epochs: int = 50
+    batch_size: int = 4
+    accumulate: int = 1            # gradient accumulation over this many mini-batches
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    loss: str = "l1"               # l1 | mse | meanvar
+    scheduler: str = "plateau"     # plateau (on val MAE) | step (2.5D: lr/10 at step_fraction)
+    plateau_patience: int = 3
+    plateau_factor: float = 0.1
+    step_fraction: float = 5 / 6   # Langner: 6000 iterations, lr/10 for the last 1000
+    early_stopping: int = 10       # epochs without a better val MAE before stopping; 0 = off
+    warmup_epochs: int = 0         # linear lr warm-up (epochs)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    amp: bool = True               # bfloat16 autocast, CUDA only
+    eval_batch_size: int = 16
+    precise_bn: int = 128          # re-estimate batch-norm statistics on up to this many
+                                   # training subjects before each validation (0 = off)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}",
+                              hint=f"use one of {SCHEDULERS}")
+        get_loss(self.loss)
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise ConfigError("epochs, batch size and accumulation must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class TrainState:
+    """What handlers see: counters, the last losses and the validation history."""
+
+    member: str = ""
+    epoch: int = 0                 # epochs completed
+    iteration: int = 0             # mini-batches done in total
+    total_iterations: int = 0
+    step_in_epoch: int = 0
+    steps_per_epoch: int = 0
+    loss: float = math.nan         # last mini-batch loss
+    train_loss: float = math.nan   # mean over the last epoch
+    val_mae: float = math.nan      # years
+    best_val_mae: float = math.inf
+    best_epoch: int = -1
+    lr: float = 0.0
+    batch_size: int = 0
+    accumulate: int = 1
+    lr_stepped: bool = False
+    stopped_early: bool = False
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a clear error."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available",
+                          hint="use --device cpu or --device auto")
+    if device not in ("cpu",) and not str(device).startswith("cuda"):
+        raise ConfigError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg
+                                              or "can't allocate memory" in msg
+                                              or "not enough memory" in msg)
+
+
+def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda" and _is_3d(model):
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def _is_3d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv3d) for m in model.modules())
+
+
+def _to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.float32)
+    t = t.to(device, non_blocking=True)
+    if device.type == "cuda" and t.ndim == 5:
+        t = t.contiguous(memory_format=torch.channels_last_3d)
+    return t
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_arrays(model: nn.Module, dataset: AgeDataset | np.ndarray,
+                   indices: np.ndarray | None = None, batch_size: int = 16,
+                   device: torch.device | str = "cpu", amp: bool = True,
+                   reporter: ProgressReporter | None = None,
+                   stage: str = "predict") -> np.ndarray:
+    """Raw network outputs ``(N, 2)`` (standardised mu, log-variance) for a dataset or an
+    array batch; halves the batch on out-of-memory."""
+    dev = torch.device(device) if isinstance(device, str) else device
+    model.eval()
+    if isinstance(dataset, np.ndarray):
+        arr = dataset
+        get = lambda idx: arr[idx]  # noqa: E731
+        n = len(arr)
+    else:
+        get = dataset.batch
+        n = len(dataset)
+    idx_all = np.arange(n) if indices is None else np.asarray(indices)
+    out = np.zeros((len(idx_all), 2), dtype=np.float64)
+    rep = ensure_reporter(reporter)
+    pos, bs = 0, max(1, batch_size)
+    while pos < len(idx_all):
+        sel = idx_all[pos:pos + bs]
+        try:
+            with _autocast(dev, amp):
+                y = model(_to_device(get(sel), dev))
+        except Exception as exc:
+            if is_oom(exc) and bs > 1:
+                bs = max(1, bs // 2)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                rep.update(stage, pos, len(idx_all), f"out of memory: batch size now {bs}")
+                continue
+            raise
+        out[pos:pos + len(sel)] = y.float().cpu().numpy()
+        pos += len(sel)
+        rep.update(stage, pos, len(idx_all))
+    return out
+
+
+class Trainer:
+    """Train one network on ``train`` (indices into a dataset), validating on ``val``.
+
+    Parameters
+    ----------
+    model
+        An age network (output ``(N, 2)``).
+    dataset
+        The :class:`AgeDataset` both index sets point into.
+    train_idx, val_idx
+        Training and validation subject indices (validation may be empty).
+    config
+        :class:`TrainConfig`.
+    scaler
+        Target standardisation (fitted on the training ages when None).
+    checkpoint
+        File written atomically after every epoch (and read by :meth:`fit` with ``resume``).
+    reporter
+        Progress and cancellation.
+    """
+
+    def __init__(self, model: nn.Module, dataset: AgeDataset, train_idx, val_idx,
+                 config: TrainConfig | None = None, scaler: TargetScaler | None = None,
+                 checkpoint: str | Path | None = None,
+                 reporter: ProgressReporter | None = None, name: str = "member"):
+        self.config = config or TrainConfig()
+        self.dataset = dataset
+        self.train_idx = np.asarray(train_idx, dtype=np.int64)
+        self.val_idx = np.asarray(val_idx if val_idx is not None else [], dtype=np.int64)
+        if len(self.train_idx) == 0:
+            raise BodyageError("no training subjects", hint="add subjects with ages")
+        ages = dataset.ages
+        self.scaler = scaler or TargetScaler.fit(ages[self.train_idx])
+        self.device = resolve_device(self.config.device)
+        self.model = _prepare_model(model, self.device)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.reporter = ensure_reporter(reporter)
+        self.events = EventEmitter()
+        self.loss_fn = get_loss(self.config.loss)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr,
+                                          weight_decay=self.config.weight_decay)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=self.config.plateau_factor,
+            patience=self.config.plateau_patience)
+        self.state = TrainState(member=name, batch_size=self.config.batch_size,
+                                accumulate=self.config.accumulate, lr=self.config.lr)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self._targets = self.scaler.transform(ages).astype(np.float32)
+
+    def on(self, event: str, handler=None):
+        """Attach ``handler(state)`` to an event (see :class:`Events`)."""
+        return self.events.on(event, handler)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        payload = {
+            "format": "bodyage-train-checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "state": asdict(self.state),
+            "best_model": self.best_state,
+            "scaler": self.scaler.to_dict(),
+            "config": self.config.to_dict(),
+        }
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(payload, tmp)
+        self.events.fire(Events.CHECKPOINT_SAVED, self.state)
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Restore from the checkpoint; False when there is none. A damaged file is a
+        :class:`BodyageError` naming it."""
+        path = Path(path) if path is not None else self.checkpoint
+        if path is None or not path.exists():
+            return False
+        ck = load_torch_file(path, what="training checkpoint")
+        if not isinstance(ck, dict) or ck.get("format") != "bodyage-train-checkpoint/1":
+            raise BodyageError("not a bodyage training checkpoint", path=path,
+                               hint="delete it or train with --overwrite")
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.plateau.load_state_dict(ck["plateau"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise BodyageError(f"checkpoint does not fit this model ({exc})", path=path,
+                               hint="train with --overwrite") from None
+        self.state = TrainState(**ck["state"])
+        self.best_state = ck.get("best_model")
+        sc = ck.get("scaler") or {}
+        self.scaler = TargetScaler(sc.get("target_mean", self.scaler.mean),
+                                   sc.get("target_std", self.scaler.std))
+        self._targets = self.scaler.transform(self.dataset.ages).astype(np.float32)
+        return True
+
+    # -- training ----------------------------------------------------------------------------
+    def _lr_factor_for_warmup(self, epoch_float: float) -> float:
+        w = self.config.warmup_epochs
+        return 1.0 if w <= 0 or epoch_float >= w else max(0.05, epoch_float / w)
+
+    def _train_step(self, sel: np.ndarray, gen: torch.Generator) -> float:
+        cfg, st = self.config, self.state
+        x = _to_device(self.dataset.batch(sel), self.device)
+        y = torch.as_tensor(self._targets[sel], device=self.device)
+        if cfg.augment.enabled:
+            x = augment_batch(x, cfg.augment, gen)
+        with _autocast(self.device, cfg.amp):
+            out = self.model(x)
+        loss = self.loss_fn(out.float(), y)
+        if not torch.isfinite(loss):
+            raise BodyageError(f"training diverged (loss {loss.item()}) at epoch "
+                               f"{st.epoch + 1}", hint="lower the learning rate or use --loss l1")
+        (loss / st.accumulate).backward()
+        return float(loss.detach())
+
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train for ``config.epochs`` (or until early stopping); leaves the best weights (by
+        validation MAE) in ``self.model``. Resumes from the checkpoint when ``resume``."""
+        cfg = self.config
+        if resume:
+            self.load_checkpoint()
+        st = self.state
+        n = len(self.train_idx)
+        st.steps_per_epoch = math.ceil(n / st.batch_size)
+        st.total_iterations = st.steps_per_epoch * cfg.epochs
+        self.events.fire(Events.STARTED, st)
+        t0 = time.perf_counter()
+        while st.epoch < cfg.epochs and not st.stopped_early:
+            epoch = st.epoch
+            self.events.fire(Events.EPOCH_STARTED, st)
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            perm = self.train_idx[torch.randperm(n, generator=gen).numpy()]
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses: list[float] = []
+            pos, k = 0, 0
+            while pos < n:
+                bs = st.batch_size
+                sel = perm[pos:pos + bs]
+                if len(sel) < 2 and n >= 2 and _has_batchnorm(self.model):
+                    break  # a batch of one cannot be batch-normalised; skip the remainder
+                try:
+                    loss = self._train_step(sel, gen)
+                except Exception as exc:
+                    if not is_oom(exc):
+                        raise
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if st.batch_size <= 1:
+                        raise BodyageError("out of memory even with a batch of one subject",
+                                           hint="use a coarser grid, a smaller --width, or "
+                                                "another device") from None
+                    st.batch_size = max(1, st.batch_size // 2)
+                    st.accumulate *= 2
+                    self.reporter.update("train", st.iteration, st.total_iterations,
+                                         f"out of memory: retrying with batch size "
+                                         f"{st.batch_size} (accumulating {st.accumulate})")
+                    self.events.fire(Events.BATCH_SIZE_REDUCED, st)
+                    pos, k, losses = 0, 0, []
+                    continue
+                losses.append(loss)
+                pos += len(sel)
+                k += 1
+                if k % st.accumulate == 0 or pos >= n:
+                    self._apply_lr(epoch + pos / n)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                st.iteration += 1
+                st.step_in_epoch = k
+                st.loss = loss
+                st.lr = self.optimizer.param_groups[0]["lr"]
+                self.events.fire(Events.ITERATION_COMPLETED, st)
+                self.reporter.update(
+                    "train", epoch * st.steps_per_epoch + min(k, st.steps_per_epoch),
+                    st.total_iterations, st.member, epoch=epoch + 1, step=k, loss=loss,
+                    val_mae=st.val_mae, lr=st.lr)
+            st.train_loss = float(np.mean(losses)) if losses else math.nan
+            self._validate()
+            st.epoch = epoch + 1
+            st.history.append({"epoch": st.epoch, "train_loss": st.train_loss,
+                               "val_mae": st.val_mae, "lr": st.lr,
+                               "time_s": time.perf_counter() - t0})
+            self.events.fire(Events.EPOCH_COMPLETED, st)
+            if cfg.early_stopping and st.bad_epochs >= cfg.early_stopping and len(self.val_idx):
+                st.stopped_early = True
+                self.events.fire(Events.EARLY_STOPPED, st)
+            self.save_checkpoint()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.events.fire(Events.COMPLETED, st)
+        return st
+
+    def _apply_lr(self, epoch_float: float) -> None:
+        cfg, st = self.config, self.state
+        if cfg.scheduler == "step" and not st.lr_stepped \
+                and st.iteration + 1 >= cfg.step_fraction * st.total_iterations:
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] / 10.0
+            st.lr_stepped = True
+        if cfg.warmup_epochs > 0 and epoch_float <= cfg.warmup_epochs + 1:
+            f = self._lr_factor_for_warmup(epoch_float)
+            for g in self.optimizer.param_groups:
+                g["lr"] = cfg.lr * f
+
+    @torch.no_grad()
+    def _precise_bn(self) -> None:
+        """Replace the running batch-norm statistics by exact averages over (up to
+        ``config.precise_bn``) un-augmented training subjects with the current weights.
+
+        With small batches and a high learning rate the exponential running averages lag the
+        weights, and evaluation-mode predictions swing from epoch to epoch; this removes that.
+        """
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns or self.config.precise_bn <= 0:
+            return
+        idx = self.train_idx[: self.config.precise_bn]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None          # cumulative average
+        self.model.train()
+        bs = max(2, self.state.batch_size)
+        for i in range(0, len(idx), bs):
+            sel = idx[i:i + bs]
+            if len(sel) < 2:
+                break
+            with _autocast(self.device, self.config.amp):
+                self.model(_to_device(self.dataset.batch(sel), self.device))
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+
+    def _validate(self) -> None:
+        self._precise_bn()
+        st = self.state
+        if len(self.val_idx):
+            out = predict_arrays(self.model, self.dataset, self.val_idx,
+                                 self.config.eval_batch_size, self.device, self.config.amp)
+            pred = self.scaler.inverse(out[:, 0])
+            st.val_mae = float(np.mean(np.abs(pred - self.dataset.ages[self.val_idx])))
+            metric = st.val_mae
+        else:
+            st.val_mae = math.nan
+            metric = st.train_loss
+        self.events.fire(Events.VALIDATION_COMPLETED, st)
+        if self.config.scheduler == "plateau" and math.isfinite(metric):
+            self.plateau.step(metric)
+        if math.isfinite(metric) and metric < st.best_val_mae - 1e-9:
+            st.best_val_mae = metric
+            st.best_epoch = st.epoch + 1
+            st.bad_epochs = 0
+            self.best_state = {k: v.detach().cpu().clone()
+                               for k, v in self.model.state_dict().items()}
+        else:
+            st.bad_epochs += 1
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def load_torch_file(path: str | Path, what: str = "file") -> Any:
+    """``torch.load`` on CPU with a clear :class:`BodyageError` for a missing/damaged file."""
+    path = Path(path)
+    if not path.exists():
+        raise BodyageError(f"{what} not found", path=path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise BodyageError(f"{what} is damaged or unreadable ({type(exc).__name__})", path=path,
+                           hint="delete the run and train again (or --overwrite)") from None
+
+
+def state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

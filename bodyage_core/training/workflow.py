@@ -1,0 +1,190 @@
+"""Workspace-level entry points behind ``bodyage train`` and ``bodyage predict``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.atomic import write_text
+from bodyage_core.errors import BodyageError, Cancelled, CohortError, ConfigError
+from bodyage_core.models.factory import is_3d, model_config
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.training.data import (
+    InputSpec,
+    load_subject_volume,
+    records_from_workspace,
+)
+from bodyage_core.training.run import RunResult, predictions_csv, train_run
+from bodyage_core.training.trainer import TrainConfig
+
+#: Named model grids (spacing z, y, x in mm; shape z, y, x): half and full UK Biobank
+#: neck-to-knee resolution (Langner's fused grid is 2.232 x 2.232 x 3.0 mm).
+GRIDS: dict[str, tuple[tuple[float, float, float], tuple[int, int, int]]] = {
+    "default": ((6.0, 4.464, 4.464), (185, 87, 112)),
+    "full": ((3.0, 2.232, 2.232), (370, 174, 224)),
+}
+
+
+def default_channels(ws, subjects=None) -> tuple[str, ...]:
+    """Water + fat when the cohort has both, else T1, else the first image kind."""
+    subjects = subjects if subjects is not None else ws.db.subjects()
+    if not subjects:
+        raise CohortError("the cohort has no subjects", ws.root,
+                          "import subjects first (`bodyage import` or `bodyage synth`)")
+    kinds = subjects[0].images
+    if "water" in kinds and "fat" in kinds:
+        return ("water", "fat")
+    if "water" in kinds:
+        return ("water",)
+    if "t1" in kinds:
+        return ("t1",)
+    base = sorted(k for k in kinds if k not in ("labels", "age_mask") and
+                  not k.startswith(("gradcam_", "to_atlas_")))
+    if not base:
+        raise CohortError(f"subject {subjects[0].subject_id} has no image to train on", ws.root,
+                          "import its water/fat or t1 image")
+    return (base[0],)
+
+
+def make_spec(ws, arch: str = "resnet3d", channels: Sequence[str] | None = None,
+              grid: str | None = None, spacing: Sequence[float] | None = None,
+              shape: Sequence[int] | None = None, image_hw: Sequence[int] = (256, 256),
+              normalise: str = "foreground_mean") -> InputSpec:
+    """The input config of a new run. Without ``grid``/``shape`` the grid is derived from the
+    first subject: its field of view at ``spacing`` (default: twice its voxel size)."""
+    subjects = ws.db.subjects()
+    chans = tuple(channels) if channels else default_channels(ws, subjects)
+    mode = "3d" if is_3d(model_config({"arch": arch})) else "2.5d"
+    if grid:
+        if grid not in GRIDS:
+            raise ConfigError(f"unknown grid {grid!r}", hint=f"use one of {sorted(GRIDS)}")
+        sp, sh = GRIDS[grid]
+        spacing = spacing or sp
+        shape = shape or sh
+    if shape is None or spacing is None:
+        with_imgs = [s for s in subjects if all(c in s.images for c in chans)]
+        if not with_imgs:
+            raise CohortError(f"no subject has the images {list(chans)}", ws.root,
+                              "import them or choose --channels")
+        vol = load_subject_volume(ws, with_imgs[0], chans)
+        if spacing is None:
+            spacing = tuple(2.0 * s for s in vol.spacing_zyx)
+        if shape is None:
+            extent = [n * s for n, s in zip(vol.shape, vol.spacing_zyx)]
+            shape = tuple(max(8, int(math.ceil(e / sp))) for e, sp in zip(extent, spacing))
+    return InputSpec(channels=chans, mode=mode, spacing_zyx=tuple(spacing),
+                     shape_zyx=tuple(shape), normalise=normalise, image_hw=tuple(image_hw))
+
+
+def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
+                    train: TrainConfig, folds: int = 5, members: int = 1,
+                    split_method: str = "stratified", seed: int = 0, resume: bool = False,
+                    overwrite: bool = False,
+                    reporter: ProgressReporter | None = None) -> RunResult:
+    """Train run ``run`` on the workspace cohort; registers it in ``cohort.sqlite`` and stores
+    the out-of-fold predictions there (split ``oof``)."""
+    rep = ensure_reporter(reporter)
+    all_subjects = ws.db.subjects()
+    if not all_subjects:
+        raise CohortError("the cohort is empty", ws.root,
+                          "import subjects first (`bodyage import` or `bodyage synth`)")
+    nan_age = [s.subject_id for s in all_subjects if s.age is None or not np.isfinite(s.age)]
+    if nan_age:
+        raise CohortError(f"{len(nan_age)} subject(s) have no age: "
+                          f"{', '.join(nan_age[:5])}{' ...' if len(nan_age) > 5 else ''}",
+                          ws.root, "set their ages (re-import the cohort CSV) or remove them")
+    missing = [s.subject_id for s in all_subjects if any(c not in s.images for c in spec.channels)]
+    if missing:
+        raise CohortError(f"{len(missing)} subject(s) lack the image(s) {list(spec.channels)}: "
+                          f"{', '.join(missing[:5])}", ws.root,
+                          "import the images or choose other --channels")
+    records = records_from_workspace(ws, spec)
+    run_dir = ws.model_dir(run)
+    mcfg = model_config(model)
+    started = False
+    try:
+        result = train_run(records, run_dir, spec, mcfg, train, folds, members, split_method,
+                           seed=seed, resume=resume, overwrite=overwrite, reporter=rep,
+                           _on_start=lambda: _register(ws, run, mcfg, spec, train, folds,
+                                                       members))
+        started = True
+    except Cancelled:
+        _set_status(ws, run, "interrupted")
+        raise
+    except BodyageError:
+        raise
+    except Exception:
+        _set_status(ws, run, "failed")
+        raise
+    if started:
+        ws.db.add_run(run, mcfg["arch"], _run_db_config(mcfg, spec, train, folds, members),
+                      status="complete")
+        ws.db.add_predictions(run, result.oof)
+    return result
+
+
+def _run_db_config(mcfg, spec, train, folds, members) -> dict[str, Any]:
+    return {"model": mcfg, "input": spec.to_dict(), "train": train.to_dict(), "folds": folds,
+            "members_per_fold": members}
+
+
+def _register(ws, run, mcfg, spec, train, folds, members) -> None:
+    ws.db.add_run(run, mcfg["arch"], _run_db_config(mcfg, spec, train, folds, members),
+                  status="training")
+
+
+def _set_status(ws, run: str, status: str) -> None:
+    if any(r["run_id"] == run for r in ws.db.runs()):
+        ws.db.set_run_status(run, status)
+
+
+def predict_workspace(ws, run: str, subject_ids: Sequence[str] | None = None,
+                      batch_size: int = 8, device: str = "auto", chunk: int = 32,
+                      csv_path: str | Path | None = None,
+                      reporter: ProgressReporter | None = None) -> tuple[list[dict], Path]:
+    """Predict subjects (all, or ``subject_ids``) with run ``run``; store the rows in
+    ``cohort.sqlite`` (``predictions`` table: fold, split, members, mean, sigma, corrected, gap)
+    and write ``reports/predictions_<run>.csv``. Subjects the run held out in training get their
+    out-of-fold prediction."""
+    from bodyage_core.models.ensemble import AgeRun
+
+    rep = ensure_reporter(reporter)
+    ar = AgeRun(ws.model_dir(run), device=device)
+    records = records_from_workspace(ws, ar.spec, subject_ids, require_age=False)
+    if not records:
+        raise CohortError("no subjects to predict", ws.root, "import subjects first")
+    missing = []
+    subjects = {s.subject_id: s for s in ws.db.subjects([r.subject_id for r in records])}
+    for r in records:
+        if any(c not in subjects[r.subject_id].images for c in ar.spec.channels):
+            missing.append(r.subject_id)
+    if missing:
+        raise CohortError(f"{len(missing)} subject(s) lack the run's image(s) "
+                          f"{list(ar.spec.channels)}: {', '.join(missing[:5])}", ws.root,
+                          "import them or predict other subjects (--subject)")
+    rows: list[dict] = []
+    ages = {r.subject_id: r.age for r in records}
+    for start in range(0, len(records), chunk):
+        part = records[start:start + chunk]
+        arrays = []
+        for j, r in enumerate(part):
+            arrays.append(r.loader())
+            rep.update("prepare", start + j + 1, len(records), r.subject_id)
+        pred = ar.predict(np.stack(arrays), [r.subject_id for r in part], batch_size)
+        rows += pred.rows(ages)
+        rep.update("predict", start + len(part), len(records))
+    for r in rows:
+        subj = subjects[r["subject_id"]]
+        r.update(sex=subj.sex, bmi_group=subj.bmi_group, site=subj.site)
+    if not any(x["run_id"] == run for x in ws.db.runs()):
+        ws.db.add_run(run, ar.model_config.get("arch"), {"model": ar.model_config,
+                                                          "input": ar.spec.to_dict()},
+                      status="complete")
+    ws.db.add_predictions(run, rows)
+    out = Path(csv_path) if csv_path else ws.reports_dir / f"predictions_{run}.csv"
+    write_text(out, predictions_csv(rows))
+    return rows, out

@@ -1,0 +1,71 @@
+"""Starting the viewer: the QApplication, the main window from a ViewerState, screenshots."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bodyage_core.viewer_state import ViewerState
+
+
+def ensure_platform() -> None:
+    """Use the offscreen Qt platform when there is no display (headless screenshots)."""
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
+            and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def application(argv: list[str] | None = None):
+    """The QApplication (created once)."""
+    ensure_platform()
+    from PySide6 import QtWidgets
+
+    from bodyage_gui import strings
+
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        app = QtWidgets.QApplication(argv or [strings.APP_NAME])
+        app.setOrganizationName(strings.ORG_NAME)
+        app.setApplicationName("viewer")
+    return app
+
+
+def run_viewer(state: ViewerState | None = None, workspace: str | Path | None = None,
+               session: str | Path | None = None, screenshot: str | Path | None = None,
+               size: tuple[int, int] = (1400, 900), whole_window: bool = False,
+               exec_loop: bool = True) -> int:
+    """Show the viewer for ``state`` (and/or a workspace or a session file).
+
+    With ``screenshot`` the window is rendered (offscreen or under xvfb), saved as PNG and the
+    function returns without entering the event loop. Returns an exit code.
+    """
+    app = application()
+    from bodyage_gui.qt_main_window import QtMainWindow
+
+    win = QtMainWindow(state, show_dialogs=screenshot is None,
+                       restore_settings=screenshot is None)
+    win.resize(*size)
+    if workspace is not None:
+        win.open_workspace(workspace, wait=screenshot is not None)
+    if session is not None:
+        win.restore_session(session)
+    win.show()
+    if screenshot is not None:
+        for _ in range(5):
+            app.processEvents()
+        ok = win.save_screenshot(screenshot, whole_window=whole_window)
+        if not ok:
+            print(f"bodyage gui: error: {win.last_error}", file=sys.stderr)
+        win.close()
+        return 0 if ok else 2
+    if win.last_error and not exec_loop:
+        return 2
+    return int(app.exec()) if exec_loop else 0
+
+
+def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - convenience
+    from bodyage_core.cli.main import main as cli_main
+
+    return cli_main(["gui", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,72 @@
+"""Loading volumes for the viewer: ``bodyage_core.io`` when present, a small nibabel fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bodyage_core.errors import LoadError
+from bodyage_core.volume import Volume
+
+
+def load_for_viewer(path: str | Path, labels: bool = False) -> Volume:
+    """Load an image (or, with ``labels``, an integer label map) reoriented to RAS.
+
+    Raises
+    ------
+    LoadError
+        When the file does not exist or cannot be read (message names the file and the fix).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LoadError("no such file or folder", path=path, hint="check the path")
+    try:
+        from bodyage_core import io as bio
+        loader = bio.load_labels if labels else bio.load_volume
+    except (ImportError, AttributeError):
+        return _load_nifti_fallback(path, labels)
+    return loader(path)
+
+
+def looks_like_labels(path: str | Path) -> bool:
+    """Heuristic from the file name (``labels``, ``seg``, ``mask``)."""
+    name = Path(path).name.lower()
+    return any(k in name for k in ("label", "seg", "mask", "aseg", "parc"))
+
+
+def _load_nifti_fallback(path: Path, labels: bool) -> Volume:
+    import nibabel as nib
+
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise LoadError("only NIfTI files can be opened until bodyage_core.io is installed",
+                        path=path)
+    try:
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for a corrupt file
+        raise LoadError(f"not a readable NIfTI file ({exc.__class__.__name__}: {exc})",
+                        path=path, hint="check the file is complete and really NIfTI") from exc
+    if not labels:
+        data = data.astype(np.float32)
+    if data.ndim == 3:
+        arr = data.transpose(2, 1, 0)[None]
+    elif data.ndim == 4:
+        arr = data.transpose(3, 2, 1, 0)
+    else:
+        raise LoadError(f"expected a 3D or 4D image, got {data.ndim}D", path=path)
+    return Volume(np.ascontiguousarray(arr), img.affine,
+                  ("labels",) if labels else ("image",), {"path": str(path), "format": "nifti"})
+
+
+def load_many(paths: list[str | Path], labels: list[bool] | None = None) -> list[Volume]:
+    """Load several files at once in threads (gzip and numpy release the GIL, so a water + fat
+    pair opens in about the time of one). Errors propagate (the first one raised)."""
+    import concurrent.futures as cf
+
+    labels = labels or [False] * len(paths)
+    if len(paths) <= 1:
+        return [load_for_viewer(p, lab) for p, lab in zip(paths, labels)]
+    with cf.ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
+        futures = [pool.submit(load_for_viewer, p, lab) for p, lab in zip(paths, labels)]
+        return [f.result() for f in futures]

@@ -1,0 +1,180 @@
+"""Wire the analysis parts (prediction panel, cohort panel, training wizard) into the main window
+through its hook points only: ``add_panel``, ``analysis_menu``, ``workspace``,
+``workspace_changed``, ``refresh_subjects`` and ``report_error``.
+
+``install_analysis(window)`` is the one call the main window makes; it returns an
+:class:`AnalysisTools` holding the panels and actions (also kept as ``window.analysis``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from bodyage_gui import bindings
+from bodyage_gui.panels.qt_cohort_panel import QtCohortPanel
+from bodyage_gui.panels.qt_prediction_panel import QtPredictionPanel
+from bodyage_gui.workers import analysis_strings as text
+
+_Qt = QtCore.Qt
+
+
+@dataclass
+class AnalysisTools:
+    """What :func:`install_analysis` added to a window."""
+
+    window: Any
+    prediction_panel: QtPredictionPanel
+    cohort_panel: QtCohortPanel
+    actions: dict[str, QtGui.QAction] = field(default_factory=dict)
+    wizard: Any = None
+    #: set once the prediction's libraries are imported (see :func:`warm_up_imports`)
+    warmed_up: threading.Event = field(default_factory=threading.Event)
+    close_guard: Any = None
+    warm_up_timer: Any = None
+
+    def start_warm_up(self) -> threading.Thread:
+        """Import torch and the prediction modules in a background thread."""
+        from bodyage_gui.workers.prediction import warm_up_imports
+
+        def run():
+            try:
+                warm_up_imports()
+            finally:
+                self.warmed_up.set()
+
+        th = threading.Thread(target=run, name="bodyage-warm-up", daemon=True)
+        th.start()
+        return th
+
+    def open_training_wizard(self):
+        """Show the training wizard (non-modal); returns it."""
+        from bodyage_gui.wizard.qt_training_wizard import QtTrainingWizard
+
+        if self.wizard is not None and self.wizard.isVisible():
+            self.wizard.raise_()
+            return self.wizard
+        wiz = QtTrainingWizard(self.window.workspace, parent=self.window)
+        wiz.setWindowFlag(_Qt.WindowType.Window, True)
+        wiz.run_finished.connect(self.on_run_finished)
+        self.wizard = wiz
+        wiz.show()
+        return wiz
+
+    def on_run_finished(self, run: str) -> None:
+        """A new run exists: offer it for prediction (selected) and in the cohort panel."""
+        self.prediction_panel.refresh_runs(select=run)
+        self.cohort_panel.refresh_runs()
+        refresh = getattr(self.window, "refresh_subjects", None)
+        if refresh is not None:
+            refresh()
+
+    def show_cohort(self) -> None:
+        dock = getattr(self.window, "panel_docks", {}).get(text.COHORT_PANEL)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        self.cohort_panel.refresh_runs()
+
+    def shutdown(self, wait_ms: int = 30000) -> None:
+        """Stop background work (prediction, training) before the window goes away: cancel,
+        then wait for the threads to end at their next progress point."""
+        for owner in (self.prediction_panel, self.wizard):
+            worker = getattr(owner, "worker", None) if owner is not None else None
+            if worker is not None:
+                worker.cancel()
+                worker.wait(wait_ms)
+
+    def on_prediction(self, _result) -> None:
+        dock = getattr(self.window, "panel_docks", {}).get(text.PREDICTION_PANEL)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+
+
+class _CloseGuard(QtCore.QObject):
+    """Event filter on the main window: on Close, stop the analysis threads first (a QThread
+    destroyed while running aborts the process)."""
+
+    def __init__(self, tools: AnalysisTools):
+        super().__init__(tools.window)
+        self.tools = tools
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802
+        if ev.type() == QtCore.QEvent.Type.Close:
+            self.tools.shutdown()
+        return False
+
+
+def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTools:
+    """Dock the Prediction and Cohort panels and add Analysis menu actions: Predict (Ctrl+P),
+    Cancel prediction, Train model..., Cohort panel, Population maps....
+
+    ``warm_up_ms``: import torch and the prediction modules in a background thread this long
+    after the event loop starts (None: not at all; the first prediction then imports them and
+    the window stutters for up to ~0.5 s while torch loads).
+
+    Idempotent: a window that has them already (``window.analysis``) gets the same tools back.
+    """
+    existing = getattr(window, "analysis", None)
+    if isinstance(existing, AnalysisTools):
+        return existing
+    right = _Qt.DockWidgetArea.RightDockWidgetArea
+    pred = QtPredictionPanel(window)
+    cohort = QtCohortPanel(window)
+    pred.setObjectName("prediction_panel")
+    cohort.setObjectName("cohort_panel")
+    scroll = QtWidgets.QScrollArea()          # a crowded dock scrolls instead of squashing
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    scroll.setWidget(pred)
+    window.add_panel(text.PREDICTION_PANEL, scroll, right)
+    dock_args = {"tabify_with": "Layers"} if "Layers" in getattr(window, "panel_docks", {}) \
+        else {}
+    try:
+        window.add_panel(text.COHORT_PANEL, cohort, right, **dock_args)
+    except TypeError:  # an add_panel without tabify_with
+        window.add_panel(text.COHORT_PANEL, cohort, right)
+    tools = AnalysisTools(window, pred, cohort)
+    menu: QtWidgets.QMenu = window.analysis_menu
+
+    def action(name: str, label: str, slot, shortcut=None, tip: str = "") -> QtGui.QAction:
+        a = menu.addAction(label)
+        a.triggered.connect(lambda _=False: slot())
+        if shortcut:
+            a.setShortcut(QtGui.QKeySequence(shortcut))
+            a.setShortcutContext(_Qt.ShortcutContext.ApplicationShortcut)
+        if tip:
+            a.setStatusTip(tip)
+        tools.actions[name] = a
+        return a
+
+    action("predict", "&Predict open subject", pred.predict, bindings.key_for("predict"),
+           "ensemble prediction and Grad-CAM of the open subject in the background")
+    cancel = action("cancel_prediction", "&Cancel prediction", pred.cancel)
+    cancel.setEnabled(False)
+    pred.prediction_started.connect(lambda _s: cancel.setEnabled(True))
+    for sig in (pred.prediction_finished, pred.prediction_failed, pred.prediction_cancelled):
+        sig.connect(lambda *_: cancel.setEnabled(False))
+    pred.prediction_finished.connect(tools.on_prediction)
+    menu.addSeparator()
+    action("train", "&Train model...", tools.open_training_wizard, bindings.key_for("train"),
+           "train an age model on the open workspace (wizard)")
+    menu.addSeparator()
+    action("cohort", "C&ohort panel", tools.show_cohort)
+    action("gap_maps", "Population &maps (accelerated vs decelerated)...",
+           lambda: cohort.show_gap_maps())
+    if isinstance(window, QtCore.QObject):
+        tools.close_guard = _CloseGuard(tools)
+        window.installEventFilter(tools.close_guard)
+    if warm_up_ms is not None and isinstance(window, QtCore.QObject):
+        timer = QtCore.QTimer(window)
+        timer.setSingleShot(True)
+        timer.timeout.connect(tools.start_warm_up)
+        timer.start(int(warm_up_ms))
+        tools.warm_up_timer = timer     # stop() it to skip the warm-up (benchmarks)
+    window.analysis = tools
+    return tools

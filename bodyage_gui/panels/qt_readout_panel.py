@@ -1,0 +1,39 @@
+"""The cursor readout: world mm, 0-based voxel (numpy z,y,x and NIfTI x,y,z), value per layer,
+organ name."""
+
+from __future__ import annotations
+
+from PySide6 import QtGui, QtWidgets
+
+from bodyage_core.viewer_state import ViewerState
+
+
+class QtReadoutPanel(QtWidgets.QLabel):
+    """A label showing :meth:`ViewerState.readout_text`, following the cursor."""
+
+    def __init__(self, state: ViewerState, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.state = state
+        font = QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont)
+        font.setPointSize(9)
+        self.setFont(font)
+        self.setTextInteractionFlags(self.textInteractionFlags()
+                                     | QtGui.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setMargin(4)
+        self.setWordWrap(False)
+        ev = state.events
+        self._events = (ev.cursor_changed, ev.layers_changed, ev.layer_changed)
+        for e in self._events:
+            e.connect(self.refresh)
+        self.refresh()
+
+    def disconnect_state(self) -> None:
+        """Stop following the state (call before dropping the widget)."""
+        self._disconnect()
+
+    def _disconnect(self, *_):
+        for e in self._events:
+            e.disconnect(self.refresh)
+
+    def refresh(self, *_):
+        self.setText(self.state.readout_text())

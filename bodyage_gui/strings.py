@@ -1,0 +1,21 @@
+"""User-facing strings of the viewer, in one place."""
+
+from __future__ import annotations
+
+APP_NAME = "bodyage viewer"
+ORG_NAME = "bodyage"
+
+NO_IMAGE = "Open an image (File > Open) or a workspace"
+VTK_UNAVAILABLE = ("3D view unavailable here: {reason}.\n"
+                   "The 2D views work; run under a display (or xvfb-run) for the 3D view.")
+VTK_DOWNSAMPLED = "3D view downsampled x{factor} ({shape} voxels); the 2D views are full resolution"
+OPEN_FILTER = ("Images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.zip);;"
+               "NIfTI (*.nii *.nii.gz);;All files (*)")
+SESSION_FILTER = "bodyage session (*.json)"
+PNG_FILTER = "PNG image (*.png)"
+ERROR_TITLE = "bodyage"
+
+SUBJECT_COLUMNS = ("subject", "sex", "BMI group", "age", "predicted", "sigma", "gap")
+
+ABOUT = ("bodyage viewer — linked axial / coronal / sagittal and 3D views.\n"
+         "World coordinates are RAS millimetres; voxel indices are 0-based.")

@@ -1,0 +1,491 @@
+"""One 2D slice view (axial, coronal or sagittal) following a :class:`ViewerState`.
+
+Layers are stacked pyqtgraph ``ImageItem``s holding RGBA from :func:`bodyage_core.display.to_rgba`
+(row-major, row 0 at the top, placed in display millimetres so the pixel aspect is the voxel
+spacing). The view never changes itself: mouse and key events become gestures, gestures become
+actions through :mod:`bodyage_gui.bindings`, actions call the state, and the state's events mark
+the view dirty; a :class:`~bodyage_gui.redraw.RedrawScheduler` flushes it once per frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from bodyage_core import display
+from bodyage_core.viewer_state import Layer, ViewerState
+from bodyage_gui import bindings
+from bodyage_gui.redraw import RedrawScheduler
+
+_Qt = QtCore.Qt
+CROSSHAIR_PEN = pg.mkPen((0, 220, 90, 200), width=1)
+
+
+def composite_bgra(layers: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Alpha-composite RGBA uint8 layers (bottom first) over black into an opaque
+    ``(rows, cols, 4)`` uint8 image in QImage RGB32 memory order (B, G, R, 255)."""
+    out = np.empty((*shape, 4), dtype=np.uint8)
+    out[..., 3] = 255
+    if not layers:
+        out[..., :3] = 0
+        return out
+    first = layers[0]
+    if len(layers) == 1 and (first[..., 3] == 255).all():
+        out[..., :3] = first[..., 2::-1]
+        return out
+    if (first[..., 3] == 255).all():
+        acc = first[..., :3].astype(np.float32)
+        rest = layers[1:]
+    else:
+        acc = np.zeros((*shape, 3), dtype=np.float32)
+        rest = layers
+    for rgba in rest:
+        alpha = rgba[..., 3]
+        where = np.flatnonzero(alpha)
+        if where.size == 0:
+            continue
+        if where.size < 0.4 * alpha.size:  # heat maps: mostly transparent, blend only the rest
+            flat = acc.reshape(-1, 3)
+            src = rgba.reshape(-1, 4)[where]
+            a = src[:, 3:4] * np.float32(1 / 255)
+            flat[where] += (src[:, :3] - flat[where]) * a
+        else:
+            a = rgba[..., 3:4] * np.float32(1 / 255)
+            acc += (rgba[..., :3] - acc) * a
+    out[..., :3] = acc[..., ::-1]
+    return out
+
+
+def qt_modifiers(mods: QtCore.Qt.KeyboardModifier) -> frozenset[str]:
+    out = set()
+    if mods & _Qt.KeyboardModifier.ShiftModifier:
+        out.add("shift")
+    if mods & _Qt.KeyboardModifier.ControlModifier:
+        out.add("ctrl")
+    if mods & _Qt.KeyboardModifier.AltModifier:
+        out.add("alt")
+    return frozenset(out)
+
+
+def qt_button(button: QtCore.Qt.MouseButton) -> str | None:
+    return {_Qt.MouseButton.LeftButton: "left", _Qt.MouseButton.RightButton: "right",
+            _Qt.MouseButton.MiddleButton: "middle"}.get(button)
+
+
+class _SliceViewBox(pg.ViewBox):
+    """A ViewBox that turns mouse events into gestures for its :class:`QtSliceView`."""
+
+    def __init__(self, owner: QtSliceView):
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self.setMouseEnabled(False, False)
+        self._owner = owner
+        self._drag_action: str | None = None
+
+    def mouseClickEvent(self, ev):  # noqa: N802 (Qt naming)
+        ev.accept()
+        p = self.mapToView(ev.pos())
+        self._owner.gesture("click", qt_button(ev.button()), qt_modifiers(ev.modifiers()),
+                            (p.x(), p.y()))
+
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802
+        ev.accept()
+        if ev.isStart():
+            self._drag_action = bindings.mouse_action(
+                "drag", qt_button(ev.button()), qt_modifiers(ev.modifiers()))
+        p = self.mapToView(ev.pos())
+        delta_px = ev.pos() - ev.lastPos()
+        total_px = ev.pos() - ev.buttonDownPos()
+        self._owner.run_drag(self._drag_action, (p.x(), p.y()), (delta_px.x(), delta_px.y()),
+                             (total_px.x(), total_px.y()), ev.isStart(), ev.isFinish())
+        if ev.isFinish():
+            self._drag_action = None
+
+    def wheelEvent(self, ev, axis=None):  # noqa: N802
+        ev.accept()
+        p = self.mapToView(ev.pos())
+        self._owner.wheel(ev.delta(), qt_modifiers(ev.modifiers()), (p.x(), p.y()))
+
+
+class _CompositeImageItem(QtWidgets.QGraphicsItem):
+    """All layers of a view composited (in numpy) into one opaque image: one ``drawImage`` per
+    repaint, nearest-neighbour scaling, placed in display millimetres."""
+
+    def __init__(self):
+        super().__init__()
+        self._buffer: np.ndarray | None = None
+        self._qimage: QtGui.QImage | None = None
+        self._rect = QtCore.QRectF()
+
+    def set_image(self, bgra: np.ndarray, rect: QtCore.QRectF) -> None:
+        """``bgra``: ``(rows, cols, 4)`` uint8 in memory order B, G, R, 255 (QImage RGB32)."""
+        self._buffer = np.ascontiguousarray(bgra)
+        rows, cols = self._buffer.shape[:2]
+        self._qimage = QtGui.QImage(self._buffer.data, cols, rows, cols * 4,
+                                    QtGui.QImage.Format.Format_RGB32)
+        if rect != self._rect:
+            self.prepareGeometryChange()
+            self._rect = QtCore.QRectF(rect)
+        self.update()
+
+    def clear(self) -> None:
+        self._buffer = self._qimage = None
+        self.update()
+
+    def rgba(self) -> np.ndarray | None:
+        """What is drawn, as ``(rows, cols, 4)`` RGBA uint8."""
+        if self._buffer is None:
+            return None
+        return self._buffer[..., [2, 1, 0, 3]]
+
+    def boundingRect(self):  # noqa: N802
+        return self._rect
+
+    def paint(self, painter, option, widget=None):
+        if self._qimage is not None:
+            painter.drawImage(self._rect, self._qimage)
+
+
+class _GraphicsView(pg.GraphicsView):
+    def __init__(self, owner: QtSliceView):
+        self._owner = None
+        super().__init__(background="k")
+        self._owner = owner
+        self.setFocusPolicy(_Qt.FocusPolicy.StrongFocus)
+
+    def keyPressEvent(self, ev):  # noqa: N802
+        if not self._owner.key(ev):
+            super().keyPressEvent(ev)
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        if self._owner is not None and hasattr(self._owner, "letter_labels"):
+            self._owner._place_labels()
+
+    def mousePressEvent(self, ev):  # noqa: N802
+        self.setFocus()
+        super().mousePressEvent(ev)
+
+
+class QtSliceView(QtWidgets.QWidget):
+    """A linked 2D view of ``plane`` following ``state``.
+
+    Parameters
+    ----------
+    state
+        The shared :class:`ViewerState`.
+    plane
+        ``'axial'``, ``'coronal'`` or ``'sagittal'``.
+    scheduler
+        Shared redraw scheduler (one per window); a private one when None.
+    """
+
+    def __init__(self, state: ViewerState, plane: str, scheduler: RedrawScheduler | None = None,
+                 parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.state = state
+        self.plane = plane
+        self.scheduler = scheduler or RedrawScheduler(parent=self)
+        self.graphics_view = _GraphicsView(self)
+        self.view_box = _SliceViewBox(self)
+        self.graphics_view.setCentralItem(self.view_box)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.graphics_view)
+        self.image_item = _CompositeImageItem()
+        self.view_box.addItem(self.image_item)
+        #: per layer id: the RGBA (rows, cols, 4) uint8 it contributes, and the settings key
+        self.layer_rgba: dict[int, np.ndarray] = {}
+        self._last_slice: dict[int, tuple] = {}
+        self._composite_key: tuple | None = None
+        self.h_line = pg.InfiniteLine(angle=0, movable=False, pen=CROSSHAIR_PEN)
+        self.v_line = pg.InfiniteLine(angle=90, movable=False, pen=CROSSHAIR_PEN)
+        for line in (self.h_line, self.v_line):
+            line.setZValue(1000)
+            self.view_box.addItem(line, ignoreBounds=True)
+        self.show_crosshair = True
+        self.letter_labels = {side: self._make_label(side) for side in
+                              ("left", "right", "top", "bottom")}
+        self.info_label = self._make_label("info")
+        self._dirty: set[str] = {"layers", "slice", "cursor", "range", "letters"}
+        self._wl_start: tuple[float, float] | None = None
+        self.n_redraws = 0
+        ev = state.events
+        ev.cursor_changed.connect(self._on_cursor)
+        ev.layers_changed.connect(self._on_layers)
+        ev.layer_changed.connect(self._on_layer)
+        ev.convention_changed.connect(self._on_convention)
+        ev.view_changed.connect(self._on_view)
+        self.mark_dirty()
+
+    # -- state -> view ---------------------------------------------------------------------------
+    def _disconnect_from(self, *_):
+        ev = self.state.events
+        for e, fn in ((ev.cursor_changed, self._on_cursor), (ev.layers_changed, self._on_layers),
+                      (ev.layer_changed, self._on_layer),
+                      (ev.convention_changed, self._on_convention),
+                      (ev.view_changed, self._on_view)):
+            e.disconnect(fn)
+
+    def disconnect_state(self) -> None:
+        """Stop following the state (call before dropping the view)."""
+        self._disconnect_from()
+
+    def _on_cursor(self, _cursor):
+        self.mark_dirty("cursor")
+
+    def _on_layers(self):
+        self.mark_dirty("layers", "slice", "cursor", "range", "letters")
+
+    def _on_layer(self, layer: Layer, keys: set[str]):
+        self.mark_dirty("slice")
+
+    def _on_convention(self, _c):
+        self.mark_dirty("slice", "cursor", "range", "letters")
+
+    def _on_view(self, plane: str):
+        if plane == self.plane:
+            self.mark_dirty("range")
+
+    def mark_dirty(self, *what: str) -> None:
+        """Ask for a redraw of ``what`` (all when empty) at the next frame."""
+        self._dirty.update(what or ("layers", "slice", "cursor", "range", "letters"))
+        self.scheduler.request(self)
+
+    def flush(self) -> None:
+        """Redraw what is dirty (called by the scheduler, once per frame)."""
+        dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return
+        try:
+            if self.state.base_layer is None:
+                self.image_item.clear()
+                self.layer_rgba.clear()
+                self._last_slice.clear()
+                self._composite_key = None
+                for lab in self.letter_labels.values():
+                    lab.setText("")
+                self.info_label.setText("")
+                self.h_line.hide()
+                self.v_line.hide()
+                return
+            if "layers" in dirty:
+                self._sync_items()
+            if "cursor" in dirty:
+                dirty.add("slice")  # re-slices only layers whose slice actually changed
+            if "slice" in dirty:
+                self._update_images()
+            if "cursor" in dirty:
+                self._update_crosshair()
+            if "range" in dirty:
+                self._update_range()
+            if "letters" in dirty:
+                self._update_letters()
+            self.n_redraws += 1
+        except Exception:
+            self._dirty |= dirty
+            raise
+
+    def _sync_items(self):
+        wanted = {lay.id for lay in self.state.layers}
+        for lid in list(self.layer_rgba):
+            if lid not in wanted:
+                self.layer_rgba.pop(lid, None)
+        self._last_slice.clear()
+        self._composite_key = None
+
+    def _update_images(self):
+        state = self.state
+        geom = state.geometry(self.plane)
+        changed = False
+        shown = []
+        for lay in state.layers:
+            if not lay.visible:
+                if self.layer_rgba.pop(lay.id, None) is not None:
+                    changed = True
+                self._last_slice.pop(lay.id, None)
+                continue
+            sl = state.slice_for_view(lay, self.plane)
+            key = (sl.index, state.convention, lay.channel, lay.colormap, lay.vmin, lay.vmax,
+                   lay.threshold, lay.opacity, id(state.base_layer))
+            if self._last_slice.get(lay.id) != key:
+                self.layer_rgba[lay.id] = display.to_rgba(sl.array, lay.colormap, lay.vmin,
+                                                          lay.vmax, lay.threshold, lay.opacity)
+                self._last_slice[lay.id] = key
+                changed = True
+            shown.append(lay.id)
+        comp_key = tuple(shown)
+        if changed or comp_key != self._composite_key:
+            self._composite_key = comp_key
+            w, h = geom.extent_mm
+            self.image_item.set_image(composite_bgra([self.layer_rgba[i] for i in shown],
+                                                     geom.shape),
+                                      QtCore.QRectF(0.0, 0.0, w, h))
+        oblique = " (oblique: nearest axes)" if state.base_layer.volume.is_oblique else ""
+        self.info_label.setText(f"{self.plane} {state.slice_index(self.plane)} "
+                                f"[0..{geom.n_slices - 1}]{oblique}")
+        self._place_labels()
+
+    def _update_crosshair(self):
+        u, v = self.state.world_to_display(self.plane, self.state.cursor)
+        self.v_line.setPos(u)
+        self.h_line.setPos(v)
+        self.v_line.setVisible(self.show_crosshair)
+        self.h_line.setVisible(self.show_crosshair)
+
+    def _update_range(self):
+        geom = self.state.geometry(self.plane)
+        vs = self.state.views[self.plane]
+        w, h = geom.extent_mm
+        cx, cy = w / 2 + vs.pan[0], h / 2 + vs.pan[1]
+        hw, hh = w / (2 * vs.zoom), h / (2 * vs.zoom)
+        self.view_box.setRange(xRange=(cx - hw, cx + hw), yRange=(cy - hh, cy + hh), padding=0)
+
+    def _update_letters(self):
+        letters = self.state.geometry(self.plane).letters
+        for side, lab in self.letter_labels.items():
+            lab.setText(letters[side])
+            lab.adjustSize()
+        self._place_labels()
+
+    # -- labels on the widget edges -----------------------------------------------------------------
+    def _make_label(self, side: str) -> QtWidgets.QLabel:
+        lab = QtWidgets.QLabel(self.graphics_view)
+        lab.setObjectName(f"letter_{side}")
+        colour = "#ffd24d" if side != "info" else "#cccccc"
+        size = 15 if side != "info" else 11
+        lab.setStyleSheet(f"color: {colour}; font-weight: bold; font-size: {size}px; "
+                          "background: rgba(0, 0, 0, 110); padding: 0px 2px;")
+        lab.setAttribute(_Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        return lab
+
+    def _place_labels(self):
+        w, h = self.graphics_view.width(), self.graphics_view.height()
+        m = 4
+        for side, lab in self.letter_labels.items():
+            lab.adjustSize()
+            lw, lh = lab.width(), lab.height()
+            pos = {"left": (m, (h - lh) // 2), "right": (w - lw - m, (h - lh) // 2),
+                   "top": ((w - lw) // 2, m), "bottom": ((w - lw) // 2, h - lh - m)}[side]
+            lab.move(*pos)
+        info = self.info_label
+        info.adjustSize()
+        iw, ih = info.width(), info.height()
+        # bottom-left, else top-left, else above the bottom letter: never over a letter
+        for x, y in ((m, h - ih - m), (m, m),
+                     (m, h - ih - m - self.letter_labels["bottom"].height() - 2)):
+            rect = QtCore.QRect(x, y, iw, ih)
+            if not any(rect.intersects(lab.geometry()) for lab in self.letter_labels.values()):
+                break
+        info.move(x, y)
+
+    def letters(self) -> dict[str, str]:
+        """Orientation letters currently shown on each side."""
+        return {side: lab.text() for side, lab in self.letter_labels.items()}
+
+    # -- gestures -> actions -> state --------------------------------------------------------------
+    def gesture(self, kind: str, button: str | None, modifiers: frozenset[str],
+                pos_mm: tuple[float, float]) -> str | None:
+        """Run the action bound to a click; returns its name."""
+        action = bindings.mouse_action(kind, button, modifiers)
+        if action == "set_cursor" and self.state.base_layer is not None:
+            self.state.set_cursor(self.state.display_to_world(self.plane, *pos_mm))
+        return action
+
+    def run_drag(self, action: str | None, pos_mm, delta_px, total_px, start: bool,
+                 finish: bool) -> None:
+        state = self.state
+        if action is None or state.base_layer is None:
+            return
+        if action == "set_cursor":
+            state.set_cursor(state.display_to_world(self.plane, *pos_mm))
+        elif action == "pan":
+            px, py = self.view_box.viewPixelSize()
+            pan = state.views[self.plane].pan
+            state.set_pan(self.plane, (pan[0] - delta_px[0] * px, pan[1] - delta_px[1] * py))
+        elif action == "window_level":
+            layer = self._wl_layer()
+            if layer is None:
+                return
+            if start or self._wl_start is None:
+                self._wl_start = (layer.vmin, layer.vmax)
+            self.window_level(layer, self._wl_start, total_px)
+            if finish:
+                self._wl_start = None
+
+    def _wl_layer(self) -> Layer | None:
+        lay = self.state.active_layer
+        if lay is None or lay.kind == "labels":
+            lay = self.state.base_layer
+        return lay
+
+    @staticmethod
+    def window_level(layer: Layer, start: tuple[float, float], total_px: tuple[float, float]):
+        """Right-drag: horizontal widens/narrows the window, vertical moves the level."""
+        lo, hi = start
+        width = max(hi - lo, 1e-6)
+        centre = (lo + hi) / 2
+        new_width = width * math.exp(total_px[0] / 200.0)
+        new_centre = centre + total_px[1] * width / 200.0
+        layer.set(vmin=new_centre - new_width / 2, vmax=new_centre + new_width / 2)
+
+    def wheel(self, delta: float, modifiers: frozenset[str], pos_mm) -> str | None:
+        action = bindings.mouse_action("wheel", None, modifiers)
+        if self.state.base_layer is None or action is None:
+            return action
+        notches = delta / 120.0
+        if action in ("slice", "slice_fast"):
+            n = int(math.copysign(max(1, round(abs(notches))), notches)) if notches else 0
+            if action == "slice_fast":
+                n *= bindings.FAST_SLICE_STEP
+            self.state.step_slice(self.plane, n)
+        elif action == "zoom":
+            vs = self.state.views[self.plane]
+            self.state.set_zoom(self.plane, vs.zoom * bindings.ZOOM_STEP ** notches, pos_mm)
+        return action
+
+    def key(self, ev: QtGui.QKeyEvent) -> bool:
+        """Handle a key press through :data:`bindings.KEY_BINDINGS`; True when handled."""
+        seq = QtGui.QKeySequence(ev.keyCombination()).toString()
+        action = bindings.KEY_BINDINGS.get(seq)
+        if action is None:
+            seq = QtGui.QKeySequence(ev.key()).toString()
+            action = bindings.KEY_BINDINGS.get(seq)
+        return self.run_action(action) if action else False
+
+    def run_action(self, action: str) -> bool:
+        s = self.state
+        if s.base_layer is None:
+            return False
+        step = {"slice_up": 1, "slice_down": -1, "slice_up_fast": bindings.FAST_SLICE_STEP,
+                "slice_down_fast": -bindings.FAST_SLICE_STEP}
+        if action == "reset":
+            s.reset()
+        elif action in step:
+            s.step_slice(self.plane, step[action])
+        elif action in ("zoom_in", "zoom_out"):
+            f = bindings.ZOOM_STEP if action == "zoom_in" else 1 / bindings.ZOOM_STEP
+            s.set_zoom(self.plane, s.views[self.plane].zoom * f)
+        else:
+            return False
+        return True
+
+    # -- helpers for tests and screenshots -----------------------------------------------------------
+    def rgba(self, layer: Layer) -> np.ndarray | None:
+        """The RGBA ``(rows, cols, 4)`` that ``layer`` contributes to the view now (None when
+        hidden); flushes pending redraws first."""
+        self.flush()
+        return self.layer_rgba.get(layer.id)
+
+    def composite_rgba(self) -> np.ndarray | None:
+        """The RGBA image drawn (all visible layers composited), after a flush."""
+        self.flush()
+        return self.image_item.rgba()
+
+    def scene_pos_of_world(self, ras) -> QtCore.QPoint:
+        """Widget (viewport) position of a world point, for simulated clicks."""
+        u, v = self.state.world_to_display(self.plane, ras)
+        scene = self.view_box.mapViewToScene(QtCore.QPointF(u, v))
+        return self.graphics_view.mapFromScene(scene)

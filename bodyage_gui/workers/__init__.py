@@ -1,0 +1,1 @@
+"""Background workers: core work in threads, results and progress back through Qt signals."""

@@ -1,0 +1,270 @@
+"""Ensemble inference and Grad-CAM for one subject, run in the background.
+
+:func:`predict_subject` is the work itself. It is Qt-free (numpy / torch / files only), takes a
+:class:`~bodyage_core.progress.ProgressReporter` (every report is also a cancellation point) and
+returns a :class:`PredictionResult` holding plain numbers and in-memory maps; the prediction
+panel runs it in a :class:`~bodyage_gui.workers.qt_worker.QtWorker` so that model loading and
+compute happen off the main thread and only the result crosses to it.
+
+What it computes, for a workspace subject (``subject`` given) it reproduces
+:func:`bodyage_core.training.workflow.predict_workspace` and
+:func:`bodyage_core.explain.pipeline.explain_subjects` for that subject: a subject the run held out
+in a cross-validation fold gets its out-of-fold prediction (that fold's members, calibration and
+bias correction) and the Grad-CAM of the same members; any other subject (or a plain file opened
+without a workspace) gets all members and the global fits. Maps are resampled to the grid of the
+subject image (the viewer's base layer) and keep raw values: (d age / d activation) x
+activation, in years.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.errors import BodyageError
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.volume import Volume
+
+#: Grad-CAM layer of the 3D ResNet used by default (Starck et al.).
+DEFAULT_LAYER = "layer3"
+
+
+@dataclass
+class PredictionRequest:
+    """What to predict.
+
+    Attributes
+    ----------
+    run_dir
+        The run folder (``workspace/models/<run>/``).
+    subject_id
+        Id of the subject (shown in the panel; used for the out-of-fold lookup with a workspace).
+    workspace, subject
+        The open :class:`~bodyage_core.cohort.Workspace` and the subject's
+        :class:`~bodyage_core.cohort.database.Subject` record (read on the main thread); None for
+        a plain file.
+    volume
+        The image to predict when there is no workspace (the viewer's base layer volume).
+    age
+        Chronological age in years, when known.
+    gradcam
+        Also compute the Grad-CAM maps (ReLU and signed) of a 3D run.
+    layer, device
+        Grad-CAM layer and torch device (``'auto'``, ``'cpu'``, ``'cuda'``).
+    torch_threads
+        Intra-op threads for torch during the call (None: leave torch's setting). One thread
+        leaves a core to the GUI on small machines.
+    """
+
+    run_dir: Path
+    subject_id: str
+    workspace: Any = None
+    subject: Any = None
+    volume: Volume | None = None
+    age: float | None = None
+    gradcam: bool = True
+    layer: str = DEFAULT_LAYER
+    device: str = "auto"
+    torch_threads: int | None = None
+
+
+@dataclass
+class PredictionResult:
+    """The outcome of :func:`predict_subject` (ages in years).
+
+    ``mean``/``sigma`` are the raw ensemble mean and its calibrated predictive standard
+    deviation, ``corrected`` the bias-corrected age, ``gap = corrected - age`` (None without an
+    age). ``member_mu``/``member_sigma`` are the members that made the prediction. The maps are
+    one-channel Volumes on the subject image's grid (None for a 2.5D run or when not asked for).
+    """
+
+    subject_id: str
+    run: str
+    run_dir: Path
+    mean: float
+    sigma: float
+    corrected: float
+    age: float | None
+    gap: float | None
+    member_mu: list[float]
+    member_sigma: list[float]
+    members_used: list[int]
+    fold: int | None
+    split: str
+    gradcam: Volume | None = None
+    gradcam_signed: Volume | None = None
+    gradcam_settings: dict[str, Any] = field(default_factory=dict)
+    gradcam_signed_settings: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def raw_gap(self) -> float | None:
+        return None if self.age is None else self.mean - self.age
+
+
+def _select_channels(volume: Volume, channels: Sequence[str], source: str) -> Volume:
+    """The run's channels from a volume: by name, else by position when the count matches."""
+    if all(c in volume.channels for c in channels):
+        data = np.stack([volume.channel(c) for c in channels])
+    elif volume.n_channels == len(channels):
+        data = np.asarray(volume.data)
+    else:
+        raise BodyageError(
+            f"the image has channel(s) {list(volume.channels)} but the run needs "
+            f"{list(channels)}", path=source,
+            hint="open the image with all the run's channels (e.g. water and fat together) "
+                 "or choose a run trained on this kind of image")
+    return Volume(np.asarray(data, dtype=np.float32), volume.affine, tuple(channels),
+                  dict(volume.provenance), dict(volume.metadata))
+
+
+def predict_subject(request: PredictionRequest,
+                    reporter: ProgressReporter | None = None) -> PredictionResult:
+    """Predict one subject's age with an ensemble run and compute its Grad-CAM maps.
+
+    Runs in a worker thread: touches no Qt object. Progress stages: ``load`` (run and image),
+    ``predict`` (one unit per member), ``gradcam`` (one unit per member and variant),
+    ``resample``. Cancelling (through the reporter) stops at the next of these points and
+    raises :class:`~bodyage_core.errors.Cancelled`.
+
+    Raises
+    ------
+    BodyageError
+        A missing or incomplete run, an image without the run's channels, a run on another grid.
+    """
+    import torch
+
+    from bodyage_core.models.ensemble import AgeRun
+
+    rep = ensure_reporter(reporter)
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if request.torch_threads:
+        torch.set_num_threads(max(1, int(request.torch_threads)))
+    try:
+        rep.update("load", 0, 3, "reading the run")
+        run_dir = Path(request.run_dir)
+        if not run_dir.is_dir():
+            raise BodyageError("no such run folder", path=run_dir,
+                               hint="train a run (Analysis > Train) or choose another run")
+        age_run = AgeRun(run_dir, device=request.device)
+        spec = age_run.spec
+        models = age_run.load_members()
+        rep.update("load", 1, 3, "reading the image")
+        if request.workspace is not None and request.subject is not None:
+            from bodyage_core.training.data import load_subject_volume
+
+            vol = load_subject_volume(request.workspace, request.subject, spec.channels)
+            oof = True
+        elif request.volume is not None:
+            vol = _select_channels(request.volume, spec.channels,
+                                   str(request.volume.provenance.get("path", request.subject_id)))
+            oof = False
+        else:
+            raise BodyageError("nothing to predict: open a subject or an image first")
+        rep.update("load", 2, 3, "preparing the model input")
+        notes: list[str] = []
+        mg = None
+        if spec.mode == "3d":
+            from bodyage_core.explain.pipeline import model_grid_input
+
+            mg = model_grid_input(vol, spec)
+            x = np.asarray(mg.data, dtype=np.float32)[None]
+        else:
+            from bodyage_core.training.data import prepare_input
+
+            x = prepare_input(vol, spec)[None]
+            notes.append("2.5D run: its maps live on the projection images; no 3D Grad-CAM")
+        rep.update("load", 3, 3)
+
+        pred = age_run.predict(x, [request.subject_id], reporter=rep, out_of_fold=oof)
+        mu = pred.member_mu[0]
+        used = [int(k) for k in np.flatnonzero(np.isfinite(mu))]
+        age = request.age
+        corrected = float(pred.corrected[0])
+        result = PredictionResult(
+            subject_id=request.subject_id, run=age_run.name, run_dir=run_dir,
+            mean=float(pred.mean[0]), sigma=float(pred.sigma[0]), corrected=corrected,
+            age=None if age is None else float(age),
+            gap=None if age is None else corrected - float(age),
+            member_mu=[float(mu[k]) for k in used],
+            member_sigma=[float(pred.member_sigma[0][k]) for k in used],
+            members_used=used, fold=pred.fold[0] if pred.fold else None,
+            split=pred.split[0] if pred.split else "new", notes=notes)
+
+        if request.gradcam and mg is not None:
+            from bodyage_core.explain.gradcam import gradcam
+            from bodyage_core.explain.space import map_to_subject_space
+
+            std = [float(age_run.members[k].get("target_std", 1.0)) for k in used]
+            n_steps = 2 * len(used)
+            maps = {}
+            step = 0
+            for variant in ("relu", "signed"):
+                acc = None
+                for j, k in enumerate(used):
+                    rep.update("gradcam", step, n_steps, f"{variant} member {j + 1}/{len(used)}")
+                    res = gradcam(models[k], x, layer=request.layer, variant=variant,
+                                  target_std=std[j])
+                    acc = res.mean[0] if acc is None else acc + res.mean[0]
+                    step += 1
+                maps[variant] = acc / len(used)
+            rep.update("gradcam", n_steps, n_steps)
+            rep.update("resample", 0, 2)
+            target = (vol.shape, vol.affine)
+            cam = map_to_subject_space(maps["relu"], mg.affine, target)
+            rep.update("resample", 1, 2)
+            signed = map_to_subject_space(maps["signed"], mg.affine, target)
+            rep.update("resample", 2, 2)
+            prov = {"run": age_run.name, "subject": request.subject_id, "layer": request.layer,
+                    "members": used, "units": "(d age / d activation) x activation, years"}
+            result.gradcam = Volume(cam.data, cam.affine, ("gradcam",), dict(prov, variant="relu"))
+            result.gradcam_signed = Volume(signed.data, signed.affine, ("gradcam_signed",),
+                                           dict(prov, variant="signed"))
+            result.layer = request.layer
+            # display settings need percentiles of ~10^6 voxels: computed here, off the GUI
+            result.gradcam_settings = gradcam_display(result.gradcam)
+            result.gradcam_signed_settings = gradcam_display(result.gradcam_signed, signed=True)
+        result.seconds = time.perf_counter() - t0
+        return result
+    finally:
+        if request.torch_threads:
+            torch.set_num_threads(old_threads)
+
+
+#: Modules the prediction imports lazily (torch's import alone holds the GIL for ~0.5 s).
+WARM_UP_MODULES = ("torch", "scipy.ndimage", "bodyage_core.io", "bodyage_core.models.factory",
+                   "bodyage_core.models.ensemble", "bodyage_core.training.data",
+                   "bodyage_core.training.trainer", "bodyage_core.explain.gradcam",
+                   "bodyage_core.explain.space", "bodyage_core.explain.pipeline")
+
+
+def warm_up_imports() -> float:
+    """Import what :func:`predict_subject` needs (seconds taken). The viewer calls it in a
+    background thread shortly after start-up, so that importing torch (which holds the GIL
+    for long stretches) does not stall the window during the first prediction."""
+    import importlib
+
+    t0 = time.perf_counter()
+    for name in WARM_UP_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - reported properly by the prediction itself
+            pass
+    return time.perf_counter() - t0
+
+
+def gradcam_display(volume: Volume, signed: bool = False) -> dict[str, Any]:
+    """Display settings for a Grad-CAM overlay (raw values kept; normalised only for display):
+    the viewer's rule for importance maps, :func:`bodyage_core.display.importance_display`
+    (``heat`` / ``bwr``, at most the top fifth of the map above the threshold)."""
+    from bodyage_core.display import importance_display
+
+    return importance_display(volume.data[0], signed=signed)

@@ -1,0 +1,234 @@
+"""Atlases, population statistics, region summaries and the workspace stages / CLI, on small
+phantoms (36 x 28 x 28 voxels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bodyage_core.atlas import (
+    AtlasConfig,
+    AtlasMember,
+    age_bands,
+    build_atlas,
+    choose_reference,
+    gap_classes,
+    importance_inside_mask,
+    majority_vote,
+    mean_std,
+    permutation_test,
+    population_maps,
+    region_shares,
+    uniform_baseline,
+    write_shares,
+)
+from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.registration.phantom import (
+    LABELS,
+    apply_transform,
+    make_phantom,
+    smooth_deformation,
+)
+
+SHAPE = (36, 28, 28)
+
+
+def _subject(i: int):
+    v, lab = make_phantom(SHAPE, size=0.92 + 0.04 * i, fat=0.8 + 0.2 * i,
+                          shift_mm=(3 * i - 4, 2 - i, 4 * i - 6), seed=i)
+    return apply_transform(v, lab, smooth_deformation(v, 3.0, seed=20 + i))
+
+
+def test_too_few_subjects(tmp_path):
+    members = [AtlasMember(f"s{i}", volume=_subject(i)[0]) for i in range(2)]
+    with pytest.raises(BodyageError, match="has 2 subject.*at least 3"):
+        build_atlas(members, tmp_path, "F_obese", AtlasConfig(min_subjects=3))
+
+
+def test_build_atlas_and_resume(tmp_path):
+    members = []
+    for i in range(3):
+        v, lab = _subject(i)
+        members.append(AtlasMember(f"s{i}", volume=v, labels=lab))
+    cfg = AtlasConfig(iterations=1)
+    out = build_atlas(members, tmp_path / "atlas", "F_healthy", cfg)
+    assert sorted(out["members"]) == ["s0", "s1", "s2"] and not out["failed"]
+    assert out["reference_subject"] in {"s0", "s1", "s2"}
+    assert out["dice_labels_mean"] > 0.75
+    for f in ("template.nii.gz", "labels.nii.gz", "body_mask.nii.gz", "members.json",
+              "quality.json", "quality/s1.json", "subjects/s1/warp.nii.gz",
+              "subjects/s1/inverse_warp.nii.gz", "subjects/s1/affine.tfm"):
+        assert (tmp_path / "atlas" / f).exists(), f
+    from bodyage_core.atlas import load_atlas
+
+    atlas = load_atlas(tmp_path / "atlas")
+    assert atlas["template"].channels == ("water", "fat")
+    assert atlas["labels"].data.dtype.kind in "iu"
+    # Resume: every subject's transform is reused, same result.
+    again = build_atlas(members, tmp_path / "atlas", "F_healthy", cfg)
+    assert all(q.get("reused") for q in again["quality"].values())
+    assert again["dice_labels_mean"] == pytest.approx(out["dice_labels_mean"])
+
+
+def test_reference_and_majority_vote():
+    assert choose_reference({"a": 10.0, "b": 20.0, "c": 31.0}) == "b"
+    maps = [np.array([1, 2, 2]), np.array([1, 1, 2]), np.array([0, 1, 2])]
+    np.testing.assert_array_equal(majority_vote(maps), [1, 1, 2])
+
+
+def test_permutation_test_finds_planted_difference():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (10, 12, 12, 12))
+    b = rng.normal(0, 1, (10, 12, 12, 12))
+    a[:, 2:5, 2:5, 2:5] += 4.0
+    res = permutation_test(a, b, n_permutations=200, seed=1)
+    planted = np.zeros((12, 12, 12), bool)
+    planted[2:5, 2:5, 2:5] = True
+    assert np.median(res["p_fwe"][planted]) < 0.05
+    assert res["p_fwe"][~planted].min() > 0.05
+    assert np.mean(res["p_fwe"][~planted]) > 0.5
+    assert res["diff"][planted].mean() > 3
+    with pytest.raises(ConfigError):
+        permutation_test(a[:1], b, 10)
+
+
+def test_region_shares_and_mask_fraction(tmp_path):
+    labels = np.zeros((10, 10, 10), np.int16)
+    labels[2:5, 2:5, 2:5] = 1
+    labels[6:9, 6:9, 6:9] = 2
+    body = np.zeros_like(labels, bool)
+    body[1:10, 1:10, 1:10] = True
+    imp = np.zeros(labels.shape)
+    imp[labels == 1] = 3.0
+    imp[labels == 2] = 1.0
+    imp[0, 0, 0] = 100.0  # outside the body: not counted
+    rows = region_shares(imp, labels, {1: "heart", 2: "spine"}, body)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert rows[0]["region"] == "heart" and rows[0]["share"] == pytest.approx(0.75)
+    uniform = body.astype(float)
+    mask = labels == 1
+    assert importance_inside_mask(uniform, mask, body) == pytest.approx(
+        uniform_baseline(mask, body))
+    assert importance_inside_mask(imp, mask, body) == pytest.approx(0.75)
+    paths = write_shares({"F_healthy": rows, "M_healthy": rows}, tmp_path / "regions")
+    assert paths["png"].stat().st_size > 1000
+    assert "heart" in paths["csv"].read_text()
+    with pytest.raises(BodyageError, match="another|shape"):
+        region_shares(imp, labels[:5], {1: "heart"})
+
+
+def test_groups_by_age_and_gap():
+    assert age_bands([55, 60, 69.9, 70, None]) == ["lt60", "60-70", "60-70", "ge70", None]
+    assert gap_classes([-5, 0, 5, None], threshold=3) == [
+        "decelerated", "aligned", "accelerated", None]
+    q = gap_classes(list(range(8)), quantile=0.25)
+    assert q.count("accelerated") == 2 and q.count("decelerated") == 2
+    with pytest.raises(ConfigError):
+        gap_classes([1, 2], threshold=1, quantile=0.2)
+    maps = np.stack([np.full((2, 2, 2), float(i)) for i in range(4)])
+    out = population_maps(maps, ages=[50, 65, 75, 80], gaps=[-4, 0, 4, 5], gap_threshold=3)
+    assert out["all"]["n"] == 4 and out["age_ge70"]["n"] == 2
+    np.testing.assert_allclose(out["age_ge70"]["mean"], 2.5)
+    assert out["accelerated"]["n"] == 2 and out["decelerated"]["n"] == 1
+    m, s = mean_std(maps)
+    np.testing.assert_allclose(m, 1.5)
+
+
+# -- workspace stages and CLI -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.io import save_volume
+    from bodyage_core.volume import Volume
+
+    root = tmp_path_factory.mktemp("ws")
+    ws = Workspace.create(root)
+    records, preds = [], []
+    gaps = [-6.0, -5.0, 5.0, 6.0]
+    for i in range(5):
+        v, lab = _subject(i)
+        sid = f"sub{i}"
+        d = ws.subject_dir(sid, create=True)
+        save_volume(v.with_data(v.data[:1], channels=("water",)), d / "water.nii.gz")
+        save_volume(v.with_data(v.data[1:], channels=("fat",)), d / "fat.nii.gz")
+        save_volume(Volume(lab.astype(np.int16), v.affine, channels=("labels",)),
+                    d / "labels.nii.gz")
+        save_volume(Volume((lab == 3).astype(np.uint8), v.affine, channels=("age_mask",)),
+                    d / "age_mask.nii.gz")
+        gap = gaps[i] if i < 4 else 0.0
+        cam = (lab == 3) * 1.0 + (lab == 5) * (2.0 if gap > 0 else 0.2)
+        save_volume(Volume(cam.astype(np.float32), v.affine, channels=("map",)),
+                    d / "gradcam_r1.nii.gz")
+        images = {k: f"subjects/{sid}/{k}.nii.gz"
+                  for k in ("water", "fat", "labels", "age_mask", "gradcam_r1")}
+        # sub4 is the only male: its group is too small for an atlas.
+        records.append({"subject_id": sid, "age": 50.0 + 7 * i, "sex": "M" if i == 4 else "F",
+                        "bmi": 22.0, "images": images})
+        preds.append({"subject_id": sid, "mean": 50.0 + 7 * i + gap, "sigma": 1.0,
+                      "corrected": 50.0 + 7 * i + gap})
+    ws.db.add_subjects(records)
+    ws.db.add_run("r1")
+    ws.db.add_predictions("r1", preds)
+    (ws.root / "atlases" / "F_healthy").mkdir(parents=True, exist_ok=True)
+    from bodyage_core.atomic import write_json
+
+    write_json(ws.root / "atlases" / "F_healthy" / "label_names.json", LABELS)
+    ws.close()
+    return root
+
+
+def test_workspace_atlas_maps_compare(workspace):
+    from bodyage_core.atlas.workspace import (
+        build_atlases,
+        build_population_maps,
+        compare_gap_groups,
+        register_subjects,
+    )
+    from bodyage_core.cohort import Workspace
+
+    with Workspace.open(workspace) as ws:
+        out = build_atlases(ws, iterations=0)
+        assert "error" in out["M_healthy"] and "at least 3" in out["M_healthy"]["error"]
+        fh = out["F_healthy"]
+        assert sorted(fh["members"]) == ["sub0", "sub1", "sub2", "sub3"]
+        regs = ws.db.registrations("F_healthy")
+        assert {r["status"] for r in regs} == {"ok"}
+        subj = ws.db.get_subject("sub1")
+        assert (ws.resolve(subj.images["to_atlas_F_healthy"]) / "warp.nii.gz").exists()
+        again = register_subjects(ws, group="F_healthy")
+        assert all(r["reused"] for r in again) and len(again) == 4
+
+        pm = build_population_maps(ws, "r1", gap_threshold=3.0)
+        g = pm["groups"]["F_healthy"]
+        assert g["subgroups"]["all"]["n"] == 4
+        assert g["subgroups"]["accelerated"]["n"] == 2
+        adir = ws.atlas_dir("F_healthy")
+        assert (adir / "population_r1_all_mean.nii.gz").exists()
+        assert (adir / "population_r1_age_lt60_std.nii.gz").exists()
+        assert g["top_regions"][0][0] in ("heart", "spine")
+        inside = g["subgroups"]["all"]["importance_in_age_mask"]
+        assert inside > g["subgroups"]["all"]["uniform_baseline"]
+        assert (ws.reports_dir / "regions_r1.png").exists()
+
+        cmp_ = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20)
+        c = cmp_["groups"]["F_healthy"]
+        assert c["n_accelerated"] == 2 and c["n_decelerated"] == 2
+        assert (ws.resolve(c["p_fwe"])).exists()
+        with pytest.raises(BodyageError, match="no predictions for run"):
+            build_population_maps(ws, "nope")
+
+
+def test_cli_commands(workspace, capsys):
+    from bodyage_core.cli.main import main
+
+    assert main(["register", str(workspace), "--group", "F_healthy"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert main(["atlas", "maps", str(workspace), "--run", "r1", "--threshold", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "F_healthy" in out and "importance inside age-effect regions" in out
+    assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
+                 "--threshold", "3", "--permutations", "10"]) == 0
+    assert "min p(FWE)" in capsys.readouterr().out
+    assert main(["atlas", "build", str(workspace), "--group", "M_healthy"]) == 2
+    assert "at least 3" in capsys.readouterr().err
+    assert main(["register", str(workspace), "--group", "X_none"]) == 2

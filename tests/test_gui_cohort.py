@@ -1,0 +1,180 @@
+"""The cohort panel (pytest-qt, offscreen): predicted-vs-chronological scatter (raw/corrected),
+clicking a point opens that subject, accelerated/decelerated selection by threshold, the subgroup
+MAE table, the region table and the accelerated/decelerated/difference maps in linked views (or
+the message to build them first)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PySide6 import QtCore  # noqa: E402
+from test_gui_prediction_data import RUN, copy_workspace, tiny_workspace_root  # noqa: E402
+
+from bodyage_core.evaluation import subgroup_table  # noqa: E402
+from bodyage_gui.panels.qt_analysis import install_analysis  # noqa: E402
+from bodyage_gui.panels.qt_cohort_panel import ACCELERATED_PEN, DECELERATED_PEN  # noqa: E402
+from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_ws():
+    return tiny_workspace_root()
+
+
+def open_window(qtbot, tmp_path, root):
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.Format.IniFormat)
+    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
+                       restore_settings=False)
+    qtbot.addWidget(win)
+    tools = install_analysis(win)
+    win.resize(1300, 850)
+    win.show()
+    assert win.open_workspace(root, wait=True), win.last_error
+    tools.show_cohort()
+    return win, tools.cohort_panel
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, tiny_ws):
+    return open_window(qtbot, tmp_path, tiny_ws)
+
+
+def test_scatter_raw_corrected_and_click_opens_subject(qtbot, window):
+    win, panel = window
+    preds = {p["subject_id"]: p for p in win.workspace.db.predictions(RUN)}
+    assert panel.run == RUN and len(panel.scatter.data) == len(preds) == 8
+    d = panel.scatter.data
+    for sid, x, y in zip(d["data"], d["x"], d["y"]):
+        assert x == pytest.approx(preds[sid]["age"]) and y == pytest.approx(
+            preds[sid]["corrected"])
+    assert "bias-corrected" in panel.plot.getPlotItem().getAxis("left").labelText
+    panel.set_mode("raw")
+    d = panel.scatter.data
+    assert all(y == pytest.approx(preds[s]["mean"]) for s, y in zip(d["data"], d["y"]))
+    assert "raw" in panel.plot.getPlotItem().getAxis("left").labelText
+    # identity line spans the data; one legend entry per group present
+    xs, ys = panel.identity.getData()
+    assert np.allclose(xs, ys)
+    groups = {f"{p['sex']}_{p['bmi_group']}" for p in preds.values()}
+    assert set(panel.legend_groups) == groups
+    assert all(g.replace("_", " ") in panel.legend_label.text() for g in groups)
+    # a real mouse click on a point opens that subject in the viewer
+    target = next(s for s in d["data"] if s != win.current_subject)
+    qtbot.wait(50)
+    view_pos = panel.plot.mapFromScene(panel.point_scene_pos(target))
+    with qtbot.waitSignal(panel.subject_clicked, timeout=5000) as blocker:
+        qtbot.mouseClick(panel.plot.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view_pos)
+    assert blocker.args == [target]
+    assert win.wait_for_subject()
+    assert win.current_subject == target and win.state.base_layer.name == target
+
+
+def test_threshold_selection_counts_and_highlights(qtbot, window):
+    win, panel = window
+    gaps = {p["subject_id"]: p["gap"] for p in win.workspace.db.predictions(RUN)}
+    for thr in (0.0, 2.0, 5.0, 1000.0):
+        with qtbot.waitSignal(panel.selection_changed, timeout=2000) as blocker:
+            panel.threshold_spin.setValue(thr + 0.1)
+            panel.threshold_spin.setValue(thr)
+        acc = sorted(s for s, g in gaps.items() if g >= thr)
+        dec = sorted(s for s, g in gaps.items() if g <= -thr)
+        assert sorted(panel.classes["accelerated"]) == acc
+        assert sorted(panel.classes["decelerated"]) == dec
+        assert blocker.args == [len(acc), len(dec)]
+        assert f"accelerated {len(acc)}" in panel.count_label.text()
+        pens = {sid: p.color().getRgb()[:3] for sid, p in
+                zip(panel.scatter.data["data"], panel.scatter.data["pen"])}
+        assert all(pens[s] == ACCELERATED_PEN for s in acc)
+        assert all(pens[s] == DECELERATED_PEN for s in dec)
+    assert panel.classes["aligned"] and not panel.classes["accelerated"]  # at 1000 y
+
+
+def test_subgroup_mae_table(window):
+    win, panel = window
+    rows = win.workspace.db.predictions(RUN)
+    want = subgroup_table([r["age"] for r in rows], [r["mean"] for r in rows],
+                          [r["sex"] for r in rows], [r["bmi_group"] for r in rows],
+                          [r["corrected"] for r in rows])
+    t = panel.mae_table
+    head = [t.horizontalHeaderItem(j).text() for j in range(t.columnCount())]
+    assert head[:6] == ["sex", "BMI group", "n", "MAE raw", "MAE corrected", "MAE mean baseline"]
+    got = {(t.item(i, 0).text(), t.item(i, 1).text()): i for i in range(t.rowCount())}
+    assert len(got) == len(want)
+    overall = got[("all", "all")]
+    assert int(t.item(overall, 2).text()) == 8
+    w = next(r for r in want if r["sex"] == "all" and r["bmi_group"] == "all")
+    assert float(t.item(overall, 3).text()) == pytest.approx(w["mae_raw"], abs=1e-3)
+    assert float(t.item(overall, 4).text()) == pytest.approx(w["mae_corrected"], abs=1e-3)
+    ages = np.array([r["age"] for r in rows])
+    assert float(t.item(overall, 5).text()) == pytest.approx(
+        np.mean(np.abs(ages - ages.mean())), abs=1e-3)
+
+
+def test_population_maps_missing_gives_the_command(window):
+    win, panel = window
+    assert panel.show_gap_maps() is None
+    assert "bodyage atlas maps" in win.last_error and RUN in win.last_error
+    assert "bodyage atlas maps" in panel.region_message.text()
+    assert panel.region_table.rowCount() == 0
+
+
+def _fake_atlas_outputs(root, group="F_healthy"):
+    """The files build_population_maps / compare_gap_groups write, with known content."""
+    from bodyage_core.atlas.regions import write_shares
+    from bodyage_core.atomic import write_json
+    from bodyage_core.explain.space import save_map
+
+    adir = root / "atlases" / group
+    adir.mkdir(parents=True)
+    aff = np.diag([8.0, 8.0, 10.0, 1.0])
+    aff[:3, 3] = (-80, -60, -300)
+    z, y, x = np.indices((60, 16, 20), dtype=float)
+    save_map((z + y + x).astype(np.float32), adir / "template.nii.gz", aff)
+    acc = np.exp(-((z - 40) ** 2 + (y - 8) ** 2 + (x - 10) ** 2) / 30.0)
+    dec = np.exp(-((z - 20) ** 2 + (y - 8) ** 2 + (x - 10) ** 2) / 30.0)
+    save_map(acc.astype(np.float32), adir / f"population_{RUN}_accelerated_mean.nii.gz", aff)
+    save_map(dec.astype(np.float32), adir / f"population_{RUN}_decelerated_mean.nii.gz", aff)
+    write_json(adir / f"population_{RUN}.json", {
+        "gap_threshold": 2.0, "subgroups": {"accelerated": {"n": 3}, "decelerated": {"n": 2}}})
+    shares = {group: [{"rank": 1, "label": 3, "region": "spine", "share": 0.6,
+                       "importance": 1.0, "voxels": 10, "volume_fraction": 0.2,
+                       "enrichment": 3.0},
+                      {"rank": 2, "label": 4, "region": "liver", "share": 0.4,
+                       "importance": 0.5, "voxels": 20, "volume_fraction": 0.4,
+                       "enrichment": 1.0}]}
+    write_shares(shares, root / "reports" / f"regions_{RUN}")
+    return acc - dec
+
+
+def test_population_maps_side_by_side_in_linked_views(qtbot, tmp_path):
+    root = copy_workspace(tmp_path / "ws")
+    diff = _fake_atlas_outputs(root)
+    win, panel = open_window(qtbot, tmp_path, root)
+    assert panel.region_table.rowCount() == 2
+    assert panel.region_table.item(0, 2).text() == "spine"
+    dlg = panel.show_gap_maps()
+    assert dlg is not None, win.last_error
+    qtbot.addWidget(dlg)
+    titles = list(dlg.states)
+    assert titles[0].startswith("accelerated (n=3)") and titles[1].startswith("decelerated (n=2)")
+    assert "computed here" in titles[2]                    # no compare_* file: acc - dec
+    states = list(dlg.states.values())
+    assert np.allclose(states[2].layers[1].volume.data[0], diff, atol=1e-5)
+    assert states[2].layers[1].colormap == "bwr"
+    assert all(st.base_layer.name == "template" for st in states)
+    views = dlg.slice_views()
+    assert len(views) == 3 and all(v.plane == "coronal" for v in views)
+    # linked: moving the cursor in one view's state moves the other two
+    states[0].set_cursor_voxel((40, 8, 10))
+    for st in states[1:]:
+        assert np.allclose(st.cursor, states[0].cursor)
+        assert st.cursor_voxel() == (40, 8, 10)
+    states[2].set_convention("neurological")
+    assert all(st.convention == "neurological" for st in states)
+    dlg.plane_combo.setCurrentText("axial")
+    assert all(v.plane == "axial" for v in dlg.slice_views())
+    dlg.close()

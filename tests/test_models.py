@@ -1,0 +1,143 @@
+"""Age networks: shapes, layer names, factory errors, partial weight loading, ensembles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.models import VGG2D, ResNet2D, ResNet3D, build_model, list_layers, load_weights
+from bodyage_core.models.ensemble import (
+    apply_bias_correction,
+    apply_variance_scale,
+    combine_members,
+    fit_bias_correction,
+    fit_variance_scale,
+)
+
+torch.set_num_threads(1)
+
+
+def test_resnet3d_shape_and_stages():
+    m = build_model({"arch": "resnet3d", "width": 4, "in_channels": 2})
+    assert isinstance(m, ResNet3D)
+    out = m(torch.randn(2, 2, 16, 20, 24))
+    assert out.shape == (2, 2)
+    assert list_layers(m) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    # BasicBlock 2-2-2-2, widths double per stage, head hidden 256
+    assert [len(getattr(m, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert m.layer4[0].conv1.out_channels == 32
+    assert m.head.fc1.out_features == 256
+    for name in list_layers(m):
+        assert m.get_submodule(name) is not None
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_resnet3d_norms(norm):
+    m = build_model({"arch": "resnet3d", "width": 4, "norm": norm})
+    assert isinstance(m.stem[1], torch.nn.GroupNorm)
+    m.eval()
+    assert m(torch.randn(1, 1, 48, 48, 48)).shape == (1, 2)   # batch of one is fine
+    with pytest.raises(ConfigError):
+        build_model({"arch": "resnet3d", "norm": "layer"})
+
+
+def test_resnet3d_default_width_is_64():
+    m = build_model()
+    assert m.stem[0].out_channels == 64 and m.stem[0].in_channels == 1
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet2d(depth):
+    m = build_model({"arch": "resnet2d", "depth": depth, "width": 4, "in_channels": 3})
+    assert isinstance(m, ResNet2D)
+    assert m(torch.randn(2, 3, 32, 48)).shape == (2, 2)
+    assert list_layers(m) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_vgg2d_layers():
+    m = build_model({"arch": "vgg2d", "width": 4, "in_channels": 2})
+    assert isinstance(m, VGG2D)
+    assert m(torch.randn(2, 2, 32, 32)).shape == (2, 2)
+    layers = list_layers(m)
+    assert len(layers) == 5
+    for name in layers:
+        assert isinstance(m.get_submodule(name), torch.nn.ReLU)
+
+
+def test_factory_errors():
+    with pytest.raises(ConfigError):
+        build_model({"arch": "transformer"})
+    with pytest.raises(ConfigError):
+        build_model({"arch": "resnet3d", "depth": 50})
+    with pytest.raises(ConfigError):
+        build_model({"arch": "resnet3d", "width": 0})
+
+
+def test_partial_weight_load_torchvision_layout(tmp_path):
+    src = ResNet2D(in_channels=3, depth=18, width=4)
+    state = {}
+    for k, v in src.state_dict().items():  # rename to torchvision's layout + a classifier
+        if k.startswith("head."):
+            continue
+        k = k.replace("stem.0.", "conv1.").replace("stem.1.", "bn1.")
+        state[k] = v.clone()
+    state["fc.weight"] = torch.zeros(1000, 32)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    dst = build_model({"arch": "resnet2d", "depth": 18, "width": 4, "in_channels": 2,
+                       "weights": str(path)})
+    rep = dst.weights_report
+    assert "stem.0.weight" in rep["adapted"]          # 3 -> 2 input channels
+    assert "layer1.0.conv1.weight" in rep["matched"]
+    assert "fc.weight" in rep["skipped"]
+    assert any(k.startswith("head.") for k in rep["missing"])
+    assert torch.equal(dst.layer3[0].conv1.weight, src.layer3[0].conv1.weight)
+
+
+def test_weight_load_errors(tmp_path):
+    m = ResNet2D(in_channels=2, depth=18, width=4)
+    with pytest.raises(BodyageError, match="not found"):
+        load_weights(m, tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(BodyageError, match="cannot read"):
+        load_weights(m, bad)
+    other = tmp_path / "other.pt"
+    torch.save({"foo.weight": torch.zeros(3)}, other)
+    with pytest.raises(BodyageError, match="no tensor"):
+        load_weights(m, other)
+
+
+def test_combine_members_formula():
+    mu = np.array([[50.0, 30.0], [54.0, 30.0]])
+    var = np.array([[4.0, 1.0], [4.0, 1.0]])
+    mean, v = combine_members(mu, var)
+    np.testing.assert_allclose(mean, [52.0, 30.0])
+    # mean of (sigma^2 + mu^2) - mean^2 = 4 + spread 4
+    np.testing.assert_allclose(v, [8.0, 1.0])
+    # NaN members are ignored
+    mu2 = np.array([[50.0], [np.nan]])
+    mean2, v2 = combine_members(mu2, np.array([[4.0], [0.0]]))
+    np.testing.assert_allclose([mean2[0], v2[0]], [50.0, 4.0])
+
+
+def test_bias_correction_and_calibration():
+    age = np.linspace(20, 80, 50)
+    pred = 0.7 * age + 15          # regression to the mean
+    fit = fit_bias_correction(age, pred)
+    assert fit["a"] == pytest.approx(0.7) and fit["b"] == pytest.approx(15)
+    np.testing.assert_allclose(apply_bias_correction(pred, fit), age)
+    flat = fit_bias_correction(age, np.full(50, 40.0))
+    assert flat["a"] == 1.0 and "identity_reason" in flat
+    rng = np.random.default_rng(0)
+    err = rng.normal(0, 3, 4000)
+    cal = fit_variance_scale(err, np.full(4000, 1.0))
+    assert apply_variance_scale(np.array([1.0]), cal)[0] == pytest.approx(9.0, rel=0.1)
+    var = rng.uniform(0.01, 20, 3000)                # heteroscedastic: scale and floor found
+    cal2 = fit_variance_scale(rng.normal(0, np.sqrt(2 * var + 9)), var)
+    assert cal2["scale"] == pytest.approx(2.0, rel=0.25)
+    assert cal2["floor"] == pytest.approx(9.0, rel=0.35)
+    const = fit_variance_scale(err, np.zeros(4000))
+    assert const["floor"] == pytest.approx(9.0, rel=0.1)
