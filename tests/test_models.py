@@ -141,3 +141,29 @@ def test_bias_correction_and_calibration():
     assert cal2["floor"] == pytest.approx(9.0, rel=0.35)
     const = fit_variance_scale(err, np.zeros(4000))
     assert const["floor"] == pytest.approx(9.0, rel=0.1)
+
+
+def test_bias_correction_shrunk_by_loo():
+    rng = np.random.default_rng(1)
+    age = rng.uniform(20, 80, 40)
+    # a real bias with little noise: the LOO choice keeps (most of) the correction
+    pred = 0.7 * age + 15 + rng.normal(0, 0.5, 40)
+    fit = fit_bias_correction(age, pred, shrink="loo")
+    assert fit["shrink"] >= 0.9
+    corr = apply_bias_correction(pred, fit)
+    assert np.mean(np.abs(corr - age)) < np.mean(np.abs(pred - age))
+    # regression dilution of pure noise around the mean age: the full inverse fit explodes
+    # the error; the LOO choice stays near the raw prediction and is not worse than raw
+    pred2 = age.mean() + 0.8 * (age - age.mean()) + rng.normal(0, 9, 40)
+    full = fit_bias_correction(age, pred2)
+    fit2 = fit_bias_correction(age, pred2, shrink="loo")
+    assert 0.0 <= fit2["shrink"] <= 1.0 and "loo_mae" in fit2
+    assert fit2["loo_mae"][fit2["shrink"]] <= fit2["loo_mae"][0.0] + 1e-12
+    # the effective (a, b) reproduce pred + lam * (full - pred)
+    lam = fit2["shrink"]
+    want = pred2 + lam * (apply_bias_correction(pred2, full) - pred2)
+    np.testing.assert_allclose(apply_bias_correction(pred2, fit2), want, atol=1e-9)
+    zero = fit_bias_correction(age, pred2, shrink=0.0)
+    np.testing.assert_allclose(apply_bias_correction(pred2, zero), pred2, atol=1e-9)
+    with pytest.raises(ValueError):
+        fit_bias_correction(age, pred2, shrink=1.5)

@@ -53,12 +53,40 @@ def combine_members(mu: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.nda
     return mean, np.maximum(second - mean ** 2, 0.0)
 
 
-def fit_bias_correction(ages: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
+SHRINK_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def _linear_fit(age: np.ndarray, pred: np.ndarray) -> tuple[float, float] | None:
+    """``pred = a * age + b`` by least squares, or None when it cannot be inverted."""
+    if len(age) < 3 or np.std(age) < 1e-9:
+        return None
+    a, b = np.polyfit(age, pred, 1)
+    return None if a < 0.05 else (float(a), float(b))
+
+
+def _shrunk(pred: np.ndarray, a: float, b: float, lam: float) -> np.ndarray:
+    return pred + lam * ((pred - b) / a - pred)
+
+
+def fit_bias_correction(ages: Sequence[float], predicted: Sequence[float],
+                        shrink: str | float | None = None) -> dict[str, Any]:
     """Least-squares ``predicted = a * age + b`` on validation subjects (Starck appendix B).
 
     Returns ``{"a", "b", "n"}``; with fewer than 3 subjects, no age spread, or a slope below
     0.05 (correcting would explode the noise) the identity ``a=1, b=0`` is returned and
     ``"identity_reason"`` says why.
+
+    ``shrink`` moves the correction part of the way from the identity (raw prediction) to the
+    full inverse fit: ``corrected = pred + lam * ((pred - b) / a - pred)``.  ``None`` or ``1``:
+    the full correction; a number in ``[0, 1]``: that ``lam``; ``"loo"``: ``lam`` from
+    :data:`SHRINK_GRID` minimising the leave-one-out MAE of the corrected validation
+    predictions (refitting ``a, b`` without the left-out subject; ties go to the smaller
+    ``lam``, so ``lam = 0`` -- the raw prediction -- wins unless the correction helps on held-out
+    validation subjects).  The full fit is the inverse of a regression-to-the-mean slope and
+    inflates the noise by ``1/a``; on small validation sets it usually *raises* the MAE.
+    The shrunk correction is still of the form ``(pred - b') / a'``: the returned ``a, b`` are
+    the effective ones (``a_full, b_full, shrink`` keep the fit), so
+    :func:`apply_bias_correction` is unchanged.
     """
     age = np.asarray(ages, dtype=np.float64)
     pred = np.asarray(predicted, dtype=np.float64)
@@ -71,7 +99,32 @@ def fit_bias_correction(ages: Sequence[float], predicted: Sequence[float]) -> di
     if a < 0.05:
         return {"a": 1.0, "b": 0.0, "n": n,
                 "identity_reason": f"slope {a:.3g} too small to invert"}
-    return {"a": float(a), "b": float(b), "n": n}
+    a, b = float(a), float(b)
+    if shrink is None:
+        return {"a": a, "b": b, "n": n}
+    if shrink == "loo":
+        loo_mae = {}
+        for lam in SHRINK_GRID:
+            errs = []
+            for i in range(n):
+                keep = np.arange(n) != i
+                fit_i = _linear_fit(age[keep], pred[keep])
+                c = pred[i] if fit_i is None else _shrunk(pred[i:i + 1], *fit_i, lam)[0]
+                errs.append(abs(c - age[i]))
+            loo_mae[float(lam)] = float(np.mean(errs))
+        best = min(loo_mae.values())
+        lam = min(k for k, v in loo_mae.items() if v <= best + 1e-9)
+        extra: dict[str, Any] = {"loo_mae": loo_mae}
+    else:
+        lam = float(shrink)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"shrink must be in [0, 1] or 'loo', got {shrink!r}")
+        extra = {}
+    # corrected = pred * (1 - lam + lam / a) - lam * b / a  ==  (pred - b_eff) / a_eff
+    a_eff = 1.0 / (1.0 - lam + lam / a)
+    b_eff = a_eff * lam * b / a
+    return {"a": float(a_eff), "b": float(b_eff), "n": n, "a_full": a, "b_full": b,
+            "shrink": float(lam), **extra}
 
 
 def apply_bias_correction(predicted: np.ndarray, fit: dict[str, float]) -> np.ndarray:
