@@ -72,7 +72,7 @@ def test_train_writes_run_and_oof(trained, capsys):
     assert all(len(p["members"]) == 2 for p in preds)
     assert [r for r in ws.db.runs() if r["run_id"] == "r1"][0]["status"] == "complete"
     # the cached model-grid inputs
-    assert list((trained / "subjects" / "sub00").glob("input_*.npy"))
+    assert list((trained / "cache").glob("*/sub00.npy"))
 
 
 def test_existing_run_is_refused_then_overwritten(trained, capsys):
@@ -116,7 +116,7 @@ def test_agerun_refuses_other_grid_and_predicts_oof(trained):
         run.predict(np.zeros((1, 2, 12, 12, 12), np.float32))
     with pytest.raises(BodyageError, match="does not match"):
         run.predict(np.zeros((1, 1, 16, 12, 12), np.float32))
-    x = np.load(next((trained / "subjects" / "sub00").glob("input_*.npy")))[None]
+    x = np.load(next((trained / "cache").glob("*/sub00.npy")))[None]
     oof = run.predict(x, ["sub00"])
     new = run.predict(x, ["unknown"])
     assert np.isfinite(oof.member_mu[0]).sum() == 2          # the fold's 2 members

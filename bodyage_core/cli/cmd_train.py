@@ -46,6 +46,18 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--distributed", nargs="?", const="members", default=None,
+                   choices=("members", "ddp"),
+                   help="train under torchrun (one process per GPU, or CPU processes with "
+                        "gloo): 'members' (default) deals the ensemble members out to the "
+                        "ranks round-robin; 'ddp' trains each member on all ranks with "
+                        "DistributedDataParallel. Launch: torchrun --nproc_per_node N -m "
+                        "bodyage_core.cli.main -- train ... --distributed (or torchrun "
+                        "--no-python bodyage -- train ...)")
+    p.add_argument("--cache-size", default=None, metavar="SIZE",
+                   help="size limit of the model-grid input cache WORKSPACE/cache/ (e.g. "
+                        "20GB, 500MB; 0 = no disk cache; 'none' = no limit); remembered for "
+                        "later runs and predictions")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true",
@@ -57,14 +69,37 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from bodyage_core.cohort import Workspace
-    from bodyage_core.progress import TerminalProgress
-    from bodyage_core.training.augment import AugmentConfig
-    from bodyage_core.training.trainer import TrainConfig
-    from bodyage_core.training.workflow import make_spec, train_workspace
+    from bodyage_core.progress import NullProgress, TerminalProgress
+    from bodyage_core.training.distributed import init_distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ws = Workspace.open(args.workspace)
+    limit = None
+    if args.cache_size is not None:
+        from bodyage_core.preprocess.cache import parse_size, set_workspace_limit
+
+        limit = parse_size(args.cache_size)
+    dist = None
+    if args.distributed:
+        dist = init_distributed(args.distributed, args.device)
+    if args.cache_size is not None and (dist is None or dist.is_main):
+        set_workspace_limit(ws.root, limit)
+    if dist is not None:
+        dist.barrier()
+    try:
+        return _train(args, ws, dist, TerminalProgress() if dist is None or dist.is_main
+                      else NullProgress())
+    finally:
+        if dist is not None:
+            dist.close()
+
+
+def _train(args, ws, dist, reporter) -> int:
+    from bodyage_core.training.augment import AugmentConfig
+    from bodyage_core.training.trainer import TrainConfig
+    from bodyage_core.training.workflow import make_spec, train_workspace
+
     model = {"arch": args.model}
     for key in ("width", "depth", "weights", "norm"):
         if getattr(args, key) is not None:
@@ -81,8 +116,13 @@ def run(args: argparse.Namespace) -> int:
                       early_stopping=args.early_stopping, augment=aug, seed=args.seed,
                       device=args.device)
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
-                          args.seed, args.resume, args.overwrite, TerminalProgress())
+                          args.seed, args.resume, args.overwrite, reporter, dist=dist)
+    if dist is not None and not dist.is_main:
+        return 0
     m = res.metrics
+    if dist is not None:
+        print(f"trained under torchrun: {dist.world_size} rank(s), mode {dist.mode}, "
+              f"backend {dist.backend or 'none'} (see {res.run_dir / 'distributed.json'})")
     print(f"run {args.run}: {len(m['members'])} member(s) in {res.run_dir}")
     print(f"out-of-fold MAE {m['raw']['mae']:.2f} y raw, {m['corrected']['mae']:.2f} y "
           f"bias-corrected (n={m['n_out_of_fold']}; r {m['corrected']['pearson_r']:.2f})")

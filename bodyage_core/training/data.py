@@ -3,7 +3,8 @@
 A :class:`SubjectRecord` is ``(subject_id, loader, age, sex, bmi_group, site)`` where
 ``loader()`` returns the model input as a float32 numpy array: ``(C, Z, Y, X)`` for 3D models or
 ``(C, H, W)`` for the 2.5D projections. Records come from a workspace (:func:`records_from_workspace`,
-with inputs cached as ``subjects/<id>/input_<hash>.npy``) or from plain arrays
+with inputs cached as ``cache/<grid-hash>/<id>.npy``, see :mod:`bodyage_core.preprocess.cache`)
+or from plain arrays
 (:func:`records_from_arrays`, used by tests and benchmarks).
 """
 
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from bodyage_core.atomic import atomic_path
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
@@ -289,20 +289,50 @@ def projections_2p5d(grid: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
 
 # -- workspace -----------------------------------------------------------------------------
 
-def load_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
-    """Load the images ``kinds`` of one workspace subject as one multi-channel Volume."""
-    vols = []
+def subject_sources(ws, subject, kinds: Sequence[str]) -> list[Path]:
+    """The files the images ``kinds`` of a subject are read from (distinct, in order)."""
+    out: list[Path] = []
     for kind in kinds:
         if kind not in subject.images:
             have = ", ".join(sorted(subject.images)) or "none"
             raise CohortError(f"subject {subject.subject_id} has no {kind!r} image (has: {have})",
                               hint="import the missing image or train on other channels")
-        vols.append(_load_volume(ws.resolve(subject.images[kind])))
-    data = [v.data[0] for v in vols]
+        p = ws.resolve(subject.images[kind])
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def load_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
+    """Load the images ``kinds`` of one workspace subject as one multi-channel Volume.
+
+    Kinds recorded with the same UK Biobank zip (``water`` and ``fat`` of a streamed import)
+    are stitched from that zip in one pass, in memory, with the kinds as Dixon channels.
+    """
+    subject_sources(ws, subject, kinds)          # clear error for a missing kind
+    by_path: dict[Path, list[str]] = {}
+    for kind in kinds:
+        by_path.setdefault(ws.resolve(subject.images[kind]), []).append(kind)
+    loaded: dict[str, np.ndarray] = {}
+    first: Volume | None = None
+    for path, ks in by_path.items():
+        if str(path).lower().endswith(".zip"):
+            from bodyage_core.io import load_volume
+
+            v = load_volume(path, channels=tuple(ks))
+            for k in ks:
+                loaded[k] = v.channel(k)
+        else:
+            v = _load_volume(path)
+            for k in ks:
+                loaded[k] = v.data[0]
+        if first is None:
+            first = v
+    data = [loaded[k] for k in kinds]
     if any(d.shape != data[0].shape for d in data):
         raise BodyageError(f"subject {subject.subject_id}: images {list(kinds)} are on "
                            "different grids", hint="resample them onto one grid on import")
-    return Volume(np.stack(data), vols[0].affine, tuple(kinds), dict(vols[0].provenance))
+    return Volume(np.stack(data), first.affine, tuple(kinds), dict(first.provenance))
 
 
 def _load_volume(path: Path) -> Volume:
@@ -325,27 +355,27 @@ def _load_volume(path: Path) -> Volume:
                   {"path": str(path)})
 
 
+def input_cache(ws, spec: InputSpec):
+    """The workspace's :class:`~bodyage_core.preprocess.cache.PreprocessCache` for ``spec``."""
+    from bodyage_core.preprocess.cache import PreprocessCache
+
+    return PreprocessCache.for_workspace(ws.root, spec)
+
+
 def cache_path(ws, subject_id: str, spec: InputSpec) -> Path:
-    return ws.subject_dir(subject_id) / f"input_{spec.hash}.npy"
+    """Where the model-grid input of a subject is cached: ``cache/<grid-hash>/<id>.npy``."""
+    return input_cache(ws, spec).path(subject_id)
 
 
 def cached_input(ws, subject, spec: InputSpec) -> np.ndarray:
-    """The model-grid input of a workspace subject, from ``subjects/<id>/input_<hash>.npy``
-    (written atomically on first use)."""
-    path = cache_path(ws, subject.subject_id, spec)
-    if path.exists():
-        try:
-            arr = np.load(path)
-            if tuple(arr.shape) == spec.array_shape:
-                return arr
-        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
-            pass
-    arr = prepare_input(load_subject_volume(ws, subject, spec.channels), spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-    return arr
+    """The model-grid input of a workspace subject, from ``cache/<grid-hash>/<id>.npy`` when
+    its source files are unchanged (size and mtime), else prepared and stored atomically
+    (within the workspace's cache size limit)."""
+    sources = subject_sources(ws, subject, spec.channels)
+    return input_cache(ws, spec).get(
+        subject.subject_id, sources,
+        lambda: prepare_input(load_subject_volume(ws, subject, spec.channels), spec),
+        shape=spec.array_shape)
 
 
 def records_from_workspace(ws, spec: InputSpec, subject_ids: Sequence[str] | None = None,

@@ -6,6 +6,11 @@ ensemble, fits variance calibration and bias correction on validation subjects o
 the run directory (layout in :mod:`bodyage_core.models.ensemble`). Training happens in
 ``<run>.partial/``; only a complete run is renamed to ``<run>/`` (replacing an old one only with
 ``overwrite``), so an interrupted or failed run never leaves a half-written run behind.
+
+Under ``torchrun`` (a :class:`~bodyage_core.training.distributed.DistContext` passed as
+``dist``) the members are spread over the ranks (``members`` mode) or each is trained by all
+ranks with DistributedDataParallel (``ddp`` mode); rank 0 alone writes the shared files, after
+a barrier, and records who trained what in ``distributed.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from bodyage_core.models.ensemble import (
 from bodyage_core.models.factory import build_model, is_3d, model_config
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.training.data import AgeDataset, InputSpec, SubjectRecord
+from bodyage_core.training.distributed import DistContext, check_members_mode
 from bodyage_core.training.losses import LOGVAR_RANGE, TargetScaler
 from bodyage_core.training.splits import make_folds, split_indices
 from bodyage_core.training.trainer import (
@@ -107,7 +113,8 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
               val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
               resume: bool = False, overwrite: bool = False,
               reporter: ProgressReporter | None = None, handlers: dict | None = None,
-              dataset: AgeDataset | None = None, _on_start=None) -> RunResult:
+              dataset: AgeDataset | None = None, _on_start=None,
+              dist: DistContext | None = None) -> RunResult:
     """Train ``folds x members`` networks and write a complete run to ``run_dir``.
 
     Parameters
@@ -124,7 +131,11 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         Ensemble members per fold (different seeds).
     handlers
         ``{event: handler}`` attached to every member's :class:`Trainer`.
+    dist
+        The torchrun context (:func:`~bodyage_core.training.distributed.init_distributed`);
+        None trains in this process alone.
     """
+    ctx = dist or DistContext()
     rep = ensure_reporter(reporter)
     run_dir = Path(run_dir)
     train = train or TrainConfig()
@@ -139,7 +150,16 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         raise ConfigError(f"--folds must be at least 1, got {folds}")
     resolve_device(train.device)
     validate_cohort(records, folds)
-    work = _check_run_dir(run_dir, resume, overwrite)
+    if ctx.active and ctx.mode == "members":
+        check_members_mode(ctx.world_size, max(folds, 1) * members)
+    work = run_dir.with_name(run_dir.name + ".partial")
+    err: BaseException | None = None
+    if ctx.is_main:
+        try:
+            work = _check_run_dir(run_dir, resume, overwrite)
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised
+            err = exc
+    ctx.agree(err)
 
     ds = dataset if dataset is not None else AgeDataset(records)
     ages = ds.ages
@@ -182,6 +202,97 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         "members": [{"file": f"member_{p['index']}.pt", "fold": p["fold"], "seed": p["seed"]}
                     for p in plan],
     }
+    split_info = {
+        "method": split_method,
+        "folds": {ids[i]: int(fold_of[i]) for i in range(n) if fold_of[i] >= 0},
+        "split": {ids[i]: ("oof" if folds > 1 else "test") for i in range(n) if fold_of[i] >= 0},
+        "single_split_roles": {},
+        "val": {str(f): [ids[i] for i in v] for f, v in val_sets.items()},
+    }
+    if folds == 1:   # who trained / validated the single-split members (not held out)
+        val0 = set(val_sets[0].tolist())
+        split_info["single_split_roles"] = {ids[i]: ("val" if i in val0 else "train")
+                                            for i in range(n) if fold_of[i] < 0}
+    if ctx.is_main:
+        try:
+            _start_run(work, config, train, resume, split_info, _on_start)
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+    ctx.agree(err)   # the barrier after which every rank sees the run folder
+
+    # -- cache inputs (fills the workspace .npy cache on first use; shared out over ranks) ----
+    try:
+        for i in range(ctx.rank, n, ctx.world_size):
+            ds.array(i)
+            rep.update("load", i + 1, n, ids[i])
+    except Exception as exc:  # noqa: BLE001
+        err = exc
+    ctx.agree(err)
+
+    # -- members -----------------------------------------------------------------------------
+    device = resolve_device(ctx.device if ctx.active else train.device)
+    done = ctx.broadcast(sorted(p["index"] for p in plan
+                                if (work / f"member_{p['index']}.pt").exists()))
+    mine = [p for p in plan if ctx.mode != "members" or p["index"] % ctx.world_size == ctx.rank]
+    results: dict[int, tuple[dict[str, Any], np.ndarray | None]] = {}
+    trained_here: list[int] = []
+    digests: dict[str, str] = {}
+    try:
+        for p in mine:
+            k = p["index"]
+            info, out, digest = _member(p, k in done, work, ds, ages, mcfg, spec, train,
+                                        members, n_fold_models, device, ctx, rep, handlers)
+            if k not in done:
+                trained_here.append(k)
+            if digest is not None:
+                digests[f"member_{k}.pt"] = digest
+            results[k] = (info, out)
+    except Exception as exc:  # noqa: BLE001
+        err = exc
+    ctx.agree(err)   # every member is on disk from here on
+    gathered = ctx.all_gather({"rank": ctx.rank, "device": str(device),
+                               "trained": trained_here,
+                               "reused": [p["index"] for p in mine if p["index"] in done],
+                               "digests": digests,
+                               "results": {k: v for k, v in results.items()
+                                           if v[1] is not None}})
+    result: RunResult | None = None
+    if ctx.is_main:
+        try:
+            merged: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
+            for g in gathered:
+                merged.update(g["results"])
+            if ctx.active:
+                write_json(work / "distributed.json", _distributed_record(ctx, gathered))
+            result = _finish_run(work, run_dir, config, plan, merged, ds, spec, train,
+                                 val_sets, fold_of, split_info, n_fold_models)
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+    ctx.agree(err)
+    if not ctx.active:
+        assert result is not None
+        return result
+    shared = ctx.broadcast(None if result is None else (str(result.run_dir), result.oof,
+                                                        result.metrics))
+    return RunResult(Path(shared[0]), shared[1], shared[2])
+
+
+def _distributed_record(ctx: DistContext, gathered: list[dict[str, Any]]) -> dict[str, Any]:
+    """``distributed.json``: who trained which member, and (ddp) each rank's weight digest."""
+    ranks = {str(g["rank"]): {"device": g["device"], "trained": g["trained"],
+                              "reused": g["reused"]} for g in gathered}
+    digests: dict[str, dict[str, str]] = {}
+    for g in gathered:
+        for name, d in g["digests"].items():
+            digests.setdefault(name, {})[str(g["rank"])] = d
+    return {**ctx.to_dict(), "ranks": ranks, "parameter_sha1": digests,
+            "note": "members mode: rank r trains members k with k % world_size == r; ddp mode: "
+                    "all ranks train every member together (gradients all-reduced)"}
+
+
+def _start_run(work: Path, config: dict[str, Any], train: TrainConfig, resume: bool,
+               split_info: dict[str, Any], _on_start) -> None:
+    """Rank 0: check a resumed run's options, write ``config.json`` and ``splits.json``."""
     work.mkdir(parents=True, exist_ok=True)
     old_cfg_path = work / "config.json"
     if resume and old_cfg_path.exists():
@@ -202,69 +313,95 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
     write_json(work / "config.json", config)
     if _on_start is not None:
         _on_start()
-    split_info = {
-        "method": split_method,
-        "folds": {ids[i]: int(fold_of[i]) for i in range(n) if fold_of[i] >= 0},
-        "split": {ids[i]: ("oof" if folds > 1 else "test") for i in range(n) if fold_of[i] >= 0},
-        "single_split_roles": {},
-        "val": {str(f): [ids[i] for i in v] for f, v in val_sets.items()},
-    }
-    if folds == 1:   # who trained / validated the single-split members (not held out)
-        val0 = set(val_sets[0].tolist())
-        split_info["single_split_roles"] = {ids[i]: ("val" if i in val0 else "train")
-                                            for i in range(n) if fold_of[i] < 0}
     write_json(work / "splits.json", split_info)
 
-    # -- cache inputs (fills the workspace .npy cache on first use) -------------------------
-    for i in range(n):
-        ds.array(i)
-        rep.update("load", i + 1, n, ids[i])
 
-    # -- members -----------------------------------------------------------------------------
-    member_info: list[dict[str, Any]] = []
-    histories: dict[str, Any] = {}
-    outputs: dict[int, np.ndarray] = {}       # member index -> (n, 2) raw outputs on all
-    device = resolve_device(train.device)
-    for p in plan:
-        k = p["index"]
-        label = f"fold {p['fold'] + 1}/{n_fold_models} member {p['member'] + 1}/{members}"
-        member_path = work / f"member_{k}.pt"
-        scaler = TargetScaler.fit(ages[p["train"]])
-        seed_everything(p["seed"])
-        net = build_model(mcfg)
-        if member_path.exists():
-            from bodyage_core.training.trainer import load_torch_file
-            ck = load_torch_file(member_path, what="ensemble member")
-            net.load_state_dict(ck["state_dict"])
-            info = ck["info"]
-            scaler = TargetScaler(info["target_mean"], info["target_std"])
-        else:
-            tcfg = TrainConfig.from_dict(dict(train.to_dict(), seed=p["seed"]))
-            tr = Trainer(net, ds, p["train"], p["val"], tcfg, scaler,
-                         checkpoint=work / "checkpoints" / f"member_{k}.ckpt", reporter=rep,
-                         name=label)
-            for ev, h in (handlers or {}).items():
-                tr.on(ev, h)
-            state = tr.fit(resume=True)
-            net = tr.model
-            info = {"file": member_path.name, "fold": p["fold"], "seed": p["seed"],
-                    "target_mean": scaler.mean, "target_std": scaler.std,
-                    "best_val_mae": state.best_val_mae, "best_epoch": state.best_epoch,
-                    "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-                    "n_train": len(p["train"]), "n_val": len(p["val"]),
-                    "history": state.history}
-            import torch
+def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: np.ndarray,
+            mcfg: dict[str, Any], spec: InputSpec, train: TrainConfig, members: int,
+            n_fold_models: int, device, ctx: DistContext, rep: ProgressReporter,
+            handlers: dict | None) -> tuple[dict[str, Any], np.ndarray | None, str | None]:
+    """Train (or, when its file exists, load) one member; write ``member_<k>.pt`` atomically
+    (its owner rank; rank 0 in ddp mode) and predict every subject with it (the writer only).
+
+    Returns the member's info, its raw outputs ``(n, 2)`` (None on ranks that do not write)
+    and, when trained with ddp, this rank's parameter digest.
+    """
+    import torch
+
+    k = p["index"]
+    writer = not ctx.ddp or ctx.is_main
+    label = f"fold {p['fold'] + 1}/{n_fold_models} member {p['member'] + 1}/{members}"
+    member_path = work / f"member_{k}.pt"
+    scaler = TargetScaler.fit(ages[p["train"]])
+    seed_everything(p["seed"])
+    net = build_model(mcfg)
+    digest = None
+    if exists:
+        if not writer:
+            return {}, None, None
+        from bodyage_core.training.trainer import load_torch_file
+        ck = load_torch_file(member_path, what="ensemble member")
+        net.load_state_dict(ck["state_dict"])
+        info = ck["info"]
+    else:
+        over = {"seed": p["seed"]}
+        if ctx.active:
+            over["device"] = ctx.device
+        tcfg = TrainConfig.from_dict(dict(train.to_dict(), **over))
+        tr = Trainer(net, ds, p["train"], p["val"], tcfg, scaler,
+                     checkpoint=work / "checkpoints" / f"member_{k}.ckpt", reporter=rep,
+                     name=label, dist=ctx if ctx.ddp else None)
+        for ev, h in (handlers or {}).items():
+            tr.on(ev, h)
+        state = tr.fit(resume=True)
+        net = tr.model
+        if ctx.active:
+            from bodyage_core.training.distributed import parameter_digest
+
+            digest = parameter_digest(net)
+        info = {"file": member_path.name, "fold": p["fold"], "seed": p["seed"],
+                "target_mean": scaler.mean, "target_std": scaler.std,
+                "best_val_mae": state.best_val_mae, "best_epoch": state.best_epoch,
+                "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+                "n_train": len(p["train"]), "n_val": len(p["val"]),
+                "history": state.history}
+        if ctx.active:
+            info["distributed"] = {"mode": ctx.mode, "world_size": ctx.world_size,
+                                   "rank": ctx.rank}
+        if writer:
             payload = {"format": MEMBER_FORMAT, "model_config": dict(mcfg, weights=None),
                        "state_dict": {k2: v.detach().cpu() for k2, v in
                                       net.state_dict().items()},
                        "input": spec.to_dict(), "info": info}
             with atomic_path(member_path) as tmp:
                 torch.save(payload, tmp)
+    if not writer:
+        return info, None, digest
+    net = net.to(device)
+    out = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
+                         stage="predict")
+    return info, out, digest
+
+
+def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[dict[str, Any]],
+                results: dict[int, tuple[dict[str, Any], np.ndarray]], ds: AgeDataset,
+                spec: InputSpec, train: TrainConfig, val_sets: dict[int, np.ndarray],
+                fold_of: np.ndarray, split_info: dict[str, Any],
+                n_fold_models: int) -> RunResult:
+    """Rank 0: combine the members per fold, fit calibration and bias correction on the
+    validation subjects, write the run's files and publish ``<run>.partial`` as ``<run>``."""
+    ages = ds.ages
+    n = len(ds)
+    sex, bmi, site = ds.column("sex"), ds.column("bmi_group"), ds.column("site")
+    ids = ds.subject_ids
+    member_info: list[dict[str, Any]] = []
+    histories: dict[str, Any] = {}
+    outputs: dict[int, np.ndarray] = {}       # member index -> (n, 2) raw outputs on all
+    for p in plan:
+        info, out = results[p["index"]]
         member_info.append({key: info[key] for key in info if key != "history"})
-        histories[member_path.name] = info.get("history", [])
-        net = net.to(device)
-        outputs[k] = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
-                                    stage="predict")
+        histories[info["file"]] = info.get("history", [])
+        outputs[p["index"]] = out
 
     # -- ensemble per fold, calibration and bias correction on validation ---------------------
     use_var = train.loss == "meanvar"

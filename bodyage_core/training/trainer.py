@@ -10,6 +10,7 @@ checkpoint file, so an interrupted run resumes from its last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -212,13 +213,20 @@ class Trainer:
         File written atomically after every epoch (and read by :meth:`fit` with ``resume``).
     reporter
         Progress and cancellation.
+    dist
+        A :class:`~bodyage_core.training.distributed.DistContext` in ``ddp`` mode: the network
+        is wrapped in ``DistributedDataParallel``, every rank trains on its shard of each epoch
+        (gradients all-reduced), validation figures are rank 0's, and only rank 0 writes the
+        checkpoint. None (or any other context) trains alone as usual.
     """
 
     def __init__(self, model: nn.Module, dataset: AgeDataset, train_idx, val_idx,
                  config: TrainConfig | None = None, scaler: TargetScaler | None = None,
                  checkpoint: str | Path | None = None,
-                 reporter: ProgressReporter | None = None, name: str = "member"):
+                 reporter: ProgressReporter | None = None, name: str = "member",
+                 dist=None):
         self.config = config or TrainConfig()
+        self.dist = dist if dist is not None and getattr(dist, "ddp", False) else None
         self.dataset = dataset
         self.train_idx = np.asarray(train_idx, dtype=np.int64)
         self.val_idx = np.asarray(val_idx if val_idx is not None else [], dtype=np.int64)
@@ -228,6 +236,12 @@ class Trainer:
         self.scaler = scaler or TargetScaler.fit(ages[self.train_idx])
         self.device = resolve_device(self.config.device)
         self.model = _prepare_model(model, self.device)
+        self._net: nn.Module = self.model       # what the training forward pass runs
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._net = DistributedDataParallel(self.model, device_ids=ids)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.reporter = ensure_reporter(reporter)
         self.events = EventEmitter()
@@ -248,7 +262,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or (self.dist is not None and not self.dist.is_main):
             return
         payload = {
             "format": "bodyage-train-checkpoint/1",
@@ -300,13 +314,18 @@ class Trainer:
         y = torch.as_tensor(self._targets[sel], device=self.device)
         if cfg.augment.enabled:
             x = augment_batch(x, cfg.augment, gen)
-        with _autocast(self.device, cfg.amp):
-            out = self.model(x)
-        loss = self.loss_fn(out.float(), y)
-        if not torch.isfinite(loss):
-            raise BodyageError(f"training diverged (loss {loss.item()}) at epoch "
-                               f"{st.epoch + 1}", hint="lower the learning rate or use --loss l1")
-        (loss / st.accumulate).backward()
+        sync = getattr(self, "_sync_grads", True)
+        ctx = (self._net.no_sync() if self.dist is not None and not sync
+               else contextlib.nullcontext())
+        with ctx:
+            with _autocast(self.device, cfg.amp):
+                out = self._net(x)
+            loss = self.loss_fn(out.float(), y)
+            if not torch.isfinite(loss):
+                raise BodyageError(f"training diverged (loss {loss.item()}) at epoch "
+                                   f"{st.epoch + 1}",
+                                   hint="lower the learning rate or use --loss l1")
+            (loss / st.accumulate).backward()
         return float(loss.detach())
 
     def fit(self, resume: bool = False) -> TrainState:
@@ -317,6 +336,10 @@ class Trainer:
             self.load_checkpoint()
         st = self.state
         n = len(self.train_idx)
+        if self.dist is not None:       # this rank's shard of every epoch
+            from bodyage_core.training.distributed import shard
+
+            n = len(shard(self.train_idx, self.dist.rank, self.dist.world_size))
         st.steps_per_epoch = math.ceil(n / st.batch_size)
         st.total_iterations = st.steps_per_epoch * cfg.epochs
         self.events.fire(Events.STARTED, st)
@@ -325,7 +348,15 @@ class Trainer:
             epoch = st.epoch
             self.events.fire(Events.EPOCH_STARTED, st)
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            perm = self.train_idx[torch.randperm(n, generator=gen).numpy()]
+            if self.dist is None:
+                perm = self.train_idx[torch.randperm(n, generator=gen).numpy()]
+            else:   # one permutation on every rank, each takes its shard; own augmentation
+                from bodyage_core.training.distributed import shard
+
+                full = self.train_idx[torch.randperm(len(self.train_idx), generator=gen).numpy()]
+                perm = shard(full, self.dist.rank, self.dist.world_size)
+                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch
+                                                    + 7_919 * (self.dist.rank + 1))
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             losses: list[float] = []
@@ -335,11 +366,18 @@ class Trainer:
                 sel = perm[pos:pos + bs]
                 if len(sel) < 2 and n >= 2 and _has_batchnorm(self.model):
                     break  # a batch of one cannot be batch-normalised; skip the remainder
+                self._sync_grads = (k + 1) % st.accumulate == 0 or pos + len(sel) >= n
                 try:
                     loss = self._train_step(sel, gen)
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
+                    if self.dist is not None:
+                        raise BodyageError(
+                            f"out of memory with batch size {st.batch_size} on rank "
+                            f"{self.dist.rank} (--distributed ddp cannot shrink the batch of "
+                            "one rank alone)", hint="use a smaller --batch-size with a larger "
+                            "--accumulate") from None
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -372,6 +410,8 @@ class Trainer:
                     st.total_iterations, st.member, epoch=epoch + 1, step=k, loss=loss,
                     val_mae=st.val_mae, lr=st.lr)
             st.train_loss = float(np.mean(losses)) if losses else math.nan
+            if self.dist is not None:
+                st.train_loss = float(np.nanmean(self.dist.all_gather(st.train_loss)))
             self._validate()
             st.epoch = epoch + 1
             st.history.append({"epoch": st.epoch, "train_loss": st.train_loss,
@@ -434,6 +474,8 @@ class Trainer:
                                  self.config.eval_batch_size, self.device, self.config.amp)
             pred = self.scaler.inverse(out[:, 0])
             st.val_mae = float(np.mean(np.abs(pred - self.dataset.ages[self.val_idx])))
+            if self.dist is not None:   # every rank decides on rank 0's figure
+                st.val_mae = float(self.dist.broadcast(st.val_mae))
             metric = st.val_mae
         else:
             st.val_mae = math.nan

@@ -84,10 +84,15 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
                     train: TrainConfig, folds: int = 5, members: int = 1,
                     split_method: str = "stratified", seed: int = 0, resume: bool = False,
                     overwrite: bool = False,
-                    reporter: ProgressReporter | None = None) -> RunResult:
+                    reporter: ProgressReporter | None = None, dist=None) -> RunResult:
     """Train run ``run`` on the workspace cohort; registers it in ``cohort.sqlite`` and stores
-    the out-of-fold predictions there (split ``oof``)."""
+    the out-of-fold predictions there (split ``oof``).
+
+    ``dist`` (a :class:`~bodyage_core.training.distributed.DistContext`) trains under torchrun;
+    only rank 0 touches ``cohort.sqlite``.
+    """
     rep = ensure_reporter(reporter)
+    main_rank = dist is None or dist.is_main
     all_subjects = ws.db.subjects()
     if not all_subjects:
         raise CohortError("the cohort is empty", ws.root,
@@ -110,17 +115,19 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
         result = train_run(records, run_dir, spec, mcfg, train, folds, members, split_method,
                            seed=seed, resume=resume, overwrite=overwrite, reporter=rep,
                            _on_start=lambda: _register(ws, run, mcfg, spec, train, folds,
-                                                       members))
+                                                       members), dist=dist)
         started = True
     except Cancelled:
-        _set_status(ws, run, "interrupted")
+        if main_rank:
+            _set_status(ws, run, "interrupted")
         raise
     except BodyageError:
         raise
     except Exception:
-        _set_status(ws, run, "failed")
+        if main_rank:
+            _set_status(ws, run, "failed")
         raise
-    if started:
+    if started and main_rank:
         ws.db.add_run(run, mcfg["arch"], _run_db_config(mcfg, spec, train, folds, members),
                       status="complete")
         ws.db.add_predictions(run, result.oof)
