@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
     from bodyage_core.cohort import Workspace
     from bodyage_core.progress import NullProgress, TerminalProgress
-    from bodyage_core.training.distributed import init_distributed
+    from bodyage_core.training.distributed import (
+        check_members_mode,
+        init_distributed,
+        torchrun_env,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         limit = parse_size(args.cache_size)
     dist = None
     if args.distributed:
+        env = torchrun_env()
+        if env is not None and args.distributed == "members":   # before joining the group
+            check_members_mode(int(env["WORLD_SIZE"]), max(args.folds, 1) * args.members)
         dist = init_distributed(args.distributed, args.device)
     if args.cache_size is not None and (dist is None or dist.is_main):
         set_workspace_limit(ws.root, limit)

@@ -366,7 +366,11 @@ class Trainer:
                 sel = perm[pos:pos + bs]
                 if len(sel) < 2 and n >= 2 and _has_batchnorm(self.model):
                     break  # a batch of one cannot be batch-normalised; skip the remainder
-                self._sync_grads = (k + 1) % st.accumulate == 0 or pos + len(sel) >= n
+                # the last usable batch (only nothing or a lone subject follows) always
+                # ends with an optimiser step (and, under ddp, a gradient all-reduce)
+                rest = n - pos - len(sel)
+                last = rest <= 0 or (rest < 2 and n >= 2 and _has_batchnorm(self.model))
+                self._sync_grads = (k + 1) % st.accumulate == 0 or last
                 try:
                     loss = self._train_step(sel, gen)
                 except Exception as exc:
@@ -396,7 +400,7 @@ class Trainer:
                 losses.append(loss)
                 pos += len(sel)
                 k += 1
-                if k % st.accumulate == 0 or pos >= n:
+                if k % st.accumulate == 0 or pos >= n or last:
                     self._apply_lr(epoch + pos / n)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
