@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from bodyage_core.cohort.importer import ColumnMap, import_cohort
+from bodyage_core.cohort.importer import ColumnMap, import_cohort, import_ukbb_folder
+from bodyage_core.errors import ConfigError
 from bodyage_core.progress import TerminalProgress
 
 
@@ -15,8 +16,20 @@ def register(sub) -> None:
                     "to CSV rows by name (the id, or the id followed by '_' or '-'); they are "
                     "recorded where they lie, not copied.")
     p.add_argument("workspace", help="workspace folder (created if missing)")
-    p.add_argument("--images", required=True, help="folder with one image file/folder per subject")
-    p.add_argument("--csv", required=True, help="CSV with one row per subject")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder with one image file/folder per subject")
+    src.add_argument("--ukbb-folder", metavar="DIR",
+                     help="folder of UK Biobank bulk zips (<eid>_20201_<instance>_0.zip, any "
+                          "number, sub-folders included): indexed by name and recorded as each "
+                          "participant's water and fat images; nothing is unpacked (the zip is "
+                          "read in memory when the subject is loaded)")
+    p.add_argument("--csv", default=None,
+                   help="CSV with one row per subject (required with --images; with "
+                        "--ukbb-folder it adds ages/sex/BMI, id column = eid)")
+    p.add_argument("--field", type=int, default=20201,
+                   help="UK Biobank bulk field of the zips (default 20201, Dixon)")
+    p.add_argument("--instance", type=int, default=None,
+                   help="UK Biobank imaging visit (2 or 3; default: the earliest present)")
     p.add_argument("--kind", default="image",
                    help="image kind to record, e.g. t1, water, ukbb_zip (default: image)")
     for key in ("id", "age", "sex", "bmi", "site"):
@@ -28,8 +41,15 @@ def register(sub) -> None:
 def run(args) -> int:
     columns = ColumnMap(args.id_column, args.age_column, args.sex_column, args.bmi_column,
                         args.site_column)
-    summary = import_cohort(args.workspace, args.images, args.csv, kind=args.kind,
-                            columns=columns, reporter=TerminalProgress())
+    if args.ukbb_folder:
+        summary = import_ukbb_folder(args.workspace, args.ukbb_folder, args.csv, args.field,
+                                     args.instance, columns, reporter=TerminalProgress())
+    else:
+        if not args.csv:
+            raise ConfigError("--images needs --csv (one row per subject with its age)",
+                              hint="add --csv FILE, or use --ukbb-folder for UK Biobank zips")
+        summary = import_cohort(args.workspace, args.images, args.csv, kind=args.kind,
+                                columns=columns, reporter=TerminalProgress())
     print(f"imported {summary.imported} subjects into {args.workspace}")
     for w in summary.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -5,6 +5,11 @@ UK Biobank's ``eid``) or given explicitly. Images are matched to CSV rows by fil
 an entry belongs to subject ``ID`` when its name without extension is ``ID`` or starts with
 ``ID`` followed by a separator (``IXI013-HH-1212_T1.nii.gz`` -> ``IXI013-HH-1212``). Images are
 recorded where they lie (never copied). The whole import is one transaction.
+
+:func:`import_ukbb_folder` registers a folder of UK Biobank bulk zips (``<eid>_20201_2_0.zip``)
+by name alone: each participant's Dixon zip is recorded as its ``water`` and ``fat`` image (the
+same zip; both channels are stitched from it, in memory, when the subject is loaded), nothing is
+opened or extracted at import time.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ImportSummary:
     images_without_row: list[str] = field(default_factory=list)
     ambiguous: list[str] = field(default_factory=list)
     without_age: list[str] = field(default_factory=list)
+    skipped_names: list[str] = field(default_factory=list)   # zips not named like UKB files
 
     @property
     def warnings(self) -> list[str]:
@@ -65,12 +71,15 @@ class ImportSummary:
         if self.without_age:
             out.append(f"{len(self.without_age)} subject(s) have no age (imported; they can be "
                        "predicted but not trained on): " + _preview(self.without_age))
+        if self.skipped_names:
+            out.append(f"{len(self.skipped_names)} zip(s) not named <eid>_<field>_<instance>_"
+                       "<array>.zip, skipped: " + _preview(self.skipped_names))
         return out
 
     def to_dict(self) -> dict:
         return {"imported": self.imported, "rows_without_image": self.rows_without_image,
                 "images_without_row": self.images_without_row, "ambiguous": self.ambiguous,
-                "without_age": self.without_age}
+                "without_age": self.without_age, "skipped_names": self.skipped_names}
 
 
 def read_subject_csv(csv_path: str | Path, columns: ColumnMap | None = None) -> list[dict]:
@@ -204,6 +213,86 @@ def import_cohort(workspace: Workspace | str | Path, images: str | Path, csv_pat
                           "subject ids must be the image names or their prefix before '_'/'-'")
     reporter.update("import", 2, 3, "writing")
     summary.imported = ws.db.add_subjects(records)
+    reporter.update("import", 3, 3, f"{summary.imported} subjects")
+    return summary
+
+
+def import_ukbb_folder(workspace: Workspace | str | Path, folder: str | Path,
+                       csv_path: str | Path | None = None, field: int | None = None,
+                       instance: int | None = None, columns: ColumnMap | None = None,
+                       kinds: tuple[str, ...] = ("water", "fat"),
+                       reporter: ProgressReporter | None = None) -> ImportSummary:
+    """Register the participants of a folder of UK Biobank bulk zips without extracting them.
+
+    Parameters
+    ----------
+    folder
+        Folder (sub-folders included) of ``<eid>_<field>_<instance>_<array>.zip`` files; indexed
+        by name (:class:`~bodyage_core.io.ukbb.UKBBFolderIndex`), no zip is opened.
+    csv_path
+        Optional subject CSV (id column = the UK Biobank ``eid``): ages, sex, BMI, site. Without
+        it every participant with a zip is imported without an age (predictable, not
+        trainable).
+    field
+        Bulk field of the zips (default 20201, neck-to-knee Dixon).
+    instance
+        Imaging visit to use (2 = first, 3 = repeat); default: each participant's earliest.
+    kinds
+        Image kinds recorded for the zip (Dixon channels stitched from it when loaded).
+    """
+    from bodyage_core.io.ukbb import DIXON_FIELD, UKBBFolderIndex
+
+    reporter = ensure_reporter(reporter)
+    field = DIXON_FIELD if field is None else int(field)
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CohortError("UK Biobank folder not found", folder,
+                          "check the path given with --ukbb-folder")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.create(workspace)
+    rows = read_subject_csv(csv_path, columns) if csv_path is not None else None
+    reporter.update("import", 0, 3, "indexing zips by name")
+    index = UKBBFolderIndex(folder)
+    eids = index.subjects(field)
+    chosen = {}
+    for eid in eids:
+        f = index.zip_for(eid, field, instance)
+        if f is not None:
+            chosen[eid] = f
+    if not chosen:
+        what = f"field {field}" + ("" if instance is None else f", instance {instance}")
+        raise CohortError(f"no UK Biobank zip of {what} in the folder "
+                          f"({len(index)} participant(s) with other files; "
+                          f"{len(index.skipped)} zip(s) with other names)", folder,
+                          "files must be named <eid>_<field>_<instance>_<array>.zip, e.g. "
+                          "1234567_20201_2_0.zip")
+    reporter.update("import", 1, 3, f"{len(chosen)} participants")
+    summary = ImportSummary()
+    if rows is None:
+        rows = [{"subject_id": eid, "age": None, "sex": None, "bmi": None, "site": None}
+                for eid in chosen]
+    else:
+        in_csv = {r["subject_id"] for r in rows}
+        summary.images_without_row = [chosen[e].path.name for e in chosen if e not in in_csv]
+    records = []
+    for row in rows:
+        f = chosen.get(row["subject_id"])
+        if f is None:
+            summary.rows_without_image.append(row["subject_id"])
+            continue
+        if row["age"] is None:
+            summary.without_age.append(row["subject_id"])
+        rel = ws.relative(f.path)
+        records.append({**row, "images": {k: rel for k in kinds},
+                        "meta": {"ukbb": {"field": f.field, "instance": f.instance,
+                                          "array": f.array}}})
+    if not records:
+        raise CohortError(f"no CSV row matches a participant with a zip in {folder}",
+                          Path(csv_path) if csv_path else folder,
+                          "the CSV's id column must hold the UK Biobank eid (the number the "
+                          "zip names start with)")
+    reporter.update("import", 2, 3, "writing")
+    summary.imported = ws.db.add_subjects(records)
+    summary.skipped_names = index.skipped
     reporter.update("import", 3, 3, f"{summary.imported} subjects")
     return summary
 

@@ -29,11 +29,19 @@ across an overlap is a linear cross-fade without a seam.
 A zip without a station (fewer than ``expected_stations``, or a gap in z between two stations)
 or a station without one of the requested channels is a :class:`LoadError` naming the zip and
 the station/channel.
+
+Streaming a cohort: :class:`UKBBFolderIndex` indexes a folder of UK Biobank bulk files (any
+number, nested folders allowed) by their names alone (``<eid>_<field>_<instance>_<array>.zip``,
+e.g. ``1234567_20201_2_0.zip``), without opening them; a zip is read only when its subject is
+loaded, in one sequential read into memory (members are decompressed from memory, nothing is
+extracted to disk).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,10 +108,18 @@ _HEADER_TAGS = [*_NEEDED_TAGS, "SeriesInstanceUID", "SeriesNumber", "SliceThickn
                 "SpacingBetweenSlices", "PatientAge", "PatientSex", "Modality"]
 
 
+#: Zips up to this size are read into memory in one sequential read (fast on network file
+#: systems); larger ones are read member by member from the file.
+IN_MEMORY_MAX_BYTES = 2 * 1024 ** 3
+
+
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.exists():
         raise LoadError("file not found", path, "check the path")
     try:
+        if path.stat().st_size <= IN_MEMORY_MAX_BYTES:
+            with open(path, "rb") as fh:
+                return zipfile.ZipFile(io.BytesIO(fh.read()))
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise LoadError(f"not a readable zip file ({err})", path,
@@ -373,3 +389,112 @@ def _resample_into(xyz: np.ndarray, aff: np.ndarray, out_aff: np.ndarray,
     return ndimage.affine_transform(src, m_zyx[:3, :3], offset=m_zyx[:3, 3],
                                     output_shape=tuple(out_shape_xyz[::-1]), order=1,
                                     mode="nearest", prefilter=False).astype(np.float32)
+
+
+# -- a folder of UK Biobank bulk files, indexed by name ------------------------------------------
+
+#: UK Biobank field of the neck-to-knee Dixon station zips.
+DIXON_FIELD = 20201
+_BULK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.zip$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class UKBBFile:
+    """One bulk file: participant ``eid``, data ``field``, ``instance`` (2 = first imaging
+    visit, 3 = repeat imaging) and ``array`` index, parsed from its name."""
+
+    eid: str
+    field: int
+    instance: int
+    array: int
+    path: Path
+
+
+def parse_bulk_name(name: str) -> tuple[str, int, int, int] | None:
+    """``'1234567_20201_2_0.zip'`` -> ``('1234567', 20201, 2, 0)``; None for other names."""
+    m = _BULK_NAME.match(name)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+
+class UKBBFolderIndex:
+    """Lazy index of a folder of UK Biobank bulk zips: participant id -> files by field.
+
+    The index is built on first use by scanning directory entries (``os.scandir``, names only,
+    sub-folders included); no zip is opened. Files whose names do not follow UK Biobank's
+    ``<eid>_<field>_<instance>_<array>.zip`` pattern are listed in :attr:`skipped`.
+    """
+
+    def __init__(self, folder: str | Path, recursive: bool = True):
+        self.folder = Path(folder).expanduser()
+        self.recursive = recursive
+        self._files: dict[str, list[UKBBFile]] | None = None
+        self._skipped: list[str] = []
+
+    def _build(self) -> dict[str, list[UKBBFile]]:
+        if self._files is not None:
+            return self._files
+        if not self.folder.is_dir():
+            raise LoadError("UK Biobank folder not found", self.folder,
+                            "give the folder holding the <eid>_20201_<instance>_0.zip files")
+        files: dict[str, list[UKBBFile]] = {}
+        skipped: list[str] = []
+        stack = [self.folder]
+        while stack:
+            d = stack.pop()
+            try:
+                it = os.scandir(d)
+            except OSError as err:
+                raise LoadError(f"cannot list the folder ({err.strerror})", d,
+                                "check its permissions") from None
+            with it:
+                for e in it:
+                    if e.name.startswith("."):
+                        continue
+                    if e.is_dir(follow_symlinks=True):
+                        if self.recursive:
+                            stack.append(Path(e.path))
+                        continue
+                    if not e.name.lower().endswith(".zip"):
+                        continue
+                    parsed = parse_bulk_name(e.name)
+                    if parsed is None:
+                        skipped.append(e.name)
+                        continue
+                    eid, fld, inst, arr = parsed
+                    files.setdefault(eid, []).append(UKBBFile(eid, fld, inst, arr, Path(e.path)))
+        for lst in files.values():
+            lst.sort(key=lambda f: (f.field, f.instance, f.array))
+        self._files, self._skipped = files, sorted(skipped)
+        return files
+
+    @property
+    def skipped(self) -> list[str]:
+        """Zip names that are not UK Biobank bulk file names."""
+        self._build()
+        return list(self._skipped)
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __contains__(self, eid: object) -> bool:
+        return str(eid) in self._build()
+
+    def subjects(self, field: int | None = DIXON_FIELD) -> list[str]:
+        """Participant ids with at least one file of ``field`` (None: any field), sorted."""
+        files = self._build()
+        ids = [e for e, lst in files.items() if field is None or any(f.field == field
+                                                                     for f in lst)]
+        return sorted(ids, key=lambda e: (len(e), e))
+
+    def files(self, eid: str, field: int | None = None) -> list[UKBBFile]:
+        """The files of participant ``eid`` (of ``field`` when given)."""
+        return [f for f in self._build().get(str(eid), []) if field is None or f.field == field]
+
+    def zip_for(self, eid: str, field: int = DIXON_FIELD, instance: int | None = None
+                ) -> UKBBFile | None:
+        """The file of ``eid`` for ``field``: ``instance`` when given, else the earliest
+        instance present (array 0 first); None when there is none."""
+        cands = [f for f in self.files(eid, field) if instance is None or f.instance == instance]
+        return cands[0] if cands else None
