@@ -1004,38 +1004,68 @@ def _nonzero(arr: np.ndarray, max_samples: int = 2_000_000) -> np.ndarray:
     return nz if nz.size else flat
 
 
+_AXIS_PLANS: dict[bytes, Any] = {}
+
+
+def _axis_plan(base_affine: np.ndarray, affine: np.ndarray
+               ) -> dict[int, tuple[int, float, float]] | None:
+    """For grids with parallel axes: base numpy axis -> (overlay numpy axis, a, b) with
+    ``overlay index = a * base index + b``; None when the grids are rotated (cached)."""
+    key = np.asarray(base_affine, np.float64).tobytes() + np.asarray(affine,
+                                                                     np.float64).tobytes()
+    if key in _AXIS_PLANS:
+        return _AXIS_PLANS[key]
+    m = np.linalg.inv(affine) @ base_affine  # base voxel xyz -> overlay voxel xyz
+    lin = m[:3, :3]
+    strong = np.abs(lin) > 1e-6 * np.abs(lin).max()
+    plan: dict[int, tuple[int, float, float]] | None = None
+    if (strong.sum(axis=1) == 1).all() and (strong.sum(axis=0) == 1).all():
+        plan = {}
+        for j in range(3):  # overlay xyz axis j (numpy axis 2 - j)
+            i = int(np.argmax(np.abs(lin[j])))  # base xyz axis i (numpy axis 2 - i)
+            plan[2 - i] = (2 - j, float(lin[j, i]), float(m[j, 3]))
+    if len(_AXIS_PLANS) > 256:
+        _AXIS_PLANS.clear()
+    _AXIS_PLANS[key] = plan
+    return plan
+
+
 def _resample_axis_aligned(base: Volume, data: np.ndarray, affine: np.ndarray,
                            geom: PlaneGeometry, k: int) -> np.ndarray | None:
     """Nearest-neighbour slice of ``data`` (on ``affine``) on the base grid when the two grids'
-    axes are parallel (each overlay axis follows one base axis): 1D index vectors and one
-    broadcast gather instead of a matrix product per pixel. None when the grids are rotated."""
-    m = np.linalg.inv(affine) @ base.affine  # base voxel xyz -> overlay voxel xyz
-    lin = m[:3, :3]
-    strong = np.abs(lin) > 1e-6 * np.abs(lin).max()
-    if not (strong.sum(axis=1) == 1).all() or not (strong.sum(axis=0) == 1).all():
+    axes are parallel (each overlay axis follows one base axis): one 1D index vector per
+    screen axis and two ``take`` gathers from a view of the overlay slice, instead of a matrix
+    product per pixel (the index plan is cached per pair of grids). None when the grids are rotated."""
+    plan = _axis_plan(base.affine, affine)
+    if plan is None:
         return None
+    shape = data.shape
+
+    def along(base_axis: int, base_idx: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        o, a, b = plan[base_axis]
+        v = np.rint(a * base_idx + b).astype(np.int64)
+        ok = (v >= 0) & (v < shape[o])
+        return o, np.clip(v, 0, shape[o] - 1), ok
+
     rows, cols = geom.shape
     r = np.arange(rows)
     c = np.arange(cols)
-    base_idx: dict[int, np.ndarray] = {  # numpy axis of the base -> index (broadcastable)
-        geom.normal_axis: np.array([[k]]),
-        geom.row_axis: ((rows - 1 - r) if geom.flip_rows else r)[:, None],
-        geom.col_axis: ((cols - 1 - c) if geom.flip_cols else c)[None, :],
-    }
-    shape = data.shape
-    idx = []
-    valid = np.ones((rows, cols), dtype=bool)
-    for j in range(3):  # overlay xyz axis j -> overlay numpy axis 2 - j
-        i = int(np.argmax(np.abs(lin[j])))  # base xyz axis
-        v = np.rint(lin[j, i] * base_idx[2 - i] + m[j, 3]).astype(np.int64)
-        n = shape[2 - j]
-        ok = (v >= 0) & (v < n)
-        valid = valid & ok
-        idx.append(np.clip(v, 0, n - 1))
-    iz, iy, ix = idx[2], idx[1], idx[0]
-    out = data[iz, iy, ix].astype(np.float32)
-    out = np.broadcast_to(out, (rows, cols)).copy() if out.shape != (rows, cols) else out
-    out[~valid] = np.nan
+    o_n, kk, ok_n = along(geom.normal_axis, np.array([k]))
+    o_r, rv, ok_r = along(geom.row_axis, (rows - 1 - r) if geom.flip_rows else r)
+    o_c, cv, ok_c = along(geom.col_axis, (cols - 1 - c) if geom.flip_cols else c)
+    sl: list[Any] = [slice(None)] * 3
+    sl[o_n] = int(kk[0])
+    two = data[tuple(sl)]  # a view: the two remaining overlay axes in numpy order
+    if o_r > o_c:
+        two = two.T
+    out = two.take(rv, axis=0).take(cv, axis=1).astype(np.float32, copy=False)
+    if not ok_n[0]:
+        out[...] = np.nan
+        return out
+    if not ok_r.all():
+        out[~ok_r, :] = np.nan
+    if not ok_c.all():
+        out[:, ~ok_c] = np.nan
     return out
 
 

@@ -538,6 +538,20 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if self.current_subject:
             self.subject_browser.select(self.current_subject, emit=False)
 
+    def prediction_stored(self, subject_id: str, row: dict[str, Any]) -> None:
+        """A prediction was written to ``cohort.sqlite`` (by the prediction panel): update the
+        subject's row in the browser, or re-read the cohort when the run shown changes (the
+        browser shows the run with the latest predictions)."""
+        if self.workspace is None:
+            return
+        run = row.get("run_id")
+        if run is not None and run != self._subject_run:
+            self.refresh_subjects()
+            return
+        predicted = row.get("corrected") if row.get("corrected") is not None else row.get("mean")
+        self.subject_browser.model.update_row(subject_id, {
+            "predicted": predicted, "sigma": row.get("sigma"), "gap": row.get("gap")})
+
     def workspace_subject(self, subject_id: str | None) -> None:
         self.current_subject = subject_id
 

@@ -258,9 +258,11 @@ class QtPredictionPanel(QtWidgets.QWidget):
         sid = getattr(self.window, "current_subject", None)
         if ws is not None and sid:
             subj = ws.db.get_subject(sid)
+            data = self.run_combo.currentData()
+            run_id = None if str(data).startswith(_FOLDER_ITEM) else str(data)
             return PredictionRequest(run_dir=run_dir, subject_id=sid, workspace=ws,
                                      subject=subj, age=subj.age, device=self.device,
-                                     torch_threads=self.torch_threads)
+                                     torch_threads=self.torch_threads, run_id=run_id)
         from bodyage_core.models.ensemble import AgeRun
 
         channels = tuple(AgeRun(run_dir).spec.channels)
@@ -302,7 +304,7 @@ class QtPredictionPanel(QtWidgets.QWidget):
             self.status_label.setText("cancelling ...")
 
     _STAGE_SPAN = {"load": (0, 15), "predict": (15, 45), "gradcam": (45, 95),
-                   "resample": (95, 100)}
+                   "resample": (95, 99), "store": (99, 100)}
 
     def _on_progress(self, ev) -> None:
         lo, hi = self._STAGE_SPAN.get(ev.stage, (0, 100))
@@ -321,6 +323,12 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self._show_values(result)
         self.status_label.setText(f"{result.subject_id}: done in {result.seconds:.1f} s")
         self._pending_result = result
+        if result.stored_row is not None:
+            self.status_label.setText(f"{result.subject_id}: done in {result.seconds:.1f} s; "
+                                      f"stored in cohort.sqlite (run {result.run})")
+            stored = getattr(self.window, "prediction_stored", None)
+            if stored is not None:
+                stored(result.subject_id, result.stored_row)
         QtCore.QTimer.singleShot(self.MAPS_DELAY_MS, self._finish_maps)
 
     def _finish_maps(self) -> None:

@@ -31,6 +31,16 @@ class SubjectTableModel(QtCore.QAbstractTableModel):
     def row_dict(self, row: int) -> dict[str, Any]:
         return self._rows[row]
 
+    def update_row(self, subject_id: str, values: dict[str, Any]) -> bool:
+        """Change some values of one subject's row in place (sort and filter kept); False when
+        there is no such subject."""
+        for i, r in enumerate(self._rows):
+            if r.get("subject_id") == subject_id:
+                r.update({k: v for k, v in values.items() if k in _KEYS})
+                self.dataChanged.emit(self.index(i, 0), self.index(i, len(_KEYS) - 1))
+                return True
+        return False
+
     def rowCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
         return 0 if parent.isValid() else len(self._rows)
 

@@ -1,8 +1,9 @@
 """One 2D slice view (axial, coronal or sagittal) following a :class:`ViewerState`.
 
-Layers are stacked pyqtgraph ``ImageItem``s holding RGBA from :func:`bodyage_core.display.to_rgba`
-(row-major, row 0 at the top, placed in display millimetres so the pixel aspect is the voxel
-spacing). The view never changes itself: mouse and key events become gestures, gestures become
+All visible layers are composited in numpy with integer LUT arithmetic
+(:func:`bodyage_core.display.composite_bgra32`) into one opaque image, drawn by one
+``drawImage`` (row-major, row 0 at the top, placed in display millimetres so the pixel aspect is
+the voxel spacing); the crosshair is two C++ line items. The view never changes itself: mouse and key events become gestures, gestures become
 actions through :mod:`bodyage_gui.bindings`, actions call the state, and the state's events mark
 the view dirty; a :class:`~bodyage_gui.redraw.RedrawScheduler` flushes it once per frame.
 """
@@ -21,42 +22,50 @@ from bodyage_gui import bindings
 from bodyage_gui.redraw import RedrawScheduler
 
 _Qt = QtCore.Qt
-CROSSHAIR_PEN = pg.mkPen((0, 220, 90, 200), width=1)
 
 
 def composite_bgra(layers: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Alpha-composite RGBA uint8 layers (bottom first) over black into an opaque
-    ``(rows, cols, 4)`` uint8 image in QImage RGB32 memory order (B, G, R, 255)."""
+    ``(rows, cols, 4)`` uint8 image in QImage RGB32 memory order (B, G, R, 255).
+
+    The reference (float) compositing of per-layer RGBA images; the views use the faster
+    :func:`bodyage_core.display.composite_bgra32`, which gives the same colours to within one
+    unit of rounding."""
     out = np.empty((*shape, 4), dtype=np.uint8)
     out[..., 3] = 255
-    if not layers:
-        out[..., :3] = 0
-        return out
-    first = layers[0]
-    if len(layers) == 1 and (first[..., 3] == 255).all():
-        out[..., :3] = first[..., 2::-1]
-        return out
-    if (first[..., 3] == 255).all():
-        acc = first[..., :3].astype(np.float32)
-        rest = layers[1:]
-    else:
-        acc = np.zeros((*shape, 3), dtype=np.float32)
-        rest = layers
-    for rgba in rest:
-        alpha = rgba[..., 3]
-        where = np.flatnonzero(alpha)
-        if where.size == 0:
-            continue
-        if where.size < 0.4 * alpha.size:  # heat maps: mostly transparent, blend only the rest
-            flat = acc.reshape(-1, 3)
-            src = rgba.reshape(-1, 4)[where]
-            a = src[:, 3:4] * np.float32(1 / 255)
-            flat[where] += (src[:, :3] - flat[where]) * a
-        else:
-            a = rgba[..., 3:4] * np.float32(1 / 255)
-            acc += (rgba[..., :3] - acc) * a
-    out[..., :3] = acc[..., ::-1]
+    acc = np.zeros((*shape, 3), dtype=np.float32)
+    for rgba in layers:
+        a = rgba[..., 3:4] * np.float32(1 / 255)
+        acc += (rgba[..., :3] - acc) * a
+    out[..., :3] = np.clip(np.rint(acc), 0, 255)[..., ::-1]
     return out
+
+
+class _CrosshairLine(QtWidgets.QGraphicsLineItem):
+    """One crosshair line (a C++ ``QGraphicsLineItem`` with a cosmetic pen: no Python in the
+    paint path), spanning far beyond the slice. ``value()`` is its position in display mm."""
+
+    SPAN = 1.0e5
+
+    def __init__(self, vertical: bool):
+        super().__init__()
+        self.vertical = vertical
+        self._value = 0.0
+        pen = QtGui.QPen(QtGui.QColor(0, 220, 90, 200))
+        pen.setCosmetic(True)
+        pen.setWidth(1)
+        self.setPen(pen)
+        self.set_value(0.0)
+
+    def set_value(self, v: float) -> None:
+        self._value = float(v)
+        if self.vertical:
+            self.setLine(self._value, -self.SPAN, self._value, self.SPAN)
+        else:
+            self.setLine(-self.SPAN, self._value, self.SPAN, self._value)
+
+    def value(self) -> float:
+        return self._value
 
 
 def qt_modifiers(mods: QtCore.Qt.KeyboardModifier) -> frozenset[str]:
@@ -120,8 +129,12 @@ class _CompositeImageItem(QtWidgets.QGraphicsItem):
         self._rect = QtCore.QRectF()
 
     def set_image(self, bgra: np.ndarray, rect: QtCore.QRectF) -> None:
-        """``bgra``: ``(rows, cols, 4)`` uint8 in memory order B, G, R, 255 (QImage RGB32)."""
-        self._buffer = np.ascontiguousarray(bgra)
+        """``bgra``: ``(rows, cols)`` uint32 ``0xFFRRGGBB`` (QImage RGB32), or ``(rows, cols,
+        4)`` uint8 in memory order B, G, R, 255."""
+        buf = np.ascontiguousarray(bgra)
+        if buf.ndim == 3:
+            buf = buf.view(np.uint32).reshape(buf.shape[:2])
+        self._buffer = buf
         rows, cols = self._buffer.shape[:2]
         self._qimage = QtGui.QImage(self._buffer.data, cols, rows, cols * 4,
                                     QtGui.QImage.Format.Format_RGB32)
@@ -138,7 +151,7 @@ class _CompositeImageItem(QtWidgets.QGraphicsItem):
         """What is drawn, as ``(rows, cols, 4)`` RGBA uint8."""
         if self._buffer is None:
             return None
-        return self._buffer[..., [2, 1, 0, 3]]
+        return display.bgra32_to_rgba(self._buffer)
 
     def boundingRect(self):  # noqa: N802
         return self._rect
@@ -196,12 +209,10 @@ class QtSliceView(QtWidgets.QWidget):
         lay.addWidget(self.graphics_view)
         self.image_item = _CompositeImageItem()
         self.view_box.addItem(self.image_item)
-        #: per layer id: the RGBA (rows, cols, 4) uint8 it contributes, and the settings key
-        self.layer_rgba: dict[int, np.ndarray] = {}
-        self._last_slice: dict[int, tuple] = {}
+        #: the key of what is drawn (per visible layer: slice index and display settings)
         self._composite_key: tuple | None = None
-        self.h_line = pg.InfiniteLine(angle=0, movable=False, pen=CROSSHAIR_PEN)
-        self.v_line = pg.InfiniteLine(angle=90, movable=False, pen=CROSSHAIR_PEN)
+        self.h_line = _CrosshairLine(vertical=False)
+        self.v_line = _CrosshairLine(vertical=True)
         for line in (self.h_line, self.v_line):
             line.setZValue(1000)
             self.view_box.addItem(line, ignoreBounds=True)
@@ -262,8 +273,6 @@ class QtSliceView(QtWidgets.QWidget):
         try:
             if self.state.base_layer is None:
                 self.image_item.clear()
-                self.layer_rgba.clear()
-                self._last_slice.clear()
                 self._composite_key = None
                 for lab in self.letter_labels.values():
                     lab.setText("")
@@ -289,49 +298,44 @@ class QtSliceView(QtWidgets.QWidget):
             raise
 
     def _sync_items(self):
-        wanted = {lay.id for lay in self.state.layers}
-        for lid in list(self.layer_rgba):
-            if lid not in wanted:
-                self.layer_rgba.pop(lid, None)
-        self._last_slice.clear()
         self._composite_key = None
 
     def _update_images(self):
         state = self.state
         geom = state.geometry(self.plane)
-        changed = False
-        shown = []
+        layers = []
+        key = [id(state.base_layer), state.convention]
         for lay in state.layers:
             if not lay.visible:
-                if self.layer_rgba.pop(lay.id, None) is not None:
-                    changed = True
-                self._last_slice.pop(lay.id, None)
                 continue
             sl = state.slice_for_view(lay, self.plane)
-            key = (sl.index, state.convention, lay.channel, lay.colormap, lay.vmin, lay.vmax,
-                   lay.threshold, lay.opacity, id(state.base_layer))
-            if self._last_slice.get(lay.id) != key:
-                self.layer_rgba[lay.id] = display.to_rgba(sl.array, lay.colormap, lay.vmin,
-                                                          lay.vmax, lay.threshold, lay.opacity)
-                self._last_slice[lay.id] = key
-                changed = True
-            shown.append(lay.id)
-        comp_key = tuple(shown)
-        if changed or comp_key != self._composite_key:
-            self._composite_key = comp_key
+            key.append((lay.id, sl.index, lay.channel, lay.colormap, lay.vmin, lay.vmax,
+                        lay.threshold, lay.opacity))
+            layers.append((lay, sl))
+        key = tuple(key)
+        if key != self._composite_key:
+            # one contiguous copy per slice (sagittal cuts are strided), then integer LUT work
+            items = [display.SliceLayer(np.ascontiguousarray(sl.array), lay.colormap, lay.vmin,
+                                        lay.vmax, lay.threshold, lay.opacity)
+                     for lay, sl in layers]
             w, h = geom.extent_mm
-            self.image_item.set_image(composite_bgra([self.layer_rgba[i] for i in shown],
-                                                     geom.shape),
+            self.image_item.set_image(display.composite_bgra32(items, geom.shape),
                                       QtCore.QRectF(0.0, 0.0, w, h))
-        oblique = " (oblique: nearest axes)" if state.base_layer.volume.is_oblique else ""
-        self.info_label.setText(f"{self.plane} {state.slice_index(self.plane)} "
-                                f"[0..{geom.n_slices - 1}]{oblique}")
-        self._place_labels()
+            self._composite_key = key
+            oblique = " (oblique: nearest axes)" if state.base_layer.volume.is_oblique else ""
+            text = (f"{self.plane} {state.slice_index(self.plane)} "
+                    f"[0..{geom.n_slices - 1}]{oblique}")
+            if text != self.info_label.text():
+                size = self.info_label.size()
+                self.info_label.setText(text)
+                self.info_label.adjustSize()
+                if self.info_label.size() != size:
+                    self._place_labels()
 
     def _update_crosshair(self):
         u, v = self.state.world_to_display(self.plane, self.state.cursor)
-        self.v_line.setPos(u)
-        self.h_line.setPos(v)
+        self.v_line.set_value(u)
+        self.h_line.set_value(v)
         self.v_line.setVisible(self.show_crosshair)
         self.h_line.setVisible(self.show_crosshair)
 
@@ -475,9 +479,13 @@ class QtSliceView(QtWidgets.QWidget):
     # -- helpers for tests and screenshots -----------------------------------------------------------
     def rgba(self, layer: Layer) -> np.ndarray | None:
         """The RGBA ``(rows, cols, 4)`` that ``layer`` contributes to the view now (None when
-        hidden); flushes pending redraws first."""
+        hidden), from :func:`bodyage_core.display.to_rgba`; flushes pending redraws first."""
         self.flush()
-        return self.layer_rgba.get(layer.id)
+        if not layer.visible or layer not in self.state.layers or self.state.base_layer is None:
+            return None
+        sl = self.state.slice_for_view(layer, self.plane)
+        return display.to_rgba(sl.array, layer.colormap, layer.vmin, layer.vmax,
+                               layer.threshold, layer.opacity)
 
     def composite_rgba(self) -> np.ndarray | None:
         """The RGBA image drawn (all visible layers composited), after a flush."""

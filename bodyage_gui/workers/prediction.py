@@ -59,6 +59,15 @@ class PredictionRequest:
     torch_threads
         Intra-op threads for torch during the call (None: leave torch's setting). One thread
         leaves a core to the GUI on small machines.
+    run_id
+        The run's id in the workspace's cohort index (None for a run folder outside it).
+    store
+        Write the prediction into ``cohort.sqlite`` (``predictions`` table) when the subject is
+        a workspace subject and ``run_id`` a run of that workspace: the same rows
+        (:meth:`~bodyage_core.models.ensemble.Predictions.rows`) and the same
+        :meth:`~bodyage_core.cohort.database.CohortDB.add_predictions` as ``bodyage predict``
+        (:func:`bodyage_core.training.workflow.predict_workspace`). Written last, from the
+        worker thread over its own connection, so a cancelled prediction writes nothing.
     """
 
     run_dir: Path
@@ -71,6 +80,8 @@ class PredictionRequest:
     layer: str = DEFAULT_LAYER
     device: str = "auto"
     torch_threads: int | None = None
+    run_id: str | None = None
+    store: bool = True
 
 
 @dataclass
@@ -103,6 +114,8 @@ class PredictionResult:
     layer: str | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: the row written to ``cohort.sqlite`` (None when not stored)
+    stored_row: dict[str, Any] | None = None
 
     @property
     def raw_gap(self) -> float | None:
@@ -185,6 +198,7 @@ def predict_subject(request: PredictionRequest,
         rep.update("load", 3, 3)
 
         pred = age_run.predict(x, [request.subject_id], reporter=rep, out_of_fold=oof)
+        rows = pred.rows({request.subject_id: request.age})
         mu = pred.member_mu[0]
         used = [int(k) for k in np.flatnonzero(np.isfinite(mu))]
         age = request.age
@@ -232,11 +246,45 @@ def predict_subject(request: PredictionRequest,
             # display settings need percentiles of ~10^6 voxels: computed here, off the GUI
             result.gradcam_settings = gradcam_display(result.gradcam)
             result.gradcam_signed_settings = gradcam_display(result.gradcam_signed, signed=True)
+        if _should_store(request):
+            rep.update("store", 0, 1, "writing the prediction to cohort.sqlite")
+            result.stored_row = store_prediction(request.workspace, request.run_id, rows[0],
+                                                 request.subject)
+            rep.update("store", 1, 1)
         result.seconds = time.perf_counter() - t0
         return result
     finally:
         if request.torch_threads:
             torch.set_num_threads(old_threads)
+
+
+def _should_store(request: PredictionRequest) -> bool:
+    return bool(request.store and request.workspace is not None
+                and request.subject is not None and request.run_id)
+
+
+def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None
+                     ) -> dict[str, Any] | None:
+    """Write one prediction row into the workspace's ``cohort.sqlite`` as ``bodyage predict``
+    does (:func:`bodyage_core.training.workflow.predict_workspace`: the subject's sex, BMI
+    group and site added to the row, then ``CohortDB.add_predictions``). Opens its own
+    connection (callable from a worker thread; the database is in WAL mode); returns the row
+    as stored (with ``gap``), or None when ``run_id`` is not a run of the workspace."""
+    from bodyage_core.cohort.database import CohortDB
+
+    row = dict(row)
+    if subject is not None:
+        row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
+    db = CohortDB.open(ws.db.path)
+    try:
+        if not any(r["run_id"] == run_id for r in db.runs()):
+            return None
+        db.add_predictions(run_id, [row])
+        stored = next((p for p in db.predictions(run_id)
+                       if p["subject_id"] == row["subject_id"]), row)
+    finally:
+        db.close()
+    return dict(stored)
 
 
 #: Modules the prediction imports lazily (torch's import alone holds the GIL for ~0.5 s).
