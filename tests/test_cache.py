@@ -142,3 +142,19 @@ def test_cache_size_option(tmp_path, capsys, monkeypatch):
     rc = main(["train", str(root), "--run", "c2", *FAST, "--cache-size", "lots"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot read the cache size 'lots'" in err
+
+
+def test_bounded_memory_cache_falls_back_to_the_disk_cache(tmp_path):
+    ws = _make_ws(tmp_path / "ws", [30, 45, 60, 75])
+    spec = make_spec(ws, "resnet3d", spacing=(4, 4, 4), shape=(12, 12, 12))
+    one = 12 ** 3 * 4
+    ds = AgeDataset(records_from_workspace(ws, spec), max_bytes=2 * one)
+    first = [ds.array(i).copy() for i in range(4)]
+    assert ds.memory_bytes == 2 * one                       # only the 2 most recent stay
+    with FileLog() as log:
+        again = [ds.array(i) for i in range(4)]
+    assert log.reads(".nii.gz") == [] and len(log.reads(".npy")) == 4   # from disk, not RAM
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    with FileLog() as log:
+        ds.array(3)                                             # most recent: in memory
+    assert log.reads(".npy") == []

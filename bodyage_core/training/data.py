@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,17 +85,35 @@ class SubjectRecord:
 
 
 class AgeDataset:
-    """Indexable collection of records with an optional in-memory cache of the arrays."""
+    """Indexable collection of records with an optional in-memory cache of the arrays.
 
-    def __init__(self, records: Sequence[SubjectRecord], cache: bool = True):
+    ``max_bytes`` bounds the in-memory cache (least recently used arrays are dropped; they come
+    back from the workspace's disk cache). None: ``BODYAGE_MEMORY_CACHE`` (e.g. ``40GB``) when
+    set, else unbounded (every array stays in memory: right for cohorts that fit).
+    """
+
+    def __init__(self, records: Sequence[SubjectRecord], cache: bool = True,
+                 max_bytes: int | None = None):
         self.records = list(records)
-        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._cache: OrderedDict[int, np.ndarray] | None = OrderedDict() if cache else None
+        if max_bytes is None and os.environ.get("BODYAGE_MEMORY_CACHE", "").strip():
+            from bodyage_core.preprocess.cache import parse_size
+
+            max_bytes = parse_size(os.environ["BODYAGE_MEMORY_CACHE"])
+        self.max_bytes = max_bytes
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the arrays held in memory now."""
+        return self._bytes
+
     def array(self, i: int) -> np.ndarray:
         if self._cache is not None and i in self._cache:
+            self._cache.move_to_end(i)
             return self._cache[i]
         rec = self.records[i]
         try:
@@ -103,8 +123,12 @@ class AgeDataset:
         except Exception as exc:  # noqa: BLE001 - name the subject, keep the cause
             raise BodyageError(f"cannot load the input of subject {rec.subject_id} "
                                f"({type(exc).__name__}: {exc})") from exc
-        if self._cache is not None:
+        if self._cache is not None and (self.max_bytes is None or a.nbytes <= self.max_bytes):
             self._cache[i] = a
+            self._bytes += a.nbytes
+            while self.max_bytes is not None and self._bytes > self.max_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= old.nbytes
         return a
 
     def batch(self, indices: Sequence[int]) -> np.ndarray:
