@@ -123,7 +123,10 @@ def jacobian_stats(field: sitk.Image, mask: np.ndarray | None = None) -> dict[st
     folded voxels (determinant <= 0), within ``mask`` when given."""
     f = field if field.GetPixelID() == sitk.sitkVectorFloat64 else sitk.Cast(
         field, sitk.sitkVectorFloat64)
-    jac = sitk.GetArrayViewFromImage(sitk.DisplacementFieldJacobianDeterminant(f))
+    # keep the image alive while its array view is read (a view of a temporary is a dangling
+    # pointer: it crashed Dask worker processes)
+    det = sitk.DisplacementFieldJacobianDeterminant(f)
+    jac = sitk.GetArrayViewFromImage(det)
     vals = jac[mask] if mask is not None and mask.any() else jac.ravel()
     return {
         "jacobian_min": float(vals.min()),
