@@ -1,4 +1,7 @@
-"""``bodyage atlas build|maps``: group templates and population importance maps."""
+"""``bodyage atlas build|maps``: group templates and population importance maps.
+
+``atlas maps`` first warps every registered subject's map into its atlas as per-subject tasks
+(bodyage_core.cluster; ``--scheduler`` picks where), then averages them in this process."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from bodyage_core.errors import ConfigError
 
 
 def register(sub) -> None:
+    from bodyage_core.cluster.cli import add_engine_arguments
+
     p = sub.add_parser("atlas", help="build group atlases and population maps",
                        description="Build group atlases (templates by iterative registration) "
                                    "and population importance maps in atlas space.")
@@ -30,6 +35,7 @@ def register(sub) -> None:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="gap (years) for accelerated/decelerated")
     g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
+    add_engine_arguments(m)
     m.set_defaults(func=run_maps)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
@@ -81,17 +87,26 @@ def run_build(args) -> int:
 
 def run_maps(args) -> int:
     from bodyage_core.atlas.workspace import build_population_maps
+    from bodyage_core.cluster import WarpStage
+    from bodyage_core.cluster.cli import run_stages
     from bodyage_core.cohort import Workspace
     from bodyage_core.progress import TerminalProgress
 
+    edges = _edges(args.age_bands)
     ws = Workspace.open(args.workspace)
     try:
-        out = build_population_maps(ws, args.run, groups=args.group,
-                                    age_edges=_edges(args.age_bands),
-                                    gap_threshold=args.threshold, gap_quantile=args.quantile,
-                                    reporter=TerminalProgress())
+        res = run_stages(ws, args, [WarpStage(args.run, groups=args.group)],
+                         after=lambda: build_population_maps(
+                             ws, args.run, groups=args.group, age_edges=edges,
+                             gap_threshold=args.threshold, gap_quantile=args.quantile,
+                             reporter=TerminalProgress()))
     finally:
         ws.close()
+    if isinstance(res, int):
+        return res
+    warp, out = res
+    for line in warp.lines():
+        print(line)
     for g, s in out["groups"].items():
         if "error" in s:
             print(f"{g}: {s['error']}")

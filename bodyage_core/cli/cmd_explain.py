@@ -1,4 +1,6 @@
-"""``bodyage explain``: per-subject Grad-CAM / occlusion maps of a trained run, in subject space."""
+"""``bodyage explain``: per-subject Grad-CAM / occlusion maps of a trained run, in subject space.
+
+Each subject is one task (bodyage_core.cluster); ``--scheduler`` picks where the tasks run."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from bodyage_core.errors import ConfigError
 
 
 def register(sub) -> None:
+    from bodyage_core.cluster.cli import add_engine_arguments
+
     p = sub.add_parser(
         "explain", help="per-subject Grad-CAM or occlusion maps of a trained run",
         description="Write subjects/<id>/gradcam_<run>.nii.gz (or gradcam_signed_<run>, "
@@ -34,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--sanity-check", action="store_true",
                    help="also run the model-randomisation check (Adebayo et al. 2018) on the "
                         "first subject; writes reports/explain_sanity_<run>.json")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -47,20 +52,34 @@ def _baseline(text: str) -> str | float:
 
 
 def run(args) -> int:
-    from bodyage_core.explain.pipeline import explain_subjects
-    from bodyage_core.progress import TerminalProgress
+    from bodyage_core.cluster import ExplainStage
+    from bodyage_core.cluster.cli import run_stages
+    from bodyage_core.cohort import Workspace
 
     if args.signed and args.method != "gradcam":
         raise ConfigError("--signed applies to --method gradcam only",
                           hint="occlusion maps are always signed")
-    summary = explain_subjects(
-        args.workspace, args.run, subject_ids=args.subjects, method=args.method,
-        layer=args.layer, variant="signed" if args.signed else "relu", device=args.device,
-        reporter=TerminalProgress(), overwrite=args.overwrite, occlusion_patch=args.patch,
-        occlusion_stride=args.stride, occlusion_baseline=_baseline(args.baseline),
-        save_members=args.members)
-    for line in summary.lines():
-        print(line)
+    stage = ExplainStage(
+        args.run, subject_ids=args.subjects, method=args.method, layer=args.layer,
+        variant="signed" if args.signed else "relu", device=args.device,
+        overwrite=args.overwrite, occlusion_patch=args.patch, occlusion_stride=args.stride,
+        occlusion_baseline=_baseline(args.baseline), save_members=args.members)
+    with Workspace.open(args.workspace) as ws:
+        out = run_stages(ws, args, [stage])
+    if isinstance(out, int):
+        return out
+    summary = out[0]
+    print(f"{stage.kind}: {len(summary.done)} written, {len(summary.skipped)} skipped "
+          f"(map exists; --overwrite to redo), {len(summary.failed)} failed "
+          f"in {summary.seconds:.1f} s [{summary.scheduler}, {summary.workers} worker(s)]")
+    for sid, msg in summary.failed.items():
+        print(f"  failed {sid}: {msg}")
+    if stage.no_prediction:
+        ids = ", ".join(stage.no_prediction[:5]) + (" ..." if len(stage.no_prediction) > 5
+                                                    else "")
+        print(f"  note: {len(stage.no_prediction)} subject(s) have no stored prediction of run "
+              f"{args.run!r} ({ids}); the maps do not need one — run `bodyage predict` to get "
+              "their ages")
     if args.sanity_check:
         from bodyage_core.explain.pipeline import sanity_report
 

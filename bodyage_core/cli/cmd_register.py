@@ -1,5 +1,7 @@
 """``bodyage register WORKSPACE [--group G] [--subject ID]``: register subjects to their built
-group atlas (affine + deformable), resumable; transforms go to ``subjects/<id>/atlas_<group>/``."""
+group atlas (affine + deformable), resumable; transforms go to ``subjects/<id>/atlas_<group>/``.
+
+Each subject is one task (bodyage_core.cluster); ``--scheduler`` picks where the tasks run."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from bodyage_core.errors import ConfigError
 
 
 def register(sub) -> None:
+    from bodyage_core.cluster.cli import add_engine_arguments
+
     p = sub.add_parser(
         "register", help="register subjects to their group atlas",
         description="Register subjects (water+fat) to the template of their built atlas group: "
@@ -21,6 +25,7 @@ def register(sub) -> None:
                    help="deformable method (default: the one the atlas was built with)")
     p.add_argument("--force", action="store_true", help="re-register even if done")
     p.add_argument("--config", help="JSON file of registration options (RegistrationConfig)")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -41,22 +46,27 @@ def registration_config(args):
 
 
 def run(args) -> int:
-    from bodyage_core.atlas.workspace import register_subjects
+    from bodyage_core.cluster import RegisterStage
+    from bodyage_core.cluster.cli import run_stages
     from bodyage_core.cohort import Workspace
-    from bodyage_core.progress import TerminalProgress
 
-    ws = Workspace.open(args.workspace)
-    try:
-        results = register_subjects(ws, group=args.group, subject=args.subject,
-                                    registration=registration_config(args), force=args.force,
-                                    reporter=TerminalProgress())
-    finally:
-        ws.close()
+    stage = RegisterStage(group=args.group, subject=args.subject,
+                          registration=registration_config(args), force=args.force)
+    with Workspace.open(args.workspace) as ws:
+        out = run_stages(ws, args, [stage])
+    if isinstance(out, int):
+        return out
+    summary = out[0]
+    results = stage.results
     n_ok = sum(r.get("status") == "ok" for r in results)
     reused = sum(bool(r.get("reused")) for r in results)
-    print(f"registered {len(results)} subject(s): {n_ok} ok, {len(results) - n_ok} failed, "
-          f"{reused} reused")
+    print(f"registered {len(results)} subject(s): {n_ok} ok, {len(results) - n_ok} failed "
+          f"registration, {reused} reused; {len(summary.skipped)} already registered, "
+          f"{len(summary.failed)} task(s) failed [{summary.scheduler}, {summary.workers} "
+          "worker(s)]")
     for r in results:
         if r.get("status") != "ok":
             print(f"  FAILED {r['subject_id']} ({r['group']}): {'; '.join(r.get('reasons', []))}")
-    return 0 if n_ok == len(results) else 1
+    for sid, msg in summary.failed.items():
+        print(f"  FAILED {sid}: {msg}")
+    return 0 if n_ok == len(results) and not summary.failed else 1

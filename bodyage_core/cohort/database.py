@@ -9,12 +9,15 @@ Tables (schema version in ``PRAGMA user_version``):
 * ``predictions`` (run, subject) -> fold, split, member outputs JSON, mean, sigma, bias-corrected
                   age, gap (corrected - chronological).
 * ``registrations`` (subject, group) -> status, quality figures, transform paths.
-* ``tasks``       per-subject stage bookkeeping (done / failed with error, attempts) so batch
-                  stages are resumable and idempotent.
+* ``tasks``       per-subject stage bookkeeping (done / failed with error, attempts, seconds,
+                  worker) so batch stages are resumable and idempotent (schema 2 added
+                  ``seconds`` and ``worker``; see :mod:`bodyage_core.cluster`).
 
 Every write happens in one transaction: an exception (or a crash) in the middle of an import
 leaves the database exactly as it was. The database runs in WAL mode with a busy timeout so
 several readers and one writer at a time coexist (viewer open while a stage runs).
+Transactions nest: a :meth:`CohortDB.transaction` opened inside another one (same thread) joins
+it, so a stage result and its ``tasks`` row are committed together or not at all.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +35,7 @@ from typing import Any
 
 from bodyage_core.errors import CohortError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BMI_GROUPS = ("healthy", "overweight", "obese")
 
 _SCHEMA_V1 = """
@@ -98,9 +102,17 @@ CREATE INDEX predictions_subject ON predictions(subject_id);
 CREATE INDEX subjects_group ON subjects(sex, bmi_group);
 """
 
+# Schema 2: per-subject task timing and the worker that ran it (bodyage_core.cluster).
+_SCHEMA_V2 = """
+ALTER TABLE tasks ADD COLUMN seconds REAL;
+ALTER TABLE tasks ADD COLUMN worker TEXT;
+CREATE INDEX tasks_status ON tasks(stage, key, status);
+"""
+
 # version -> SQL that brings a database from version-1 to version. Add new versions here; never
 # edit an old one (databases in the field were made with it).
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+TASK_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 
 def bmi_group(bmi: float | None) -> str | None:
@@ -148,6 +160,8 @@ class CohortDB:
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self._conn = conn
+        self._tx_lock = threading.RLock()
+        self._tx_depth = 0
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -183,6 +197,9 @@ class CohortDB:
                 f"knows up to {SCHEMA_VERSION})", self.path, "upgrade bodyage to open it")
         for v in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction() as cur:
+                # another process may have migrated since we read the version
+                if cur.execute("PRAGMA user_version").fetchone()[0] >= v:
+                    continue
                 for statement in _split_sql(MIGRATIONS[v]):
                     cur.execute(statement)
                 cur.execute(f"PRAGMA user_version = {v}")
@@ -196,23 +213,38 @@ class CohortDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception)."""
-        cur = self._conn.cursor()
-        for attempt in range(50):
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception).
+
+        Nested calls from the same thread join the outermost transaction; other threads using
+        this connection wait for it to end.
+        """
+        with self._tx_lock:
+            cur = self._conn.cursor()
+            if self._tx_depth > 0:
+                self._tx_depth += 1
+                try:
+                    yield cur
+                finally:
+                    self._tx_depth -= 1
+                return
+            for attempt in range(50):
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as err:
+                    if ("locked" not in str(err) and "busy" not in str(err)) or attempt == 49:
+                        raise
+                    time.sleep(0.1)
+            self._tx_depth = 1
             try:
-                cur.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or attempt == 49:
-                    raise
-                time.sleep(0.1)
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                self._tx_depth = 0
 
     # -- subjects -----------------------------------------------------------------------------
     def add_subjects(self, records: Iterable[dict[str, Any] | Subject]) -> int:
@@ -411,6 +443,52 @@ class CohortDB:
     def tasks(self, stage: str, key: str) -> dict[str, dict[str, Any]]:
         return {r["subject_id"]: dict(r) for r in self._conn.execute(
             "SELECT * FROM tasks WHERE stage = ? AND key = ?", (stage, key))}
+
+    def mark_tasks(self, stage: str, key: str, subject_ids: Iterable[str], status: str,
+                   error: str | None = None, only_status: Sequence[str] | None = None) -> int:
+        """Set the status of many tasks in one transaction without counting an attempt
+        (``queued`` before submission, ``cancelled`` after Ctrl+C). With ``only_status``, only
+        rows currently in one of those states (or missing) change. Returns rows written."""
+        if status not in TASK_STATUSES:
+            raise ValueError(f"unknown task status {status!r}")
+        now = time.time()
+        sql = ("INSERT INTO tasks (stage, key, subject_id, status, attempts, error, updated)"
+               " VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT(stage, key, subject_id) DO UPDATE SET"
+               " status=excluded.status, error=excluded.error, updated=excluded.updated")
+        if only_status:
+            sql += " WHERE tasks.status IN (" + ", ".join("?" * len(only_status)) + ")"
+        rows = [(stage, key, str(s), status, error, now, *(only_status or ()))
+                for s in subject_ids]
+        with self.transaction() as cur:
+            cur.executemany(sql, rows)
+        return len(rows)
+
+    def finish_task(self, stage: str, key: str, subject_id: str, status: str,
+                    error: str | None = None, attempts: int = 1, seconds: float | None = None,
+                    worker: str | None = None) -> None:
+        """Record the outcome of ``attempts`` tries of one per-subject task ('done' or
+        'failed'); attempts add up over runs. Call it inside the transaction that stores the
+        task's results so both land together."""
+        if status not in TASK_STATUSES:
+            raise ValueError(f"unknown task status {status!r}")
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO tasks (stage, key, subject_id, status, attempts, error, updated,"
+                " seconds, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(stage, key, subject_id) DO UPDATE SET status=excluded.status,"
+                " error=excluded.error, updated=excluded.updated, seconds=excluded.seconds,"
+                " worker=excluded.worker, attempts=tasks.attempts + excluded.attempts",
+                (stage, key, subject_id, status, int(attempts), error, time.time(), seconds,
+                 worker))
+
+    def task_counts(self, stage: str, key: str | None = None) -> dict[str, int]:
+        """``{status: count}`` of a stage (all keys, or one)."""
+        sql = "SELECT status, COUNT(*) FROM tasks WHERE stage = ?"
+        params: list[Any] = [stage]
+        if key is not None:
+            sql += " AND key = ?"
+            params.append(key)
+        return {r[0]: int(r[1]) for r in self._conn.execute(sql + " GROUP BY status", params)}
 
 
 def normalise_sex(value: Any) -> str | None:

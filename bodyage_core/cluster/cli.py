@@ -1,0 +1,76 @@
+"""Command-line glue shared by ``bodyage predict / explain / register / atlas maps``:
+the engine options and running stages with a terminal progress bar and clean Ctrl+C."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bodyage_core.cluster.engine import Engine, EngineOptions, StageSummary
+from bodyage_core.cluster.tasks import Stage
+
+SCHEDULER_ENV = "BODYAGE_SCHEDULER"
+
+
+def add_engine_arguments(p) -> None:
+    """``--scheduler --workers --retries --connect-timeout --wait`` on a sub-command parser."""
+    g = p.add_argument_group("cohort scale (per-subject tasks on Dask; docs/CLUSTER.md)")
+    g.add_argument("--scheduler", default=None, metavar="WHERE",
+                   help="local (default: a Dask LocalCluster on this machine), "
+                        "tcp://host:port (an existing Dask scheduler, e.g. from SLURM), or "
+                        f"none/sync (in this process); default from ${SCHEDULER_ENV} or local")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of --scheduler local (default: one per CPU)")
+    g.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="extra tries of a failed subject before it is recorded failed "
+                        "(default 2)")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to reach a tcp:// scheduler (default 10)")
+    g.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
+
+
+def engine_options(args) -> EngineOptions:
+    return EngineOptions(
+        scheduler=args.scheduler or os.environ.get(SCHEDULER_ENV) or "local",
+        workers=args.workers, retries=args.retries, connect_timeout=args.connect_timeout,
+        wait_lock=args.wait_lock).validate()
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return "bodyage " + shlex.join(argv)
+
+
+def run_stages(ws, args, stages: Sequence[Stage], after: Callable[[], Any] | None = None
+               ) -> list[StageSummary] | int:
+    """Run ``stages`` one after the other on one engine (the workspace locked throughout).
+
+    ``after`` runs once the stages are done, the cluster closed and the lock still held; its
+    result is appended to the returned list. Returns the summaries, or 130 after Ctrl+C (one
+    line on stderr: what was kept and how to resume)."""
+    from bodyage_core.progress import TerminalProgress
+
+    opts = engine_options(args)
+    summaries: list[Any] = []
+    engine = Engine(ws, opts, command=command_line())
+    try:
+        engine.start()
+        for stage in stages:
+            summaries.append(engine.run(stage, TerminalProgress()))
+        if after is not None:
+            engine.stop_cluster()
+            summaries.append(after())
+    except KeyboardInterrupt:
+        last = getattr(engine, "last", None)
+        engine.close()
+        done = f"{len(last.done)} subject(s) finished in this run are kept; " if last else ""
+        print(f"\nbodyage {args.command}: interrupted — {done}run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    finally:
+        engine.close()
+    return summaries

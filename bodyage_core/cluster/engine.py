@@ -1,0 +1,539 @@
+"""Run per-subject stages on Dask distributed (or in-process) with retries and a single DB writer.
+
+::
+
+    from bodyage_core.cluster import Engine, EngineOptions, PredictStage, ExplainStage
+
+    with Engine(ws, EngineOptions(scheduler="local", workers=2)) as engine:
+        engine.run(PredictStage("r1"), reporter)
+        engine.run(ExplainStage("r1"), reporter)
+
+Schedulers (``EngineOptions.scheduler``):
+
+* ``"local"`` (default): a :class:`distributed.LocalCluster` on this machine, ``workers``
+  processes (default: the CPUs this process may use) with one thread each;
+* ``"tcp://host:port"`` (or ``tls://``): an existing Dask scheduler, e.g. one started by
+  dask-jobqueue's ``SLURMCluster`` (docs/CLUSTER.md). The workers must see the workspace at the
+  same path (a shared file system) and have bodyage installed;
+* ``"none"`` / ``"sync"``: in this process, one subject after the other (no Dask).
+
+How a stage runs: the client (this process) lists the stage's jobs, skips the finished ones,
+marks the others ``running`` in the ``tasks`` table and submits them, at most a window of
+``max_in_flight`` at a time. A worker runs a job's task: it reads the subject's files and
+writes its results atomically into the workspace. The client receives each result and, as the
+only writer of ``cohort.sqlite``, stores it together with the job's ``done`` row in one
+transaction. A job whose task raised is resubmitted up to ``retries`` times (a user error, a
+:class:`~bodyage_core.errors.BodyageError`, is not retried: the input must change), then recorded
+``failed`` with a one-line error. A worker that dies mid-subject fails its task with Dask's
+``KilledWorker`` (the local cluster's nanny restarts the worker), which counts as one attempt.
+
+Ctrl+C (KeyboardInterrupt) or a cancelled reporter cancels the outstanding futures, marks
+their jobs ``cancelled``, closes the cluster and releases the workspace lock; what finished is
+kept, and running the stage again resumes. A client killed outright (SIGKILL) leaves ``running``
+rows: the next run redoes those jobs (tasks are idempotent; every table is keyed by subject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from bodyage_core.cluster.lock import WorkspaceLock
+from bodyage_core.cluster.tasks import Job, Stage, describe_error
+from bodyage_core.errors import BodyageError, Cancelled, ConfigError
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+
+SYNC_SCHEDULERS = ("none", "sync")
+
+
+def default_workers() -> int:
+    """Worker processes of ``--scheduler local``: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class EngineOptions:
+    """How to run per-subject stages.
+
+    Parameters
+    ----------
+    scheduler
+        ``"local"``, ``"none"``/``"sync"``, or a scheduler address ``tcp://host:port``.
+    workers
+        Worker processes of the local cluster (default :func:`default_workers`).
+    threads_per_worker
+        Threads per local worker (1: torch and SimpleITK get one core per worker).
+    processes
+        Local workers as processes (True, default) or threads of this process.
+    retries
+        Extra attempts of a failed subject (default 2, so at most 3 tries per run).
+    connect_timeout
+        Seconds to reach a ``tcp://`` scheduler before giving up with a clear error.
+    wait_lock, lock_timeout
+        Queue behind another run of the same workspace instead of refusing.
+    max_in_flight
+        Jobs submitted at once (default: 4 per worker thread, at least 16).
+    min_cluster_jobs
+        With ``"local"``, fewer unfinished jobs than this run in-process: starting worker
+        processes would cost more than it saves (default 2: one subject never starts a cluster).
+    """
+
+    scheduler: str = "local"
+    workers: int | None = None
+    threads_per_worker: int = 1
+    processes: bool = True
+    retries: int = 2
+    connect_timeout: float = 10.0
+    wait_lock: bool = False
+    lock_timeout: float | None = None
+    max_in_flight: int | None = None
+    min_cluster_jobs: int = 2
+    silence_logs: int = logging.ERROR
+
+    def validate(self) -> EngineOptions:
+        s = (self.scheduler or "local").strip()
+        self.scheduler = s
+        if s not in ("local", *SYNC_SCHEDULERS) and "://" not in s:
+            raise ConfigError(f"--scheduler {s!r} is not local, none, sync or an address "
+                              "like tcp://host:8786",
+                              hint="see docs/CLUSTER.md for clusters")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.retries < 0:
+            raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
+        if self.connect_timeout <= 0:
+            raise ConfigError("--connect-timeout must be positive")
+        return self
+
+    @property
+    def is_sync(self) -> bool:
+        return self.scheduler in SYNC_SCHEDULERS
+
+
+@dataclass
+class StageSummary:
+    """What one :meth:`Engine.run` did."""
+
+    stage: str
+    description: str
+    total: int = 0
+    done: list[str] = field(default_factory=list)          # computed in this run
+    skipped: list[str] = field(default_factory=list)       # finished before
+    failed: dict[str, str] = field(default_factory=dict)   # subject (key) -> error
+    attempts: int = 0
+    retried: int = 0
+    seconds: float = 0.0
+    task_seconds: list[float] = field(default_factory=list)
+    cancelled: bool = False
+    scheduler: str = ""
+    workers: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)   # stage-specific output
+
+    @property
+    def subjects_per_minute(self) -> float | None:
+        return 60.0 * len(self.done) / self.seconds if self.seconds > 0 and self.done else None
+
+    def lines(self) -> list[str]:
+        rate = self.subjects_per_minute
+        out = [f"{self.description}: {len(self.done)} done, {len(self.skipped)} skipped "
+               f"(finished before), {len(self.failed)} failed of {self.total} in "
+               f"{self.seconds:.1f} s" + (f" ({rate:.1f}/min" if rate else "")
+               + (f", {self.retried} retried" if self.retried else "")
+               + (")" if rate else "")
+               + f" [{self.scheduler}, {self.workers} worker(s)]"]
+        for sid, msg in list(self.failed.items())[:20]:
+            out.append(f"  failed {sid}: {msg}")
+        if len(self.failed) > 20:
+            out.append(f"  ... and {len(self.failed) - 20} more (tasks table of cohort.sqlite)")
+        return out
+
+
+class Engine:
+    """A workspace lock plus a Dask client (or none) for running stages; a context manager."""
+
+    def __init__(self, ws, options: EngineOptions | None = None, command: str | None = None,
+                 lock: bool = True):
+        self.ws = ws
+        self.options = (options or EngineOptions()).validate()
+        self.command = command
+        self._use_lock = lock
+        self.lock: WorkspaceLock | None = None
+        self.client = None
+        self.cluster = None
+        self.token = uuid.uuid4().hex[:8]
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._use_lock and self.lock is None:
+            self.lock = WorkspaceLock(self.ws.root, self.command, wait=self.options.wait_lock,
+                                      timeout=self.options.lock_timeout).acquire()
+        try:
+            # a remote scheduler is checked at once; a local cluster starts when needed
+            if not self.options.is_sync and self.options.scheduler != "local" \
+                    and self.client is None:
+                self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def stop_cluster(self) -> None:
+        """Close the Dask client and the local cluster (the workspace stays locked)."""
+        client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
+        if client is not None:
+            _quiet(client.close, timeout=10)
+        if cluster is not None:
+            _quiet(cluster.close, timeout=20)
+
+    def close(self) -> None:
+        """Stop the cluster and release the workspace lock."""
+        try:
+            self.stop_cluster()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _connect(self) -> None:
+        import dask
+        from distributed import Client
+
+        opts = self.options
+        if opts.scheduler == "local":
+            from distributed import LocalCluster
+
+            n = opts.workers or default_workers()
+            # Each worker death fails its tasks at once (KilledWorker): the engine's own
+            # retries count attempts, instead of the scheduler silently rerunning 3 times.
+            extra: dict[str, Any] = {}
+            if opts.processes:
+                t = str(opts.threads_per_worker)
+                extra["env"] = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _no_sigint():
+                self.cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=opts.threads_per_worker,
+                    processes=opts.processes, dashboard_address=None,
+                    silence_logs=opts.silence_logs, **extra)
+            self.client = Client(self.cluster, timeout=opts.connect_timeout,
+                                 set_as_default=False)
+            return
+        try:
+            self.client = Client(opts.scheduler, timeout=opts.connect_timeout,
+                                 set_as_default=False)
+        except (OSError, TimeoutError, asyncio.TimeoutError) as err:
+            raise BodyageError(
+                f"cannot reach the Dask scheduler at {opts.scheduler} within "
+                f"{opts.connect_timeout:g} s ({_first_line(err)})",
+                hint="start it (`dask scheduler`, or a SLURMCluster as in docs/CLUSTER.md) and "
+                     "check the address, or use --scheduler local") from None
+        except ValueError as err:   # a malformed address
+            raise ConfigError(f"bad scheduler address {opts.scheduler!r} ({_first_line(err)})",
+                              hint="use tcp://host:port") from None
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Workers of an existing cluster must import bodyage and see the workspace."""
+        try:
+            seen = self.client.run(_probe_worker, str(self.ws.root),
+                                   on_error="return")
+        except Exception:  # noqa: BLE001 - no workers yet (a queued SLURM job): check later
+            return
+        bad = [w for w, ok in seen.items() if ok is not True]
+        if bad:
+            what = seen[bad[0]]
+            reason = (f"cannot import bodyage ({_first_line(what)})"
+                      if isinstance(what, BaseException) else "do not see the workspace folder")
+            raise BodyageError(
+                f"{len(bad)} of {len(seen)} Dask worker(s) (e.g. {bad[0]}) {reason}",
+                self.ws.root,
+                "run the workers in bodyage's Python environment with the workspace on a "
+                "shared file system at the same path")
+
+    @property
+    def n_workers(self) -> int:
+        if self.client is None:
+            return 1
+        try:
+            return len(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001
+            return 0
+
+    def _threads(self) -> int:
+        if self.client is None:
+            return 1
+        try:
+            ws = self.client.scheduler_info().get("workers", {})
+            return max(1, sum(int(w.get("nthreads", 1)) for w in ws.values()))
+        except Exception:  # noqa: BLE001
+            return 1
+
+    # -- running a stage ---------------------------------------------------------------------
+    _multi_key = False
+
+    def _label(self, job: Job) -> str:
+        return f"{job.subject_id} ({job.key})" if self._multi_key else job.subject_id
+
+    def run(self, stage: Stage, reporter: ProgressReporter | None = None) -> StageSummary:
+        """Run every unfinished job of ``stage``; returns a :class:`StageSummary`.
+
+        Raises KeyboardInterrupt / :class:`~bodyage_core.errors.Cancelled` after cancelling
+        cleanly (the summary so far is in ``self.last``)."""
+        rep = ensure_reporter(reporter)
+        t0 = time.perf_counter()
+        ws = self.ws
+        summary = StageSummary(stage.name, stage.describe(),
+                               scheduler=self.options.scheduler)
+        self.last = summary
+        jobs = stage.jobs(ws)
+        summary.total = len(jobs)
+        self._multi_key = len({j.key for j in jobs}) > 1
+        rows: dict[str, dict[str, dict[str, Any]]] = {}
+        todo: list[Job] = []
+        adopt: list[Job] = []   # finished on disk, not (yet) marked done in the DB
+        for job in jobs:
+            if job.key not in rows:
+                rows[job.key] = ws.db.tasks(stage.name, job.key)
+            row = rows[job.key].get(job.subject_id)
+            if stage.is_done(ws, job, row):
+                summary.skipped.append(self._label(job))
+                adopt.append(job)
+            else:
+                todo.append(job)
+        for start in range(0, len(adopt), 1000):
+            with ws.db.transaction():
+                for job in adopt[start:start + 1000]:
+                    row = rows[job.key].get(job.subject_id)
+                    stage.record_skipped(ws, job)
+                    if row is None or row.get("status") != "done":
+                        ws.db.finish_task(stage.name, job.key, job.subject_id, "done",
+                                          attempts=0)
+        rep.update(stage.name, len(summary.skipped), len(jobs), stage.describe())
+        try:
+            in_process = self.options.is_sync or (
+                self.options.scheduler == "local" and self.client is None
+                and len(todo) < self.options.min_cluster_jobs)
+            if todo and in_process:
+                summary.scheduler = "in-process"
+                summary.workers = 1
+                self._run_sync(stage, todo, jobs, summary, rep)
+            elif todo:
+                if self.client is None:
+                    self._connect()
+                summary.workers = self.n_workers
+                self._run_dask(stage, todo, jobs, summary, rep)
+        except BaseException:
+            summary.cancelled = True
+            summary.seconds = time.perf_counter() - t0
+            raise
+        summary.seconds = time.perf_counter() - t0
+        stage.finish(ws, summary)
+        return summary
+
+    def _record_ok(self, stage: Stage, job: Job, result: dict[str, Any], attempts: int,
+                   summary: StageSummary, jobs: list[Job] | None = None) -> None:
+        with self.ws.db.transaction():
+            stage.record(self.ws, job, result["out"])
+            self.ws.db.finish_task(stage.name, job.key, job.subject_id, "done",
+                                   attempts=attempts, seconds=result.get("seconds"),
+                                   worker=result.get("worker"))
+        summary.done.append(self._label(job))
+        summary.attempts += attempts
+        if result.get("seconds") is not None:
+            summary.task_seconds.append(float(result["seconds"]))
+
+    def _record_failed(self, stage: Stage, job: Job, message: str, attempts: int,
+                       summary: StageSummary, jobs: list[Job] | None = None) -> None:
+        self.ws.db.finish_task(stage.name, job.key, job.subject_id, "failed", message,
+                               attempts=attempts)
+        summary.failed[self._label(job)] = message
+        summary.attempts += attempts
+
+    def _retryable(self, stage: Stage, exc: BaseException, attempt: int) -> bool:
+        if attempt > self.options.retries:
+            return False
+        return stage.retry_user_errors or not isinstance(exc, BodyageError)
+
+    def _run_sync(self, stage, todo, jobs, summary, rep) -> None:
+        ws = self.ws
+        n_done = len(summary.skipped)
+        for job in todo:
+            ws.db.mark_tasks(stage.name, job.key, [job.subject_id], "running")
+            attempt = 1
+            try:
+                while True:
+                    try:
+                        result = stage.task(ws, job)()
+                    except Exception as exc:  # noqa: BLE001 - recorded per subject
+                        if self._retryable(stage, exc, attempt):
+                            attempt += 1
+                            summary.retried += 1
+                            continue
+                        self._record_failed(stage, job, describe_error(exc), attempt, summary,
+                                            jobs)
+                        break
+                    self._record_ok(stage, job, result, attempt, summary, jobs)
+                    break
+            except BaseException:
+                ws.db.mark_tasks(stage.name, job.key, [job.subject_id], "cancelled",
+                                 "interrupted", only_status=("running",))
+                raise
+            n_done += 1
+            rep.update(stage.name, n_done, len(jobs), job.subject_id,
+                       failed=len(summary.failed))
+
+    def _run_dask(self, stage, todo, jobs, summary, rep) -> None:
+        from distributed import wait
+
+        client = self.client
+        ws = self.ws
+        queue: deque[tuple[Job, int]] = deque((j, 1) for j in todo)
+        in_flight: dict[Any, tuple[Job, int]] = {}
+        threads = self.options.threads_per_worker if self.options.scheduler == "local" else None
+        n_done = len(summary.skipped)
+
+        def fill() -> None:
+            window = self.options.max_in_flight or max(16, 4 * self._threads())
+            batch: list[tuple[Job, int]] = []
+            while queue and len(in_flight) + len(batch) < window:
+                batch.append(queue.popleft())
+            if not batch:
+                return
+            fresh = [j for j, a in batch if a == 1]
+            by_key: dict[str, list[str]] = {}
+            for j in fresh:
+                by_key.setdefault(j.key, []).append(j.subject_id)
+            with ws.db.transaction():
+                for key, sids in by_key.items():
+                    ws.db.mark_tasks(stage.name, key, sids, "running")
+            for job, attempt in batch:
+                task = stage.task(ws, job)
+                if threads:
+                    task.threads = threads
+                fut = client.submit(task, key=f"bodyage-{stage.name}-{self.token}-"
+                                    f"{job.key}-{job.subject_id}-{attempt}", pure=False)
+                in_flight[fut] = (job, attempt)
+
+        try:
+            fill()
+            while in_flight:
+                try:
+                    with client.as_current():
+                        finished, _ = wait(list(in_flight), timeout=0.5,
+                                           return_when="FIRST_COMPLETED")
+                except (TimeoutError, asyncio.TimeoutError):
+                    rep.check()
+                    continue
+                for fut in finished:
+                    job, attempt = in_flight.pop(fut)
+                    if fut.status == "finished":
+                        result = fut.result()
+                        fut.release()
+                        self._record_ok(stage, job, result, attempt, summary, jobs)
+                    else:
+                        try:
+                            exc = fut.exception()
+                        except BaseException as err:  # noqa: BLE001 - cancelled by the cluster
+                            if isinstance(err, KeyboardInterrupt):
+                                raise
+                            exc = RuntimeError(f"the cluster dropped the task ({_first_line(err)})")
+                        fut.release()
+                        if isinstance(exc, BaseException) and \
+                                self._retryable(stage, exc, attempt):
+                            summary.retried += 1
+                            queue.appendleft((job, attempt + 1))
+                            continue
+                        self._record_failed(stage, job, describe_error(exc), attempt,
+                                            summary, jobs)
+                    n_done += 1
+                    rep.update(stage.name, n_done, len(jobs), job.subject_id,
+                               failed=len(summary.failed))
+                fill()
+        except OSError as err:   # the scheduler went away (CommClosedError is an OSError)
+            self._cancel(stage, in_flight, queue)
+            raise BodyageError(f"lost the Dask scheduler {self.options.scheduler} "
+                               f"({_first_line(err)}); {len(summary.done)} subject(s) finished "
+                               "in this run are kept", self.ws.root,
+                               "run the same command again to resume") from None
+        except BaseException:
+            self._cancel(stage, in_flight, queue)
+            raise
+
+    def _cancel(self, stage, in_flight, queue) -> None:
+        futures = list(in_flight)
+        if futures and self.client is not None:
+            _quiet(self.client.cancel, futures)
+        by_key: dict[str, list[str]] = {}
+        for job, _a in list(in_flight.values()) + list(queue):
+            by_key.setdefault(job.key, []).append(job.subject_id)
+        try:
+            with self.ws.db.transaction():
+                for key, sids in by_key.items():
+                    self.ws.db.mark_tasks(stage.name, key, sids, "cancelled", "interrupted",
+                                          only_status=("running",))
+        except Exception:  # noqa: BLE001 - never mask the interruption
+            pass
+        in_flight.clear()
+
+
+def run_stage(ws, stage: Stage, options: EngineOptions | None = None,
+              reporter: ProgressReporter | None = None, command: str | None = None
+              ) -> StageSummary:
+    """Lock the workspace, start the engine, run ``stage``, close everything."""
+    with Engine(ws, options, command=command) as engine:
+        return engine.run(stage, reporter)
+
+
+def _probe_worker(root: str):
+    import importlib.util
+
+    if importlib.util.find_spec("bodyage_core") is None:
+        raise ModuleNotFoundError("No module named 'bodyage_core'")
+    return os.path.isdir(root)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _quiet(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - closing a cluster that is going away anyway
+        pass
+
+
+class _no_sigint:
+    """Start worker processes with SIGINT ignored (inherited across exec), so Ctrl+C reaches
+    only the client, which then closes the cluster in order."""
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+__all__ = ["Engine", "EngineOptions", "StageSummary", "run_stage", "default_workers",
+           "Cancelled"]

@@ -1,0 +1,698 @@
+"""The per-subject batch stages as independent, idempotent tasks.
+
+A :class:`Stage` splits a workspace stage into :class:`Job` s, one per subject (and atlas group
+where it matters). The engine (:mod:`bodyage_core.cluster.engine`) runs each job's task on a
+worker; the task reads the subject's files and writes its own result files atomically into the
+workspace (never the database), and returns a small dict. The client process, the single writer
+of ``cohort.sqlite``, records that dict and the job's ``tasks`` row in one transaction.
+
+Stages (``tasks.stage`` / ``tasks.key``):
+
+========  ====================  ===========================================================
+stage     key                   task writes (under ``subjects/<id>/``)
+========  ====================  ===========================================================
+predict   run                   ``input_<hash>.npy`` (model-grid cache), ``prediction_<run>.json``
+explain   map kind              ``<kind>.nii.gz`` + ``<kind>.json`` (``gradcam_<run>`` ...)
+register  atlas group           ``atlas_<group>/`` transform files + ``quality.json``
+warp      ``<group>/<kind>``    ``atlas_<group>/<kind>.nii.gz`` (a map in atlas space)
+========  ====================  ===========================================================
+
+A job is skipped when it is finished (its ``tasks`` row is ``done`` and its output is there, or,
+for explain and register, when a current output exists however it was made); ``overwrite`` /
+``force`` redo it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.atomic import write_json, write_text
+from bodyage_core.errors import BodyageError, ConfigError
+
+# -- jobs and tasks -------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One unit of work: ``tasks`` row (stage, key, subject_id) and what its task needs."""
+
+    key: str
+    subject_id: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SubjectTask:
+    """A picklable call ``fn(**kwargs)`` run on a worker.
+
+    It limits the worker's compute threads (``threads``, when the engine asks), times the call
+    and names the file when a write fails (an ``OSError`` without a file name gets the subject
+    folder). Returns ``{"out": fn's dict, "seconds": float, "worker": "host:pid"}``.
+    """
+
+    fn: Callable[..., dict[str, Any]]
+    kwargs: dict[str, Any]
+    threads: int | None = None
+    folder: str | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self.threads:
+            limit_threads(self.threads)
+        t0 = time.perf_counter()
+        try:
+            out = self.fn(**self.kwargs)
+        except OSError as err:
+            if err.filename is None and self.folder is not None:
+                raise OSError(err.errno, err.strerror or str(err), self.folder) from err
+            raise
+        return {"out": out, "seconds": time.perf_counter() - t0,
+                "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+_THREADS_SET: int | None = None
+_LOCK = threading.Lock()
+
+
+def limit_threads(n: int) -> None:
+    """Cap torch / SimpleITK / BLAS threads of this worker process at ``n`` (once)."""
+    global _THREADS_SET
+    with _LOCK:
+        if _THREADS_SET == n:
+            return
+        _THREADS_SET = n
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+        try:
+            import torch
+
+            torch.set_num_threads(n)
+        except Exception:  # noqa: BLE001 - torch missing or already running parallel work
+            pass
+        try:
+            import SimpleITK as sitk
+
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in any OSError raised while writing it (ENOSPC, EACCES, EROFS...)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename and str(err.filename) != str(path) and \
+                Path(str(err.filename)).name.startswith("."):
+            # the temporary file of an atomic write: report the target instead
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the ``tasks.error`` column and the summary."""
+    if isinstance(exc, BodyageError):
+        return str(exc)
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return ("the worker running this subject died (crash, out of memory or killed) — see "
+                "the worker logs; the subject is retried on the next run")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"disk full (no space left on device){where} — free space on that disk and "
+                "run the stage again (finished subjects are kept)")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or name}{where}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{name}: {text}" if text else name
+
+
+def _Paths(root: str | Path):
+    """The path half of a :class:`~bodyage_core.cohort.Workspace` for workers: no database
+    (the client records results)."""
+    from bodyage_core.cohort.workspace import Workspace
+
+    return Workspace(Path(root), None)  # type: ignore[arg-type]
+
+
+# per-worker caches of loaded runs and atlases (a worker runs many subjects)
+_RUNS: dict[tuple, Any] = {}
+_ATLASES: dict[tuple, Any] = {}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def cached_run(run_dir: str | Path, device: str = "auto"):
+    """The :class:`~bodyage_core.models.ensemble.AgeRun` of ``run_dir`` with its members
+    loaded, once per worker thread (Grad-CAM hooks the networks, so threads never share one;
+    reloaded when the run's config.json changes)."""
+    from bodyage_core.models.ensemble import AgeRun
+
+    run_dir = Path(run_dir)
+    key = (str(run_dir), device, _mtime(run_dir / "config.json"), threading.get_ident())
+    with _LOCK:
+        ar = _RUNS.get(key)
+    if ar is None:
+        ar = AgeRun(run_dir, device=device)
+        ar.load_members()
+        with _LOCK:
+            if len(_RUNS) > 16:
+                _RUNS.clear()
+            _RUNS[key] = ar
+    return ar
+
+
+def cached_atlas(atlas_dir: str | Path):
+    from bodyage_core.atlas.build import load_atlas
+
+    atlas_dir = Path(atlas_dir)
+    key = (str(atlas_dir), _mtime(atlas_dir / "members.json"),
+           _mtime(atlas_dir / "template.nii.gz"))
+    with _LOCK:
+        if key not in _ATLASES:
+            if len(_ATLASES) > 8:
+                _ATLASES.clear()
+            _ATLASES[key] = load_atlas(atlas_dir)
+        return _ATLASES[key]
+
+
+# -- the stage interface ----------------------------------------------------------------------
+
+
+class Stage:
+    """A per-subject batch stage. Subclasses set ``name`` and implement the hooks.
+
+    Client side: :meth:`jobs` (validate, enumerate), :meth:`is_done` (skip?), :meth:`record`
+    (store a task's result in the DB; called inside the transaction that marks the job done),
+    :meth:`finish` (after all jobs, e.g. a CSV). Worker side: the :class:`SubjectTask` from
+    :meth:`task`.
+    """
+
+    name = "stage"
+    #: BodyageErrors are the input's fault: retrying cannot help, record the failure at once.
+    retry_user_errors = False
+
+    def jobs(self, ws) -> list[Job]:
+        raise NotImplementedError
+
+    def is_done(self, ws, job: Job, row: dict[str, Any] | None) -> bool:
+        return row is not None and row.get("status") == "done"
+
+    def task(self, ws, job: Job) -> SubjectTask:
+        raise NotImplementedError
+
+    def record(self, ws, job: Job, out: dict[str, Any]) -> None:
+        """Store a finished task's result (client side, inside a DB transaction)."""
+
+    def record_skipped(self, ws, job: Job) -> None:
+        """Bring the DB in line with an output found on disk (client side)."""
+
+    def finish(self, ws, summary) -> None:
+        """Called once after every job ran (not on cancellation)."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+# -- predict ---------------------------------------------------------------------------------
+
+
+def predict_one(root: str, run: str, device: str, subject) -> dict[str, Any]:
+    """Worker: predict one subject with run ``run``; writes
+    ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
+    from bodyage_core.training.data import cached_input
+
+    ws = _Paths(root)
+    ar = cached_run(ws.model_dir(run), device)
+    arr = cached_input(ws, subject, ar.spec)
+    pred = ar.predict(arr[None], [subject.subject_id])
+    row = pred.rows({subject.subject_id: subject.age})[0]
+    row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
+    target = ws.subject_dir(subject.subject_id, create=True) / f"prediction_{run}.json"
+    with writing(target):
+        write_json(target, dict(row, run=run))
+    return {"row": row}
+
+
+class PredictStage(Stage):
+    """``bodyage predict`` per subject: ensemble mean, sigma, bias-corrected age and gap
+    (out-of-fold for subjects the run held out), into the ``predictions`` table, the subject's
+    ``prediction_<run>.json`` and ``reports/predictions_<run>.csv``."""
+
+    name = "predict"
+
+    def __init__(self, run: str, subject_ids: Sequence[str] | None = None,
+                 device: str = "auto", overwrite: bool = False,
+                 csv_path: str | Path | None = None):
+        self.run = run
+        self.subject_ids = list(subject_ids) if subject_ids else None
+        self.device = device
+        self.overwrite = overwrite
+        self.csv_path = csv_path
+        self.csv_written: Path | None = None
+        self._predicted: set[str] = set()
+
+    def describe(self) -> str:
+        return f"predict {self.run}"
+
+    def jobs(self, ws) -> list[Job]:
+        from bodyage_core.errors import CohortError
+        from bodyage_core.models.ensemble import AgeRun
+
+        ar = AgeRun(ws.model_dir(self.run), device="cpu")
+        ar.load_members()   # a damaged run fails here, once, not on every subject
+        subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
+        if not subjects:
+            raise CohortError("no subjects to predict", ws.root, "import subjects first")
+        if not any(x["run_id"] == self.run for x in ws.db.runs()):
+            ws.db.add_run(self.run, ar.model_config.get("arch"),
+                          {"model": ar.model_config, "input": ar.spec.to_dict()},
+                          status="complete")
+        self._predicted = {p["subject_id"] for p in ws.db.predictions(self.run)}
+        return [Job(self.run, s.subject_id, {"subject": s}) for s in subjects]
+
+    def is_done(self, ws, job, row) -> bool:
+        return (not self.overwrite and super().is_done(ws, job, row)
+                and job.subject_id in self._predicted)
+
+    def task(self, ws, job) -> SubjectTask:
+        return SubjectTask(predict_one, {"root": str(ws.root), "run": self.run,
+                                         "device": self.device,
+                                         "subject": job.payload["subject"]},
+                           folder=str(ws.subject_dir(job.subject_id)))
+
+    def record(self, ws, job, out) -> None:
+        ws.db.add_predictions(self.run, [out["row"]])
+
+    def finish(self, ws, summary) -> None:
+        from bodyage_core.training.run import predictions_csv
+
+        wanted = set(self.subject_ids) if self.subject_ids else None
+        rows = [r for r in ws.db.predictions(self.run)
+                if wanted is None or r["subject_id"] in wanted]
+        out = Path(self.csv_path) if self.csv_path else \
+            ws.reports_dir / f"predictions_{self.run}.csv"
+        with writing(out):
+            write_text(out, predictions_csv(rows))
+        self.csv_written = out
+        summary.rows = rows
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str,
+                variant: str, device: str, occlusion_patch, occlusion_stride,
+                occlusion_baseline, batch_size: int, save_members: bool) -> dict[str, Any]:
+    """Worker: one subject's explanation map in its own space (same files and sidecar as
+    :func:`bodyage_core.explain.pipeline.explain_subjects`)."""
+    from bodyage_core.explain.gradcam import gradcam
+    from bodyage_core.explain.occlusion import occlusion_map
+    from bodyage_core.explain.pipeline import model_grid_input, subject_grid
+    from bodyage_core.explain.space import map_to_subject_space, save_map
+    from bodyage_core.training.data import load_subject_volume
+
+    ws = _Paths(root)
+    age_run = cached_run(ws.model_dir(run), device)
+    models = age_run.load_members()
+    spec = age_run.spec
+    sid = subject.subject_id
+    member_folds = [m.get("fold") for m in age_run.members]
+    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
+    fold = age_run.fold_of(sid)
+    sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
+    sel = sel or list(range(len(models)))
+    vol = load_subject_volume(ws, subject, spec.channels)
+    mg = model_grid_input(vol, spec)
+    x = mg.data[None]
+    if method == "gradcam":
+        res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
+                      target_std=[member_std[k] for k in sel])
+    else:
+        res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
+                            stride=occlusion_stride, baseline=occlusion_baseline,
+                            batch_size=batch_size, target_std=[member_std[k] for k in sel])
+    src = ws.resolve(subject.images[spec.channels[0]])
+    shape, affine = subject_grid(src)
+    target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
+    out = map_to_subject_space(res.mean[0], mg.affine, (shape, affine))
+    with writing(target):
+        save_map(out, target, description=f"bodyage {kind}")
+    member_files = []
+    if save_members:
+        for j, k in enumerate(sel):
+            mp = target.with_name(f"{kind}_member{k}.nii.gz")
+            with writing(mp):
+                save_map(map_to_subject_space(res.members[j, 0], mg.affine, (shape, affine)),
+                         mp, description=f"bodyage {kind} member {k}")
+            member_files.append(ws.relative(mp))
+    mu_years = [float(res.mu[j, 0]) * member_std[k]
+                + float(age_run.members[k].get("target_mean", 0.0)) for j, k in enumerate(sel)]
+    sidecar = target.with_name(f"{kind}.json")
+    with writing(sidecar):
+        write_json(sidecar, {
+            "kind": kind, "run": run, "method": method,
+            "layer": layer if method == "gradcam" else None,
+            "variant": variant if method == "gradcam" else "signed",
+            "members": sel, "member_files": member_files, "fold": fold,
+            "member_mu_years": mu_years,
+            "units": ("(d age / d activation) x activation, years"
+                      if method == "gradcam" else "change of predicted age, years"),
+            "sign": ("relu: evidence that raises the predicted age" if
+                     method == "gradcam" and variant == "relu" else
+                     "positive = evidence for older, negative = for younger"),
+            "occlusion": res.info if method == "occlusion" else None,
+            "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
+            "model_grid_shape_zyx": list(mg.shape),
+        })
+    return {"path": ws.relative(target), "member_files": member_files}
+
+
+class ExplainStage(Stage):
+    """``bodyage explain`` per subject (Grad-CAM or occlusion, in subject space)."""
+
+    name = "explain"
+
+    def __init__(self, run: str, subject_ids: Sequence[str] | None = None,
+                 method: str = "gradcam", layer: str = "layer3", variant: str = "relu",
+                 device: str = "auto", overwrite: bool = False, occlusion_patch=8,
+                 occlusion_stride=None, occlusion_baseline="zero", batch_size: int = 8,
+                 save_members: bool = False):
+        from bodyage_core.explain.pipeline import map_kind
+
+        if variant not in ("relu", "signed"):
+            raise ConfigError(f"unknown Grad-CAM variant {variant!r}; use relu or signed")
+        self.run = run
+        self.subject_ids = list(subject_ids) if subject_ids else None
+        self.method, self.layer, self.variant, self.device = method, layer, variant, device
+        self.overwrite = overwrite
+        self.occlusion = (occlusion_patch, occlusion_stride, occlusion_baseline)
+        self.batch_size = batch_size
+        self.save_members = save_members
+        self.kind = map_kind(method, run, variant)
+        self.no_prediction: list[str] = []
+
+    def describe(self) -> str:
+        return f"explain {self.kind}"
+
+    def jobs(self, ws) -> list[Job]:
+        from bodyage_core.explain.pipeline import model_grid_input
+        from bodyage_core.models.ensemble import AgeRun
+        from bodyage_core.volume import Volume
+
+        age_run = AgeRun(ws.model_dir(self.run), device="cpu")
+        if age_run.spec.mode != "3d":
+            model_grid_input(Volume(np.zeros((1, 1, 1, 1)), np.eye(4)), age_run.spec)
+        if self.method == "gradcam":
+            from bodyage_core.explain.gradcam import resolve_layer
+
+            # an unknown layer fails here, once, not on every subject
+            resolve_layer(age_run.load_members()[0], self.layer)
+        subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
+        if not subjects:
+            raise BodyageError("the workspace has no subjects to explain", path=ws.root,
+                               hint="import or synthesise a cohort first")
+        predicted = {p["subject_id"] for p in ws.db.predictions(self.run)}
+        self.no_prediction = [s.subject_id for s in subjects if s.subject_id not in predicted]
+        return [Job(self.kind, s.subject_id, {"subject": s}) for s in subjects]
+
+    def _target(self, ws, sid: str) -> Path:
+        return ws.subject_dir(sid) / f"{self.kind}.nii.gz"
+
+    def is_done(self, ws, job, row) -> bool:
+        # the map on disk is what counts (as for explain_subjects' resume)
+        return not self.overwrite and self._target(ws, job.subject_id).exists()
+
+    def record_skipped(self, ws, job) -> None:
+        if self.kind not in job.payload["subject"].images:
+            ws.db.set_image(job.subject_id, self.kind,
+                            ws.relative(self._target(ws, job.subject_id)))
+
+    def task(self, ws, job) -> SubjectTask:
+        patch, stride, baseline = self.occlusion
+        return SubjectTask(explain_one, {
+            "root": str(ws.root), "run": self.run, "subject": job.payload["subject"],
+            "kind": self.kind, "method": self.method, "layer": self.layer,
+            "variant": self.variant, "device": self.device, "occlusion_patch": patch,
+            "occlusion_stride": stride, "occlusion_baseline": baseline,
+            "batch_size": self.batch_size, "save_members": self.save_members},
+            folder=str(ws.subject_dir(job.subject_id)))
+
+    def record(self, ws, job, out) -> None:
+        ws.db.set_image(job.subject_id, self.kind, out["path"])
+
+
+# -- register --------------------------------------------------------------------------------
+
+
+def _transform_current(folder: Path, fingerprint: str | None) -> bool:
+    from bodyage_core.registration.transform import SubjectTransform
+
+    if not (SubjectTransform.exists(folder) and (folder / "quality.json").exists()):
+        return False
+    try:
+        info = json.loads((folder / "transform.json").read_text()).get("info", {})
+    except (OSError, ValueError):
+        return False
+    return info.get("atlas_fingerprint", info.get("fingerprint")) == fingerprint
+
+
+def register_one(root: str, group: str, subject, atlas_info: dict[str, Any],
+                 registration: dict[str, Any] | None, force: bool) -> dict[str, Any]:
+    """Worker: register one subject to the template of ``group`` (affine + deformable), or
+    reuse its current transform; writes ``subjects/<id>/atlas_<group>/``."""
+    from bodyage_core.atlas.workspace import _member, transform_folder
+    from bodyage_core.registration.register import RegistrationConfig, register
+
+    ws = _Paths(root)
+    sid = subject.subject_id
+    folder = transform_folder(ws, sid, group)
+    qpath = folder / "quality.json"
+    fingerprint = atlas_info.get("fingerprint")
+    if not force and _transform_current(folder, fingerprint):
+        q = json.loads(qpath.read_text())
+        q["reused"] = True
+    else:
+        atlas = cached_atlas(ws.atlas_dir(group))
+        rcfg = RegistrationConfig.from_dict(
+            registration if registration is not None
+            else atlas_info.get("config", {}).get("registration"))
+        member = _member(ws, subject)
+        res = register(member.load(), atlas["template"], rcfg,
+                       moving_labels=member.load_labels(), fixed_labels=atlas["labels"],
+                       fixed_mask=atlas["body_mask"])
+        q = dict(res.quality)
+        q["subject_id"] = sid
+        if res.transform is not None:
+            res.transform.info.update({"group": group, "iteration": "final",
+                                       "fingerprint": fingerprint,
+                                       "atlas_fingerprint": fingerprint})
+            with writing(folder):
+                res.transform.save(folder)
+        with writing(qpath):
+            write_json(qpath, q)
+        qcopy = ws.atlas_dir(group) / "quality" / f"{sid}.json"
+        with writing(qcopy):
+            write_json(qcopy, q)
+    q["group"] = group
+    q["has_transform"] = (folder / "transform.json").exists()
+    return {"quality": _jsonable(q)}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                 else str(o)))
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+class RegisterStage(Stage):
+    """``bodyage register`` per subject: to the template of its built group atlas."""
+
+    name = "register"
+
+    def __init__(self, group: str | None = None, subject: str | None = None,
+                 registration=None, force: bool = False):
+        self.group = group
+        self.subject = subject
+        self.registration = registration.to_dict() if registration is not None else None
+        self.force = force
+        self._infos: dict[str, dict[str, Any]] = {}
+        self._registered: dict[tuple[str, str], dict[str, Any]] = {}
+        self.results: list[dict[str, Any]] = []
+
+    def describe(self) -> str:
+        return "register" + (f" {self.group}" if self.group else "")
+
+    def jobs(self, ws) -> list[Job]:
+        from bodyage_core.atlas.workspace import built_atlases, group_name
+        from bodyage_core.errors import CohortError
+
+        atlases = built_atlases(ws)
+        if self.group is not None:
+            if self.group not in atlases:
+                raise CohortError(f"no atlas {self.group!r} in this workspace"
+                                  + (f" (built: {', '.join(atlases)})" if atlases else ""),
+                                  hint="build it with `bodyage atlas build WORKSPACE`")
+            atlases = [self.group]
+        if not atlases:
+            raise CohortError("no atlas built yet", ws.root,
+                              "build them first with `bodyage atlas build WORKSPACE`")
+        subjects = ws.db.subjects(ids=[self.subject] if self.subject else None)
+        jobs = []
+        for g in atlases:
+            info = json.loads((ws.atlas_dir(g) / "members.json").read_text())
+            self._infos[g] = {k: info.get(k) for k in ("fingerprint", "config", "by")}
+            by = info.get("by") or ["sex", "bmi_group"]
+            for s in subjects:
+                if group_name(s, by) == g or (self.subject is not None and self.group):
+                    jobs.append(Job(g, s.subject_id, {"subject": s}))
+        if self.subject is not None and not jobs:
+            raise CohortError(f"subject {self.subject} belongs to no built atlas",
+                              hint="pass --group to choose the atlas")
+        self._registered = {(r["atlas_group"], r["subject_id"]): r
+                            for r in ws.db.registrations()}
+        return jobs
+
+    def is_done(self, ws, job, row) -> bool:
+        from bodyage_core.atlas.workspace import transform_folder
+
+        if self.force or (job.key, job.subject_id) not in self._registered:
+            return False
+        if row is not None and row.get("status") != "done":
+            return False
+        return _transform_current(transform_folder(ws, job.subject_id, job.key),
+                                  self._infos[job.key].get("fingerprint"))
+
+    def task(self, ws, job) -> SubjectTask:
+        return SubjectTask(register_one, {
+            "root": str(ws.root), "group": job.key, "subject": job.payload["subject"],
+            "atlas_info": self._infos[job.key], "registration": self.registration,
+            "force": self.force}, folder=str(ws.subject_dir(job.subject_id)))
+
+    def record(self, ws, job, out) -> None:
+        from bodyage_core.atlas.workspace import transform_folder
+
+        q = out["quality"]
+        folder = transform_folder(ws, job.subject_id, job.key)
+        ws.db.set_registration(
+            job.subject_id, job.key, q.get("status", "failed"), metric=_num(q.get("metric")),
+            dice_body=_num(q.get("dice_body")), dice_labels=_num(q.get("dice_labels_mean")),
+            reason="; ".join(q.get("reasons") or []) or None,
+            forward=ws.relative(folder), inverse=ws.relative(folder / "inverse_warp.nii.gz"))
+        if q.get("has_transform"):
+            ws.db.set_image(job.subject_id, f"to_atlas_{job.key}", ws.relative(folder))
+        self.results.append(q)
+
+
+# -- warp maps into atlas space (the per-subject part of `atlas maps`) ------------------------
+
+
+def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
+             interpolation: str) -> dict[str, Any]:
+    """Worker: warp one subject map into the atlas of ``group``; cached as
+    ``subjects/<id>/atlas_<group>/<kind>.nii.gz`` (what ``atlas maps`` reads)."""
+    from bodyage_core.atlas.build import load_image, load_label_map, save_image
+    from bodyage_core.atlas.workspace import transform_folder
+    from bodyage_core.registration.transform import SubjectTransform, warp_map
+
+    ws = _Paths(root)
+    folder = transform_folder(ws, subject_id, group)
+    cache = folder / f"{kind}.nii.gz"
+    srcp = ws.resolve(src)
+    if _warp_current(cache, srcp, folder):
+        return {"path": ws.relative(cache), "reused": True}
+    tx = SubjectTransform.load(folder)
+    m = load_label_map(srcp) if interpolation == "nearest" else load_image(srcp)
+    vol = warp_map(m.with_data(m.data[:1], channels=(m.channels[0],)), tx, None, interpolation)
+    with writing(cache):
+        save_image(vol, cache)
+    return {"path": ws.relative(cache), "reused": False}
+
+
+def _warp_current(cache: Path, src: Path, folder: Path) -> bool:
+    return (cache.exists() and src.exists()
+            and _mtime(cache) >= max(_mtime(src), _mtime(folder / "transform.json")))
+
+
+class WarpStage(Stage):
+    """Warp every registered subject's map of ``kinds`` into its atlas (cached), so that
+    ``atlas maps`` only averages. Kinds default to ``gradcam_<run>`` and, when subjects have
+    one, ``age_mask`` (nearest neighbour)."""
+
+    name = "warp"
+
+    def __init__(self, run: str, groups: Sequence[str] | None = None,
+                 kinds: Sequence[str] | None = None):
+        self.run = run
+        self.groups = list(groups) if groups else None
+        self.kinds = list(kinds) if kinds else None
+
+    def describe(self) -> str:
+        return f"warp gradcam_{self.run}"
+
+    def jobs(self, ws) -> list[Job]:
+        from bodyage_core.atlas.workspace import built_atlases
+        from bodyage_core.errors import CohortError
+
+        if not ws.db.predictions(self.run):
+            runs = sorted({p["run_id"] for p in ws.db.predictions()})
+            raise CohortError(f"no predictions for run {self.run!r}"
+                              + (f" (runs with predictions: {', '.join(runs)})" if runs else ""),
+                              hint="run `bodyage predict WORKSPACE --run RUN` first")
+        atlases = self.groups or built_atlases(ws)
+        if not atlases:
+            raise CohortError("no atlas built yet", ws.root, "run `bodyage atlas build` first")
+        jobs = []
+        for g in atlases:
+            ok = [r["subject_id"] for r in ws.db.registrations(g) if r["status"] == "ok"]
+            if not ok:
+                continue
+            for s in ws.db.subjects(ids=ok):
+                kinds = self.kinds or [f"gradcam_{self.run}", "age_mask"]
+                for kind in kinds:
+                    if kind in s.images:
+                        interp = "nearest" if kind in ("age_mask", "labels") else "linear"
+                        jobs.append(Job(f"{g}/{kind}", s.subject_id,
+                                        {"group": g, "kind": kind, "src": s.images[kind],
+                                         "interpolation": interp}))
+        return jobs
+
+    def is_done(self, ws, job, row) -> bool:
+        from bodyage_core.atlas.workspace import transform_folder
+
+        p = job.payload
+        folder = transform_folder(ws, job.subject_id, p["group"])
+        return _warp_current(folder / f"{p['kind']}.nii.gz", ws.resolve(p["src"]), folder)
+
+    def task(self, ws, job) -> SubjectTask:
+        p = job.payload
+        return SubjectTask(warp_one, {"root": str(ws.root), "group": p["group"],
+                                      "subject_id": job.subject_id, "kind": p["kind"],
+                                      "src": p["src"], "interpolation": p["interpolation"]},
+                           folder=str(ws.subject_dir(job.subject_id)))
