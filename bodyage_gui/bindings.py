@@ -64,6 +64,7 @@ WINDOW_KEYS: dict[str, str] = {
     "Ctrl+P": "predict",
     "Ctrl+T": "train",
     "F5": "toggle_convention",
+    "F6": "toggle_atlas_space",
 }
 
 ACTION_HELP: dict[str, str] = {
@@ -80,6 +81,8 @@ ACTION_HELP: dict[str, str] = {
     "predict": "predict the open subject (ensemble + Grad-CAM, in the background)",
     "train": "train a model (wizard)",
     "toggle_convention": "radiological / neurological convention",
+    "toggle_atlas_space": "subject space / atlas space of the subject's group (needs its "
+                          "registration)",
 }
 
 

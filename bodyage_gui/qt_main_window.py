@@ -35,7 +35,7 @@ from bodyage_core.atomic import write_bytes, write_json
 from bodyage_core.errors import BodyageError, CohortError, LoadError
 from bodyage_core.viewer_state import PLANES, ViewerState
 from bodyage_core.volume import Volume
-from bodyage_gui import bindings, strings
+from bodyage_gui import atlas_space, bindings, strings
 from bodyage_gui.loading import load_for_viewer, load_many, looks_like_labels
 from bodyage_gui.panels.qt_analysis import install_analysis
 from bodyage_gui.panels.qt_layer_panel import QtLayerPanel
@@ -71,6 +71,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
     subject_changed = QtCore.Signal(str)
     _payload_ready = QtCore.Signal(str, object)
     _files_ready = QtCore.Signal(object, object, object, object)
+    _space_ready = QtCore.Signal(object, object)
+    #: ``'subject'`` or ``'atlas'`` once the display switched space
+    space_changed = QtCore.Signal(str)
     workspace_changed = QtCore.Signal(object)
     error_reported = QtCore.Signal(str)
 
@@ -94,6 +97,16 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self._io_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="open")
         self._pending_files = None
         self._files_ready.connect(self._on_files_ready)
+        #: ``'subject'`` (the scan's grid) or ``'atlas'`` (the atlas of the subject's group)
+        self.display_space = atlas_space.SUBJECT
+        self.atlas_link: atlas_space.AtlasLink | None = None
+        self.atlas_reason: str = atlas_space.NO_WORKSPACE
+        self._atlas_wanted = False          # keep atlas space when going to the next subject
+        self._subject_specs: list | None = None   # the subject-space layers while in atlas space
+        self._atlas_cache: tuple | None = None    # (key, payload) of the last warp
+        self._atlas_transform: Any = None
+        self._pending_space = None
+        self._space_ready.connect(self._on_space_ready)
         self.scheduler = RedrawScheduler(parent=self)
         self.setWindowTitle(strings.APP_NAME)
         self.resize(1400, 900)
@@ -124,6 +137,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self.subject_browser = QtSubjectBrowser()
         self.subject_browser.subject_activated.connect(self._subject_activated)
         self._build_menus()
+        self.layer_panel.space_check.clicked.connect(
+            lambda on: self.set_display_space(atlas_space.ATLAS if on else atlas_space.SUBJECT))
+        self._update_space_controls()
         self.add_panel("Layers", self.layer_panel, _Qt.DockWidgetArea.RightDockWidgetArea)
         self.add_panel("Cursor", self.readout_panel, _Qt.DockWidgetArea.RightDockWidgetArea)
         self.add_panel("Subjects", self.subject_browser, _Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -243,6 +259,13 @@ class QtMainWindow(QtWidgets.QMainWindow):
             a.triggered.connect(lambda _=False, n=name: self.state.set_layout(n))
             group.addAction(a)
             self.layout_actions[name] = a
+        self.atlas_action = self._action(self.view_menu, "&Atlas space (subject's group)",
+                                         self.toggle_atlas_space, _key("toggle_atlas_space"))
+        self.atlas_action.setCheckable(True)
+        self.atlas_action.setEnabled(False)
+        self.atlas_action.setToolTip(atlas_space.NO_WORKSPACE)
+        self.atlas_action.setStatusTip(atlas_space.NO_WORKSPACE)
+        self.view_menu.setToolTipsVisible(True)
         self._action(self.view_menu, "Reset views (R)", self.state.reset)
         self.channel_menu = self.view_menu.addMenu("&Channel")
         self.channel_menu.aboutToShow.connect(self._fill_channel_menu)
@@ -382,6 +405,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self._fill(trial, vols, ovs, threshold)  # raises before touching self.state
             self._replace_layers(trial)
             self.workspace_subject(None)
+            self._reset_space(None)
             for p in paths + overlays:
                 self._add_recent("recent_files", str(p))
             self.setWindowTitle(f"{strings.APP_NAME} — {paths[0].name}")
@@ -552,6 +576,193 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self.subject_browser.model.update_row(subject_id, {
             "predicted": predicted, "sigma": row.get("sigma"), "gap": row.get("gap")})
 
+    # -- subject space / atlas space ---------------------------------------------------------------
+    def _update_space_controls(self) -> None:
+        """Enable the atlas-space toggle (View menu, F6, layer panel) only for a subject with a
+        registration; the tooltip says what to run otherwise."""
+        link = self.atlas_link
+        atlas = self.display_space == atlas_space.ATLAS
+        pending = self._pending_space is not None
+        if link is not None:
+            tip = (f"show {link.subject_id} in {link.label} (its image and maps warped with its "
+                   "registration, the group's population map as it is) or back in its own "
+                   "space")
+            if link.population is None:
+                tip += "; no population map built for this group yet (`bodyage atlas maps`)"
+        else:
+            tip = self.atlas_reason
+        for w in (self.atlas_action, self.layer_panel.space_check):
+            w.blockSignals(True)
+            w.setChecked(atlas or (pending and self._pending_space[0] == atlas_space.ATLAS))
+            w.setEnabled((link is not None or atlas) and not pending)
+            w.setToolTip(tip)
+            w.blockSignals(False)
+        self.atlas_action.setStatusTip(tip)
+        self.layer_panel.space_check.setText(link.label if link is not None else "atlas space")
+
+    def toggle_atlas_space(self) -> bool:
+        """Switch the display between the subject's space and its group's atlas space."""
+        return self.set_display_space(atlas_space.SUBJECT if self.display_space ==
+                                      atlas_space.ATLAS else atlas_space.ATLAS)
+
+    def set_display_space(self, space: str, wait: bool = False) -> bool:
+        """Show the open workspace subject in ``'subject'`` space or in the ``'atlas'`` space of
+        its group (see :mod:`bodyage_gui.atlas_space`). Warping runs in the background unless
+        ``wait``; the cursor follows the registration; on error the view stays as it was."""
+        if space not in (atlas_space.SUBJECT, atlas_space.ATLAS):
+            raise ValueError(f"unknown display space {space!r}")
+        if space == self.display_space and self._pending_space is None:
+            self._update_space_controls()
+            return True
+        if space == atlas_space.SUBJECT:
+            self._atlas_wanted = False
+            self._pending_space = None
+            ok = self._back_to_subject_space()
+            self._update_space_controls()
+            return ok
+        link = self.atlas_link
+        if link is None or self.state.base_layer is None:
+            self.report_error(BodyageError(self.atlas_reason))
+            self._update_space_controls()
+            return False
+        specs = atlas_space.snapshot(self.state)
+        key = (link.subject_id, link.group, str(link.population),
+               tuple((sp.name, id(sp.volume)) for sp in specs))
+        if self._atlas_cache is not None and self._atlas_cache[0] == key:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_result(self._atlas_cache[1])
+        else:
+            fut = self._io_pool.submit(atlas_space.to_atlas, link, specs)
+        self._pending_space = (atlas_space.ATLAS, fut, key, specs)
+        self._atlas_wanted = True
+        self._update_space_controls()
+        if fut.done() or wait:
+            fut.exception()
+            return self._finish_atlas_space(fut)
+        self.statusBar().showMessage(f"warping {link.subject_id} to {link.label} ...")
+
+        def ready(f):
+            try:
+                self._space_ready.emit(f, key)
+            except RuntimeError:  # the window is gone
+                pass
+
+        fut.add_done_callback(ready)
+        return True
+
+    def wait_for_space(self, timeout: float = 120.0) -> bool:
+        """Block until a space switch in progress is shown (scripts, screenshots, tests)."""
+        if self._pending_space is None:
+            return True
+        fut = self._pending_space[1]
+        try:
+            fut.exception(timeout)
+        except TimeoutError:
+            return False
+        return self._finish_atlas_space(fut)
+
+    def _on_space_ready(self, fut, key) -> None:
+        if self._pending_space is not None and self._pending_space[1] is fut:
+            self._finish_atlas_space(fut)
+
+    def _finish_atlas_space(self, fut) -> bool:
+        if self._pending_space is None or self._pending_space[1] is not fut:
+            return self.display_space == atlas_space.ATLAS
+        _, _, key, specs = self._pending_space
+        self._pending_space = None
+        link = self.atlas_link
+
+        def do():
+            payload = fut.result()
+            self._atlas_cache = (key, payload)
+            new = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
+                                         sp.base, sp.active) for sp in payload["specs"]]
+            remembered = getattr(self, "_atlas_layer_settings", {})
+            for sp in new:  # what the user set on atlas-only layers last time
+                old = remembered.get(sp.name)
+                if old is not None and sp.settings.get("path") == old.get("path"):
+                    for k in ("colormap", "opacity", "display_range", "threshold", "visible"):
+                        sp.settings[k] = old[k]
+            atlas_space.carry_settings(new, self.state)
+            trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
+            tx = payload["transform"]
+            try:
+                cursor = atlas_space.subject_to_atlas(tx, self.state.cursor)
+            except (BodyageError, RuntimeError):
+                cursor = None  # no inverse field: the cursor goes to the centre
+            self._subject_specs = specs
+            self._replace_layers(trial)
+            self.state.reset_view()
+            if cursor is not None:
+                self.state.set_cursor(cursor)
+            self._atlas_transform = tx
+            self.display_space = atlas_space.ATLAS
+            self.setWindowTitle(f"{strings.APP_NAME} — {link.subject_id} in {link.label}")
+            self.statusBar().showMessage(
+                f"{link.subject_id} in {link.label}: image and maps warped with its "
+                "registration" + ("" if link.population is None else
+                                  f"; population map {link.population.name}"), 8000)
+            self.scheduler.flush()
+            self.space_changed.emit(atlas_space.ATLAS)
+            return True
+
+        ok = bool(self._guard(do))
+        if not ok:
+            self._atlas_wanted = False
+        self._update_space_controls()
+        return ok
+
+    def _back_to_subject_space(self) -> bool:
+        specs = self._subject_specs
+        if self.display_space != atlas_space.ATLAS or specs is None:
+            return True
+
+        def do():
+            self._atlas_layer_settings = {lay.name: lay.settings() for lay in self.state.layers}
+            new = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
+                                         sp.base, sp.active) for sp in specs]
+            atlas_space.carry_settings(new, self.state)
+            trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
+            try:
+                cursor = atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor)
+            except (BodyageError, RuntimeError, AttributeError):
+                cursor = None
+            self._replace_layers(trial)
+            self.state.reset_view()
+            if cursor is not None:
+                self.state.set_cursor(cursor)
+            self.display_space = atlas_space.SUBJECT
+            self._subject_specs = None
+            sid = self.current_subject or ""
+            self.setWindowTitle(f"{strings.APP_NAME} — {sid}")
+            self.statusBar().showMessage(f"{sid} in its own space", 5000)
+            self.scheduler.flush()
+            self.space_changed.emit(atlas_space.SUBJECT)
+            return True
+
+        return bool(self._guard(do))
+
+    def _reset_space(self, subject_id: str | None) -> None:
+        """A new subject or new files are shown (in their own space): find the subject's atlas
+        space for the toggle."""
+        was_atlas = self.display_space == atlas_space.ATLAS
+        self.display_space = atlas_space.SUBJECT
+        self._subject_specs = None
+        self._pending_space = None
+        self._atlas_transform = None
+        if subject_id is None or self.workspace is None:
+            self.atlas_link, self.atlas_reason = None, atlas_space.NO_WORKSPACE
+            self._atlas_wanted = False
+        else:
+            try:
+                self.atlas_link, self.atlas_reason = atlas_space.find_atlas_link(
+                    self.workspace, subject_id, self._subject_run)
+            except (BodyageError, OSError, ValueError) as err:
+                self.atlas_link, self.atlas_reason = None, str(err)
+        self._update_space_controls()
+        if was_atlas:
+            self.space_changed.emit(atlas_space.SUBJECT)
+
     def workspace_subject(self, subject_id: str | None) -> None:
         self.current_subject = subject_id
 
@@ -622,8 +833,13 @@ class QtMainWindow(QtWidgets.QMainWindow):
                                       opacity=0.35 if kind == "labels" else None)
                 heat = lay if kind == "overlay" else heat
             trial.set_active_layer(heat or trial.base_layer)
-            self._replace_layers(trial, keep_cursor=True)  # same place in the next subject
+            # same place in the next subject (a cursor in atlas space is not a subject point)
+            self._replace_layers(trial, keep_cursor=self.display_space == atlas_space.SUBJECT)
             self.current_subject = subject_id
+            wanted = self._atlas_wanted
+            self._reset_space(subject_id)
+            if wanted and self.atlas_link is not None:
+                self.set_display_space(atlas_space.ATLAS)  # stays in atlas space
             self.setWindowTitle(f"{strings.APP_NAME} — {subject_id}")
             self.subject_changed.emit(subject_id)
             self.preloader.preload(self.subject_browser.neighbour(+1))

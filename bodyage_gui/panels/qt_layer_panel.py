@@ -19,6 +19,10 @@ class QtLayerPanel(QtWidgets.QWidget):
         super().__init__(parent)
         self.state = state
         self._updating = False
+        #: subject space / atlas space toggle (wired by the main window; disabled without a
+        #: registration, the tooltip says which command makes one)
+        self.space_check = QtWidgets.QCheckBox("atlas space")
+        self.space_check.setEnabled(False)
         self.layer_list = QtWidgets.QListWidget()
         self.layer_list.setMaximumHeight(120)
         self.channel_combo = QtWidgets.QComboBox()
@@ -45,6 +49,7 @@ class QtLayerPanel(QtWidgets.QWidget):
         form.addRow(self.visible_check, self.remove_button)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.space_check)
         lay.addWidget(self.layer_list)
         lay.addLayout(form)
         lay.addStretch(1)

@@ -172,7 +172,9 @@ class QtPredictionPanel(QtWidgets.QWidget):
         lay.addWidget(self.map_label)
         lay.addStretch(1)
 
-        for sig_name, slot in (("workspace_changed", lambda _ws: self.refresh_runs()),):
+        self._maps_waiting: PredictionResult | None = None  # finished in atlas space
+        for sig_name, slot in (("workspace_changed", lambda _ws: self.refresh_runs()),
+                               ("space_changed", self._on_space_changed)):
             sig = getattr(window, sig_name, None)
             if sig is not None:
                 sig.connect(slot)
@@ -336,13 +338,28 @@ class QtPredictionPanel(QtWidgets.QWidget):
         if result is None:
             return
         base = self.window.state.base_layer
-        if base is None or base.volume is not self._request_base:
+        if getattr(self.window, "display_space", "subject") == "atlas" and \
+                result.gradcam is not None:
+            # the maps are on the subject's grid: shown when the view is back in its space
+            self._maps_waiting = result
+            self.map_label.setText("Grad-CAM computed in the subject's space: switch back to "
+                                   "subject space (View > Atlas space, F6) to see it")
+        elif base is None or base.volume is not self._request_base:
             self.map_label.setText(text.SUBJECT_CHANGED)
         elif result.gradcam is not None:
             self._add_maps(result)
         else:
             self.map_label.setText("; ".join(result.notes))
         self.prediction_finished.emit(result)
+
+    def _on_space_changed(self, space: str) -> None:
+        result, self._maps_waiting = self._maps_waiting, None
+        if result is None or space != "subject":
+            self._maps_waiting = result if space != "subject" else None
+            return
+        base = self.window.state.base_layer
+        if base is not None and base.volume is self._request_base:
+            self._add_maps(result)
 
     def _on_failed(self, message: str) -> None:
         self.progress.setValue(0)

@@ -1,0 +1,269 @@
+"""Subject space and atlas space (Qt-free: the warping runs in a worker thread).
+
+The viewer shows a workspace subject either in its own space (the scan's grid) or in the atlas
+space of its group (``atlases/<group>/``, e.g. ``F_healthy``): every layer of the subject (the
+image, its label map, its Grad-CAM maps, maps predicted in the viewer) is resampled onto the
+atlas grid with the subject's stored registration (``subjects/<id>/atlas_<group>/``, recorded
+in the cohort as the image kind ``to_atlas_<group>``;
+:class:`~bodyage_core.registration.transform.SubjectTransform`), and the group's population map
+(``population_<run>_all_mean.nii.gz``) and template are shown as they are. The cursor goes
+through the same transform both ways, so the point under it stays the same piece of anatomy.
+
+Without a registration there is no atlas space: :func:`find_atlas_link` says why and which
+command makes one (``bodyage atlas build`` / ``bodyage register``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bodyage_core import display
+from bodyage_core.errors import BodyageError
+from bodyage_core.volume import Volume
+
+SUBJECT, ATLAS = "subject", "atlas"
+
+NO_WORKSPACE = ("Atlas space needs a workspace subject registered to its group atlas: open a "
+                "workspace (File > Open workspace) after `bodyage atlas build WORKSPACE` / "
+                "`bodyage register WORKSPACE`")
+NO_REGISTRATION = ("{sid} has no registration to a group atlas: run `bodyage atlas build "
+                   "WORKSPACE` (builds the atlases and registers their members) or `bodyage "
+                   "register WORKSPACE --subject {sid}` first")
+TEMPLATE_LAYER = "atlas template"
+
+_LPS = np.array([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class AtlasLink:
+    """Where a subject's atlas space lives.
+
+    Attributes
+    ----------
+    subject_id, group
+        The subject and its atlas group (``F_healthy`` ...).
+    transform_dir
+        The registration folder (``subjects/<id>/atlas_<group>/``).
+    atlas_dir
+        ``atlases/<group>/``.
+    population
+        The population map shown in atlas space (None when none was built yet).
+    status
+        The registration's status in the cohort index (``ok`` / ``failed`` / None).
+    """
+
+    subject_id: str
+    group: str
+    transform_dir: Path
+    atlas_dir: Path
+    population: Path | None = None
+    status: str | None = None
+
+    @property
+    def template(self) -> Path | None:
+        p = self.atlas_dir / "template.nii.gz"
+        return p if p.exists() else None
+
+    @property
+    def label(self) -> str:
+        return f"atlas space ({self.group})"
+
+
+def _population_map(atlas_dir: Path, run: str | None) -> Path | None:
+    """The group's population map of ``run`` over all its subjects, else the newest one."""
+    if run:
+        p = atlas_dir / f"population_{run}_all_mean.nii.gz"
+        if p.exists():
+            return p
+    found = sorted(atlas_dir.glob("population_*_all_mean.nii.gz"),
+                   key=lambda q: q.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def find_atlas_link(ws: Any, subject_id: str, run: str | None = None
+                    ) -> tuple[AtlasLink | None, str]:
+    """The subject's atlas space, or ``(None, why not)`` (reads the cohort index and checks the
+    files exist; cheap enough for the GUI thread)."""
+    from bodyage_core.registration.transform import SubjectTransform
+
+    if ws is None:
+        return None, NO_WORKSPACE
+    try:
+        subj = ws.db.get_subject(subject_id)
+    except BodyageError as err:
+        return None, str(err)
+    regs = {r["atlas_group"]: r for r in ws.db.registrations()
+            if r["subject_id"] == subject_id}
+    groups = [k[len("to_atlas_"):] for k in subj.images if k.startswith("to_atlas_")]
+    groups.sort(key=lambda g: (regs.get(g, {}).get("status") != "ok", g))
+    for g in groups:
+        folder = ws.resolve(subj.images[f"to_atlas_{g}"])
+        if not SubjectTransform.exists(folder):
+            continue
+        adir = ws.atlas_dir(g)
+        return AtlasLink(subject_id, g, folder, adir, _population_map(adir, run),
+                         regs.get(g, {}).get("status")), ""
+    return None, NO_REGISTRATION.format(sid=subject_id)
+
+
+# -- points -------------------------------------------------------------------------------------
+def subject_to_atlas(transform: Any, ras: np.ndarray) -> np.ndarray:
+    """A subject-space point (RAS mm) in atlas space (the inverse registration)."""
+    p = transform.to_subject().TransformPoint(tuple(float(v) for v in np.asarray(ras) * _LPS))
+    return np.asarray(p, dtype=float) * _LPS
+
+
+def atlas_to_subject(transform: Any, ras: np.ndarray) -> np.ndarray:
+    """An atlas-space point (RAS mm) in the subject's space (the forward registration)."""
+    p = transform.to_reference().TransformPoint(tuple(float(v) for v in np.asarray(ras) * _LPS))
+    return np.asarray(p, dtype=float) * _LPS
+
+
+# -- layers -------------------------------------------------------------------------------------
+@dataclass
+class LayerSpec:
+    """A layer to (re)build: its volume and display settings (``Layer.settings()`` keys)."""
+
+    volume: Volume
+    settings: dict[str, Any]
+    label_names: dict[int, str] = field(default_factory=dict)
+    base: bool = False
+    active: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.settings.get("name"))
+
+
+def snapshot(state: Any) -> list[LayerSpec]:
+    """The layers of a ViewerState as specs (volumes shared, settings copied)."""
+    return [LayerSpec(lay.volume, dict(lay.settings()), dict(lay.label_names),
+                      lay is state.base_layer, lay is state.active_layer)
+            for lay in state.layers]
+
+
+def carry_settings(specs: list[LayerSpec], state: Any, keys: tuple[str, ...] = (
+        "colormap", "opacity", "display_range", "threshold", "visible", "channel")) -> None:
+    """Give specs the display settings of the same-named layers of ``state`` (what the user
+    changed in the other space follows the layer)."""
+    now = {lay.name: lay.settings() for lay in state.layers}
+    for s in specs:
+        cur = now.get(s.name)
+        if cur is None:
+            continue
+        for k in keys:
+            if k == "channel" and cur.get(k) not in s.volume.channels:
+                continue
+            s.settings[k] = cur[k]
+
+
+def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
+    """A new ViewerState holding ``specs`` (base first so the others are checked against it;
+    then the saved order)."""
+    from bodyage_core.viewer_state import ViewerState
+
+    st = ViewerState(convention, layout)
+    order = sorted(range(len(specs)), key=lambda i: not specs[i].base)
+    made = {}
+    for i in order:
+        s = specs[i].settings
+        rng = s.get("display_range")
+        made[i] = st.add_layer(specs[i].volume, s.get("name"), s.get("kind"), s.get("colormap"),
+                               tuple(rng) if rng else None, s.get("threshold"),
+                               s.get("opacity"), bool(s.get("visible", True)),
+                               s.get("channel") if s.get("channel") in specs[i].volume.channels
+                               else None, s.get("path"), specs[i].label_names or None)
+    st.layers = [made[i] for i in range(len(specs))]
+    active = next((made[i] for i in range(len(specs)) if specs[i].active), None)
+    st.set_active_layer(active or st.layers[-1])
+    return st
+
+
+def _fresh_cache(cache: Path, sources: list[Path]) -> bool:
+    if not cache.exists():
+        return False
+    t = cache.stat().st_mtime
+    return all(p.exists() and p.stat().st_mtime <= t for p in sources)
+
+
+def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
+    """Warp a subject's layers into its atlas space and add the template and the population
+    map (runs in a worker thread: files and numpy only).
+
+    Returns ``{"specs": [...], "transform": SubjectTransform}``: label maps are warped with
+    nearest neighbour, everything else linearly; a map file already warped by the atlas stage
+    (``subjects/<id>/atlas_<group>/<kind>.nii.gz``, newer than the map and the transform) is
+    read instead of warped again.
+    """
+    from bodyage_core.atlas.build import load_image, load_label_map
+    from bodyage_core.registration.transform import SubjectTransform, warp_map
+
+    tx = SubjectTransform.load(link.transform_dir)
+    meta = link.transform_dir / "transform.json"
+    out: list[LayerSpec] = []
+    for s in specs:
+        labels = s.settings.get("kind") == "labels"
+        interp = "nearest" if labels else "linear"
+        vol = None
+        path = s.settings.get("path")
+        if path and not labels:
+            cache = link.transform_dir / Path(str(path)).name
+            if cache != Path(str(path)) and _fresh_cache(cache, [Path(str(path)), meta]):
+                try:
+                    vol = load_image(cache)
+                    if vol.channels != s.volume.channels and vol.n_channels == \
+                            s.volume.n_channels:
+                        vol = vol.with_data(vol.data, channels=s.volume.channels)
+                except BodyageError:
+                    vol = None
+        if vol is None:
+            vol = warp_map(s.volume, tx, None, interp)
+        prov = dict(vol.provenance)
+        prov.update({"space": link.label, "subject": link.subject_id})
+        vol = Volume(vol.data, vol.affine, s.volume.channels, prov, dict(vol.metadata))
+        settings = dict(s.settings)
+        settings["path"] = None  # an in-memory resampling, not the file
+        out.append(LayerSpec(vol, settings, s.label_names, s.base, s.active))
+    if link.template is not None:
+        tpl = load_image(link.template)
+        out.insert(1 if out else 0, LayerSpec(
+            tpl.with_data(tpl.data[:1], channels=(tpl.channels[0],)),
+            {"name": TEMPLATE_LAYER, "kind": "image", "colormap": "grey",
+             "display_range": list(display.robust_range(tpl.data[0], 1.0, 99.5)),
+             "visible": False, "opacity": 1.0, "path": str(link.template)}))
+    lp = link.atlas_dir / "labels.nii.gz"
+    if lp.exists() and not any(s.settings.get("kind") == "labels" for s in out):
+        lab = load_label_map(lp)
+        names = _atlas_label_names(link.atlas_dir)
+        out.append(LayerSpec(lab, {"name": "atlas labels", "kind": "labels",
+                                   "colormap": "labels", "visible": False, "opacity": 0.35,
+                                   "path": str(lp)}, names))
+    if link.population is not None:
+        pop = load_image(link.population)
+        pop = pop.with_data(pop.data[:1], channels=(pop.channels[0],))
+        disp = display.importance_display(pop.data[0])
+        name = link.population.name.replace(".nii.gz", "").replace("_mean", "")
+        for s in out:
+            s.active = False
+        out.append(LayerSpec(pop, {"name": f"{name} ({link.group})", "kind": "overlay",
+                                   "colormap": disp["colormap"],
+                                   "display_range": list(disp["display_range"]),
+                                   "threshold": disp["threshold"], "opacity": disp["opacity"],
+                                   "visible": True, "path": str(link.population)},
+                             active=True))
+    return {"specs": out, "transform": tx}
+
+
+def _atlas_label_names(atlas_dir: Path) -> dict[int, str]:
+    p = atlas_dir / "label_names.json"
+    if p.exists():
+        try:
+            return {int(k): str(v) for k, v in json.loads(p.read_text()).items()}
+        except (OSError, ValueError):
+            pass
+    return {}
