@@ -147,7 +147,22 @@ def test_ddp_mode_ranks_end_with_identical_weights(tmp_path):
         seed_everything(cfg["members"][k]["seed"])
         assert parameter_digest(build_model(ck["model_config"])) != digests["0"]  # it trained
         assert cfg["members"][k]["distributed"]["mode"] == "ddp"
-    assert len(Workspace.open(tmp_path / "ws").db.predictions("d")) == 12
+    # the out-of-fold predictions (shared out over both ranks) are those of the saved members
+    preds = Workspace.open(tmp_path / "ws").db.predictions("d")
+    assert len(preds) == 12
+    nets = {}
+    for k in (0, 1):
+        ck = torch.load(run / f"member_{k}.pt", map_location="cpu", weights_only=False)
+        nets[k] = (build_model(ck["model_config"]), ck["info"])
+        nets[k][0].load_state_dict(ck["state_dict"])
+        nets[k][0].eval()
+    for row in preds:
+        x = np.load(next((tmp_path / "ws" / "cache").glob(f"*/{row['subject_id']}.npy")))
+        net, info = nets[row["fold"]]
+        with torch.no_grad():
+            mu = float(net(torch.as_tensor(x[None]))[0, 0])
+        assert row["members"][0]["mu"] == pytest.approx(
+            mu * info["target_std"] + info["target_mean"], abs=1e-3)
 
 
 def test_distributed_without_torchrun_or_with_too_many_ranks(tmp_path, capsys, monkeypatch):

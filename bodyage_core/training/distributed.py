@@ -119,7 +119,8 @@ class DistContext:
         if bad:
             r, m = bad[0]
             raise BodyageError(f"rank {r} of {self.world_size} failed: {m}",
-                               hint="fix that problem and run again with --resume")
+                               hint="fix that problem and run the command again (with --resume "
+                                    "to keep the members already trained)")
 
     def close(self) -> None:
         if self.active:

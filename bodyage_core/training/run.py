@@ -375,12 +375,15 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
                        "input": spec.to_dict(), "info": info}
             with atomic_path(member_path) as tmp:
                 torch.save(payload, tmp)
-    if not writer:
-        return info, None, digest
     net = net.to(device)
-    out = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
-                         stage="predict")
-    return info, out, digest
+    if ctx.ddp and not exists:     # all ranks hold the weights: share the prediction out
+        from bodyage_core.training.trainer import sharded_predict
+
+        out = sharded_predict(net, ds, None, ctx, train.eval_batch_size, device, train.amp)
+    elif writer:
+        out = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
+                             stage="predict")
+    return info, (out if writer else None), digest
 
 
 def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[dict[str, Any]],

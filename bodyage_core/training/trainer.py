@@ -194,6 +194,20 @@ def predict_arrays(model: nn.Module, dataset: AgeDataset | np.ndarray,
     return out
 
 
+def sharded_predict(model: nn.Module, dataset: AgeDataset, indices: np.ndarray | None, dist,
+                    batch_size: int = 16, device: torch.device | str = "cpu",
+                    amp: bool = True) -> np.ndarray:
+    """:func:`predict_arrays` split over the ranks of ``dist`` (rank r predicts every W-th
+    subject); every rank returns all ``(N, 2)`` outputs, in the order of ``indices``."""
+    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+    w, r = dist.world_size, dist.rank
+    mine = predict_arrays(model, dataset, idx[r::w], batch_size, device, amp)
+    out = np.zeros((len(idx), 2), dtype=np.float64)
+    for k, part in enumerate(dist.all_gather(mine)):
+        out[k::w] = part
+    return out
+
+
 class Trainer:
     """Train one network on ``train`` (indices into a dataset), validating on ``val``.
 
@@ -474,8 +488,12 @@ class Trainer:
         self._precise_bn()
         st = self.state
         if len(self.val_idx):
-            out = predict_arrays(self.model, self.dataset, self.val_idx,
-                                 self.config.eval_batch_size, self.device, self.config.amp)
+            if self.dist is None:
+                out = predict_arrays(self.model, self.dataset, self.val_idx,
+                                     self.config.eval_batch_size, self.device, self.config.amp)
+            else:   # each rank predicts its share of the validation subjects
+                out = sharded_predict(self.model, self.dataset, self.val_idx, self.dist,
+                                      self.config.eval_batch_size, self.device, self.config.amp)
             pred = self.scaler.inverse(out[:, 0])
             st.val_mae = float(np.mean(np.abs(pred - self.dataset.ages[self.val_idx])))
             if self.dist is not None:   # every rank decides on rank 0's figure
