@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bodyage_core.atomic import write_json  # noqa: E402
-from bodyage_core.evaluation.report import compute_baselines, write_report  # noqa: E402
+from bodyage_core.evaluation.report import write_report  # noqa: E402
 from bodyage_core.io import load_volume  # noqa: E402
 from bodyage_core.progress import ProgressReporter  # noqa: E402
 from bodyage_core.training import (  # noqa: E402
@@ -88,6 +88,9 @@ def brain_crop(vol, spacing: float, shape_zyx) -> np.ndarray:
 
 def load_ixi(spec: InputSpec, limit: int | None = None, crop: str = "brain",
              align_rounds: int = 2, log=print):
+    """``crop``: ``aligned`` (affine-aligned head-top box), ``aligned_brain`` (the same,
+    masked to the template's brain and cropped to it), ``brain`` (vertex crop, unaligned),
+    ``head`` (the generic ``prepare_input``)."""
     rows = list(csv.DictReader(open(DATA / "participants.csv")))
     ids, ages, sex, arrays, vols = [], [], [], [], []
     for r in rows[:limit]:
@@ -98,7 +101,7 @@ def load_ixi(spec: InputSpec, limit: int | None = None, crop: str = "brain",
         vol = vol.with_data(vol.data, channels=("t1",))
         if crop == "brain":
             arrays.append(brain_crop(vol, spec.spacing_zyx[0], spec.shape_zyx))
-        elif crop == "aligned":
+        elif crop in ("aligned", "aligned_brain"):
             vols.append(vol)
         else:
             arrays.append(prepare_input(vol, spec))
@@ -106,17 +109,20 @@ def load_ixi(spec: InputSpec, limit: int | None = None, crop: str = "brain",
         ages.append(float(r["Age"]))
         sex.append(r["Sex"])
     info = None
-    if crop == "aligned":
-        arrays, info = aligned_inputs(vols, spec, align_rounds, log)
-        unaligned = np.stack([brain_crop(v, spec.spacing_zyx[0], (40, 52, 40)) for v in vols])
-        info["unaligned"] = unaligned
+    if crop in ("aligned", "aligned_brain"):
+        arrays, info = aligned_inputs(vols, spec, align_rounds, log,
+                                      brain=crop == "aligned_brain")
     return ids, np.array(ages), sex, np.stack(arrays), info
 
 
-def aligned_inputs(vols, spec: InputSpec, rounds: int, log=print):
+def aligned_inputs(vols, spec: InputSpec, rounds: int, log=print, brain: bool = False):
     """Affine-align every head to the cohort (bench/_ixi_align.py, images only, no ages),
     block-average the 2 mm result to ``spec.spacing``, centre-crop/pad the common head-top box
-    to ``spec.shape_zyx`` and normalise each brain by its foreground mean."""
+    to ``spec.shape_zyx`` and normalise each brain by its foreground mean.
+
+    ``brain``: first zero everything outside the brain mask of the cohort template (dilated by
+    4 mm; ``_ixi_features.brain_mask``, images only) and crop to the mask's bounding box, so
+    the network sees the brain without scalp, face and neck."""
     import SimpleITK as sitk
     from _ixi_align import align_cohort
 
@@ -127,13 +133,32 @@ def aligned_inputs(vols, spec: InputSpec, rounds: int, log=print):
                         ROOT / "bench" / "_work" / f"ixi_aligned_r{rounds}", rounds=rounds,
                         log=log)
     al = info.pop("aligned")
+    info["aligned_2mm"] = al
+    if brain:
+        from _ixi_features import brain_mask
+        from scipy import ndimage
+
+        mask = ndimage.binary_dilation(brain_mask(np.median(al, axis=0)), iterations=2)
+        zz, yy, xx = np.nonzero(mask)
+        f2 = max(1, int(round(spec.spacing_zyx[0] / 2.0)))
+        box = []
+        for lo, hi, size in ((zz.min(), zz.max() + 1, al.shape[1]),
+                             (yy.min(), yy.max() + 1, al.shape[2]),
+                             (xx.min(), xx.max() + 1, al.shape[3])):
+            lo = int(lo) - (-(int(hi) - int(lo)) % f2) // 2   # whole 4 mm blocks
+            hi = lo + -(-(int(hi) - lo) // f2) * f2
+            lo, hi = max(lo, 0), min(hi, size)
+            box.append((lo, hi))
+        al = (al * mask)[:, box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
+        info["brain_box_2mm"] = box
+        info["brain_mask_ml"] = float(mask.sum() * 8e-3)
     f = max(1, int(round(spec.spacing_zyx[0] / 2.0)))
     al = al[:, : al.shape[1] // f * f, : al.shape[2] // f * f, : al.shape[3] // f * f]
     n, z, y, x = al.shape
     al = al.reshape(n, z // f, f, y // f, f, x // f, f).mean((2, 4, 6))
     out = np.zeros((n,) + tuple(spec.shape_zyx), np.float32)
     src, dst = [], []
-    for size, want, top in zip(al.shape[1:], spec.shape_zyx, (True, False, False)):
+    for size, want, top in zip(al.shape[1:], spec.shape_zyx, (not brain, False, False)):
         # z: keep the top (vertex) of the box; y/x: centre
         st = size - want if top else (size - want) // 2
         s0, s1 = max(st, 0), min(st + want, size)
@@ -151,13 +176,26 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=36)
     ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--arch", default="resnet3d", choices=("resnet3d", "sfcn3d"))
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--name", default=None,
+                    help="save this run's member predictions as bench/_work/ixi_runs/NAME.npz "
+                         "(default: ARCH_wWIDTH)")
+    ap.add_argument("--analyse", nargs="+", default=None, metavar="NAME",
+                    help="skip training: evaluate saved runs (their union is one more CNN "
+                         "candidate), the ridge baselines and the stacked ensemble")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train and save the run's predictions, no analysis")
     ap.add_argument("--norm", default="batch", choices=("batch", "group", "instance"))
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                     help="default 44 52 40 (aligned), 40 52 40 (brain crop) or 56 56 44 (head)")
-    ap.add_argument("--crop", default="aligned", choices=("aligned", "brain", "head"),
+    ap.add_argument("--crop", default="aligned",
+                    choices=("aligned", "aligned_brain", "brain", "head"),
                     help="aligned: affine registration of every head to the cohort "
-                         "(bench/_ixi_align.py); brain: align on the vertex (bench-only); "
+                         "(bench/_ixi_align.py); aligned_brain: the same, masked to the "
+                         "template's brain and cropped to it (38 x 46 x 36); brain: align on the vertex (bench-only); "
                          "head: the generic prepare_input (body centred), as `bodyage "
                          "train` does")
     ap.add_argument("--align-rounds", type=int, default=2,
@@ -186,99 +224,324 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    shape = tuple(args.shape or {"aligned": (44, 52, 40), "brain": (40, 52, 40),
-                                 "head": (56, 56, 44)}[args.crop])
+    shape = tuple(args.shape or {"aligned": (44, 52, 40), "aligned_brain": (38, 46, 36),
+                                 "brain": (40, 52, 40), "head": (56, 56, 44)}[args.crop])
     spec = InputSpec(channels=("t1",), mode="3d", spacing_zyx=(args.spacing,) * 3,
                      shape_zyx=shape, normalise="foreground_mean")
-    ids, ages, sex, arrays, align_info = load_ixi(
-        spec, args.limit, args.crop, args.align_rounds,
-        log=lambda m: print(f"[{time.perf_counter() - t0:6.0f}s] {m}", flush=True))
+
+    def log(m):
+        print(f"[{time.perf_counter() - t0:6.0f}s] {m}", flush=True)
+
+    ids, ages, sex, arrays, align_info = load_ixi(spec, args.limit, args.crop,
+                                                  args.align_rounds, log=log)
     t_load = time.perf_counter() - t0
-    print(f"loaded {len(ids)} subjects, input {arrays.shape[1:]}, ages {ages.min():.1f}-"
-          f"{ages.max():.1f}, {t_load:.0f} s", flush=True)
+    log(f"loaded {len(ids)} subjects, input {arrays.shape[1:]}, ages {ages.min():.1f}-"
+        f"{ages.max():.1f}, {t_load:.0f} s")
+    if args.analyse:
+        return analyse(args, args.analyse, ids, ages, sex, arrays, align_info, spec, log)
+    name = args.name or f"{args.arch}_w{args.width}"
     recs = records_from_arrays(list(arrays), ages, ids, sex=sex,
                                bmi_group=[None] * len(ids), site=["Guys"] * len(ids))
     ds = AgeDataset(recs)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, loss=args.loss,
                       scheduler=args.scheduler, plateau_patience=3, plateau_factor=0.5,
-                      early_stopping=args.early_stopping, warmup_epochs=2, weight_decay=1e-4, seed=args.seed,
-                      augment=AugmentConfig(translate=args.translate, rotate_deg=0, scale=0, gain=0.1,
-                                            offset=0.05, flip=True), device="cpu")
+                      early_stopping=args.early_stopping, warmup_epochs=2,
+                      weight_decay=args.weight_decay, seed=args.seed,
+                      augment=AugmentConfig(translate=args.translate, rotate_deg=0, scale=0,
+                                            gain=0.1, offset=0.05, flip=True), device="cpu")
+    model = {"arch": args.arch, "width": args.width, "norm": args.norm,
+             "dropout": args.dropout}
     last = {"t": 0.0}
 
     def show(ev):
         now = time.perf_counter()
-        if now - last["t"] > 30 or (ev.total and ev.done >= ev.total and ev.stage == "train"):
+        if now - last["t"] > 60 or (ev.total and ev.done >= ev.total and ev.stage == "train"):
             last["t"] = now
             vals = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in ev.values.items())
             print(f"[{now - t0:6.0f}s] {ev.stage} {ev.done:g}/{ev.total or 0:g} {ev.message} "
                   f"{vals}", flush=True)
 
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "_work" if (ROOT / "bench" / "_work")
-                                     .exists() else None) as tmp:
+    work = ROOT / "bench" / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
         t1 = time.perf_counter()
-        res = train_run(recs, Path(tmp) / "models" / "ixi", spec,
-                        {"arch": "resnet3d", "width": args.width, "norm": args.norm}, cfg,
-                        folds=args.folds,
-                        members=args.members, split_method="stratified", seed=args.seed,
-                        val_fraction=args.val_fraction,
+        res = train_run(recs, Path(tmp) / "models" / "ixi", spec, model, cfg,
+                        folds=args.folds, members=args.members, split_method="stratified",
+                        seed=args.seed, val_fraction=args.val_fraction,
                         reporter=ProgressReporter(show), dataset=ds)
         t_train = time.perf_counter() - t1
-        member_epochs = [m["epochs_run"] for m in res.metrics["members"]]
-    fold_of = np.array([next(r["fold"] for r in res.oof if r["subject_id"] == i) for i in ids])
-    base = compute_baselines(ds, fold_of)
-    if align_info is not None:
-        # the same ridge on the unaligned vertex crop (the previous input), same folds
-        ds_un = AgeDataset(records_from_arrays(
-            list(align_info.pop("unaligned")), ages, ids, sex=sex,
-            bmi_group=[None] * len(ids), site=["Guys"] * len(ids)))
-        base_un = compute_baselines(ds_un, fold_of)
-        base = {("ridge_voxels_aligned" if k == "ridge_voxels" else
-                 "ridge_histogram_aligned" if k == "ridge_histogram" else k): v
-                for k, v in base.items()}
-        base["ridge_histogram"] = base_un["ridge_histogram"]
-        base["ridge_voxels_unaligned"] = base_un["ridge_voxels"]
-    report_dir = Path(args.report_dir)
-    paths = write_report(res.oof, report_dir, "ixi", base)
+        # every member on every subject (the run's own out-of-fold rows only hold the test
+        # folds): the inner-validation predictions the stacking and the fits need
+        from bodyage_core.models.ensemble import AgeRun
+        run = AgeRun(res.run_dir)
+        mu, var = run.member_outputs(arrays.astype(np.float32), batch_size=16)
+        member_fold = np.array([int(m["fold"]) for m in run.members])
+        splits = json.loads((res.run_dir / "splits.json").read_text())
+        bias = json.loads((res.run_dir / "bias_correction.json").read_text())
+    fold_of = np.array([splits["folds"][i] for i in ids], int)
+    pos = {sid: k for k, sid in enumerate(ids)}
+    val = {int(f): np.array([pos[s_] for s_ in v], int) for f, v in splits["val"].items()}
+    runs_dir = work / "ixi_runs"
+    runs_dir.mkdir(exist_ok=True)
+    meta = {"name": name, "model": model, "train": cfg.to_dict(), "input": spec.to_dict(),
+            "folds": args.folds, "members_per_fold": args.members,
+            "val_fraction": args.val_fraction, "crop": args.crop,
+            "member_epochs": [m["epochs_run"] for m in res.metrics["members"]],
+            "time_train_predict_s": t_train, "threads": args.threads,
+            "run_metrics": {"raw": res.metrics["raw"], "corrected": res.metrics["corrected"]},
+            "bias_correction": bias}
+    np.savez(runs_dir / f"{name}.npz", ids=np.array(ids), ages=ages, fold_of=fold_of, mu=mu,
+             var=var, member_fold=member_fold, meta=json.dumps(meta),
+             **{f"val_{f}": v for f, v in val.items()})
+    vmae = _val_mae(mu, member_fold, fold_of, val, ages)
+    log(f"saved {runs_dir / (name + '.npz')}: inner-validation MAE of the fold ensembles "
+        f"{vmae:.2f} ({sum(len(v) for v in val.values())} subjects); train+predict "
+        f"{t_train:.0f} s")
+    if args.train_only:
+        return 0
+    return analyse(args, [name], ids, ages, sex, arrays, align_info, spec, log)
+
+
+def _fold_means(mu, member_fold, n):
+    """{fold: ensemble mean over that fold's members on all subjects}."""
+    return {int(f): mu[member_fold == f].mean(0) for f in np.unique(member_fold)}
+
+
+def _val_mae(mu, member_fold, fold_of, val, ages) -> float:
+    fm = _fold_means(mu, member_fold, len(ages))
+    err = np.concatenate([fm[f][va] - ages[va] for f, va in val.items()])
+    return float(np.mean(np.abs(err)))
+
+
+def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
+    """Combine saved CNN runs with the ridge baselines; every choice (CNN candidate, ridge
+    feature set, stacking weights, bias-correction shrinkage, variance calibration) is made
+    per outer fold on validation subjects only (``_ixi_features.pooled_validation``)."""
+    from _ixi_features import (
+        choose_weight,
+        pooled_validation,
+        ridge_loo_mse,
+        ridge_nested,
+        tissue_features,
+    )
+
+    from bodyage_core.evaluation.baselines import histogram_features, voxel_features
+    from bodyage_core.evaluation.metrics import regression_metrics, uncertainty_metrics
+    from bodyage_core.models.ensemble import (
+        apply_bias_correction,
+        apply_variance_scale,
+        fit_bias_correction,
+        fit_variance_scale,
+    )
+
+    t0 = time.perf_counter()
+    runs = []
+    for nm in names:
+        z = np.load(ROOT / "bench" / "_work" / "ixi_runs" / f"{nm}.npz")
+        assert list(z["ids"]) == list(ids), f"{nm}: other subjects"
+        runs.append({"name": nm, "mu": z["mu"], "var": z["var"],
+                     "member_fold": z["member_fold"], "fold_of": z["fold_of"],
+                     "val": {int(k[4:]): z[k] for k in z.files if k.startswith("val_")},
+                     "meta": json.loads(str(z["meta"]))})
+    fold_of, val = runs[0]["fold_of"], runs[0]["val"]
+    for r in runs[1:]:
+        assert np.array_equal(r["fold_of"], fold_of), "runs on different folds"
+        assert all(np.array_equal(r["val"][f], val[f]) for f in val), "different val sets"
+    folds = sorted(val)
+    n = len(ages)
+    age = ages
+
+    # -- CNN candidates: each run, and all runs pooled -------------------------------------
+    cands = {r["name"]: r for r in runs}
+    if len(runs) > 1:
+        cands["+".join(names)] = {
+            "mu": np.concatenate([r["mu"] for r in runs]),
+            "var": np.concatenate([r["var"] for r in runs]),
+            "member_fold": np.concatenate([r["member_fold"] for r in runs])}
+    cnn = {}
+    for cn, r in cands.items():
+        fm = {f: r["mu"][r["member_fold"] == f].mean(0) for f in folds}
+        fv = {f: r["mu"][r["member_fold"] == f].var(0) + r["var"][r["member_fold"] == f].mean(0)
+              for f in folds}
+        test = np.full(n, np.nan)
+        spread = np.full(n, np.nan)
+        for f in folds:
+            test[fold_of == f] = fm[f][fold_of == f]
+            spread[fold_of == f] = fv[f][fold_of == f]
+        valp = {f: fm[f][val[f]] for f in folds}
+        valv = {f: fv[f][val[f]] for f in folds}
+        cnn[cn] = {"test": test, "val": valp, "var_test": spread, "var_val": valv}
+
+    def pooled(f, d):  # d: {fold: values on val[fold]}
+        idx, src = pooled_validation(fold_of, val, f)
+        pos = {(g, int(i)): k for g in folds for k, i in enumerate(val[g])}
+        return idx, np.array([d[g][pos[(g, int(i))]] for i, g in zip(idx, src)])
+
+    # -- ridge baselines (alpha by LOO inside each training fold) ---------------------------
+    log("ridge features ...")
+    feats = {"ridge_voxels_8mm": np.stack([voxel_features(a, 2) for a in arrays]),
+             "ridge_voxels_4mm": arrays.reshape(n, -1).astype(np.float64),
+             "ridge_histogram": np.stack([histogram_features(a) for a in arrays])}
+    tissue_info = None
+    if align_info is not None and "aligned_2mm" in align_info:
+        tf, tissue_info = tissue_features(align_info["aligned_2mm"], log=log)
+        feats.update({f"ridge_{k}": v for k, v in tf.items()})
+        log(f"tissue features: brain mask {tissue_info['mask_ml']:.0f} ml, mean volumes "
+            f"{tissue_info['mean_volumes_ml']}")
+    ridge = {}
+    for k, x in feats.items():
+        ridge[k] = ridge_nested(x, age, fold_of, val)
+        log(f"  {k}: {x.shape[1]} features")
+    # feature-set choice per fold by the exact LOO error on that fold's training subjects
+    groups = {"ridge_voxels": ["ridge_voxels_8mm", "ridge_voxels_4mm"],
+              "ridge_tissue": [k for k in feats if k.startswith("ridge_tissue")]}
+    chosen = {}
+    for gname, members in groups.items():
+        if not members:
+            continue
+        test = np.full(n, np.nan)
+        valp = {g: None for g in folds}
+        pick = {}
+        for f in folds:
+            tr = fold_of != f
+            loo = {k: ridge_loo_mse(feats[k][tr], age[tr]) for k in members}
+            pick[f] = min(loo, key=loo.get)
+            test[fold_of == f] = ridge[pick[f]]["test"][fold_of == f]
+        chosen[gname] = {"pick": pick, "test": test}
+    log(f"ridge feature sets chosen by training-fold LOO: "
+        f"{ {g: list(c['pick'].values()) for g, c in chosen.items()} }")
+
+    # -- per outer fold: CNN candidate, stack weights, bias correction, variance -------------
+    out = {k: np.full(n, np.nan) for k in ("cnn", "cnn_corr", "stack", "stack_corr",
+                                           "cnn_var", "stack_var")}
+    per_fold = {}
+    for f in folds:
+        te = fold_of == f
+        vm = {}
+        for cn, c in cnn.items():
+            idx, p = pooled(f, c["val"])
+            vm[cn] = float(np.mean(np.abs(p - age[idx])))
+        cn = min(vm, key=vm.get)
+        c = cnn[cn]
+        idx, cv = pooled(f, c["val"])
+        _, cvv = pooled(f, c["var_val"])
+        comps_val, comps_test, comp_names = [cv], [c["test"][te]], [f"cnn:{cn}"]
+        for ch in chosen.values():
+            k = ch["pick"][f]
+            _, rv = pooled(f, ridge[k]["val"])
+            comps_val.append(rv)
+            comps_test.append(ridge[k]["test"][te])
+            comp_names.append(k)
+        w = choose_weight(comps_val, age[idx])
+        sv = sum(wi * p for wi, p in zip(w, comps_val))
+        st = sum(wi * p for wi, p in zip(w, comps_test))
+        # disagreement between the CNN and the ridge part as a second variance term
+        rv_mix = sum(wi * p for wi, p in zip(w[1:], comps_val[1:])) / max(sum(w[1:]), 1e-9)
+        rt_mix = sum(wi * p for wi, p in zip(w[1:], comps_test[1:])) / max(sum(w[1:]), 1e-9)
+        b_cnn = fit_bias_correction(age[idx], cv, shrink="loo")
+        b_st = fit_bias_correction(age[idx], sv, shrink="loo")
+        cal_cnn = fit_variance_scale(cv - age[idx], cvv)
+        dis_v, dis_t = (cv - rv_mix) ** 2, (c["test"][te] - rt_mix) ** 2
+        cal_st = fit_variance_scale(sv - age[idx], dis_v)
+        out["cnn"][te] = c["test"][te]
+        out["cnn_corr"][te] = apply_bias_correction(c["test"][te], b_cnn)
+        out["cnn_var"][te] = apply_variance_scale(c["var_test"][te], cal_cnn)
+        out["stack"][te] = st
+        out["stack_corr"][te] = apply_bias_correction(st, b_st)
+        out["stack_var"][te] = apply_variance_scale(dis_t, cal_st)
+        per_fold[f] = {"n_test": int(te.sum()), "n_pooled_validation": int(len(idx)),
+                       "cnn_candidate": cn, "cnn_candidate_val_mae": vm,
+                       "stack_components": comp_names, "stack_weights": list(w),
+                       "stack_val_mae": float(np.mean(np.abs(sv - age[idx]))),
+                       "bias_cnn": b_cnn, "bias_stack": b_st,
+                       "variance_cnn": cal_cnn, "variance_stack": cal_st}
+        log(f"fold {f}: cnn {cn} (val MAE {vm[cn]:.2f}), stack weights "
+            f"{dict(zip(comp_names, [round(x, 2) for x in w]))} (val MAE "
+            f"{per_fold[f]['stack_val_mae']:.2f}), shrink cnn {b_cnn.get('shrink')} "
+            f"stack {b_st.get('shrink')}")
+
+    # -- table -------------------------------------------------------------------------------
+    table = {
+        "CNN ensemble (raw)": out["cnn"],
+        "CNN ensemble (bias-corrected)": out["cnn_corr"],
+        "stacked CNN + ridge (raw)": out["stack"],
+        "stacked CNN + ridge (bias-corrected)": out["stack_corr"],
+    }
+    for cn, c in cnn.items():
+        table[f"CNN run {cn} alone (raw)"] = c["test"]
+    mean_pred = np.full(n, np.nan)
+    for f in folds:
+        mean_pred[fold_of == f] = age[fold_of != f].mean()
+    table["baseline: mean"] = mean_pred
+    for k in feats:
+        table[f"baseline: {k}"] = ridge[k]["test"]
+    for gname, ch in chosen.items():
+        table[f"baseline: {gname} (feature set by training-fold LOO)"] = ch["test"]
+    results = {k: regression_metrics(age, v) for k, v in table.items()}
+    unc = {"cnn": uncertainty_metrics(age, out["cnn_corr"], np.sqrt(out["cnn_var"])),
+           "stack": uncertainty_metrics(age, out["stack_corr"], np.sqrt(out["stack_var"]))}
+    print(f"\n{'method':<62} {'MAE':>6} {'RMSE':>6} {'R2':>6} {'r':>6}")
+    for k, m in results.items():
+        print(f"{k:<62} {m['mae']:6.2f} {m['rmse']:6.2f} {m['r2']:6.2f} {m['pearson_r']:6.2f}")
+    for k, u in unc.items():
+        print(f"uncertainty {k}: spearman(sigma,|err|) {u['spearman_sigma_abs_error']:.2f}, "
+              f"coverage 68% {u['coverage_68']:.2f}, 95% {u['coverage_95']:.2f}")
+
+    # -- report (plots / CSV) of the stacked ensemble and of the CNN alone -------------------
     from bodyage_core.atomic import write_text
     from bodyage_core.training.run import predictions_csv
-    write_text(report_dir / "ixi_oof_predictions.csv", predictions_csv(res.oof))
-    rep = json.loads(Path(paths["metrics"]).read_text())
-    table = [("model: 3D ResNet-18 ensemble (raw)", res.metrics["raw"]),
-             ("model: 3D ResNet-18 ensemble (bias-corrected)", res.metrics["corrected"])]
-    table += [(f"baseline: {k}", v["metrics"]) for k, v in base.items()]
-    print(f"\n{'method':<48} {'MAE':>6} {'RMSE':>6} {'R2':>6} {'r':>6}")
-    for name, m in table:
-        print(f"{name:<48} {m['mae']:6.2f} {m['rmse']:6.2f} {m['r2']:6.2f} "
-              f"{m['pearson_r']:6.2f}")
-    unc = rep["uncertainty"]
-    print(f"uncertainty: spearman(sigma,|err|) {unc['spearman_sigma_abs_error']:.2f}, coverage "
-          f"68% {unc['coverage_68']:.2f}, 95% {unc['coverage_95']:.2f}, AUSE "
-          f"{unc['sparsification']['ause']:.2f}")
-    total = time.perf_counter() - t0
-    print(f"time: load {t_load:.0f} s, train+predict {t_train:.0f} s, total {total:.0f} s "
-          f"on {args.threads} thread(s)")
+    report_dir = Path(args.report_dir)
+    rows = {}
+    for key, raw, corr, var in (("cnn", out["cnn"], out["cnn_corr"], out["cnn_var"]),
+                                ("stacked", out["stack"], out["stack_corr"],
+                                 out["stack_var"])):
+        rows[key] = [{"subject_id": ids[i], "fold": int(fold_of[i]), "split": "oof",
+                      "age": float(age[i]), "sex": sex[i], "bmi_group": None, "site": "Guys",
+                      "mean": float(raw[i]), "corrected": float(corr[i]),
+                      "sigma": float(np.sqrt(var[i])), "gap": float(corr[i] - age[i])}
+                     for i in range(n)]
+        base = {k[len("baseline: "):]: {"metrics": m} for k, m in results.items()
+                if k.startswith("baseline: ")}
+        name = "ixi" if key == "cnn" else "ixi_stacked"
+        write_report(rows[key], report_dir, name, base)
+        write_text(report_dir / f"{name}_oof_predictions.csv", predictions_csv(rows[key]))
+    rep = json.loads((report_dir / "ixi_stacked_metrics.json").read_text())
+    rep_cnn = json.loads((report_dir / "ixi_metrics.json").read_text())
+    best = min(results["stacked CNN + ridge (raw)"]["mae"],
+               results["stacked CNN + ridge (bias-corrected)"]["mae"])
+    metas = [r["meta"] for r in runs]
     result = {
-        "dataset": "IXI T1 (NiChart 2 mm subset), Guy's", "n_subjects": len(ids),
+        "dataset": "IXI T1 (NiChart 2 mm subset), Guy's", "n_subjects": n,
         "input": spec.to_dict(), "crop": args.crop,
-        "alignment": ({k: v for k, v in align_info.items() if k != "metric"}
-                      if align_info is not None else None), "model": {"arch": "resnet3d", "width": args.width, "norm": args.norm},
-        "train": cfg.to_dict(), "folds": args.folds, "members_per_fold": args.members,
-        "val_fraction": args.val_fraction,
-        "results": {name: m for name, m in table},
-        "mae_raw": res.metrics["raw"]["mae"], "mae_corrected": res.metrics["corrected"]["mae"],
-        "mae_mean_baseline": base["mean"]["metrics"]["mae"],
-        "uncertainty": {k: v for k, v in unc.items() if k != "sparsification"},
-        "ause": unc["sparsification"]["ause"],
-        "subgroups_by_sex": [r for r in rep["subgroups"] if r["bmi_group"] == "all"],
-        "member_epochs": member_epochs,
-        "time_s": {"load": t_load, "train_predict": t_train, "total": total},
-        "threads": args.threads, "torch": torch.__version__,
+        "alignment": ({k: v for k, v in align_info.items()
+                       if k not in ("metric", "aligned_2mm", "unaligned")}
+                      if align_info is not None else None),
+        "cnn_runs": metas, "folds": len(folds),
+        "results": results,
+        "mae_cnn_raw": results["CNN ensemble (raw)"]["mae"],
+        "mae_cnn_corrected": results["CNN ensemble (bias-corrected)"]["mae"],
+        "mae_stacked_raw": results["stacked CNN + ridge (raw)"]["mae"],
+        "mae_stacked_corrected": results["stacked CNN + ridge (bias-corrected)"]["mae"],
+        "mae_mean_baseline": results["baseline: mean"]["mae"],
+        "uncertainty": {k: {kk: vv for kk, vv in u.items() if kk != "sparsification"}
+                        | {"ause": u["sparsification"]["ause"]} for k, u in unc.items()},
+        "subgroups_by_sex": {"cnn": [r for r in rep_cnn["subgroups"]
+                                     if r["bmi_group"] == "all"],
+                             "stacked": [r for r in rep["subgroups"] if r["bmi_group"] == "all"]},
+        "per_fold": {str(f): v for f, v in per_fold.items()},
+        "ridge_feature_choice": {g: {str(f): k for f, k in c["pick"].items()}
+                                 for g, c in chosen.items()},
+        "tissue": tissue_info,
+        "time_s": {"analysis": time.perf_counter() - t0,
+                   "cnn_train_predict": {m["name"]: m["time_train_predict_s"] for m in metas}},
+        "torch": torch.__version__,
         "target": "MAE <= 6.0 years (stretch 5.0)",
+        "target_met_cnn_only": bool(results["CNN ensemble (raw)"]["mae"] <= 6.0),
+        "target_met_stacked": bool(best <= 6.0),
     }
     write_json(args.out, result)
-    print(f"wrote {args.out}")
+    log(f"wrote {args.out}")
     return 0
 
 

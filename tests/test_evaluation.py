@@ -114,3 +114,27 @@ def test_write_report_files(tmp_path):
 def test_report_without_ages_is_clear(tmp_path):
     with pytest.raises(BodyageError, match="no predictions"):
         write_report([{"subject_id": "a", "age": None, "mean": 3.0}], tmp_path, "r")
+
+
+def test_ridge_loo_is_exact_and_picks_a_penalty():
+    """The fast LOO of the ridge equals refitting without each subject (intercept included),
+    and on pure-noise features it chooses a strong penalty instead of interpolating."""
+    from bodyage_core.evaluation.baselines import _standardise, ridge_loo_mse
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 200))
+    y = x[:, :5].sum(1) * 3 + 50 + rng.normal(0, 3, 40)
+    xt, _ = _standardise(x)
+    loo = ridge_loo_mse(xt, y, [0.01, 1.0, 100.0])
+    for a, v in loo.items():
+        pred = []
+        for i in range(40):
+            m = np.arange(40) != i
+            xm, ym = xt[m].mean(0), y[m].mean()
+            k = (xt[m] - xm) @ (xt[m] - xm).T
+            d = np.linalg.solve(k + a * 40 * np.eye(39), y[m] - ym)
+            pred.append((xt[i] - xm) @ (xt[m] - xm).T @ d + ym)
+        assert v == pytest.approx(np.mean((np.array(pred) - y) ** 2), rel=1e-6)
+    noise = rng.normal(size=(40, 500))
+    _, alpha = ridge_fit_predict(noise, y, noise[:3])
+    assert alpha >= 10.0

@@ -43,6 +43,18 @@ def test_resnet3d_norms(norm):
         build_model({"arch": "resnet3d", "norm": "layer"})
 
 
+def test_sfcn3d_shape_layers_and_dropout():
+    m = build_model({"arch": "sfcn3d", "width": 4, "in_channels": 2, "dropout": 0.5})
+    assert m(torch.randn(2, 2, 38, 46, 36)).shape == (2, 2)
+    assert list_layers(m) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert sum(p.numel() for p in m.parameters()) < 20000     # small by design
+    m.eval()
+    x = torch.randn(1, 2, 17, 20, 23)                          # odd sizes, batch of one
+    torch.testing.assert_close(m(x), m(x))                     # dropout off in eval
+    from bodyage_core.models import is_3d
+    assert is_3d({"arch": "sfcn3d"})
+
+
 def test_resnet3d_default_width_is_64():
     m = build_model()
     assert m.stem[0].out_channels == 64 and m.stem[0].in_channels == 1

@@ -3,7 +3,7 @@ the training ages; ridge regression on intensity histograms; ridge on downsample
 
 Ridge is solved in its dual (kernel) form, so thousands of voxel features cost an ``n x n``
 solve; the penalty is chosen per training fold by exact leave-one-out error on that fold only
-(the test fold is never looked at)."""
+(the test fold is never looked at; :func:`ridge_loo_mse`)."""
 
 from __future__ import annotations
 
@@ -40,42 +40,60 @@ def voxel_features(array: np.ndarray, factor: int = 2) -> np.ndarray:
     return a.mean(axis=tuple(range(2, len(shape), 2))).ravel()
 
 
-def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                      alphas: Sequence[float] = ALPHAS) -> tuple[np.ndarray, float]:
-    """Standardise features on the training set, pick alpha by exact LOO on it, predict."""
-    # Features outside the training range (a histogram bin never seen in training) would make
-    # the linear model extrapolate wildly: clip the test features to the training range.
-    x_test = np.clip(x_test, x_train.min(axis=0), x_train.max(axis=0))
+def _standardise(x_train: np.ndarray, x_test: np.ndarray | None = None):
     mu = x_train.mean(axis=0)
     sd = x_train.std(axis=0)
     # Floor tiny spreads (background voxels) so a test value there cannot explode.
     pos = sd[sd > 1e-12]
     floor = 0.1 * float(np.median(pos)) if len(pos) else 1.0
     sd = np.maximum(sd, max(floor, 1e-8))
-    xt = (x_train - mu) / sd
-    xs = (x_test - mu) / sd
-    ym = y_train.mean()
-    yc = y_train - ym
+    return (x_train - mu) / sd, (None if x_test is None else (x_test - mu) / sd)
+
+
+def ridge_loo_mse(xt: np.ndarray, y: np.ndarray,
+                  alphas: Sequence[float] = ALPHAS) -> dict[float, float]:
+    """Leave-one-out mean squared error of ridge with an unpenalised intercept for every
+    alpha (penalty ``alpha * n``), from one eigendecomposition of the centred kernel.
+
+    ``xt`` must be centred (standardised) on these subjects. With ``K = V diag(s) V^T`` the
+    hat matrix is ``1/n + V diag(s / (s + lam)) V^T`` and the LOO residual is
+    ``(y_i - yhat_i) / (1 - H_ii)``. (The centred kernel has the constant vector as a null
+    direction; leaving the intercept out of the hat matrix, as ``(G y)_i / G_ii`` with
+    ``G = (K + lam I)^-1`` does, sends the "LOO error" to zero for a tiny penalty.)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
     k = xt @ xt.T
     evals, evecs = np.linalg.eigh(k)
     evals = np.clip(evals, 0, None)
+    yc = y - y.mean()
     uy = evecs.T @ yc
-    best = (np.inf, alphas[0])
-    p = k.shape[0]
+    v2 = evecs ** 2
+    out = {}
     for a in alphas:
-        lam = a * p  # scale with the number of samples
-        # exact leave-one-out residuals of kernel ridge: (G y)_i / G_ii, G = (K + lam I)^-1
-        g = 1.0 / (evals + lam)
-        gy = evecs @ (g * uy)
-        gdiag = np.einsum("ij,j,ij->i", evecs, g, evecs)
-        loo = gy / gdiag
-        err = float(np.mean(loo ** 2))
-        if err < best[0]:
-            best = (err, a)
-    lam = best[1] * p
-    dual = evecs @ (uy / (evals + lam))
+        lam = a * n
+        shrink = evals / (evals + lam)
+        resid = yc - evecs @ (shrink * uy)
+        h = 1.0 / n + v2 @ shrink
+        out[float(a)] = float(np.mean((resid / np.maximum(1.0 - h, 1e-12)) ** 2))
+    return out
+
+
+def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                      alphas: Sequence[float] = ALPHAS) -> tuple[np.ndarray, float]:
+    """Standardise features on the training set, pick alpha by exact LOO on it, predict."""
+    # Features outside the training range (a histogram bin never seen in training) would make
+    # the linear model extrapolate wildly: clip the test features to the training range.
+    x_test = np.clip(x_test, x_train.min(axis=0), x_train.max(axis=0))
+    xt, xs = _standardise(x_train, x_test)
+    loo = ridge_loo_mse(xt, y_train, alphas)
+    best = min(loo.values())
+    alpha = min(a for a, v in loo.items() if v <= best)
+    ym = float(np.mean(y_train))
+    k = xt @ xt.T
+    dual = np.linalg.solve(k + alpha * len(y_train) * np.eye(len(y_train)), y_train - ym)
     pred = (xs @ xt.T) @ dual + ym
-    return pred, float(best[1])
+    return pred, float(alpha)
 
 
 def baselines_on_folds(features: dict[str, np.ndarray], ages: Sequence[float],

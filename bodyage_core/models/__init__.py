@@ -15,8 +15,9 @@ from bodyage_core.models.factory import (
 )
 from bodyage_core.models.nets2d import VGG2D, ResNet2D, load_weights
 from bodyage_core.models.resnet3d import ResNet3D
+from bodyage_core.models.sfcn3d import SFCN3D
 
 __all__ = [
-    "ARCHS", "DEFAULT_MODEL_CONFIG", "ResNet2D", "ResNet3D", "VGG2D", "build_model", "is_3d",
-    "list_layers", "load_weights", "model_config",
+    "ARCHS", "DEFAULT_MODEL_CONFIG", "ResNet2D", "ResNet3D", "SFCN3D", "VGG2D", "build_model",
+    "is_3d", "list_layers", "load_weights", "model_config",
 ]

@@ -10,10 +10,11 @@ from torch import nn
 from bodyage_core.errors import ConfigError
 from bodyage_core.models.nets2d import VGG2D, ResNet2D, load_weights
 from bodyage_core.models.resnet3d import NORMS, ResNet3D
+from bodyage_core.models.sfcn3d import SFCN3D
 
-ARCHS = ("resnet3d", "resnet2d", "vgg2d")
+ARCHS = ("resnet3d", "sfcn3d", "resnet2d", "vgg2d")
 #: Architectures taking ``(N, C, D, H, W)`` volumes; the others take ``(N, C, H, W)`` images.
-ARCHS_3D = ("resnet3d",)
+ARCHS_3D = ("resnet3d", "sfcn3d")
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "arch": "resnet3d",
@@ -63,6 +64,11 @@ def build_model(config: Mapping[str, Any] | None = None, **overrides: Any) -> nn
                               hint=f"use one of {', '.join(NORMS)}")
         model: nn.Module = ResNet3D(ch, width, hidden=hidden, dropout=float(cfg["dropout"]),
                                     norm=cfg["norm"])
+    elif arch == "sfcn3d":
+        if cfg["norm"] not in NORMS:
+            raise ConfigError(f"unknown normalisation {cfg['norm']!r}",
+                              hint=f"use one of {', '.join(NORMS)}")
+        model = SFCN3D(ch, width, dropout=float(cfg["dropout"]), norm=cfg["norm"])
     elif arch == "resnet2d":
         model = ResNet2D(ch, int(cfg["depth"]), width, hidden, float(cfg["dropout"]))
     elif arch == "vgg2d":
@@ -78,8 +84,8 @@ def build_model(config: Mapping[str, Any] | None = None, **overrides: Any) -> nn
 def list_layers(model: nn.Module) -> list[str]:
     """Valid Grad-CAM layer names of ``model`` (module names usable with ``get_submodule``).
 
-    ResNets: ``stem, layer1, layer2, layer3, layer4``; VGG: ``features.<i>`` of the ReLU that
-    closes each of the five blocks.
+    ResNets and the SFCN: ``stem, layer1, layer2, layer3, layer4``; VGG: ``features.<i>`` of
+    the ReLU that closes each of the five blocks.
     """
     if isinstance(model, VGG2D):
         return list(model.block_layer_names().values())
