@@ -226,7 +226,11 @@ class Engine:
             if opts.processes:
                 t = str(opts.threads_per_worker)
                 extra["env"] = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _no_sigint():
+            # worker-saturation 1: a worker holds only the subjects it is computing, so a
+            # worker that dies takes no queued bystanders down with it
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                                  "distributed.scheduler.worker-saturation": 1.0}), \
+                    _no_sigint():
                 self.cluster = LocalCluster(
                     n_workers=n, threads_per_worker=opts.threads_per_worker,
                     processes=opts.processes, dashboard_address=None,

@@ -11,7 +11,7 @@ Stages (``tasks.stage`` / ``tasks.key``):
 ========  ====================  ===========================================================
 stage     key                   task writes (under ``subjects/<id>/``)
 ========  ====================  ===========================================================
-predict   run                   ``input_<hash>.npy`` (model-grid cache), ``prediction_<run>.json``
+predict   run                   ``prediction_<run>.json`` (+ the model-grid input cache)
 explain   map kind              ``<kind>.nii.gz`` + ``<kind>.json`` (``gradcam_<run>`` ...)
 register  atlas group           ``atlas_<group>/`` transform files + ``quality.json``
 warp      ``<group>/<kind>``    ``atlas_<group>/<kind>.nii.gz`` (a map in atlas space)
@@ -77,34 +77,43 @@ class SubjectTask:
             if err.filename is None and self.folder is not None:
                 raise OSError(err.errno, err.strerror or str(err), self.folder) from err
             raise
+        finally:
+            if self.threads:
+                limit_threads(self.threads)   # libraries the task imported
         return {"out": out, "seconds": time.perf_counter() - t0,
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
-_THREADS_SET: int | None = None
+_THREADS_SET: dict[str, int] = {}
 _LOCK = threading.Lock()
 
 
 def limit_threads(n: int) -> None:
-    """Cap torch / SimpleITK / BLAS threads of this worker process at ``n`` (once)."""
-    global _THREADS_SET
+    """Cap the compute threads of this worker process at ``n``: environment variables for
+    libraries not imported yet (OpenMP/BLAS, ITK), the setting of torch and SimpleITK when they
+    are imported (each once). Never imports them itself (a cheap task stays cheap)."""
+    import sys
+
     with _LOCK:
-        if _THREADS_SET == n:
-            return
-        _THREADS_SET = n
-        os.environ.setdefault("OMP_NUM_THREADS", str(n))
-        try:
-            import torch
-
-            torch.set_num_threads(n)
-        except Exception:  # noqa: BLE001 - torch missing or already running parallel work
-            pass
-        try:
-            import SimpleITK as sitk
-
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-        except Exception:  # noqa: BLE001
-            pass
+        if _THREADS_SET.get("env") != n:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+                os.environ[var] = str(n)
+            _THREADS_SET["env"] = n
+        torch = sys.modules.get("torch")
+        if torch is not None and _THREADS_SET.get("torch") != n:
+            try:
+                torch.set_num_threads(n)
+            except Exception:  # noqa: BLE001 - already running parallel work
+                pass
+            _THREADS_SET["torch"] = n
+        sitk = sys.modules.get("SimpleITK")
+        if sitk is not None and _THREADS_SET.get("sitk") != n:
+            try:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+            except Exception:  # noqa: BLE001
+                pass
+            _THREADS_SET["sitk"] = n
 
 
 @contextlib.contextmanager
