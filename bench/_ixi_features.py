@@ -165,8 +165,41 @@ def choose_weight(preds: list[np.ndarray], age: np.ndarray,
             for w1 in grid:
                 if w0 + w1 > 1 + 1e-9:
                     continue
-                w2 = 1 - w0 - w1
+                w2 = max(0.0, round(1 - w0 - w1, 6))
                 m = np.mean(np.abs(w0 * preds[0] + w1 * preds[1] + w2 * preds[2] - age))
                 if m < best - 1e-12:
                     best, arg = m, (float(w0), float(w1), float(w2))
     return arg
+
+
+# -- uncertainty ----------------------------------------------------------------------------------
+
+def fit_variance_terms(err: np.ndarray, terms: list[np.ndarray]) -> dict:
+    """``variance = sum_j scale_j * term_j + floor`` with the scales and the floor minimising
+    the Gaussian NLL of validation errors (each term: the CNN members' spread, the squared
+    CNN - ridge disagreement, ...)."""
+    from scipy.optimize import minimize
+
+    e2 = np.asarray(err, float) ** 2
+    t = np.stack([np.maximum(np.asarray(x, float), 0) for x in terms])
+    m = max(float(np.mean(e2)), 1e-6)
+
+    def nll(p):
+        v = np.exp(p[:-1]) @ t + np.exp(p[-1])
+        return float(np.mean(np.log(v) + e2 / v))
+
+    best = None
+    for s0 in (-1.0, 1.0):
+        start = np.array([np.log(m / max(float(np.mean(x)), 1e-8)) + s0 for x in t]
+                         + [np.log(m) - 1.0])
+        r = minimize(nll, start, method="Nelder-Mead",
+                     options={"maxiter": 4000, "xatol": 1e-4, "fatol": 1e-7})
+        if best is None or r.fun < best.fun:
+            best = r
+    return {"scales": [float(np.exp(v)) for v in best.x[:-1]],
+            "floor": float(np.exp(best.x[-1])), "n": int(len(e2))}
+
+
+def apply_variance_terms(fit: dict, terms: list[np.ndarray]) -> np.ndarray:
+    return sum(s * np.maximum(np.asarray(x, float), 0)
+               for s, x in zip(fit["scales"], terms)) + fit["floor"]

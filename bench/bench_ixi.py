@@ -1,22 +1,36 @@
-"""Real-data benchmark: 5-fold cross-validated ensembles of small 3D ResNets on the 141 IXI T1
-brains (../shared/data/ixi_t1_2mm), with the mean and ridge baselines on the same folds.
+"""Real-data benchmark: 5-fold cross-validated ensembles of small 3D networks on the 141 IXI T1
+brains (../shared/data/ixi_t1_2mm), stacked with ridge baselines, all on the same folds.
 
-Default input (``--crop aligned``): every head is affine-registered to the cohort
+Input (``--crop aligned``): every head is affine-registered to the cohort
 (``bench/_ixi_align.py``: Mattes MI to the median-size subject, then to the cohort median
-template; images only, no ages, cached under ``bench/_work/``, ~4.5 min the first time),
+template; images only, no ages, cached under ``bench/_work/``, ~5-7 min the first time),
 block-averaged to 4 mm, cropped to the common head-top box (44 x 52 x 40) and normalised by
-the foreground mean. The network settings are fixed in advance (never chosen on the test
-folds); 10 % of each training fold is the inner validation set (bias-correction fit).
-Baselines on the same folds: mean, ridge on intensity histograms, ridge on 8 mm voxels of the
-aligned input and of the previous unaligned vertex crop.
+the foreground mean; ``--crop aligned_brain`` also masks everything outside the template's
+brain and crops to it (38 x 46 x 36). 10 % of each training fold is the inner validation set.
 
-Run (background; ~15 min with one torch thread on the shared 2-core machine -- two threads
-are several times slower there while another process holds a core)::
+Two stages:
 
-    nohup .venv/bin/python bench/bench_ixi.py > bench/_work/ixi.log 2>&1 &
+1. ``--name NAME --train-only``: train ``folds x members`` networks (``bodyage_core.training.
+   run.train_run``) and save every member's prediction on every subject, the folds and the
+   inner-validation sets to ``bench/_work/ixi_runs/NAME.npz``.
+2. ``--analyse NAME [NAME ...]``: per outer fold, on validation subjects only (the inner-
+   validation subjects of all folds minus that fold's test subjects,
+   ``_ixi_features.pooled_validation``): choose the CNN candidate (each run, or all pooled),
+   the convex weights of the stack CNN + ridge on voxels + ridge on tissue features (ridge
+   feature sets chosen by exact LOO on the training fold), the bias-correction shrinkage
+   (``fit_bias_correction(shrink="loo")``) and the variance calibration; report the CNN
+   ensemble alone and the stack, with the mean and ridge baselines on the same folds.
 
-Prints a table and writes ``bench/results/ixi.json`` (and the report tables / plots of the
-run under ``bench/results/ixi_report/``); ``--out`` / ``--report-dir`` change both.
+Without ``--analyse`` / ``--train-only`` it trains one run and analyses it. Run in the
+background with one torch thread (two threads are slower on the shared 2-core machine)::
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/bench_ixi.py --name resnet_w8 \\
+        --train-only > bench/_work/ixi_resnet.log 2>&1 &
+    .venv/bin/python bench/bench_ixi.py --analyse resnet_w8 sfcn_w8_brain
+
+Writes ``bench/results/ixi.json`` and the report tables / plots under
+``bench/results/ixi_report/`` (``ixi_*``: the CNN ensemble; ``ixi_stacked_*``: the stack);
+``--out`` / ``--report-dir`` change both.
 """
 
 from __future__ import annotations
@@ -319,7 +333,9 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     feature set, stacking weights, bias-correction shrinkage, variance calibration) is made
     per outer fold on validation subjects only (``_ixi_features.pooled_validation``)."""
     from _ixi_features import (
+        apply_variance_terms,
         choose_weight,
+        fit_variance_terms,
         pooled_validation,
         ridge_loo_mse,
         ridge_nested,
@@ -385,7 +401,19 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
              "ridge_histogram": np.stack([histogram_features(a) for a in arrays])}
     tissue_info = None
     if align_info is not None and "aligned_2mm" in align_info:
-        tf, tissue_info = tissue_features(align_info["aligned_2mm"], log=log)
+        from _ixi_features import brain_mask
+        from scipy import ndimage
+
+        al2 = align_info["aligned_2mm"]
+        bm = ndimage.binary_dilation(brain_mask(np.median(al2, axis=0)), iterations=2)
+        for f_, nm_ in ((2, "ridge_brain_voxels_4mm"), (4, "ridge_brain_voxels_8mm")):
+            rows_ = []
+            for a in al2:
+                b = (a * bm)[None]
+                b = b / max(float(b[0][bm].mean()), 1e-6)
+                rows_.append(voxel_features(b, f_))
+            feats[nm_] = np.stack(rows_)
+        tf, tissue_info = tissue_features(al2, log=log)
         feats.update({f"ridge_{k}": v for k, v in tf.items()})
         log(f"tissue features: brain mask {tissue_info['mask_ml']:.0f} ml, mean volumes "
             f"{tissue_info['mean_volumes_ml']}")
@@ -394,7 +422,7 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         ridge[k] = ridge_nested(x, age, fold_of, val)
         log(f"  {k}: {x.shape[1]} features")
     # feature-set choice per fold by the exact LOO error on that fold's training subjects
-    groups = {"ridge_voxels": ["ridge_voxels_8mm", "ridge_voxels_4mm"],
+    groups = {"ridge_voxels": [k for k in feats if "voxels" in k],
               "ridge_tissue": [k for k in feats if k.startswith("ridge_tissue")]}
     chosen = {}
     for gname, members in groups.items():
@@ -443,13 +471,13 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         b_st = fit_bias_correction(age[idx], sv, shrink="loo")
         cal_cnn = fit_variance_scale(cv - age[idx], cvv)
         dis_v, dis_t = (cv - rv_mix) ** 2, (c["test"][te] - rt_mix) ** 2
-        cal_st = fit_variance_scale(sv - age[idx], dis_v)
+        cal_st = fit_variance_terms(sv - age[idx], [cvv, dis_v])
         out["cnn"][te] = c["test"][te]
         out["cnn_corr"][te] = apply_bias_correction(c["test"][te], b_cnn)
         out["cnn_var"][te] = apply_variance_scale(c["var_test"][te], cal_cnn)
         out["stack"][te] = st
         out["stack_corr"][te] = apply_bias_correction(st, b_st)
-        out["stack_var"][te] = apply_variance_scale(dis_t, cal_st)
+        out["stack_var"][te] = apply_variance_terms(cal_st, [c["var_test"][te], dis_t])
         per_fold[f] = {"n_test": int(te.sum()), "n_pooled_validation": int(len(idx)),
                        "cnn_candidate": cn, "cnn_candidate_val_mae": vm,
                        "stack_components": comp_names, "stack_weights": list(w),
