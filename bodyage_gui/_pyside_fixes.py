@@ -61,3 +61,40 @@ def apply() -> bool:
 
 
 APPLIED = apply()
+
+
+# -- garbage collection only at safe points in the GUI thread ---------------------------------------
+#
+# CPython's cyclic collector runs whenever enough objects were allocated, in whatever thread is
+# allocating, and may then destroy Qt objects caught in reference cycles (a closed window, its
+# menus and actions). Inside a Qt call that holds one of Qt's internal locks (a signal
+# disconnect, for instance) the destructor waits for that same lock and the program hangs; from a
+# worker thread (a training run allocating tensors) it destroys widgets outside the GUI thread and
+# the program crashes. Both were seen here (a hang in QObject::disconnect and a segfault during a
+# background training). So while Qt runs, automatic collection is off and a timer collects in the
+# GUI thread's event loop, where no Qt lock is held: the approach of pyqtgraph's
+# GarbageCollector, which we use, owned by the application so it lives as long as Qt does.
+
+_collector = None
+
+
+def collect_garbage_in_gui_thread(interval_s: float = 1.0) -> bool:
+    """Turn automatic garbage collection off and collect from a timer in the GUI thread instead.
+
+    Idempotent; needs a QApplication. Returns whether the guard is active."""
+    global _collector
+    from PySide6 import QtCore
+
+    app = QtCore.QCoreApplication.instance()
+    if app is None:
+        return False
+    if _collector is None or _collector.timer.thread() is not app.thread():
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=interval_s)
+        _collector.timer.moveToThread(app.thread())
+        app.aboutToQuit.connect(_collector.timer.stop)
+    import gc
+
+    gc.disable()  # again: somebody (a test, a library) may have turned it back on
+    return True

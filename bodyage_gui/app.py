@@ -29,6 +29,9 @@ def application(argv: list[str] | None = None):
         app = QtWidgets.QApplication(argv or [strings.APP_NAME])
         app.setOrganizationName(strings.ORG_NAME)
         app.setApplicationName("viewer")
+    from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
+
+    collect_garbage_in_gui_thread()
     return app
 
 

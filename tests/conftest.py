@@ -25,3 +25,30 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "xvfb" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_at_safe_points(request):
+    """Qt objects must not be destroyed by the cyclic collector in the middle of a Qt call or in a
+    worker thread (bodyage_gui._pyside_fixes explains the hang and the crash this caused): with a
+    QApplication alive, automatic collection is off, and each test's garbage, closed windows
+    included, is collected here, between tests, in the main thread."""
+    if {"qtbot", "qapp"} & set(request.fixturenames):
+        request.getfixturevalue("qapp")
+        from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
+
+        collect_garbage_in_gui_thread()
+    yield
+    qt = sys.modules.get("PySide6.QtWidgets")
+    app = qt.QApplication.instance() if qt is not None else None
+    if app is None:
+        return
+    from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
+    from PySide6 import QtCore
+
+    collect_garbage_in_gui_thread()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    import gc
+
+    gui_test = bool({"qtbot", "qapp"} & set(request.fixturenames))
+    gc.collect() if gui_test else gc.collect(1)

@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal
 
 from bodyage_core.errors import BodyageError, Cancelled
 from bodyage_core.progress import ProgressEvent, ProgressReporter
+from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
 
 
 class _Runner(QObject):
@@ -81,6 +82,8 @@ class QtWorker(QObject):
         self._thread.finished.connect(self.done)
 
     def start(self) -> None:
+        # the run allocates in its own thread: the collector must not destroy Qt objects there
+        collect_garbage_in_gui_thread()
         self._thread.start()
 
     def cancel(self) -> None:
