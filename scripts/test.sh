@@ -30,4 +30,8 @@ failed=$(( $(count failed "$log1") + $(count failed "$log2") + $(count error "$l
 skipped=$(( $(count skipped "$log1") - $(count passed "$log2") ))
 [ "$skipped" -lt 0 ] && skipped=0
 echo "tests: $passed passed, $failed failed, $skipped skipped"
+# pytest exits 1 for failures; anything else (a signal, an internal error) means a pass stopped early
+for rc in "$rc1" "$rc2"; do
+  [ "$rc" -gt 1 ] && echo "tests: a pytest pass ended abnormally (exit $rc): the counts above are incomplete"
+done
 [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ]

@@ -54,3 +54,40 @@ def test_worker_user_error_becomes_message(qtbot, tmp_path):
         w.start()
     assert "x.nii.gz" in blocker.args[0] and "re-export" in blocker.args[0]
     assert w.wait(2000)
+
+
+def test_garbage_is_collected_in_the_gui_thread_while_a_worker_runs(qtbot):
+    """A worker thread allocating (a training run) must never trigger the cyclic collector: it
+    would destroy Qt objects outside the GUI thread. Collection happens on the GUI thread's timer."""
+    import gc
+    import threading
+    import weakref
+
+    gc.enable()  # as a library user might have left it
+    seen_in: list[str] = []
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            seen_in.append(threading.current_thread().name)
+
+    def allocate_cycles(reporter):
+        for i in range(20):
+            for _ in range(2000):  # far past gc's generation-0 threshold of 700 allocations
+                Cycle()
+            reporter.update("alloc", i + 1, 20)
+        return "done"
+
+    w = QtWorker(allocate_cycles)
+    with qtbot.waitSignal(w.finished, timeout=20000):
+        w.start()
+    assert not gc.isenabled()
+    assert seen_in == []  # nothing collected in the worker
+    probe = Cycle()
+    ref = weakref.ref(probe)
+    del probe
+    qtbot.waitUntil(lambda: ref() is None, timeout=5000)  # the GUI thread's timer collected it
+    assert seen_in and set(seen_in) == {threading.main_thread().name}
+    assert w.wait(2000)
