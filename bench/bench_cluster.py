@@ -148,7 +148,12 @@ def throughput(root: Path, workers: int) -> dict:
                 assert not s.failed, s.failed
                 total += s.seconds
                 secs = task_seconds(root, s.stage)
+                cpu = s.task_cpu_seconds
                 out[s.stage] = {
+                    "task_cpu_s_median": statistics.median(cpu) if cpu else None,
+                    # CPU the tasks got / (wall x workers): < 1 when other jobs share the cores
+                    "cpu_share": sum(cpu) / (s.seconds * workers) if cpu else None,
+                    "load_average_1min": os.getloadavg()[0],
                     "subjects": len(s.done), "wall_s": s.seconds,
                     "per_minute": 60 * len(s.done) / s.seconds,
                     "task_s_median": statistics.median(secs),
@@ -226,8 +231,9 @@ def kill_halfway(root: Path, workers: int = 2) -> dict:
     after = counts(root)
     summaries = [json.loads(line) for line in p2.stdout.splitlines() if line.startswith("{")]
     redone = sum(s["done"] for s in summaries)
-    ok = (p2.returncode == 0 and after["predictions"] == [n, n]
-          and after["gradcam_images"] == [n, n] and after["registrations"] == [n, n]
+    ok = (p2.returncode == 0 and tuple(after["predictions"]) == (n, n)
+          and tuple(after["gradcam_images"]) == (n, n)
+          and tuple(after["registrations"]) == (n, n)
           and all(rows == n and distinct == n for _st, rows, distinct in after["tasks_rows"])
           and after["tasks_done"] == 3 * n)
     return {"subjects": n, "tasks_total": 3 * n, "killed_after_s": t_kill,
@@ -323,6 +329,8 @@ def main() -> int:
                              "subjects": r[st]["subjects"], "wall_s": r[st]["wall_s"],
                              "subjects_per_min": r[st]["per_minute"],
                              "task_s_median": r[st]["task_s_median"],
+                             "task_cpu_s": r[st]["task_cpu_s_median"],
+                             "cpu_share": r[st]["cpu_share"],
                              "overhead_ms": r[st]["overhead_ms_per_subject"],
                              "speedup": base[st]["wall_s"] / r[st]["wall_s"]})
             rows.append({"workers": r["workers"], "stage": "all three",
@@ -330,7 +338,8 @@ def main() -> int:
                          "subjects_per_min": r["all_per_minute"],
                          "speedup": base["all_wall_s"] / r["all_wall_s"]})
         print_table(rows, ["workers", "stage", "subjects", "wall_s", "subjects_per_min",
-                           "task_s_median", "overhead_ms", "speedup"])
+                           "task_s_median", "task_cpu_s", "cpu_share", "overhead_ms",
+                           "speedup"])
         speedup = (base["all_wall_s"] / runs[-1]["all_wall_s"]) if len(runs) > 1 else 1.0
         eff = min(1.0, speedup / (runs[-1]["workers"] / base["workers"])) if len(runs) > 1 \
             else 1.0

@@ -135,6 +135,7 @@ class StageSummary:
     retried: int = 0
     seconds: float = 0.0
     task_seconds: list[float] = field(default_factory=list)
+    task_cpu_seconds: list[float] = field(default_factory=list)
     cancelled: bool = False
     scheduler: str = ""
     workers: int = 0
@@ -361,6 +362,8 @@ class Engine:
         summary.attempts += attempts
         if result.get("seconds") is not None:
             summary.task_seconds.append(float(result["seconds"]))
+        if result.get("cpu_seconds") is not None:
+            summary.task_cpu_seconds.append(float(result["cpu_seconds"]))
 
     def _record_failed(self, stage: Stage, job: Job, message: str, attempts: int,
                        summary: StageSummary, jobs: list[Job] | None = None) -> None:

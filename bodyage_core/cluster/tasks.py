@@ -59,7 +59,8 @@ class SubjectTask:
 
     It limits the worker's compute threads (``threads``, when the engine asks), times the call
     and names the file when a write fails (an ``OSError`` without a file name gets the subject
-    folder). Returns ``{"out": fn's dict, "seconds": float, "worker": "host:pid"}``.
+    folder). Returns ``{"out": fn's dict, "seconds": wall, "cpu_seconds": CPU time of the
+    worker process during the call (exact with one task per process), "worker": "host:pid"}``.
     """
 
     fn: Callable[..., dict[str, Any]]
@@ -71,6 +72,7 @@ class SubjectTask:
         if self.threads:
             limit_threads(self.threads)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         try:
             out = self.fn(**self.kwargs)
         except OSError as err:
@@ -81,6 +83,7 @@ class SubjectTask:
             if self.threads:
                 limit_threads(self.threads)   # libraries the task imported
         return {"out": out, "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
