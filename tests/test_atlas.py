@@ -134,6 +134,29 @@ def test_groups_by_age_and_gap():
     np.testing.assert_allclose(m, 1.5)
 
 
+def test_normalise_maps_equal_weight_per_subject():
+    from bodyage_core.atlas.population import normalise_maps
+
+    body = np.ones((2, 2, 2), bool)
+    body[0, 0, 0] = False
+    a = np.zeros((2, 2, 2))
+    a[1, 1, 1] = 100.0          # a subject with large gradients
+    a[0, 0, 0] = 50.0           # outside the body: not counted in the total
+    b = np.zeros((2, 2, 2))
+    b[0, 1, 1] = 1.0
+    b[1, 0, 0] = -3.0           # negative (signed) values are scaled, not counted
+    z = np.zeros((2, 2, 2))     # no importance: stays zero
+    raw = np.stack([a, b, z])
+    np.testing.assert_array_equal(normalise_maps(raw, body, "none"), raw.astype(np.float32))
+    n = normalise_maps(raw, body, "sum")
+    assert n[0, 1, 1, 1] == pytest.approx(1.0) and n[1, 0, 1, 1] == pytest.approx(1.0)
+    assert n[1, 1, 0, 0] == pytest.approx(-3.0) and not n[2].any()
+    m = n.mean(axis=0)
+    assert m[1, 1, 1] == pytest.approx(m[0, 1, 1])  # both subjects weigh the same
+    with pytest.raises(ConfigError):
+        normalise_maps(raw, body, "zscore")
+
+
 # -- workspace stages and CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
@@ -209,6 +232,17 @@ def test_workspace_atlas_maps_compare(workspace):
         inside = g["subgroups"]["all"]["importance_in_age_mask"]
         assert inside > g["subgroups"]["all"]["uniform_baseline"]
         assert (ws.reports_dir / "regions_r1.png").exists()
+
+        # per-subject normalised maps, another tag: own files, same scores for these maps
+        pn = build_population_maps(ws, "r1", gap_threshold=3.0, kind="gradcam_r1",
+                                   normalise="sum", tag="r1norm")
+        gn = pn["groups"]["F_healthy"]
+        assert pn["normalise"] == "sum" and gn["subgroups"]["all"]["n"] == 4
+        assert (adir / "population_r1norm_all_mean.nii.gz").exists()
+        assert gn["subgroups"]["all"]["importance_in_age_mask"] > \
+            gn["subgroups"]["all"]["uniform_baseline"]
+        with pytest.raises(ConfigError, match="normalisation"):
+            build_population_maps(ws, "r1", normalise="max")
 
         cmp_ = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20)
         c = cmp_["groups"]["F_healthy"]

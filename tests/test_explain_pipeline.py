@@ -144,6 +144,19 @@ def test_signed_and_occlusion_kinds(tmp_path):
     assert {"gradcam_signed_r1", "occlusion_r1"} <= set(images)
 
 
+def test_kind_override_keeps_layers_side_by_side(tmp_path):
+    ws = make_workspace(tmp_path, n=1)
+    a = explain_subjects(ws, "r1", layer="layer2", kind="gradcam_layer2_r1", device="cpu")
+    b = explain_subjects(ws, "r1", layer="layer3", device="cpu")
+    assert a.kind == "gradcam_layer2_r1" and b.kind == "gradcam_r1"
+    images = ws.db.get_subject("s0").images
+    assert {"gradcam_layer2_r1", "gradcam_r1"} <= set(images)
+    import json
+
+    side = json.loads((ws.subject_dir("s0") / "gradcam_layer2_r1.json").read_text())
+    assert side["layer"] == "layer2"
+
+
 def test_bad_input_messages(tmp_path):
     ws = make_workspace(tmp_path, n=1)
     with pytest.raises(BodyageError, match="layer1, layer2, layer3"):

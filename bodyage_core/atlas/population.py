@@ -14,6 +14,36 @@ import numpy as np
 from bodyage_core.atlas.stats import age_bands, gap_classes, mean_std
 
 
+NORMALISATIONS = ("none", "sum")
+
+
+def normalise_maps(maps: np.ndarray, body_mask: np.ndarray | None = None,
+                   method: str = "none") -> np.ndarray:
+    """Per-subject normalisation of ``(N, Z, Y, X)`` maps before they are averaged.
+
+    ``"none"`` keeps raw values (the published method: the population map is the mean of the
+    subjects' raw Grad-CAMs, so subjects with large gradients weigh more). ``"sum"`` divides each
+    map by its total non-negative importance inside ``body_mask`` (everywhere when None), so
+    every subject contributes the same total importance and the population map is the mean of
+    each subject's *distribution* of importance. Negative values (signed maps) are kept, scaled
+    by the same factor; a map without positive importance is left at zero.
+    """
+    from bodyage_core.errors import ConfigError
+
+    if method not in NORMALISATIONS:
+        raise ConfigError(f"unknown map normalisation {method!r}",
+                          hint=f"use one of {', '.join(NORMALISATIONS)}")
+    maps = np.asarray(maps, dtype=np.float32)
+    if method == "none":
+        return maps
+    w = np.clip(np.nan_to_num(maps), 0, None)
+    if body_mask is not None:
+        w = w * np.asarray(body_mask, bool)[None]
+    tot = w.reshape(len(maps), -1).sum(axis=1).astype(np.float64)
+    scale = np.where(tot > 0, 1.0 / np.where(tot > 0, tot, 1.0), 0.0)
+    return (np.nan_to_num(maps) * scale[:, None, None, None]).astype(np.float32)
+
+
 def subgroup_maps(maps: np.ndarray, labels: Sequence[str | None], min_n: int = 1
                   ) -> dict[str, dict[str, Any]]:
     """Mean / std map per label value.

@@ -40,7 +40,7 @@ from bodyage_core.atlas.build import (
     load_label_map,
     save_image,
 )
-from bodyage_core.atlas.population import population_maps
+from bodyage_core.atlas.population import normalise_maps, population_maps
 from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline, write_shares
 from bodyage_core.atlas.stats import gap_classes, permutation_test
 from bodyage_core.atomic import write_json
@@ -332,13 +332,24 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                           age_edges: Sequence[float] = (60.0, 70.0),
                           gap_threshold: float | None = None, gap_quantile: float | None = None,
                           min_n: int = 1, label_names: dict[int, str] | None = None,
-                          reporter: ProgressReporter | None = None) -> dict[str, Any]:
+                          reporter: ProgressReporter | None = None, kind: str | None = None,
+                          normalise: str = "none", tag: str | None = None) -> dict[str, Any]:
     """Population maps (mean, std) per atlas group, per age band and per gap class of ``run``,
     region shares (when the atlas has labels) and, when subjects have an ``age_mask``, the
-    fraction of importance inside the (warped) age-effect mask against a uniform map."""
+    fraction of importance inside the (warped) age-effect mask against a uniform map.
+
+    ``kind`` is the subjects' map kind (default ``gradcam_<run>``), ``normalise`` the
+    per-subject normalisation before averaging (:func:`~bodyage_core.atlas.population.
+    normalise_maps`: ``"none"``, the published raw mean, or ``"sum"``), ``tag`` the name in the
+    output files (``population_<tag>...``, ``regions_<tag>...``; default ``run``)."""
     reporter = ensure_reporter(reporter)
-    preds, kind, atlases = _maps_inputs(ws, run, groups)
-    summary: dict[str, Any] = {"run": run, "groups": {}}
+    preds, default_kind, atlases = _maps_inputs(ws, run, groups)
+    kind = kind or default_kind
+    normalise_maps(np.zeros((1, 1, 1, 1)), None, normalise)  # unknown method: fail early
+    run_tag = run
+    run = tag or run
+    summary: dict[str, Any] = {"run": run_tag, "kind": kind, "normalise": normalise,
+                               "groups": {}}
     shares_all: dict[str, list] = {}
     for g in atlases:
         adir = ws.atlas_dir(g)
@@ -348,11 +359,14 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
             summary["groups"][g] = {"error": f"no subject of {g} has a registered {kind} map",
                                     "skipped": skipped}
             continue
+        atlas_body = np.asarray(atlas["body_mask"], bool) \
+            if atlas["body_mask"] is not None else None
+        maps = normalise_maps(maps, atlas_body, normalise)
         ages = [preds[s]["age"] if s in preds else None for s in ids]
         gaps = [preds[s]["gap"] if s in preds else None for s in ids]
         for s in ids:
             if s not in preds:
-                skipped[s] = f"no prediction in run {run} (left out of gap classes)"
+                skipped[s] = f"no prediction in run {run_tag} (left out of gap classes)"
         pm = population_maps(maps, ages, gaps, age_edges, gap_threshold, gap_quantile, min_n)
         gsum: dict[str, Any] = {"subgroups": {}, "skipped": skipped,
                                 "age_edges": list(age_edges),

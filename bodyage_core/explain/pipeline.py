@@ -208,7 +208,8 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
                      overwrite: bool = False, occlusion_patch: int | Sequence[int] = 8,
                      occlusion_stride: int | Sequence[int] | None = None,
                      occlusion_baseline: str | float = "zero",
-                     batch_size: int = 8, save_members: bool = False) -> ExplainSummary:
+                     batch_size: int = 8, save_members: bool = False,
+                     kind: str | None = None) -> ExplainSummary:
     """Write one explanation map per subject of ``workspace`` for the trained ``run``.
 
     Parameters
@@ -237,6 +238,10 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
     save_members
         Also write each member's map as ``<kind>_member<k>.nii.gz`` (same grid; listed in the
         JSON sidecar, not in the cohort index).
+    kind
+        Image kind (and file stem) to write instead of :func:`map_kind`'s, e.g.
+        ``'gradcam_layer2_<run>'`` to keep maps of several layers side by side (the population
+        maps take a ``kind`` too).
 
     Returns
     -------
@@ -247,7 +252,7 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
     t0 = time.perf_counter()
     if variant not in ("relu", "signed"):
         raise ConfigError(f"unknown Grad-CAM variant {variant!r}; use relu or signed")
-    kind = map_kind(method, run, variant)
+    kind = kind or map_kind(method, run, variant)
     if isinstance(workspace, Workspace):
         return _explain(workspace, run, subject_ids, method, layer, variant, device, reporter,
                         overwrite, occlusion_patch, occlusion_stride, occlusion_baseline,
