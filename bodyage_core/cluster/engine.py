@@ -232,10 +232,17 @@ class Engine:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                                   "distributed.scheduler.worker-saturation": 1.0}), \
                     _no_sigint():
-                self.cluster = LocalCluster(
-                    n_workers=n, threads_per_worker=opts.threads_per_worker,
-                    processes=opts.processes, dashboard_address=None,
-                    silence_logs=opts.silence_logs, **extra)
+                try:
+                    self.cluster = LocalCluster(
+                        n_workers=n, threads_per_worker=opts.threads_per_worker,
+                        processes=opts.processes, dashboard_address=None,
+                        silence_logs=opts.silence_logs, **extra)
+                except (OSError, RuntimeError, TimeoutError, asyncio.TimeoutError) as err:
+                    raise BodyageError(
+                        f"could not start a local Dask cluster of {n} worker(s) "
+                        f"({_first_line(err)})",
+                        hint="try fewer --workers, or --scheduler none to run in this "
+                             "process") from None
             self.client = Client(self.cluster, timeout=opts.connect_timeout,
                                  set_as_default=False)
             return
