@@ -490,23 +490,31 @@ class ViewerState:
         ch = channel if channel is not None else volume.channels[0]
         arr = volume.channel(ch)
         signed = False
+        nz_cache: list[np.ndarray] = []
+
+        def nonzero() -> np.ndarray:  # sampled once per layer
+            if not nz_cache:
+                nz_cache.append(_nonzero(arr))
+            return nz_cache[0]
+
         if colormap is None:
             if kind == "image":
                 colormap = "grey"
             elif kind == "labels":
                 colormap = "labels"
             else:
-                lo, hi = display.robust_range(_nonzero(arr), 0.5, 99.5)
+                lo, hi = display.robust_range(nonzero(), 0.5, 99.5)
                 signed = lo < 0 < hi and min(-lo, hi) > 0.2 * max(-lo, hi)
                 colormap = "bwr" if signed else "heat"
         if display_range is None:
             if kind == "labels":
-                display_range = (0.0, float(np.nanmax(arr)) if arr.size else 1.0)
+                display_range = (0.0, float(arr.max() if arr.dtype.kind in "iub"
+                                            else np.nanmax(arr)) if arr.size else 1.0)
             elif display.is_diverging(colormap):
-                display_range = display.robust_range(_nonzero(arr), upper=99.5, symmetric=True)
+                display_range = display.robust_range(nonzero(), upper=99.5, symmetric=True)
             elif kind == "overlay":
                 # heat maps are mostly zero: take the range of the non-zero values, from 0
-                lo, hi = display.robust_range(_nonzero(arr), 0.5, 99.5)
+                lo, hi = display.robust_range(nonzero(), 0.5, 99.5)
                 display_range = (min(0.0, lo), hi)
             else:
                 display_range = display.robust_range(arr, 1.0, 99.5)
@@ -995,11 +1003,9 @@ def sample_nearest(volume: Volume, channel: str, world: np.ndarray) -> np.ndarra
     return out
 
 
-def _nonzero(arr: np.ndarray, max_samples: int = 2_000_000) -> np.ndarray:
+def _nonzero(arr: np.ndarray, max_samples: int = 500_000) -> np.ndarray:
     """The non-zero finite values of ``arr`` (subsampled), or ``arr`` itself if all are zero."""
-    flat = arr.ravel()
-    if flat.size > max_samples:
-        flat = flat[:: int(np.ceil(flat.size / max_samples))]
+    flat = display.sample_values(arr, max_samples)
     nz = flat[(flat != 0) & np.isfinite(flat)]
     return nz if nz.size else flat
 

@@ -1,4 +1,10 @@
-"""Loading volumes for the viewer: ``bodyage_core.io`` when present, a small nibabel fallback."""
+"""Loading volumes for the viewer: ``bodyage_core.io`` when present, a small nibabel fallback.
+
+Reading a ``.nii.gz`` is mostly inflating gzip. When `isal <https://pypi.org/project/isal/>`_
+(Intel ISA-L bindings) is installed, the viewer process reads gzip files through it (about
+three times faster than zlib, same bytes): :func:`use_fast_gzip` registers a read-only gzip
+opener with nibabel; writing keeps nibabel's own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,54 @@ import numpy as np
 
 from bodyage_core.errors import LoadError
 from bodyage_core.volume import Volume
+
+
+_FAST_GZIP: bool | None = None
+
+
+def use_fast_gzip() -> bool:
+    """Let nibabel read ``.gz`` files with ISA-L (``isal.igzip``) when it is installed;
+    idempotent. Returns whether it is in use."""
+    global _FAST_GZIP
+    if _FAST_GZIP is not None:
+        return _FAST_GZIP
+    try:
+        from isal import igzip
+        from nibabel import openers
+    except ImportError:
+        _FAST_GZIP = False
+        return False
+    plain, keys = openers.Opener.gz_def
+    isal_error = igzip.IGzipFile.__init__.__globals__.get("IsalError", Exception)
+    try:
+        from isal.isal_zlib import error as isal_error  # noqa: F811
+    except ImportError:  # pragma: no cover
+        pass
+
+    class _Reader(igzip.IGzipFile):
+        """ISA-L gzip reader whose errors are zlib-like (OSError), as readers expect."""
+
+        def read(self, size=-1):
+            try:
+                return super().read(size)
+            except isal_error as err:
+                raise OSError(f"corrupt gzip data ({err})") from err
+
+        def read1(self, size=-1):
+            try:
+                return super().read1(size)
+            except isal_error as err:
+                raise OSError(f"corrupt gzip data ({err})") from err
+
+    def gz_open(filename, mode="rb", compresslevel=9, mtime=0, keep_open=False):
+        if "r" in str(mode) and "+" not in str(mode):
+            return _Reader(filename, "rb")
+        return plain(filename, mode, compresslevel, mtime, keep_open)
+
+    for cls in (openers.Opener, openers.ImageOpener):
+        cls.compress_ext_map[".gz"] = (gz_open, keys)
+    _FAST_GZIP = True
+    return True
 
 
 def load_for_viewer(path: str | Path, labels: bool = False) -> Volume:
@@ -21,6 +75,7 @@ def load_for_viewer(path: str | Path, labels: bool = False) -> Volume:
     path = Path(path)
     if not path.exists():
         raise LoadError("no such file or folder", path=path, hint="check the path")
+    use_fast_gzip()
     try:
         from bodyage_core import io as bio
         loader = bio.load_labels if labels else bio.load_volume

@@ -544,9 +544,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
             if old is not None and old is not ws:
                 old.close()
             if open_first:
-                self.subject_browser.select(self.subject_browser.visible_ids()[0])
-                if wait:
-                    return self.wait_for_subject()
+                first = self.subject_browser.visible_ids()[0]
+                self.subject_browser.select(first, emit=False)
+                ok = self._subject_activated(first)  # False when it failed at once
+                return self.wait_for_subject() if ok and wait else ok
             return True
 
         return bool(self._guard(do))

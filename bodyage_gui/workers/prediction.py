@@ -304,8 +304,10 @@ def warm_up_imports() -> float:
     for name in WARM_UP_MODULES:
         try:
             importlib.import_module(name)
-        except ImportError:  # pragma: no cover - reported properly by the prediction itself
-            pass
+        except Exception:  # noqa: BLE001 - a warm-up only: the prediction imports (and
+            # reports) for itself. A torch import that failed half way is dropped from
+            # sys.modules, so the prediction's own import starts afresh.
+            break
     return time.perf_counter() - t0
 
 
