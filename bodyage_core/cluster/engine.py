@@ -235,7 +235,7 @@ class Engine:
                 try:
                     self.cluster = LocalCluster(
                         n_workers=n, threads_per_worker=opts.threads_per_worker,
-                        processes=opts.processes, dashboard_address=None,
+                        processes=opts.processes, dashboard_address=":0",
                         silence_logs=opts.silence_logs, **extra)
                 except (OSError, RuntimeError, TimeoutError, asyncio.TimeoutError) as err:
                     raise BodyageError(
