@@ -102,13 +102,19 @@ def test_predict_stage_matches_batch_predict_and_is_idempotent(ws_path):
 
 
 def test_explain_and_register_stages_on_a_thread_cluster(ws_path):
+    from bodyage_core.explain.pipeline import explain_subjects
+
     with Workspace.open(ws_path) as ws:
         females = [s.subject_id for s in ws.db.subjects(sex="F")]
-        # the maps of the in-process pipeline and of the engine are the same file format
+        first = ws.db.subject_ids()[0]
+        explain_subjects(ws, "r", subject_ids=[first], device="cpu")    # the in-process path
+        reference = nib.load(str(ws.subject_dir(first) / "gradcam_r.nii.gz")).get_fdata()
         with Engine(ws, _threads(2)) as eng:
-            ex = eng.run(ExplainStage("r", device="cpu"))
+            ex = eng.run(ExplainStage("r", device="cpu", overwrite=True))
             rg = eng.run(RegisterStage(group="F", force=True))
         assert len(ex.done) == 6 and not ex.failed
+        again = nib.load(str(ws.subject_dir(first) / "gradcam_r.nii.gz")).get_fdata()
+        assert reference.max() > 0 and np.allclose(again, reference, rtol=1e-4, atol=1e-6)
         for sid in ex.done:
             img = nib.load(str(ws.subject_dir(sid) / "gradcam_r.nii.gz"))
             water = nib.load(str(ws.image_path(sid, "water")))
