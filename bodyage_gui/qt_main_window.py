@@ -821,17 +821,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
             payload = fut.result()
             trial = ViewerState(self.state.convention, self.state.layout)
             trial.add_layer(payload["image"], name=subject_id, path=payload["image_path"],
-                            kind="image")
+                            kind="image", display_range=payload.get("image_range"))
             heat = None
-            for name, path, vol, kind in payload["overlays"]:
-                if kind == "overlay":  # an importance map: threshold it so anatomy shows
-                    disp = display.importance_display(vol.data[0], signed="signed" in name)
-                    lay = trial.add_layer(vol, name=name, path=path, **disp)
-                    heat = lay
-                    continue
-                lay = trial.add_layer(vol, name=name, path=path, kind=kind,
-                                      visible=kind != "labels",
-                                      opacity=0.35 if kind == "labels" else None)
+            for name, path, vol, kind, disp in payload["overlays"]:
+                lay = trial.add_layer(vol, name=name, path=path, **disp)
                 heat = lay if kind == "overlay" else heat
             trial.set_active_layer(heat or trial.base_layer)
             # same place in the next subject (a cursor in atlas space is not a subject point)
@@ -855,19 +848,16 @@ class QtMainWindow(QtWidgets.QMainWindow):
         return self.subject_browser.select_previous()
 
     def _load_subject_payload(self, subject_id: str) -> dict[str, Any]:
-        """Read one subject's images (runs in the preloader thread: files only, no Qt)."""
+        """Read one subject's images and work out their display settings (runs in the
+        preloader thread: files and numpy only, no Qt), so that showing the subject costs the
+        GUI thread little more than the first frame."""
         images = self._subject_images.get(subject_id)
         if images is None:
             raise CohortError(f"no subject {subject_id!r} in the open workspace")
         water, fat = images.get("water"), images.get("fat")
         if water is not None:
-            vol, fv = load_many([water, fat]) if fat is not None else (load_for_viewer(water),
-                                                                        None)
             image_path = water
-            if fv is not None:
-                if fv.same_grid(vol):
-                    vol = Volume(np.concatenate([vol.data[:1], fv.data[:1]]), vol.affine,
-                                 ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
+            base_paths = [water] + ([fat] if fat is not None else [])
         else:
             kind = next((k for k in ("t1", "input", "image") if k in images), None)
             if kind is None:
@@ -878,18 +868,35 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 raise CohortError(f"subject {subject_id} has no image to show",
                                   hint="import its images first")
             image_path = images[kind]
-            vol = load_for_viewer(image_path)
-        overlays = []
+            base_paths = [image_path]
+        extra: list[tuple[str, Path, str]] = []
         if "labels" in images:
-            overlays.append(("labels", images["labels"],
-                             load_for_viewer(images["labels"], labels=True), "labels"))
+            extra.append(("labels", images["labels"], "labels"))
         run = self._subject_run
         cams = [k for k in images if k.startswith("gradcam")]
         cam = f"gradcam_{run}" if run and f"gradcam_{run}" in images else (cams[-1] if cams
                                                                            else None)
         if cam is not None:
-            overlays.append((cam, images[cam], load_for_viewer(images[cam]), "overlay"))
-        return {"image_path": image_path, "image": vol, "overlays": overlays}
+            extra.append((cam, images[cam], "overlay"))
+        # every file at once (gzip and numpy release the GIL)
+        loaded = load_many(base_paths + [p for _, p, _ in extra],
+                           [False] * len(base_paths) + [k == "labels" for _, _, k in extra])
+        vol = loaded[0]
+        if water is not None and fat is not None and loaded[1].same_grid(vol):
+            fv = loaded[1]
+            vol = Volume(np.concatenate([vol.data[:1], fv.data[:1]]), vol.affine,
+                         ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
+        overlays = []
+        for (name, path, kind), v in zip(extra, loaded[len(base_paths):]):
+            if kind == "overlay":  # an importance map: threshold it so anatomy shows
+                disp = display.importance_display(v.data[0], signed="signed" in name)
+            else:
+                mx = v.data[0].max() if v.data.size else 1
+                disp = {"kind": "labels", "visible": False, "opacity": 0.35,
+                        "display_range": (0.0, float(mx))}
+            overlays.append((name, path, v, kind, disp))
+        return {"image_path": image_path, "image": vol, "overlays": overlays,
+                "image_range": display.robust_range(vol.data[0], 1.0, 99.5)}
 
     # -- recent files / settings ---------------------------------------------------------------------------
     def _add_recent(self, key: str, value: str) -> None:
