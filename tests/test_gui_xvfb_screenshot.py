@@ -85,6 +85,9 @@ def test_main_window_screenshot_with_3d(qtbot, tmp_path):
     win.scheduler.flush()
     assert vv.volume_actor is actor and vv.n_transfer_updates == n + 1
     lay.threshold = 0.25
+    # the layer panel in front of the (empty, no workspace) cohort panel it shares a tab with
+    win.panel_docks["Layers"].raise_()
+    qtbot.wait(50)
     shot = vv.render_image()
     arr = _qimage_array(shot)
     assert arr.std() > 5  # something was rendered, not a blank window
