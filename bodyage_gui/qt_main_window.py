@@ -457,13 +457,33 @@ class QtMainWindow(QtWidgets.QMainWindow):
         path = Path(path)
 
         def do():
-            write_json(path, self.state.to_dict(relative_to=path.parent) |
-                       {"workspace": str(self.workspace.root) if self.workspace else None,
-                        "subject": self.current_subject})
+            d = self._session_dict(path.parent)
+            write_json(path, d | {"workspace": str(self.workspace.root) if self.workspace
+                                  else None, "subject": self.current_subject})
             self.statusBar().showMessage(f"session saved: {path}", 5000)
             return True
 
         return bool(self._guard(do))
+
+    def _session_dict(self, folder: Path) -> dict[str, Any]:
+        """The session: in atlas space, the subject's own files with the current display
+        settings and ``"space": "atlas"`` (restoring warps them again), since the warped
+        layers exist only in memory."""
+        if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
+            return self.state.to_dict(relative_to=folder)
+        specs = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
+                                       sp.base, sp.active) for sp in self._subject_specs]
+        atlas_space.carry_settings(specs, self.state)
+        st = atlas_space.build_state(specs, self.state.convention, self.state.layout)
+        try:
+            st.set_cursor(atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor))
+        except (BodyageError, RuntimeError, AttributeError):
+            pass
+        d = st.to_dict(relative_to=folder)
+        d["space"] = atlas_space.ATLAS
+        if self.atlas_link is not None:
+            d["atlas_group"] = self.atlas_link.group
+        return d
 
     def restore_session(self, path: str | Path) -> bool:
         path = Path(path)
@@ -476,8 +496,16 @@ class QtMainWindow(QtWidgets.QMainWindow):
                                 hint="choose a .json file saved with File > Save session") \
                     from exc
             self.state.restore(d, loader=_session_loader, relative_to=path.parent)
+            # the restored files are in their own space; back to atlas space when the session
+            # was saved there for the subject open now
+            subject = self.current_subject if d.get("subject") == self.current_subject \
+                else None
+            self._reset_space(subject)
+            self._atlas_wanted = False
             self.scheduler.flush()
             self.statusBar().showMessage(f"session restored: {path}", 5000)
+            if d.get("space") == atlas_space.ATLAS and self.atlas_link is not None:
+                self.set_display_space(atlas_space.ATLAS, wait=True)
             return True
 
         return bool(self._guard(do))

@@ -193,3 +193,27 @@ def test_plain_files_have_no_atlas_space(qtbot, tmp_path, workspace):
     assert not win.atlas_action.isEnabled()
     assert "workspace" in win.atlas_action.toolTip()
     win.close()
+
+
+def test_session_saved_in_atlas_space_reopens_there(qtbot, window, tmp_path):
+    import json
+
+    win = window
+    assert win.open_subject("S0", wait=True), win.last_error
+    assert win.set_display_space("atlas", wait=True), win.last_error
+    _layer(win.state, "gradcam_r1").set(threshold=0.7)
+    cursor = win.state.cursor.copy()
+    js = tmp_path / "atlas_session.json"
+    assert win.save_session(js), win.last_error
+    d = json.loads(js.read_text())
+    assert d["space"] == "atlas" and d["atlas_group"] == "F_healthy" and d["subject"] == "S0"
+    # the subject's own files (the warped layers exist only in memory), settings kept
+    names = {lay["name"]: lay for lay in d["layers"]}
+    assert set(names) == {"S0", "labels", "gradcam_r1"}
+    assert names["gradcam_r1"]["threshold"] == pytest.approx(0.7)
+    np.testing.assert_allclose(d["cursor_mm"], cursor + T_RAS, atol=1e-6)
+    assert win.set_display_space("subject")
+    assert win.restore_session(js), win.last_error
+    assert win.display_space == "atlas" and win.state.base_layer.volume.shape == REF_SHAPE
+    np.testing.assert_allclose(win.state.cursor, cursor, atol=1e-6)
+    assert _layer(win.state, "gradcam_r1").threshold == pytest.approx(0.7)
