@@ -315,6 +315,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
 
     # -- layout ----------------------------------------------------------------------------------------
     def _apply_layout(self, layout: str) -> None:
+        if getattr(self, "_layout_applied", None) == layout:
+            return  # restoring a state re-announces its layout: nothing to move
+        self._layout_applied = layout
         for w in (*self.slice_views.values(), self.volume_view):
             self._grid.removeWidget(w)
             w.hide()
@@ -374,7 +377,16 @@ class QtMainWindow(QtWidgets.QMainWindow):
             return False
         all_paths = paths + overlays
         flags = [False] * len(paths) + [looks_like_labels(p) for p in overlays]
-        fut = self._io_pool.submit(load_many, all_paths, flags)
+        conv, layout = self.state.convention, self.state.layout
+
+        def build() -> ViewerState:  # in the I/O thread: read, check and lay out (Qt-free)
+            loaded = load_many(all_paths, flags)
+            trial = ViewerState(conv, layout)
+            self._fill(trial, list(zip(paths, loaded[:len(paths)])),
+                       list(zip(overlays, loaded[len(paths):])), threshold)
+            return trial
+
+        fut = self._io_pool.submit(build)
         self._pending_files = fut
         if not wait:
             self.statusBar().showMessage(f"loading {paths[0].name} ...")
@@ -398,11 +410,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self._pending_files = None
 
         def do():
-            loaded = fut.result()
-            vols = list(zip(paths, loaded[:len(paths)]))
-            ovs = list(zip(overlays, loaded[len(paths):]))
-            trial = ViewerState(self.state.convention, self.state.layout)
-            self._fill(trial, vols, ovs, threshold)  # raises before touching self.state
+            trial = fut.result()  # raised (a file, a grid) before touching self.state
+            trial.set_convention(self.state.convention)
+            trial.set_layout(self.state.layout)
             self._replace_layers(trial)
             self.workspace_subject(None)
             self._reset_space(None)

@@ -98,3 +98,43 @@ def test_cancelled_or_folder_run_prediction_is_not_stored(qtbot, settings, tmp_p
         assert sid not in {p["subject_id"] for p in ws.db.predictions(RUN)}
     assert _browser_row(win, sid)["predicted"] is None
     win.close()
+
+
+def test_prediction_finishing_in_atlas_space_shows_maps_back_in_subject_space(
+        qtbot, settings, tmp_path):
+    import SimpleITK as sitk
+
+    from bodyage_core.registration.transform import SubjectTransform
+
+    root = copy_workspace(tmp_path / "ws")
+    with Workspace.open(root) as ws:
+        sid = ws.db.subject_ids()[2]
+        subj = ws.db.get_subject(sid)
+        from bodyage_gui.loading import load_for_viewer
+
+        water = load_for_viewer(ws.resolve(subj.images["water"]))
+        folder = ws.subject_dir(sid) / "atlas_G"   # an identity registration onto its own grid
+        SubjectTransform(sitk.AffineTransform(3), water.shape, water.affine).save(folder)
+        ws.db.set_registration(sid, "G", "ok", forward=ws.relative(folder))
+        ws.db.set_image(sid, "to_atlas_G", ws.relative(folder))
+    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
+                       restore_settings=False)
+    qtbot.addWidget(win)
+    tools = install_analysis(win, warm_up_ms=None)
+    panel = tools.prediction_panel
+    panel.device, panel.torch_threads = "cpu", 1
+    assert win.open_workspace(root, open_first=False), win.last_error
+    assert win.open_subject(sid, wait=True), win.last_error
+    assert win.atlas_action.isEnabled()
+    with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS):
+        assert panel.predict()
+        assert win.set_display_space("atlas", wait=True), win.last_error
+    # in atlas space the subject-space maps are not put on the atlas grid ...
+    assert win.display_space == "atlas"
+    assert not any(lay.name == f"gradcam_signed_{RUN}" for lay in win.state.layers)
+    assert "switch back to subject space" in panel.map_label.text()
+    # ... they appear when the view is back in the subject's space
+    assert win.set_display_space("subject")
+    names = [lay.name for lay in win.state.layers]
+    assert f"gradcam_signed_{RUN}" in names
+    win.close()
