@@ -16,6 +16,7 @@ from bodyage_core.errors import BodyageError
 from bodyage_core.explain import (
     count_hooks,
     gradcam,
+    gradient_x_input,
     guided_gradcam,
     layer_names,
     occlusion_map,
@@ -128,6 +129,26 @@ def test_gradcam_points_at_box(trained, test_data, layer, variant):
     frac = box_fraction(res.mean[keep])
     assert frac > 5 * UNIFORM, frac           # uniform map: 0.053; measured 0.3 - 0.55
     assert centre_of_mass_in_box(res.mean[keep])
+
+
+@pytest.mark.parametrize("variant", ["relu", "signed", "abs"])
+def test_gradient_x_input_points_at_box(trained, test_data, variant):
+    x, a = test_data
+    res = gradient_x_input([trained, trained], x, variant=variant, target_std=[2.0, 2.0])
+    assert res.members.shape == (2, 8, *SHAPE) and res.method == "gradxinput"
+    a = a.numpy()
+    keep = a > 0.3 if variant == "relu" else np.abs(a) > 0.3
+    frac = box_fraction(res.mean[keep])
+    assert frac > 4 * UNIFORM, frac           # uniform map: 0.053; measured 0.26 - 0.35
+    if variant == "relu":                     # |.| maps keep diffuse sensitivity around
+        assert centre_of_mass_in_box(res.mean[keep])
+    if variant != "signed":
+        assert (res.mean >= 0).all()
+    plain = gradient_x_input(trained, x, variant=variant)
+    np.testing.assert_allclose(res.mean, 2.0 * plain.mean, rtol=1e-4, atol=1e-6)
+    assert count_hooks(trained) == 0
+    with pytest.raises(BodyageError, match="variant"):
+        gradient_x_input(trained, x, variant="max")
 
 
 def test_signed_gradcam_sign_follows_relation(trained, inverted, test_data):

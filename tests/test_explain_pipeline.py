@@ -155,6 +155,12 @@ def test_kind_override_keeps_layers_side_by_side(tmp_path):
 
     side = json.loads((ws.subject_dir("s0") / "gradcam_layer2_r1.json").read_text())
     assert side["layer"] == "layer2"
+    g = explain_subjects(ws, "r1", method="gradxinput", device="cpu")
+    assert g.kind == "gradxinput_r1" and g.written == ["s0"]
+    side = json.loads((ws.subject_dir("s0") / "gradxinput_r1.json").read_text())
+    assert side["method"] == "gradxinput" and side["layer"] is None
+    assert explain_subjects(ws, "r1", method="gradxinput", variant="abs",
+                            device="cpu").kind == "gradxinput_abs_r1"
 
 
 def test_bad_input_messages(tmp_path):

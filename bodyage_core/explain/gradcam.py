@@ -300,6 +300,47 @@ def gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tenso
                      layer=layer, variant=variant, info={"target_std": scales})
 
 
+# -- gradient x input (input-resolution attribution) ----------------------------------------------
+
+def gradient_x_input(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tensor,
+                     variant: str = "relu", batch_size: int | None = None,
+                     target_std: float | Sequence[float] = 1.0) -> MapResult:
+    """Gradient x input (Shrikumar et al. 2016): ``sum_c x_c * d mu / d x_c`` per voxel.
+
+    A first-order estimate of each voxel's contribution to the predicted age, at the input's
+    resolution (no feature-map upsampling). ``variant='relu'`` keeps the positive part (evidence
+    for older, like ReLU Grad-CAM), ``'signed'`` keeps the sign, ``'abs'`` the magnitude
+    (sensitivity in either direction). Maps are ``(K, N, *spatial)`` float32 like
+    :func:`gradcam`, raw values times ``target_std`` (years).
+    """
+    if variant not in VARIANTS + ("abs",):
+        raise ConfigError(f"unknown gradient x input variant {variant!r}; choose relu, signed "
+                          "or abs")
+    members = as_model_list(models)
+    xb = as_batch(x)
+    scales = member_scales(target_std, len(members))
+    maps = np.zeros((len(members), xb.shape[0], *xb.shape[2:]), dtype=np.float32)
+    mus = np.zeros((len(members), xb.shape[0]), dtype=np.float32)
+    for k, model in enumerate(members):
+        dev = model_device(model)
+        with eval_frozen(model):
+            for sl in _batches(xb.shape[0], batch_size):
+                inp = xb[sl].to(dev).requires_grad_(True)
+                with torch.enable_grad():
+                    mu = predicted_mean(model(inp))
+                    (g,) = torch.autograd.grad(mu.sum(), inp, allow_unused=True)
+                with torch.no_grad():
+                    m = (torch.zeros_like(inp) if g is None else g * inp).sum(dim=1)
+                    if variant == "relu":
+                        m = torch.relu(m)
+                    elif variant == "abs":
+                        m = m.abs()
+                maps[k, sl] = m.float().cpu().numpy() * scales[k]
+                mus[k, sl] = mu.detach().float().cpu().numpy()
+    return MapResult(members=maps, mean=maps.mean(axis=0), mu=mus, method="gradxinput",
+                     layer=None, variant=variant, info={"target_std": scales})
+
+
 # -- guided backpropagation and guided Grad-CAM (meant for the 2.5D model) ------------------------
 
 @contextlib.contextmanager

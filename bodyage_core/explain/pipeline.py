@@ -34,13 +34,13 @@ import numpy as np
 
 from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, ConfigError
-from bodyage_core.explain.gradcam import gradcam
+from bodyage_core.explain.gradcam import gradcam, gradient_x_input
 from bodyage_core.explain.occlusion import occlusion_map
 from bodyage_core.explain.space import map_to_subject_space, save_map
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
-METHODS = ("gradcam", "occlusion")
+METHODS = ("gradcam", "occlusion", "gradxinput")
 
 
 def map_kind(method: str, run: str, variant: str = "relu") -> str:
@@ -50,6 +50,8 @@ def map_kind(method: str, run: str, variant: str = "relu") -> str:
         return f"gradcam_{run}" if variant == "relu" else f"gradcam_signed_{run}"
     if method == "occlusion":
         return f"occlusion_{run}"
+    if method == "gradxinput":
+        return f"gradxinput_{run}" if variant == "relu" else f"gradxinput_{variant}_{run}"
     raise ConfigError(f"unknown explanation method {method!r}; use {' or '.join(METHODS)}")
 
 
@@ -221,7 +223,8 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
     subject_ids
         Subjects to explain (default: all).
     method
-        ``'gradcam'`` or ``'occlusion'``.
+        ``'gradcam'``, ``'occlusion'`` or ``'gradxinput'`` (gradient x input at the input's
+        resolution, :func:`~bodyage_core.explain.gradcam.gradient_x_input`).
     layer, variant
         Grad-CAM layer (default ``'layer3'``) and ``'relu'`` or ``'signed'``.
     device
@@ -250,8 +253,9 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
     from bodyage_core.cohort import Workspace
 
     t0 = time.perf_counter()
-    if variant not in ("relu", "signed"):
-        raise ConfigError(f"unknown Grad-CAM variant {variant!r}; use relu or signed")
+    if variant not in ("relu", "signed") and not (method == "gradxinput" and variant == "abs"):
+        raise ConfigError(f"unknown map variant {variant!r}; use relu or signed"
+                          + (" (or abs)" if method == "gradxinput" else ""))
     kind = kind or map_kind(method, run, variant)
     if isinstance(workspace, Workspace):
         return _explain(workspace, run, subject_ids, method, layer, variant, device, reporter,
@@ -311,6 +315,9 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
             if method == "gradcam":
                 res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
                               target_std=[member_std[k] for k in sel])
+            elif method == "gradxinput":
+                res = gradient_x_input([models[k] for k in sel], x, variant=variant,
+                                       target_std=[member_std[k] for k in sel])
             else:
                 res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
                                     stride=occlusion_stride, baseline=occlusion_baseline,
@@ -335,12 +342,14 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
             write_json(target.with_name(f"{kind}.json"), {
                 "kind": kind, "run": run, "method": method,
                 "layer": layer if method == "gradcam" else None,
-                "variant": variant if method == "gradcam" else "signed",
+                "variant": variant if method != "occlusion" else "signed",
                 "members": sel, "member_files": member_files, "fold": fold, "member_mu_years": mu_years,
-                "units": ("(d age / d activation) x activation, years"
-                          if method == "gradcam" else "change of predicted age, years"),
+                "units": {"gradcam": "(d age / d activation) x activation, years",
+                          "gradxinput": "(d age / d input) x input, years"}.get(
+                              method, "change of predicted age, years"),
                 "sign": ("relu: evidence that raises the predicted age" if
-                         method == "gradcam" and variant == "relu" else
+                         method != "occlusion" and variant == "relu" else
+                         "abs: magnitude (either direction)" if variant == "abs" else
                          "positive = evidence for older, negative = for younger"),
                 "occlusion": res.info if method == "occlusion" else None,
                 "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
