@@ -1,94 +1,323 @@
 """Do the maps point at the right organs? Ground truth from the synthetic cohort (issue 4).
 
-On a workspace where the pipeline has run (``bodyage demo`` makes one; or pass
-``--run-pipeline`` to make it here), for every atlas group and the run's population maps:
+For each cohort (A: the demo's effects, every effect x2.5; B: the same subjects with *other*
+organs ageing, the generator option ``--effects``), the benchmark generates the cohort, trains a
+3-fold ResNet3D ensemble (``bodyage train``), explains every subject (Grad-CAM at each layer
+asked for, and gradient x input; ensemble of the subject's out-of-fold members) and measures against the generator's
+age-effect mask:
 
-* the fraction of population importance inside the generator's age-effect mask, warped to
-  atlas space, against what a uniform map over the body would score;
-* the share of importance per planted effect (mask id) and the rank of each effect;
-* the registration Dice of organ labels in atlas space.
+* **subject space** (no registration): the fraction of each subject's importance (ReLU map,
+  within the body) inside its own age-effect mask, mean over subjects, against the volume
+  fraction of the mask (what a uniform map scores); the share and enrichment per planted effect
+  and per organ;
+* **atlas space** (``--atlas-n`` subjects per sex, atlases built with ``--atlas-iterations``):
+  the fraction of *population* importance inside the majority-voted warped age-effect mask, for
+  the raw mean of the maps (published) and for per-subject normalised maps; the region summary
+  (share per organ) and the rank of every planted effect's organs; the organ-label Dice of every
+  member's warped labels against the atlas's majority-vote labels;
+* the **strongest planted effect** of each cohort: the effect whose parameters alone let an
+  oracle predict age best (``bodyage_core.synth.oracle.noise_floor`` with only that effect on,
+  at the cohort's strength), and whether it ranks first.
 
-    .venv/bin/python bench/bench_groundtruth.py [WORKSPACE] [--run demo] [--run-pipeline]
+The "change which organs age" experiment: the top regions of cohort B must be B's ageing organs,
+and A's top organs must drop.
+
+    .venv/bin/python bench/bench_groundtruth.py --root /tmp/gt_bench [--n 144] [--epochs 30]
+        [--maps gradcam:layer3,gradcam:layer2,gradxinput] [--atlas-n 12] [--cohorts A,B]
+
+Writes ``bench/results/groundtruth.json``. Everything is resumable (the workspaces are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_results  # noqa: E402
+from _common import write_results  # noqa: E402
 
 from bodyage_core.cohort import Workspace  # noqa: E402
 from bodyage_core.io import load_labels, load_volume  # noqa: E402
-from bodyage_core.synth import EFFECT_NAMES  # noqa: E402
+from bodyage_core.synth import EFFECT_NAMES, EFFECTS, LABELS, AgeEffects  # noqa: E402
+
+COHORTS = {
+    # the demo's setting: every default effect x2.5
+    "A": ",".join(f"{e}=2.5" for e in ("spine", "back_muscle", "thigh_muscle", "aorta", "heart",
+                                       "knee")),
+    # change which organs age: the muscles and the spine stop ageing, the liver starts
+    "B": "spine=0,back_muscle=0,thigh_muscle=0,aorta=2.5,heart=2.5,knee=2.5,liver=2.5",
+}
+ORGAN_IDS = {v: k for k, v in LABELS.items()}
 
 
-def effect_shares(ws: Workspace, group: str, run: str, ids: list[str]) -> dict[str, float]:
-    """Mean over subjects of the share of each subject's atlas-space map inside each effect."""
-    sums: dict[int, list[float]] = {}
-    for sid in ids:
-        folder = ws.subject_dir(sid) / f"atlas_{group}"
-        cam_p, mask_p = folder / f"gradcam_{run}.nii.gz", folder / "age_mask.nii.gz"
-        if not (cam_p.exists() and mask_p.exists()):
+def log(*a) -> None:
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def bodyage(argv: list[str]) -> None:
+    from bodyage_core.cli.main import main
+
+    log("$ bodyage", " ".join(argv))
+    if main(argv) != 0:
+        raise SystemExit(f"bodyage {argv[0]} failed")
+
+
+# -- pipeline -----------------------------------------------------------------------------------
+def prepare(ws_path: Path, effects: str, args) -> None:
+    bodyage(["synth", str(ws_path), "--n", str(args.n), "--grid", args.grid,
+             "--effects", effects, "--seed", str(args.seed)])
+    if not (ws_path / "models" / args.run / "config.json").exists() or \
+            json.loads((ws_path / "models" / args.run / "config.json").read_text()).get(
+                "status") == "training":
+        resume = (ws_path / "models" / f"{args.run}.partial").exists()
+        bodyage(["train", str(ws_path), "--run", args.run, "--model", "resnet3d", "--loss", "l1",
+                 "--members", "1", "--folds", "3", "--epochs", str(args.epochs),
+                 "--width", str(args.width), "--lr", "1e-3",
+                 "--spacing", *(str(v) for v in args.spacing), "--scheduler", "step",
+                 "--batch-size", "8", "--early-stopping", "0", "--device", "cpu",
+                 "--threads", "1", *(["--resume"] if resume else [])])
+
+
+def map_kinds(args) -> dict[str, tuple[str, str | None]]:
+    """``{name: (method, layer)}`` of the maps to make: ``gradcam:layer3`` -> ``gradcam_layer3``,
+    ``gradxinput`` -> ``gradxinput``."""
+    out = {}
+    for item in args.maps:
+        method, _, layer = item.partition(":")
+        out[f"{method}_{layer}" if layer else method] = (method, layer or None)
+    return out
+
+
+def explain(ws: Workspace, args) -> dict[str, float]:
+    from bodyage_core.explain import explain_subjects
+
+    secs = {}
+    for name, (method, layer) in map_kinds(args).items():
+        t0 = time.perf_counter()
+        s = explain_subjects(ws, args.run, method=method, layer=layer or "layer3",
+                             device="cpu", kind=f"{name}_{args.run}")
+        secs[name] = (time.perf_counter() - t0) / max(len(s.written), 1) if s.written else None
+        log(f"explain {name}: {len(s.written)} written, {len(s.skipped)} skipped")
+    return secs
+
+
+def subject_space(ws: Workspace, args, kind: str) -> dict:
+    """Per-subject fraction inside the own age mask, per-effect and per-organ shares."""
+    frac, unif = [], []
+    eff_share: dict[str, list[float]] = {}
+    eff_vol: dict[str, list[float]] = {}
+    organ_share: dict[str, list[float]] = {}
+    for s in ws.db.subjects():
+        if kind not in s.images:
             continue
-        cam = np.clip(load_volume(cam_p).data[0], 0, None)
-        mask = load_labels(mask_p).data[0]
-        total = float(cam.sum()) or 1.0
+        cam = np.clip(load_volume(ws.resolve(s.images[kind])).data[0], 0, None)
+        mask = load_labels(ws.resolve(s.images["age_mask"])).data[0]
+        lab = load_labels(ws.resolve(s.images["labels"])).data[0]
+        body = lab > 0
+        w = cam * body
+        tot = float(w.sum())
+        if tot <= 0:
+            continue
+        frac.append(float(w[mask > 0].sum()) / tot)
+        unif.append(float((mask > 0).sum()) / float(body.sum()))
         for eid in np.unique(mask[mask > 0]):
-            sums.setdefault(int(eid), []).append(float(cam[mask == eid].sum()) / total)
-    return {EFFECT_NAMES.get(k, str(k)): float(np.mean(v)) for k, v in sorted(sums.items())}
+            name = EFFECT_NAMES[int(eid)]
+            eff_share.setdefault(name, []).append(float(w[mask == eid].sum()) / tot)
+            eff_vol.setdefault(name, []).append(float((mask == eid).sum()) / float(body.sum()))
+        ids, sums = np.unique(lab[body], return_inverse=True)
+        per = np.bincount(sums, weights=w[body])
+        for i, v in zip(ids, per):
+            organ_share.setdefault(LABELS[int(i)], []).append(float(v) / tot)
+    effects = {k: {"share": float(np.mean(v)), "volume_fraction": float(np.mean(eff_vol[k])),
+                   "enrichment": float(np.mean(v) / max(np.mean(eff_vol[k]), 1e-12))}
+               for k, v in eff_share.items()}
+    organs = sorted(((k, float(np.mean(v))) for k, v in organ_share.items()),
+                    key=lambda kv: -kv[1])
+    return {"n": len(frac), "importance_in_age_mask": float(np.mean(frac)) if frac else None,
+            "uniform_map": float(np.mean(unif)) if unif else None,
+            "effects": effects, "organ_ranking": [(k, round(v, 4)) for k, v in organs]}
+
+
+def build_atlases_subset(ws: Workspace, args) -> dict:
+    """Atlases per sex from the first ``atlas_n`` subjects of each sex (resumable)."""
+    from bodyage_core.atlas.build import AtlasConfig, build_atlas
+    from bodyage_core.atlas.workspace import _member, _record, transform_folder
+    from bodyage_core.registration import RegistrationConfig
+
+    reg = RegistrationConfig.from_dict(json.loads(args.registration) if args.registration
+                                       else None)
+    reg.threads = 1
+    cfg = AtlasConfig(iterations=args.atlas_iterations, registration=reg)
+    out = {}
+    for sex in ("F", "M"):
+        subj = [s for s in ws.db.subjects() if s.sex == sex][: args.atlas_n]
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        summary = build_atlas([_member(ws, s) for s in subj], ws.atlas_dir(sex), sex, cfg,
+                              transform_dir=lambda sid, g=sex: transform_folder(ws, sid, g),
+                              extra={"by": ["sex"]})
+        for sid, q in summary["quality"].items():
+            _record(ws, sid, sex, q, transform_folder(ws, sid, sex))
+        secs = [q.get("seconds") for q in summary["quality"].values()
+                if not q.get("reused") and q.get("seconds")]
+        out[sex] = {"n": len(subj), "wall_s": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - c0,
+                    "registration_wall_s_median": float(np.median(secs)) if secs else None,
+                    "failed": summary.get("failed")}
+        log(f"atlas {sex}: {len(subj)} subjects, {out[sex]['wall_s']:.0f} s")
+    return out
+
+
+def atlas_dice(ws: Workspace, group: str) -> dict:
+    """Organ-label Dice of every member's warped labels against the atlas majority labels."""
+    from bodyage_core.atlas.workspace import warped_maps
+    from bodyage_core.registration import label_dice
+
+    atlas_labels = load_labels(ws.atlas_dir(group) / "labels.nii.gz").data[0]
+    _ids, labs, _ = warped_maps(ws, group, "labels", "nearest")
+    per_subject, per_organ = [], {}
+    for lab in labs:
+        d = label_dice(lab, atlas_labels)
+        per_subject.append(float(np.mean(list(d.values()))))
+        for k, v in d.items():
+            per_organ.setdefault(LABELS.get(int(k), str(k)), []).append(float(v))
+    return {"dice_labels_mean": float(np.mean(per_subject)),
+            "dice_per_organ": {k: round(float(np.mean(v)), 3) for k, v in
+                               sorted(per_organ.items(), key=lambda kv: -np.mean(kv[1]))}}
+
+
+def atlas_space(ws: Workspace, args, kind: str, normalise: str) -> dict:
+    from bodyage_core.atlas.build import load_atlas, majority_vote
+    from bodyage_core.atlas.regions import importance_inside_mask
+    from bodyage_core.atlas.workspace import build_population_maps, warped_maps
+
+    tag = f"{kind}_{normalise}"
+    summ = build_population_maps(ws, args.run, groups=["F", "M"], kind=kind,
+                                 normalise=normalise, tag=tag)
+    out = {}
+    for g, gs in summ["groups"].items():
+        if "error" in gs:
+            out[g] = gs
+            continue
+        info = gs["subgroups"]["all"]
+        atlas = load_atlas(ws.atlas_dir(g))
+        pop = load_volume(ws.atlas_dir(g) / f"population_{tag}_all_mean.nii.gz").data[0]
+        _ids, masks, _ = warped_maps(ws, g, "age_mask", "nearest")
+        voted = majority_vote([m.astype(np.int16) for m in masks])
+        effects = {}
+        for eid in np.unique(voted[voted > 0]):
+            name = EFFECT_NAMES[int(eid)]
+            sel = voted == eid
+            share = importance_inside_mask(pop, sel, atlas["body_mask"])
+            vf = float((sel & atlas["body_mask"]).sum() / atlas["body_mask"].sum())
+            effects[name] = {"share": share, "volume_fraction": vf,
+                             "enrichment": share / vf if vf else None}
+        regions = json.loads((ws.atlas_dir(g) / f"regions_{tag}.json").read_text())["all"]
+        out[g] = {"n": info["n"], "importance_in_age_mask": info.get("importance_in_age_mask"),
+                  "uniform_map": info.get("uniform_baseline"), "effects": effects,
+                  "organ_ranking": [(r["region"], round(r["share"], 4)) for r in regions]}
+    return out
+
+
+def strongest_effects(effects: str, n: int = 3000) -> list[tuple[str, float]]:
+    """Enabled effects ordered by the oracle MAE with only that effect on (best first)."""
+    from bodyage_core.synth.oracle import noise_floor
+
+    eff = AgeEffects.parse(effects)
+    out = []
+    for name in eff.enabled():
+        only = AgeEffects.none().with_strength(name, eff.strength(name))
+        out.append((name, round(float(noise_floor(n=n, effects=only)["oracle_mae"]), 2)))
+    return sorted(out, key=lambda kv: kv[1])
+
+
+def effect_ranks(organ_ranking: list, effects: str) -> dict[str, int | None]:
+    """Best rank, in the organ ranking, of any organ of each enabled effect."""
+    eff = AgeEffects.parse(effects)
+    order = [r[0] for r in organ_ranking]
+    ranks = {}
+    for name in eff.enabled():
+        rs = [order.index(o) + 1 for o in EFFECTS[name].organs if o in order]
+        ranks[name] = min(rs) if rs else None
+    return ranks
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("workspace", nargs="?", default="demo_workspace")
-    ap.add_argument("--run", default="demo")
-    ap.add_argument("--run-pipeline", action="store_true",
-                    help="run `bodyage demo --no-gui` on the workspace first")
+    ap.add_argument("--root", default="/tmp/gt_bench", help="where the workspaces go")
+    ap.add_argument("--cohorts", default="A,B")
+    ap.add_argument("--n", type=int, default=144)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", default="6,6,8", help="synthetic grid (the demo's)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--spacing", type=float, nargs=3, default=(9.0, 9.0, 9.0))
+    ap.add_argument("--run", default="gt")
+    ap.add_argument("--maps", default="gradcam:layer3,gradcam:layer2,gradxinput",
+                    help="maps to make: gradcam:<layer> or gradxinput (relu variants)")
+    ap.add_argument("--atlas-n", type=int, default=12,
+                    help="subjects per sex in the atlases (0: no atlas-space figures)")
+    ap.add_argument("--atlas-cohorts", default="A", help="cohorts that get atlases")
+    ap.add_argument("--atlas-iterations", type=int, default=1)
+    ap.add_argument("--registration", default=None, help="JSON of registration options")
+    ap.add_argument("--out", default="groundtruth", help="results file name")
     args = ap.parse_args(argv)
-    if args.run_pipeline:
-        from bodyage_core.cli.main import main as bodyage
-
-        if bodyage(["demo", args.workspace, "--no-gui"]) != 0:
-            return 1
-    ws = Workspace.open(args.workspace)
-    rows = []
-    for pop in sorted(ws.root.glob(f"atlases/*/population_{args.run}.json")):
-        group = pop.parent.name
-        info = json.loads(pop.read_text())["subgroups"]["all"]
-        quality = json.loads((pop.parent / "quality.json").read_text()) \
-            if (pop.parent / "quality.json").exists() else {}
-        shares = effect_shares(ws, group, args.run, info["subjects"])
-        ranked = sorted(shares, key=shares.get, reverse=True)
-        rows.append({
-            "group": group, "n": info["n"],
-            "importance_in_age_mask": info.get("importance_in_age_mask"),
-            "uniform_map": info.get("uniform_baseline"),
-            "dice_labels_atlas": _mean_dice(quality),
-            "effect_ranking": " > ".join(f"{k} {shares[k]:.2f}" for k in ranked),
-        })
-    if not rows:
-        print(f"no population maps for run {args.run!r} in {ws.root}: run `bodyage demo` first",
-              file=sys.stderr)
-        return 1
-    print_table(rows)
-    preds = ws.db.predictions(args.run)
-    mae = float(np.mean([abs(p["mean"] - p["age"]) for p in preds])) if preds else None
-    print("wrote", write_results("groundtruth", rows, {
-        "workspace": str(ws.root), "run": args.run, "n_subjects": ws.db.count(),
-        "oof_mae_raw": mae, "target": "importance in age-effect mask >= 0.6; Dice >= 0.8"}))
+    args.maps = [s for s in args.maps.split(",") if s]
+    t_start = time.perf_counter()
+    results: dict = {"settings": {k: v for k, v in vars(args).items()},
+                     "threads": os.environ.get("OMP_NUM_THREADS"), "cohorts": {}}
+    for name in [c for c in args.cohorts.split(",") if c]:
+        effects = COHORTS[name]
+        ws_path = Path(args.root) / f"cohort_{name}"
+        t0 = time.perf_counter()
+        prepare(ws_path, effects, args)
+        t_train = time.perf_counter() - t0
+        ws = Workspace.open(ws_path)
+        preds = ws.db.predictions(args.run)
+        mae = float(np.mean([abs(p["mean"] - p["age"]) for p in preds])) if preds else None
+        mean_mae = float(np.mean(np.abs([p["age"] for p in preds]
+                                        - np.mean([p["age"] for p in preds])))) if preds else None
+        res: dict = {"effects": effects, "oof_mae_raw": mae, "mean_predictor_mae": mean_mae,
+                     "strongest_effects_oracle_mae": strongest_effects(effects),
+                     "synth_train_s": t_train}
+        res["explain_s_per_subject"] = explain(ws, args)
+        res["subject_space"] = {}
+        for layer in map_kinds(args):
+            kind = f"{layer}_{args.run}"
+            ss = subject_space(ws, args, kind)
+            ss["effect_ranks"] = effect_ranks(ss["organ_ranking"], effects)
+            res["subject_space"][layer] = ss
+            log(f"cohort {name} {layer} subject space: inside {ss['importance_in_age_mask']:.3f}"
+                f" vs uniform {ss['uniform_map']:.3f}; top {ss['organ_ranking'][:4]}")
+        if args.atlas_n and name in args.atlas_cohorts.split(","):
+            t0 = time.perf_counter()
+            res["atlas_build"] = build_atlases_subset(ws, args)
+            res["atlas_build_s"] = time.perf_counter() - t0
+            res["dice"] = {g: atlas_dice(ws, g) for g in ("F", "M")}
+            res["atlas_space"] = {}
+            for layer in map_kinds(args):
+                for norm in ("none", "sum"):
+                    kind = f"{layer}_{args.run}"
+                    a = atlas_space(ws, args, kind, norm)
+                    for g in a.values():
+                        if "organ_ranking" in g:
+                            g["effect_ranks"] = effect_ranks(g["organ_ranking"], effects)
+                    res["atlas_space"][f"{layer}_{norm}"] = a
+                    log(f"cohort {name} {layer} {norm} atlas: " + "; ".join(
+                        f"{g} inside {v.get('importance_in_age_mask', 0):.3f} vs uniform "
+                        f"{v.get('uniform_map', 0):.3f}" for g, v in a.items()))
+        ws.close()
+        results["cohorts"][name] = res
+        write_results(args.out, [], {**results, "seconds": time.perf_counter() - t_start})
+    results["seconds"] = time.perf_counter() - t_start
+    print("wrote", write_results(args.out, [], results))
     return 0
-
-
-def _mean_dice(quality: dict) -> float | None:
-    vals = [float(q["dice_labels_mean"]) for q in quality.values()
-            if isinstance(q, dict) and q.get("dice_labels_mean") is not None]
-    return float(np.mean(vals)) if vals else None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import numpy as np
 
 from bodyage_core.atlas.stats import age_bands, gap_classes, mean_std
 
-
 NORMALISATIONS = ("none", "sum")
 
 
