@@ -131,6 +131,28 @@ def test_explain_and_register_stages_on_a_thread_cluster(ws_path):
         assert again.done == [] and sorted(again.skipped) == sorted(females)
 
 
+def test_existing_scheduler_by_address(ws_path, capsys):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0") as cluster:
+        rc = main(["predict", str(ws_path), "--run", "r", "--device", "cpu",
+                   "--scheduler", cluster.scheduler_address])
+        # workers that cannot see the workspace path are refused on connect
+        from types import SimpleNamespace
+
+        elsewhere = SimpleNamespace(root=Path("/nonexistent/bodyage/ws"))
+        with pytest.raises(BodyageError, match="do not see the workspace folder"):
+            Engine(elsewhere, EngineOptions(scheduler=cluster.scheduler_address),
+                   lock=False).start()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"[{cluster.scheduler_address}, 1 worker(s)]" in out and "6 done" in out
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.db.predictions("r")) == 6
+        assert {t["status"] for t in ws.db.tasks("predict", "r").values()} == {"done"}
+
+
 # -- bad input: a worker dying mid-subject ----------------------------------------------------
 
 def _write_map(root: str, sid: str, marker: str, mode: str) -> dict:
