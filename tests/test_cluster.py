@@ -94,11 +94,15 @@ def test_predict_stage_matches_batch_predict_and_is_idempotent(ws_path):
         assert len({t["worker"] for t in tasks.values()}) >= 1
         csv = (ws.root / "reports" / "predictions_r.csv").read_text().splitlines()
         assert len(csv) == 1 + len(expected)
-        # --overwrite redoes every subject; attempts add up over runs
+        # --overwrite redoes every subject; attempts add up over runs; a temporary file left
+        # by a killed attempt is cleared
+        stale = ws.subject_dir(sid) / ".prediction_r.k1ll3d.json"
+        stale.write_text("{")
         with Engine(ws, _sync()) as eng:
             s3 = eng.run(PredictStage("r", device="cpu", overwrite=True))
         assert len(s3.done) == len(expected)
         assert all(t["attempts"] == 2 for t in ws.db.tasks("predict", "r").values())
+        assert not stale.exists()
 
 
 def test_explain_and_register_stages_on_a_thread_cluster(ws_path):

@@ -34,10 +34,26 @@ def add_engine_arguments(p) -> None:
 
 
 def engine_options(args) -> EngineOptions:
-    return EngineOptions(
-        scheduler=args.scheduler or os.environ.get(SCHEDULER_ENV) or "local",
-        workers=args.workers, retries=args.retries, connect_timeout=args.connect_timeout,
-        wait_lock=args.wait_lock).validate()
+    scheduler = args.scheduler or os.environ.get(SCHEDULER_ENV) or "local"
+    workers = args.workers
+    if scheduler == "local" and workers is None and _uses_gpu(getattr(args, "device", None)):
+        workers = 1     # one GPU: one worker (several GPUs: see docs/CLUSTER.md, dask-cuda)
+    return EngineOptions(scheduler=scheduler, workers=workers, retries=args.retries,
+                         connect_timeout=args.connect_timeout,
+                         wait_lock=args.wait_lock).validate()
+
+
+def _uses_gpu(device: str | None) -> bool:
+    if device is None or device == "cpu":
+        return False
+    if str(device).startswith("cuda"):
+        return True
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

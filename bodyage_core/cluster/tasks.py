@@ -119,9 +119,29 @@ def limit_threads(n: int) -> None:
             _THREADS_SET["sitk"] = n
 
 
+def clear_stale_temporaries(path: Path) -> int:
+    """Remove temporary files an earlier, killed attempt left beside ``path``
+    (``.<stem>.XXXX<suffix>`` of :func:`bodyage_core.atomic.atomic_path`). Safe because one run
+    holds the workspace and one task writes a subject's file at a time. Returns the count."""
+    n = 0
+    try:
+        # a folder of transform files: every hidden file inside is a temporary
+        stale = list(path.glob(".*")) if path.is_dir() else []
+        stale += list(path.parent.glob(f".{path.stem}.*"))
+        for p in stale:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+    except OSError:
+        pass
+    return n
+
+
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """Name ``path`` in any OSError raised while writing it (ENOSPC, EACCES, EROFS...)."""
+    """Name ``path`` in any OSError raised while writing it (ENOSPC, EACCES, EROFS...);
+    first clear the temporaries a killed attempt may have left beside it."""
+    clear_stale_temporaries(Path(path))
     try:
         yield
     except OSError as err:
