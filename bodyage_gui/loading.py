@@ -15,7 +15,6 @@ import numpy as np
 from bodyage_core.errors import LoadError
 from bodyage_core.volume import Volume
 
-
 _FAST_GZIP: bool | None = None
 
 
@@ -31,12 +30,9 @@ def use_fast_gzip() -> bool:
     except ImportError:
         _FAST_GZIP = False
         return False
+    from isal.isal_zlib import error as isal_error  # igzip_lib.IsalError
+
     plain, keys = openers.Opener.gz_def
-    isal_error = igzip.IGzipFile.__init__.__globals__.get("IsalError", Exception)
-    try:
-        from isal.isal_zlib import error as isal_error  # noqa: F811
-    except ImportError:  # pragma: no cover
-        pass
 
     class _Reader(igzip.IGzipFile):
         """ISA-L gzip reader whose errors are zlib-like (OSError), as readers expect."""

@@ -123,3 +123,23 @@ def test_session_from_a_newer_viewer(qtbot, window, tmp_path):
     assert not window.restore_session(js)
     _dialog_shown(window, "newer", "update bodyage")
     assert window.state.to_dict() == before
+
+
+def test_fast_gzip_reads_the_same_and_reports_corrupt_files(tmp_path):
+    pytest.importorskip("isal")
+    from bodyage_core.errors import LoadError
+    from bodyage_gui.loading import load_for_viewer, use_fast_gzip
+
+    path = _save(_vol(), tmp_path / "img.nii.gz")
+    assert use_fast_gzip()
+    v = load_for_viewer(path)
+    np.testing.assert_array_equal(v.data, _vol().data)
+    # truncated and corrupt gzip streams: a LoadError naming the file, no traceback
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(raw[:40] + bytes(200) + raw[240:])
+    for p in (cut, bad):
+        with pytest.raises(LoadError, match=p.name):
+            load_for_viewer(p)
