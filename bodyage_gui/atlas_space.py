@@ -207,6 +207,9 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     meta = link.transform_dir / "transform.json"
     out: list[LayerSpec] = []
     for s in specs:
+        prov = s.volume.provenance
+        if prov.get("atlas") == link.group and prov.get("space") == "subject":
+            continue  # the population map warped onto the subject: shown as it is below
         labels = s.settings.get("kind") == "labels"
         interp = "nearest" if labels else "linear"
         vol = None
@@ -267,3 +270,25 @@ def _atlas_label_names(atlas_dir: Path) -> dict[int, str]:
         except (OSError, ValueError):
             pass
     return {}
+
+
+def population_to_subject(link: AtlasLink, subject: Volume) -> tuple[Volume, dict[str, Any], str]:
+    """The group's population map warped back onto the subject's grid through the inverse of
+    its registration (worker thread). Returns ``(volume, display settings, layer name)``."""
+    from bodyage_core.atlas.build import load_image
+    from bodyage_core.registration.transform import SubjectTransform, warp_map
+
+    if link.population is None:
+        raise BodyageError(f"no population map built for atlas {link.group!r} yet",
+                           path=link.atlas_dir,
+                           hint="run `bodyage atlas maps WORKSPACE --run RUN` first")
+    tx = SubjectTransform.load(link.transform_dir)
+    pop = load_image(link.population)
+    pop = pop.with_data(pop.data[:1], channels=(pop.channels[0],))
+    vol = warp_map(pop, tx, (subject.shape, subject.affine), "linear", inverse=True)
+    prov = dict(vol.provenance)
+    prov.update({"space": "subject", "subject": link.subject_id, "atlas": link.group})
+    vol = Volume(vol.data, vol.affine, vol.channels, prov, dict(vol.metadata))
+    disp = display.importance_display(vol.data[0])
+    stem = link.population.name.replace(".nii.gz", "").replace("_mean", "")
+    return vol, disp, f"{stem} ({link.group}, on the subject)"

@@ -72,6 +72,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
     _payload_ready = QtCore.Signal(str, object)
     _files_ready = QtCore.Signal(object, object, object, object)
     _space_ready = QtCore.Signal(object, object)
+    _task_ready = QtCore.Signal(object, object)   # (future, main-thread callback)
     #: ``'subject'`` or ``'atlas'`` once the display switched space
     space_changed = QtCore.Signal(str)
     workspace_changed = QtCore.Signal(object)
@@ -107,6 +108,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self._atlas_transform: Any = None
         self._pending_space = None
         self._space_ready.connect(self._on_space_ready)
+        self._task_ready.connect(lambda fut, then: then(fut))
         self.scheduler = RedrawScheduler(parent=self)
         self.setWindowTitle(strings.APP_NAME)
         self.resize(1400, 900)
@@ -266,6 +268,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self.atlas_action.setToolTip(atlas_space.NO_WORKSPACE)
         self.atlas_action.setStatusTip(atlas_space.NO_WORKSPACE)
         self.view_menu.setToolTipsVisible(True)
+        self.population_action = self._action(
+            self.view_menu, "Add &population map on the subject",
+            lambda: self.add_population_to_subject())
+        self.population_action.setEnabled(False)
         self._action(self.view_menu, "Reset views (R)", self.state.reset)
         self.channel_menu = self.view_menu.addMenu("&Channel")
         self.channel_menu.aboutToShow.connect(self._fill_channel_menu)
@@ -638,6 +644,14 @@ class QtMainWindow(QtWidgets.QMainWindow):
             w.blockSignals(False)
         self.atlas_action.setStatusTip(tip)
         self.layer_panel.space_check.setText(link.label if link is not None else "atlas space")
+        pop_ok = link is not None and link.population is not None and not atlas
+        self.population_action.setEnabled(pop_ok and not pending)
+        self.population_action.setToolTip(
+            f"the population map of group {link.group} warped back onto this subject through "
+            "its registration" if pop_ok else
+            ("in atlas space the population map is shown as it is" if atlas else
+             (tip if link is None else "no population map built for this group yet: run "
+              "`bodyage atlas maps WORKSPACE --run RUN`")))
 
     def toggle_atlas_space(self) -> bool:
         """Switch the display between the subject's space and its group's atlas space."""
@@ -687,6 +701,41 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 pass
 
         fut.add_done_callback(ready)
+        return True
+
+    def add_population_to_subject(self, wait: bool = False) -> bool:
+        """Add the population map of the subject's group, warped back onto the subject through
+        its registration (in the background unless ``wait``), as an overlay layer."""
+        link = self.atlas_link
+        base = self.state.base_layer
+        if link is None or base is None or self.display_space != atlas_space.SUBJECT:
+            self.report_error(BodyageError(
+                self.atlas_reason if link is None else
+                "the population map goes onto the subject in subject space",
+                hint=None if link is None else "switch back to subject space first"))
+            return False
+        subject_volume = base.volume
+        fut = self._io_pool.submit(atlas_space.population_to_subject, link, subject_volume)
+
+        def then(f) -> bool:
+            def do():
+                vol, disp, name = f.result()
+                if self.state.base_layer is None or \
+                        self.state.base_layer.volume is not subject_volume:
+                    return False  # another subject (or space) meanwhile
+                lay = self.state.add_layer(vol, name=name, **disp)
+                self.statusBar().showMessage(f"{name}: warped back through the registration",
+                                             5000)
+                return lay is not None
+
+            return bool(self._guard(do))
+
+        if wait:
+            fut.exception()
+            return then(fut)
+        self.statusBar().showMessage(f"warping the population map of {link.group} onto "
+                                     f"{link.subject_id} ...")
+        fut.add_done_callback(lambda f: self._task_ready.emit(f, then))
         return True
 
     def wait_for_space(self, timeout: float = 120.0) -> bool:

@@ -217,3 +217,30 @@ def test_session_saved_in_atlas_space_reopens_there(qtbot, window, tmp_path):
     assert win.display_space == "atlas" and win.state.base_layer.volume.shape == REF_SHAPE
     np.testing.assert_allclose(win.state.cursor, cursor, atol=1e-6)
     assert _layer(win.state, "gradcam_r1").threshold == pytest.approx(0.7)
+
+
+def test_population_map_warped_back_onto_the_subject(qtbot, window, workspace):
+    win = window
+    _, pop = workspace
+    assert win.open_subject("S0", wait=True), win.last_error
+    assert win.population_action.isEnabled()
+    n = len(win.state.layers)
+    assert win.add_population_to_subject(wait=True), win.last_error
+    assert len(win.state.layers) == n + 1
+    lay = win.state.layers[-1]
+    assert lay.name.startswith("population_r1_all (F_healthy") and lay.kind == "overlay"
+    assert lay.volume.shape == SHAPE and not lay.resampled
+    # subject voxel v shows the atlas voxel v - shift (the inverse of the registration)
+    for u in [(8, 10, 11), (5, 7, 9), (10, 12, 6)]:               # atlas voxels z, y, x
+        v = tuple(np.array(u) + SHIFT_XYZ[::-1])
+        assert lay.volume.data[0][v] == pytest.approx(pop[u], abs=1e-5)
+    # in atlas space the action is off (the map is shown as it is there, once)
+    assert win.set_display_space("atlas", wait=True)
+    assert not win.population_action.isEnabled()
+    assert sum(x.name.startswith("population") for x in win.state.layers) == 1
+    # background path
+    assert win.set_display_space("subject")
+    with qtbot.waitSignal(win._task_ready, timeout=30_000):
+        assert win.population_action.isEnabled()
+        win.population_action.trigger()
+    assert win.state.layers[-1].name.startswith("population_r1_all (F_healthy")
