@@ -402,3 +402,26 @@ def test_engine_options_validate():
     with pytest.raises(BodyageError, match="--retries"):
         EngineOptions(retries=-1).validate()
     assert EngineOptions(scheduler="sync").validate().is_sync
+
+
+def test_schema_1_workspace_is_migrated_for_task_timings(tmp_path):
+    import sqlite3
+
+    from bodyage_core.cohort.database import _SCHEMA_V1, CohortDB, _split_sql
+
+    path = tmp_path / "cohort.sqlite"
+    con = sqlite3.connect(str(path))
+    for stmt in _split_sql(_SCHEMA_V1):
+        con.execute(stmt)
+    con.execute("INSERT INTO tasks (stage, key, subject_id, status, attempts, updated)"
+                " VALUES ('explain', 'gradcam_r', 's1', 'done', 1, 0)")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    db = CohortDB.open(path)
+    assert db.schema_version == 2
+    db.finish_task("explain", "gradcam_r", "s1", "done", attempts=1, seconds=1.5, worker="w")
+    row = db.tasks("explain", "gradcam_r")["s1"]
+    assert row["attempts"] == 2 and row["seconds"] == 1.5 and row["worker"] == "w"
+    db.close()
+    assert CohortDB.open(path).schema_version == 2      # opening again changes nothing
