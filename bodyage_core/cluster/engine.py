@@ -394,6 +394,8 @@ class Engine:
                 while True:
                     try:
                         result = stage.task(ws, job)()
+                    except Cancelled:
+                        raise
                     except Exception as exc:  # noqa: BLE001 - recorded per subject
                         if self._retryable(stage, exc, attempt):
                             attempt += 1
