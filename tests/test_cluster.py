@@ -119,6 +119,20 @@ def test_explain_and_register_stages_on_a_thread_cluster(ws_path):
         assert len(ex.done) == 6 and not ex.failed
         again = nib.load(str(ws.subject_dir(first) / "gradcam_r.nii.gz")).get_fdata()
         assert reference.max() > 0 and np.allclose(again, reference, rtol=1e-4, atol=1e-6)
+        # gradient x input, signed: the same map and sidecar as the in-process pipeline
+        explain_subjects(ws, "r", subject_ids=[first], method="gradxinput", variant="signed",
+                         device="cpu")
+        gx = ws.subject_dir(first) / "gradxinput_signed_r.nii.gz"
+        ref_gx, ref_side = nib.load(str(gx)).get_fdata(), json.loads(
+            gx.with_name("gradxinput_signed_r.json").read_text())
+        with Engine(ws, _sync()) as eng:
+            s = eng.run(ExplainStage("r", subject_ids=[first], method="gradxinput",
+                                     variant="signed", device="cpu", overwrite=True))
+        assert s.done == [first]
+        assert np.allclose(nib.load(str(gx)).get_fdata(), ref_gx, rtol=1e-4, atol=1e-7)
+        side = json.loads(gx.with_name("gradxinput_signed_r.json").read_text())
+        assert side.keys() == ref_side.keys() and side["units"] == ref_side["units"]
+        assert (ref_gx < 0).any() and (ref_gx > 0).any()
         for sid in ex.done:
             img = nib.load(str(ws.subject_dir(sid) / "gradcam_r.nii.gz"))
             water = nib.load(str(ws.image_path(sid, "water")))

@@ -20,11 +20,16 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="trained run under models/<run>/")
     p.add_argument("--subject", action="append", dest="subjects", metavar="ID",
                    help="explain only this subject (repeatable; default: all)")
-    p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam")
+    p.add_argument("--method", choices=("gradcam", "occlusion", "gradxinput"), default="gradcam",
+                   help="gradcam (default), occlusion, or gradxinput (gradient x input at the "
+                        "input's resolution)")
     p.add_argument("--layer", default="layer3",
                    help="Grad-CAM layer (default layer3; ResNet stages: stem, layer1..layer4)")
     p.add_argument("--signed", action="store_true",
-                   help="signed Grad-CAM (+ evidence for older, - for younger) instead of ReLU")
+                   help="signed Grad-CAM / gradient x input (+ evidence for older, - for "
+                        "younger) instead of ReLU")
+    p.add_argument("--abs", action="store_true",
+                   help="gradxinput only: the magnitude (either direction)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--patch", type=int, default=8,
                    help="occlusion patch size in model-grid voxels (default 8)")
@@ -56,12 +61,17 @@ def run(args) -> int:
     from bodyage_core.cluster.cli import run_stages
     from bodyage_core.cohort import Workspace
 
-    if args.signed and args.method != "gradcam":
-        raise ConfigError("--signed applies to --method gradcam only",
+    if args.signed and args.method == "occlusion":
+        raise ConfigError("--signed applies to --method gradcam or gradxinput",
                           hint="occlusion maps are always signed")
+    if args.abs and args.method != "gradxinput":
+        raise ConfigError("--abs applies to --method gradxinput only")
+    if args.abs and args.signed:
+        raise ConfigError("choose one of --signed and --abs")
+    variant = "signed" if args.signed else "abs" if args.abs else "relu"
     stage = ExplainStage(
         args.run, subject_ids=args.subjects, method=args.method, layer=args.layer,
-        variant="signed" if args.signed else "relu", device=args.device,
+        variant=variant, device=args.device,
         overwrite=args.overwrite, occlusion_patch=args.patch, occlusion_stride=args.stride,
         occlusion_baseline=_baseline(args.baseline), save_members=args.members)
     with Workspace.open(args.workspace) as ws:

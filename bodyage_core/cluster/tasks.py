@@ -356,8 +356,9 @@ def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str
                 variant: str, device: str, occlusion_patch, occlusion_stride,
                 occlusion_baseline, batch_size: int, save_members: bool) -> dict[str, Any]:
     """Worker: one subject's explanation map in its own space (same files and sidecar as
-    :func:`bodyage_core.explain.pipeline.explain_subjects`)."""
-    from bodyage_core.explain.gradcam import gradcam
+    :func:`bodyage_core.explain.pipeline.explain_subjects`, whose per-subject body this mirrors
+    with the run's networks loaded once per worker)."""
+    from bodyage_core.explain.gradcam import gradcam, gradient_x_input
     from bodyage_core.explain.occlusion import occlusion_map
     from bodyage_core.explain.pipeline import model_grid_input, subject_grid
     from bodyage_core.explain.space import map_to_subject_space, save_map
@@ -379,6 +380,9 @@ def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str
     if method == "gradcam":
         res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
                       target_std=[member_std[k] for k in sel])
+    elif method == "gradxinput":
+        res = gradient_x_input([models[k] for k in sel], x, variant=variant,
+                               target_std=[member_std[k] for k in sel])
     else:
         res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
                             stride=occlusion_stride, baseline=occlusion_baseline,
@@ -404,13 +408,15 @@ def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str
         write_json(sidecar, {
             "kind": kind, "run": run, "method": method,
             "layer": layer if method == "gradcam" else None,
-            "variant": variant if method == "gradcam" else "signed",
+            "variant": variant if method != "occlusion" else "signed",
             "members": sel, "member_files": member_files, "fold": fold,
             "member_mu_years": mu_years,
-            "units": ("(d age / d activation) x activation, years"
-                      if method == "gradcam" else "change of predicted age, years"),
+            "units": {"gradcam": "(d age / d activation) x activation, years",
+                      "gradxinput": "(d age / d input) x input, years"}.get(
+                          method, "change of predicted age, years"),
             "sign": ("relu: evidence that raises the predicted age" if
-                     method == "gradcam" and variant == "relu" else
+                     method != "occlusion" and variant == "relu" else
+                     "abs: magnitude (either direction)" if variant == "abs" else
                      "positive = evidence for older, negative = for younger"),
             "occlusion": res.info if method == "occlusion" else None,
             "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
@@ -428,11 +434,16 @@ class ExplainStage(Stage):
                  method: str = "gradcam", layer: str = "layer3", variant: str = "relu",
                  device: str = "auto", overwrite: bool = False, occlusion_patch=8,
                  occlusion_stride=None, occlusion_baseline="zero", batch_size: int = 8,
-                 save_members: bool = False):
-        from bodyage_core.explain.pipeline import map_kind
+                 save_members: bool = False, kind: str | None = None):
+        from bodyage_core.explain.pipeline import METHODS, map_kind
 
-        if variant not in ("relu", "signed"):
-            raise ConfigError(f"unknown Grad-CAM variant {variant!r}; use relu or signed")
+        if method not in METHODS:
+            raise ConfigError(f"unknown explanation method {method!r}; use "
+                              f"{' or '.join(METHODS)}")
+        if variant not in ("relu", "signed") and not (method == "gradxinput"
+                                                       and variant == "abs"):
+            raise ConfigError(f"unknown map variant {variant!r}; use relu or signed"
+                              + (" (or abs)" if method == "gradxinput" else ""))
         self.run = run
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.method, self.layer, self.variant, self.device = method, layer, variant, device
@@ -440,7 +451,7 @@ class ExplainStage(Stage):
         self.occlusion = (occlusion_patch, occlusion_stride, occlusion_baseline)
         self.batch_size = batch_size
         self.save_members = save_members
-        self.kind = map_kind(method, run, variant)
+        self.kind = kind or map_kind(method, run, variant)
         self.no_prediction: list[str] = []
 
     def describe(self) -> str:
