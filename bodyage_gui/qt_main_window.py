@@ -735,7 +735,13 @@ class QtMainWindow(QtWidgets.QMainWindow):
             return then(fut)
         self.statusBar().showMessage(f"warping the population map of {link.group} onto "
                                      f"{link.subject_id} ...")
-        fut.add_done_callback(lambda f: self._task_ready.emit(f, then))
+        def ready(f):
+            try:
+                self._task_ready.emit(f, then)
+            except RuntimeError:  # the window is gone
+                pass
+
+        fut.add_done_callback(ready)
         return True
 
     def wait_for_space(self, timeout: float = 120.0) -> bool:

@@ -55,7 +55,7 @@ def workspace(tmp_path_factory):
     cam[8:12, 10:14, 12:16] = 2.0
     aff = _affine(SUB_ORIGIN)
     recs = []
-    for sid in ("S0", "S1"):
+    for sid in ("S0", "S1", "S2"):
         d = ws.subject_dir(sid, create=True)
         save_volume(Volume(water[None], aff, ("water",)), d / "water.nii.gz")
         save_volume(Volume(water[None] * 0.5, aff, ("fat",)), d / "fat.nii.gz")
@@ -82,6 +82,13 @@ def workspace(tmp_path_factory):
     SubjectTransform(tx, REF_SHAPE, ref_aff, info={"group": "F_healthy"}).save(folder)
     ws.db.set_registration("S0", "F_healthy", "ok", forward=ws.relative(folder))
     ws.db.set_image("S0", "to_atlas_F_healthy", ws.relative(folder))
+    # S2: a registration folder whose files are damaged
+    bad = ws.subject_dir("S2") / "atlas_F_healthy"
+    bad.mkdir(parents=True)
+    (bad / "transform.json").write_text("{ truncated")
+    (bad / "affine.tfm").write_text("not a transform")
+    ws.db.set_registration("S2", "F_healthy", "ok", forward=ws.relative(bad))
+    ws.db.set_image("S2", "to_atlas_F_healthy", ws.relative(bad))
     ws.close()
     return root, pop
 
@@ -244,3 +251,15 @@ def test_population_map_warped_back_onto_the_subject(qtbot, window, workspace):
         assert win.population_action.isEnabled()
         win.population_action.trigger()
     assert win.state.layers[-1].name.startswith("population_r1_all (F_healthy")
+
+
+def test_damaged_registration_is_a_clear_error_and_keeps_the_view(qtbot, window):
+    win = window
+    assert win.open_subject("S2", wait=True), win.last_error
+    assert win.atlas_action.isEnabled()             # the files exist: found, not yet read
+    before = win.state.to_dict()
+    assert not win.set_display_space("atlas", wait=True)
+    assert "unreadable registration transform" in win.last_error
+    assert "atlas_F_healthy" in win.last_error and "re-run the registration" in win.last_error
+    assert win.display_space == "subject" and win.state.to_dict() == before
+    assert not win.atlas_action.isChecked() and not win.layer_panel.space_check.isChecked()
