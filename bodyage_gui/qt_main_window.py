@@ -582,7 +582,8 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self.preloader.clear()
             self.subject_browser.set_subjects(rows)
             self.panel_docks["Subjects"].show()
-            self.resizeDocks([self.panel_docks["Subjects"]], [420], _Qt.Orientation.Horizontal)
+            self.resizeDocks([self.panel_docks["Subjects"], self.panel_docks["Layers"]],
+                             [340, 470], _Qt.Orientation.Horizontal)
             self._add_recent("recent_workspaces", str(path))
             self.workspace_changed.emit(ws)
             if old is not None and old is not ws:

@@ -138,6 +138,9 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
         window.add_panel(text.COHORT_PANEL, cohort, right, **dock_args)
     except TypeError:  # an add_panel without tabify_with
         window.add_panel(text.COHORT_PANEL, cohort, right)
+    if isinstance(window, QtWidgets.QMainWindow) and "Layers" in window.panel_docks:
+        # the right docks as narrow as the cohort panel allows: room for the views
+        window.resizeDocks([window.panel_docks["Layers"]], [470], _Qt.Orientation.Horizontal)
     tools = AnalysisTools(window, pred, cohort)
     menu: QtWidgets.QMenu = window.analysis_menu
 

@@ -21,6 +21,10 @@ class QtReadoutPanel(QtWidgets.QLabel):
                                      | QtGui.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.setMargin(4)
         self.setWordWrap(False)
+        # a long line is clipped rather than widening the dock (and squeezing the views)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                           QtWidgets.QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(160)
         ev = state.events
         self._events = (ev.cursor_changed, ev.layers_changed, ev.layer_changed)
         for e in self._events:
