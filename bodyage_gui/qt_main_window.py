@@ -17,6 +17,14 @@ Hook points for other parts of the GUI (cohort panel, prediction worker, trainin
 * :meth:`QtMainWindow.report_error` is the one place errors go (BodyageError message in a
   non-blocking dialog, ``last_error`` kept for tests); the state is never changed by a failed
   action.
+* Subject space / atlas space (:mod:`bodyage_gui.atlas_space`): :attr:`display_space`
+  (``'subject'`` | ``'atlas'``), :meth:`set_display_space` / :meth:`toggle_atlas_space` (View
+  menu, F6, the layer panel's check box; disabled with a tooltip naming ``bodyage atlas build``
+  / ``bodyage register`` when the subject has no registration), the signal ``space_changed``,
+  and :meth:`add_population_to_subject` (the group's population map warped back onto the
+  subject). Maps computed on the subject's grid must be added in subject space.
+* :meth:`prediction_stored` updates the subject browser after the prediction panel wrote a
+  prediction to ``cohort.sqlite``.
 """
 
 from __future__ import annotations

@@ -6,12 +6,18 @@ the worker thread; the panel shows a progress bar and a Cancel button and the wi
 responsive. Only the result crosses to the main thread: the panel then shows the predicted age
 +- sigma (raw and bias-corrected), the chronological age, the age gap and every member's
 prediction, and adds the Grad-CAM (ReLU, ``heat``) and the signed Grad-CAM (``bwr``, hidden) as
-overlay layers of the viewer. A failure (missing run, image without the run's channels) goes to
-``window.report_error`` and the viewer state is not touched; so does a cancelled run.
+overlay layers of the viewer. For a workspace subject predicted with one of the workspace's
+runs, the prediction (run, members, mean, sigma, bias-corrected age, gap) is also written to
+``cohort.sqlite`` as ``bodyage predict`` writes it (by the worker thread, last, so a cancelled
+run writes nothing) and the subject browser's row shows it. Finishing while the viewer shows
+atlas space, the maps wait until it is back in the subject's space. A failure (missing run,
+image without the run's channels) goes to ``window.report_error`` and the viewer state is not
+touched; so does a cancelled run.
 
 The panel needs a *window* offering the main window's hook points: ``state``, ``workspace``,
 ``current_subject``, ``add_overlay_volume(volume, name, **display)``, ``report_error(err)`` and
-optionally the signals ``workspace_changed`` / ``subject_changed``.
+optionally the signals ``workspace_changed`` / ``subject_changed`` / ``space_changed``, the
+attribute ``display_space`` and the method ``prediction_stored(subject_id, row)``.
 """
 
 from __future__ import annotations
