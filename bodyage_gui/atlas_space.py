@@ -112,16 +112,47 @@ def find_atlas_link(ws: Any, subject_id: str, run: str | None = None
 
 
 # -- points -------------------------------------------------------------------------------------
+class PointMapper:
+    """Maps single points between a subject's space and its atlas space (RAS mm).
+
+    Building the SimpleITK transforms copies the displacement fields (tens of MB for a
+    whole-body grid, ~0.1 s), so it happens once, in the worker thread that warps the layers;
+    mapping a point is then microseconds on the GUI thread."""
+
+    def __init__(self, transform: Any):
+        self._to_atlas = self._to_subject = None
+        try:
+            self._to_atlas = transform.to_subject()      # subject point -> reference point
+        except (BodyageError, RuntimeError):
+            pass                                         # no inverse field
+        self._to_subject = transform.to_reference()      # reference point -> subject point
+
+    @staticmethod
+    def _map(tx: Any, ras: np.ndarray) -> np.ndarray:
+        if tx is None:
+            raise BodyageError("this registration has no inverse displacement field",
+                               hint="re-run the registration to compute it")
+        p = tx.TransformPoint(tuple(float(v) for v in np.asarray(ras, dtype=float) * _LPS))
+        return np.asarray(p, dtype=float) * _LPS
+
+    def to_atlas(self, ras: np.ndarray) -> np.ndarray:
+        return self._map(self._to_atlas, ras)
+
+    def to_subject(self, ras: np.ndarray) -> np.ndarray:
+        return self._map(self._to_subject, ras)
+
+
 def subject_to_atlas(transform: Any, ras: np.ndarray) -> np.ndarray:
-    """A subject-space point (RAS mm) in atlas space (the inverse registration)."""
-    p = transform.to_subject().TransformPoint(tuple(float(v) for v in np.asarray(ras) * _LPS))
-    return np.asarray(p, dtype=float) * _LPS
+    """A subject-space point (RAS mm) in atlas space (the inverse registration);
+    ``transform`` is a SubjectTransform or a :class:`PointMapper`."""
+    mapper = transform if isinstance(transform, PointMapper) else PointMapper(transform)
+    return mapper.to_atlas(ras)
 
 
 def atlas_to_subject(transform: Any, ras: np.ndarray) -> np.ndarray:
     """An atlas-space point (RAS mm) in the subject's space (the forward registration)."""
-    p = transform.to_reference().TransformPoint(tuple(float(v) for v in np.asarray(ras) * _LPS))
-    return np.asarray(p, dtype=float) * _LPS
+    mapper = transform if isinstance(transform, PointMapper) else PointMapper(transform)
+    return mapper.to_subject(ras)
 
 
 # -- layers -------------------------------------------------------------------------------------
@@ -195,10 +226,10 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     """Warp a subject's layers into its atlas space and add the template and the population
     map (runs in a worker thread: files and numpy only).
 
-    Returns ``{"specs": [...], "transform": SubjectTransform}``: label maps are warped with
-    nearest neighbour, everything else linearly; a map file already warped by the atlas stage
-    (``subjects/<id>/atlas_<group>/<kind>.nii.gz``, newer than the map and the transform) is
-    read instead of warped again.
+    Returns ``{"specs": [...], "transform": SubjectTransform, "points": PointMapper}``: label
+    maps are warped with nearest neighbour, everything else linearly; a map file already warped
+    by the atlas stage (``subjects/<id>/atlas_<group>/<kind>.nii.gz``, newer than the map and
+    the transform) is read instead of warped again.
     """
     from bodyage_core.atlas.build import load_image, load_label_map
     from bodyage_core.registration.transform import SubjectTransform, warp_map
@@ -259,7 +290,7 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
                                    "threshold": disp["threshold"], "opacity": disp["opacity"],
                                    "visible": True, "path": str(link.population)},
                              active=True))
-    return {"specs": out, "transform": tx}
+    return {"specs": out, "transform": tx, "points": PointMapper(tx)}
 
 
 def _atlas_label_names(atlas_dir: Path) -> dict[int, str]:

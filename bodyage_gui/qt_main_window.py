@@ -788,7 +788,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
                         sp.settings[k] = old[k]
             atlas_space.carry_settings(new, self.state)
             trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
-            tx = payload["transform"]
+            tx = payload.get("points") or payload["transform"]
             try:
                 cursor = atlas_space.subject_to_atlas(tx, self.state.cursor)
             except (BodyageError, RuntimeError):
