@@ -296,6 +296,13 @@ class Engine:
         except Exception:  # noqa: BLE001
             return 1
 
+    def _min_worker_threads(self) -> int | None:
+        try:
+            ws = self.client.scheduler_info().get("workers", {})
+            return min(int(w.get("nthreads", 1)) for w in ws.values()) if ws else None
+        except Exception:  # noqa: BLE001
+            return None
+
     # -- running a stage ---------------------------------------------------------------------
     _multi_key = False
 
@@ -421,7 +428,13 @@ class Engine:
         ws = self.ws
         queue: deque[tuple[Job, int]] = deque((j, 1) for j in todo)
         in_flight: dict[Any, tuple[Job, int]] = {}
-        threads = self.options.threads_per_worker if self.options.scheduler == "local" else None
+        # compute threads per task: the local setting, or an existing cluster's smallest worker
+        # (several single-threaded workers per node must not each start a thread per core)
+        # (threads of this process when the local workers are threads: left alone)
+        if self.options.scheduler == "local":
+            threads = self.options.threads_per_worker if self.options.processes else None
+        else:
+            threads = self._min_worker_threads()
         n_done = len(summary.skipped)
 
         def fill() -> None:

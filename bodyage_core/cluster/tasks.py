@@ -101,7 +101,7 @@ def limit_threads(n: int) -> None:
         if _THREADS_SET.get("env") != n:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                         "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
-                os.environ[var] = str(n)
+                os.environ.setdefault(var, str(n))
             _THREADS_SET["env"] = n
         torch = sys.modules.get("torch")
         if torch is not None and _THREADS_SET.get("torch") != n:
