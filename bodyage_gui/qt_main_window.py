@@ -393,14 +393,8 @@ class QtMainWindow(QtWidgets.QMainWindow):
         flags = [False] * len(paths) + [looks_like_labels(p) for p in overlays]
         conv, layout = self.state.convention, self.state.layout
 
-        def build() -> ViewerState:  # in the I/O thread: read, check and lay out (Qt-free)
-            loaded = load_many(all_paths, flags)
-            trial = ViewerState(conv, layout)
-            self._fill(trial, list(zip(paths, loaded[:len(paths)])),
-                       list(zip(overlays, loaded[len(paths):])), threshold)
-            return trial
-
-        fut = self._io_pool.submit(build)
+        fut = self._io_pool.submit(_build_trial, all_paths, flags, len(paths), conv, layout,
+                                   threshold)
         self._pending_files = fut
         if not wait:
             self.statusBar().showMessage(f"loading {paths[0].name} ...")
@@ -438,7 +432,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
 
         return bool(self._guard(do))
 
-    def _fill(self, target: ViewerState, vols, ovs, threshold) -> None:
+    @staticmethod
+    def _fill(target: ViewerState, vols, ovs, threshold) -> None:
+        """Qt-free: runs in the I/O thread (holds no reference to the window)."""
         for i, (p, v) in enumerate(vols):
             target.add_layer(v, path=p, kind="image" if i == 0 else None)
         for p, v in ovs:
@@ -1095,6 +1091,16 @@ def _subject_rows(ws) -> tuple[list[dict[str, Any]], dict[str, dict[str, Path]]]
                      "gap": p.get("gap")})
         images[s.subject_id] = {k: ws.resolve(v) for k, v in s.images.items()}
     return rows, images
+
+
+def _build_trial(all_paths: list[Path], flags: list[bool], n_images: int, convention: str,
+                 layout: str, threshold: float | None) -> ViewerState:
+    """Read, check and lay out opened files in the I/O thread (Qt-free; holds no Qt object)."""
+    loaded = load_many(all_paths, flags)
+    trial = ViewerState(convention, layout)
+    QtMainWindow._fill(trial, list(zip(all_paths[:n_images], loaded[:n_images])),
+                       list(zip(all_paths[n_images:], loaded[n_images:])), threshold)
+    return trial
 
 
 def _session_loader(path: str) -> Volume:
