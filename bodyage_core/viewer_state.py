@@ -28,7 +28,6 @@ Geometry conventions
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,8 +50,6 @@ KINDS = ("image", "overlay", "labels")
 _NEG_POS = (("L", "R"), ("P", "A"), ("I", "S"))
 # plane -> (normal world axis, horizontal world axis, vertical world axis)
 _PLANE_AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
-#: volumes at least this big get an x-major copy for fast cuts across x (sagittal); 0 = all
-XMAJOR_MIN_VOXELS = 4_000_000
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -327,11 +324,7 @@ class PlaneGeometry:
         """The ``(rows, cols)`` slice of a ``(Z, Y, X)`` array on the base grid (a view)."""
         sl: list[Any] = [slice(None)] * 3
         sl[self.normal_axis] = int(index)
-        return self.orient(data3[tuple(sl)])
-
-    def orient(self, two: np.ndarray) -> np.ndarray:
-        """A plane cut ``(A, B)`` (the two in-plane numpy axes in numpy order) laid out as the
-        screen's ``(rows, cols)`` (a view)."""
+        two = data3[tuple(sl)]
         rem = [a for a in range(3) if a != self.normal_axis]
         if rem.index(self.row_axis) != 0:
             two = two.T
@@ -443,9 +436,6 @@ class ViewerState:
         self._geom_cache: dict[tuple[str, str, int], PlaneGeometry] = {}
         self._cursor_voxel_cache: tuple | None = None
         self._resample_cache: dict[tuple, np.ndarray] = {}
-        #: (id(volume), channel) -> (volume, x-major copy (X, Z, Y)); see _x_major
-        self._xmajor: dict[tuple[int, str], tuple[Volume, np.ndarray]] = {}
-        self._xmajor_building: set[tuple[int, str]] = set()
 
     # -- layers --------------------------------------------------------------------------------
     @property
@@ -786,10 +776,6 @@ class ViewerState:
             zyx = self._base.volume.world_to_voxel(np.asarray(list(cursor), dtype=float))
             k = int(np.clip(round(zyx[geom.normal_axis]), 0, geom.n_slices - 1))
         if not layer.resampled:
-            if geom.normal_axis == 2:
-                xm = self._x_major(layer)
-                if xm is not None:  # a contiguous (Z, Y) plane instead of a strided one
-                    return SliceImage(geom.orient(xm[k]), geom, k)
             return SliceImage(geom.cut(layer.data, k), geom, k)
         key = (layer.id, layer.channel, plane, self._convention, k)
         arr = self._resample_cache.get(key)
@@ -799,37 +785,6 @@ class ViewerState:
                 self._resample_cache.pop(next(iter(self._resample_cache)))
             self._resample_cache[key] = arr
         return SliceImage(arr, geom, k)
-
-    def _x_major(self, layer: Layer) -> np.ndarray | None:
-        """An x-major copy ``(X, Z, Y)`` of a big layer's shown channel, or None (yet).
-
-        A cut across x of a ``(Z, Y, X)`` array reads one value per cache line; the copy
-        makes it one contiguous block. It is built once per volume and channel in a background
-        thread (numpy releases the GIL while copying), used when ready, and dropped when no
-        layer shows that volume any more."""
-        key = (id(layer.volume), layer.channel)
-        hit = self._xmajor.get(key)
-        if hit is not None and hit[0] is layer.volume:
-            return hit[1]
-        data = layer.data
-        if data.size < XMAJOR_MIN_VOXELS or key in self._xmajor_building:
-            return None
-        shown = {id(lay.volume) for lay in self.layers}
-        for k in [k for k in self._xmajor if k[0] not in shown or k == key]:
-            self._xmajor.pop(k, None)
-        self._xmajor_building.add(key)
-        volume = layer.volume
-
-        def build() -> None:
-            try:
-                self._xmajor[key] = (volume, np.ascontiguousarray(np.moveaxis(data, 2, 0)))
-            except MemoryError:  # pragma: no cover - the strided cut still works
-                pass
-            finally:
-                self._xmajor_building.discard(key)
-
-        threading.Thread(target=build, name="bodyage-xmajor", daemon=True).start()
-        return None
 
     def _resample_slice(self, layer: Layer, geom: PlaneGeometry, k: int) -> np.ndarray:
         fast = _resample_axis_aligned(self._base.volume, layer.volume.channel(layer.channel),

@@ -113,35 +113,3 @@ def test_state_slices_resampled_layer_through_fast_path():
     for plane in PLANES:
         sl = st.slice_for_view(lay, plane)
         assert sl.array.shape == st.geometry(plane).shape and sl.array.dtype == np.float32
-
-
-def test_x_major_copy_gives_the_same_sagittal_slices(monkeypatch):
-    import time
-
-    from bodyage_core import viewer_state
-
-    monkeypatch.setattr(viewer_state, "XMAJOR_MIN_VOXELS", 0)
-    rng = np.random.default_rng(2)
-    aff = np.diag([2.0, 2.5, 3.0, 1.0])
-    vol = Volume(rng.random((2, 9, 11, 13), dtype=np.float32), aff, ("water", "fat"))
-    for convention in ("radiological", "neurological"):
-        st = ViewerState(convention)
-        lay = st.add_layer(vol, "img")
-        geom = st.geometry("sagittal")
-        for channel in ("water", "fat"):
-            lay.channel = channel
-            first = st.slice_for_view(lay, "sagittal", st.cursor).array  # starts the copy
-            t_end = time.time() + 10
-            while st._x_major(lay) is None and time.time() < t_end:
-                time.sleep(0.01)
-            assert st._x_major(lay) is not None
-            for k in range(geom.n_slices):
-                cur = st.base_layer.volume.voxel_to_world(np.array([4, 5, k]))
-                got = st.slice_for_view(lay, "sagittal", cur).array
-                np.testing.assert_array_equal(got, geom.cut(vol.channel(channel), k))
-            np.testing.assert_array_equal(first, st.slice_for_view(lay, "sagittal").array)
-        # dropped when no layer shows the volume any more
-        st.clear()
-        st.add_layer(Volume(vol.data[:1].copy(), aff, ("t1",)), "other")
-        st._x_major(st.base_layer)
-        assert all(v[0] is not vol for v in st._xmajor.values())
