@@ -122,11 +122,22 @@ class DistContext:
                                hint="fix that problem and run the command again (with --resume "
                                     "to keep the members already trained)")
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 60.0) -> None:
+        """Leave the process group. Every rank first meets the others (bounded by ``wait_s``
+        under gloo, so a dead rank cannot hang the exit): tearing gloo down while another rank
+        still talks to it aborts the process ("terminate called without an active exception"),
+        seen here in one of a few runs."""
         if self.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                try:
+                    if self.backend == "gloo":
+                        dist.monitored_barrier(timeout=datetime.timedelta(seconds=wait_s))
+                    else:
+                        dist.barrier()
+                except Exception:  # noqa: BLE001 - a rank already gone; leave anyway
+                    pass
                 dist.destroy_process_group()
             self.backend = None
 
