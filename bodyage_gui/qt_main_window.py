@@ -171,10 +171,24 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self.restoreGeometry(geo)
         dock_state = self.settings.value("window_state")
         if isinstance(dock_state, QtCore.QByteArray) and not dock_state.isEmpty():
-            self.restoreState(dock_state)
+            self._docks_fitted = self.restoreState(dock_state)  # the user's own layout
         conv = self.settings.value("convention")
         if self.state.base_layer is None and conv in ("radiological", "neurological"):
             self.state.set_convention(conv)
+
+    def fit_docks(self) -> None:
+        """Default heights of the right-hand docks: the layer controls what they need, the
+        prediction panel room for its result (not squeezed into a scroll area)."""
+        docks = [self.panel_docks.get(t) for t in ("Layers", "Cursor", "Prediction")]
+        if all(d is not None and d.isVisible() for d in docks):
+            self.resizeDocks(docks, [self.layer_panel.minimumSizeHint().height() + 40, 110,
+                                     max(300, self.height() // 2)], _Qt.Orientation.Vertical)
+
+    def showEvent(self, ev):  # noqa: N802
+        super().showEvent(ev)
+        if not getattr(self, "_docks_fitted", False):
+            self._docks_fitted = True
+            QtCore.QTimer.singleShot(0, self.fit_docks)  # once the docks are laid out
 
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
@@ -310,13 +324,42 @@ class QtMainWindow(QtWidgets.QMainWindow):
     def shortcuts_text(self) -> str:
         return "\n".join(f"{k:<22} {v}" for k, v in bindings.help_rows())
 
-    def show_shortcuts(self) -> None:
-        box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Information,
-                                    "Keyboard and mouse shortcuts", self.shortcuts_text(),
-                                    QtWidgets.QMessageBox.StandardButton.Ok, self)
-        box.setStyleSheet("QLabel { font-family: monospace; }")
+    def show_shortcuts(self) -> QtWidgets.QDialog:
+        """Help > Keyboard and mouse shortcuts: a two-column table (non-modal), one row per
+        binding, every description on one line."""
+        box = QtWidgets.QDialog(self)
+        box.setWindowTitle("Keyboard and mouse shortcuts")
+        rows = bindings.help_rows()
+        table = QtWidgets.QTableWidget(len(rows), 2, box)
+        table.setObjectName("shortcuts_table")
+        table.setHorizontalHeaderLabels(["key / mouse", "action"])
+        for i, (key, what) in enumerate(rows):
+            for j, t in enumerate((key, what)):
+                item = QtWidgets.QTableWidgetItem(t)
+                item.setFlags(_Qt.ItemFlag.ItemIsEnabled | _Qt.ItemFlag.ItemIsSelectable)
+                table.setItem(i, j, item)
+        table.verticalHeader().setVisible(False)
+        table.setWordWrap(False)
+        table.setAlternatingRowColors(True)
+        table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.resizeColumnsToContents()
+        table.resizeRowsToContents()
+        table.horizontalHeader().setStretchLastSection(True)
+        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(box.close)
+        lay = QtWidgets.QVBoxLayout(box)
+        lay.addWidget(table)
+        lay.addWidget(buttons)
+        width = (sum(table.columnWidth(c) for c in range(2))
+                 + table.verticalScrollBar().sizeHint().width() + 40)
+        height = (table.horizontalHeader().height() + sum(table.rowHeight(r)
+                  for r in range(len(rows))) + buttons.sizeHint().height() + 50)
+        screen = self.screen().availableGeometry() if self.screen() else None
+        box.resize(min(width, screen.width() if screen else width),
+                   min(height, int(screen.height() * 0.9) if screen else height))
         box.open()
         self._shortcuts_box = box
+        return box
 
     def _fill_channel_menu(self) -> None:
         self.channel_menu.clear()
@@ -480,7 +523,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
             d = self._session_dict(path.parent)
             write_json(path, d | {"workspace": str(self.workspace.root) if self.workspace
                                   else None, "subject": self.current_subject})
-            self.statusBar().showMessage(f"session saved: {path}", 5000)
+            unsaved = [lay.name for lay in self.state.layers if not lay.path]
+            note = (f" — not in it (computed in memory, no file): {', '.join(unsaved)}"
+                    if unsaved else "")
+            self.statusBar().showMessage(f"session saved: {path}{note}", 10000)
             return True
 
         return bool(self._guard(do))
@@ -515,7 +561,12 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 raise LoadError(f"not a readable session file ({exc})", path=path,
                                 hint="choose a .json file saved with File > Save session") \
                     from exc
-            self.state.restore(d, loader=_session_loader, relative_to=path.parent)
+            try:
+                self.state.restore(d, loader=_session_loader, relative_to=path.parent)
+            except (KeyError, ValueError, TypeError) as exc:  # files changed since the save
+                raise LoadError(f"the session does not match its files any more ({exc})",
+                                path=path, hint="open the images again and save a new "
+                                "session") from exc
             # the restored files are in their own space; back to atlas space when the session
             # was saved there for the subject open now
             subject = self.current_subject if d.get("subject") == self.current_subject \
@@ -586,8 +637,11 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self.preloader.clear()
             self.subject_browser.set_subjects(rows)
             self.panel_docks["Subjects"].show()
+            # every column of the table (predicted age, sigma, gap) without scrolling, within
+            # reason: the views keep most of the window
+            width = min(self.subject_browser.table_width(), max(260, self.width() // 4))
             self.resizeDocks([self.panel_docks["Subjects"], self.panel_docks["Layers"]],
-                             [340, 470], _Qt.Orientation.Horizontal)
+                             [width, 400], _Qt.Orientation.Horizontal)
             self._add_recent("recent_workspaces", str(path))
             self.workspace_changed.emit(ws)
             if old is not None and old is not ws:
@@ -1104,7 +1158,19 @@ def _build_trial(all_paths: list[Path], flags: list[bool], n_images: int, conven
 
 
 def _session_loader(path: str) -> Volume:
-    return load_for_viewer(path, labels=looks_like_labels(path))
+    """A session's file. A workspace subject's water image comes back with its fat image
+    (``water.nii.gz`` + ``fat.nii.gz`` beside it, as the viewer shows a subject), so a
+    session saved on a subject restores its ``water``/``fat`` channel."""
+    vol = load_for_viewer(path, labels=looks_like_labels(path))
+    p = Path(path)
+    if p.name.startswith("water.") and vol.data.shape[0] == 1:
+        fat_path = p.with_name("fat." + p.name[len("water."):])
+        if fat_path.exists():
+            fat = load_for_viewer(fat_path)
+            if fat.same_grid(vol) and fat.data.shape[0] == 1:
+                vol = Volume(np.concatenate([vol.data[:1], fat.data[:1]]), vol.affine,
+                             ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
+    return vol
 
 
 def _placeholder(text: str) -> QtWidgets.QLabel:

@@ -15,7 +15,13 @@ SESSION_FILTER = "bodyage session (*.json)"
 PNG_FILTER = "PNG image (*.png)"
 ERROR_TITLE = "bodyage"
 
-SUBJECT_COLUMNS = ("subject", "sex", "BMI group", "age", "predicted", "sigma", "gap")
+SUBJECT_COLUMNS = ("subject", "sex", "BMI", "age", "pred.", "\u03c3", "gap")
+#: the full meaning of each subject column (header tooltips)
+SUBJECT_COLUMN_TIPS = ("subject id", "sex (F / M)", "BMI group (healthy / overweight / obese)",
+                       "chronological age (years)",
+                       "predicted age of the latest run (bias-corrected when available, years)",
+                       "predicted standard deviation sigma (years)",
+                       "age gap: predicted - chronological (years)")
 
 ABOUT = ("bodyage viewer — linked axial / coronal / sagittal and 3D views.\n"
          "World coordinates are RAS millimetres; voxel indices are 0-based.")

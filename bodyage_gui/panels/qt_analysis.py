@@ -77,6 +77,15 @@ class AnalysisTools:
         if dock is not None:
             dock.show()
             dock.raise_()
+            # its scatter plot and tables get most of the right-hand column (the layer
+            # controls it is tabbed with need far less)
+            docks = getattr(self.window, "panel_docks", {})
+            pred = docks.get(text.PREDICTION_PANEL)
+            if isinstance(self.window, QtWidgets.QMainWindow) and pred is not None \
+                    and pred.isVisible() and not dock.isFloating():
+                h = max(self.window.height(), 600)
+                self.window.resizeDocks([dock, pred], [int(h * 0.6), int(h * 0.25)],
+                                        _Qt.Orientation.Vertical)
         self.cohort_panel.refresh_runs()
 
     def shutdown(self, wait_ms: int = 30000) -> None:
@@ -134,13 +143,23 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
     window.add_panel(text.PREDICTION_PANEL, scroll, right)
     dock_args = {"tabify_with": "Layers"} if "Layers" in getattr(window, "panel_docks", {}) \
         else {}
+    # scrolls too: its plot and tables would otherwise set the height of the whole right-hand
+    # column (tabbed with the layer panel), squeezing the prediction panel below it
+    cohort_scroll = QtWidgets.QScrollArea()
+    cohort_scroll.setWidgetResizable(True)
+    cohort_scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    cohort_scroll.setWidget(cohort)
     try:
-        window.add_panel(text.COHORT_PANEL, cohort, right, **dock_args)
+        window.add_panel(text.COHORT_PANEL, cohort_scroll, right, **dock_args)
     except TypeError:  # an add_panel without tabify_with
-        window.add_panel(text.COHORT_PANEL, cohort, right)
+        window.add_panel(text.COHORT_PANEL, cohort_scroll, right)
     if isinstance(window, QtWidgets.QMainWindow) and "Layers" in window.panel_docks:
         # the right docks as narrow as the cohort panel allows: room for the views
-        window.resizeDocks([window.panel_docks["Layers"]], [470], _Qt.Orientation.Horizontal)
+        window.resizeDocks([window.panel_docks["Layers"]], [400], _Qt.Orientation.Horizontal)
+        # the layer controls are the tab in front (the cohort panel comes forward from
+        # Analysis > Cohort panel)
+        window.panel_docks["Layers"].raise_()
+        # (the heights: QtMainWindow.fit_docks, once the window is shown)
     tools = AnalysisTools(window, pred, cohort)
     menu: QtWidgets.QMenu = window.analysis_menu
 

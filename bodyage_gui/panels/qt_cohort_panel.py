@@ -158,6 +158,7 @@ class QtCohortPanel(QtWidgets.QWidget):
                                        "decelerated: at or below -threshold")
         self.threshold_spin.valueChanged.connect(lambda _v: self._select())
         self.count_label = QtWidgets.QLabel("")
+        self.count_label.setWordWrap(True)  # a narrow dock wraps it, not the views
         self.maps_button = QtWidgets.QPushButton("Population maps...")
         self.maps_button.setToolTip("accelerated and decelerated population maps and their "
                                     "difference, side by side in linked views")

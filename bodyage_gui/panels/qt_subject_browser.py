@@ -48,8 +48,12 @@ class SubjectTableModel(QtCore.QAbstractTableModel):
         return len(_KEYS)
 
     def headerData(self, section, orientation, role=_Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == _Qt.ItemDataRole.DisplayRole and orientation == _Qt.Orientation.Horizontal:
+        if orientation != _Qt.Orientation.Horizontal:
+            return None
+        if role == _Qt.ItemDataRole.DisplayRole:
             return strings.SUBJECT_COLUMNS[section]
+        if role == _Qt.ItemDataRole.ToolTipRole:
+            return strings.SUBJECT_COLUMN_TIPS[section]
         return None
 
     def data(self, index, role=_Qt.ItemDataRole.DisplayRole):
@@ -104,6 +108,7 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.horizontalHeader().setMinimumSectionSize(24)  # empty columns stay narrow
         self.table.doubleClicked.connect(self._activated)
         self.table.activated.connect(self._activated)
         self.status = QtWidgets.QLabel("")
@@ -118,6 +123,17 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self.model.set_rows(rows)
         self.table.resizeColumnsToContents()
         self.status.setText(f"{len(rows)} subjects")
+
+    def table_width(self) -> int:
+        """Pixels the panel needs to show every column without a horizontal scroll bar."""
+        t = self.table
+        head = t.horizontalHeader()
+        # from the contents, not columnWidth: the last section stretches to the panel
+        cols = sum(max(t.sizeHintForColumn(c), head.sectionSizeFromContents(c).width())
+                   for c in range(self.model.columnCount()))
+        margins = self.layout().contentsMargins()
+        return (cols + t.verticalScrollBar().sizeHint().width() + 2 * t.frameWidth()
+                + margins.left() + margins.right() + 4)
 
     def visible_ids(self) -> list[str]:
         """Subject ids in the current sort order, after filtering."""
