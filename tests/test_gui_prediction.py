@@ -86,6 +86,7 @@ def test_predict_shows_values_overlays_and_keeps_loop_ticking(qtbot, window, tin
     sid = win.current_subject
     stored = {p["subject_id"]: p for p in win.workspace.db.predictions(RUN)}[sid]
     n_layers = len(win.state.layers)
+    assert panel.member_plot.isHidden()    # no empty axes before a prediction (QA pass)
     meter = StallMeter(5)
     meter.start()
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS) as blocker:
@@ -104,6 +105,7 @@ def test_predict_shows_values_overlays_and_keeps_loop_ticking(qtbot, window, tin
     assert r.sigma == pytest.approx(stored["sigma"], abs=1e-3)
     assert r.gap == pytest.approx(stored["gap"], abs=1e-3)
     assert r.member_mu == pytest.approx([m["mu"] for m in stored["members"]], abs=1e-3)
+    assert not panel.member_plot.isHidden()
     # ... and as AgeRun gives for the subject's model input (what predict_workspace does)
     from bodyage_core.training.data import load_subject_volume, prepare_input
 

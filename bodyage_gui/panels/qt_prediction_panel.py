@@ -147,7 +147,11 @@ class QtPredictionPanel(QtWidgets.QWidget):
         pi = self.member_plot.getPlotItem()
         pi.setLabel("bottom", "member")
         pi.setLabel("left", "age (y)")
-        pi.setTitle("members: mu ± sigma; line: ensemble mean; dashed: age", size="8pt")
+        pi.setTitle("ensemble members: mu ± sigma", size="8pt")
+        self.member_plot.setToolTip("each member's predicted age mu ± sigma; solid line: the "
+                                    "ensemble mean; dashed line: chronological age")
+        # no empty axes before there is a prediction: shown with the first result
+        self.member_plot.setVisible(False)
         self.member_points = pg.ScatterPlotItem(size=8, brush=pg.mkBrush(40, 90, 200),
                                                 pen=pg.mkPen("k"))
         self.member_errors = pg.ErrorBarItem(pen=pg.mkPen(40, 90, 200), beam=0.2)
@@ -413,6 +417,7 @@ class QtPredictionPanel(QtWidgets.QWidget):
         mu = np.asarray(r.member_mu, float)
         sd = np.nan_to_num(np.asarray(r.member_sigma, float))
         self.member_points.setData(x=x, y=mu)
+        self.member_plot.setVisible(True)
         self.member_errors.setData(x=x, y=mu, height=2 * sd)
         self.mean_line.setValue(r.mean)
         self.mean_line.show()
