@@ -91,6 +91,25 @@ def test_main_window_screenshot_with_3d(qtbot, tmp_path):
     shot = vv.render_image()
     arr = _qimage_array(shot)
     assert arr.std() > 5  # something was rendered, not a blank window
+    # an R/L A/P S/I cube in the corner says which side is which (QA pass: there was none)
+    marker = vv.orientation_marker
+    assert marker is not None and marker.GetEnabled()
+    cube = marker.GetOrientationMarker()
+    assert (cube.GetXPlusFaceText(), cube.GetYPlusFaceText(), cube.GetZPlusFaceText()) == \
+        ("R", "A", "S")
+    corner = arr[-arr.shape[0] // 6:, : arr.shape[1] // 6]
+    assert corner.std() > 5  # drawn in the lower-left corner of the 3D view
+    # the whole height of the body is in the 3D view after a reset (head and knees were cut
+    # off in a wide view by a fixed zoom)
+    lo, hi = vv._bounds
+    c = (lo + hi) / 2
+    ren = vv.renderer
+    w, h = vv.vtk_widget.GetRenderWindow().GetSize()
+    for z in (lo[2], hi[2]):
+        ren.SetWorldPoint(c[0], c[1], z, 1.0)
+        ren.WorldToDisplay()
+        x, y, _ = ren.GetDisplayPoint()
+        assert 0 <= x <= w and 0 <= y <= h, (z, x, y, w, h)
     IMAGES.mkdir(parents=True, exist_ok=True)
     out = IMAGES / "viewer.png"
     assert win.save_screenshot(out, whole_window=True), win.last_error

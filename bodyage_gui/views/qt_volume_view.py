@@ -122,6 +122,39 @@ class QtVolumeView(QtWidgets.QWidget):
             self.renderer.AddActor(a)
             self.cursor_lines.append(src)
         self._bounds = None
+        self.orientation_marker = self._orientation_marker()
+
+    def _orientation_marker(self):
+        """A small R/L A/P S/I cube in the lower-left corner that turns with the camera (as
+        in 3D Slicer), so the 3D view says which side is which. None where it cannot be
+        made."""
+        try:
+            from vtkmodules.vtkInteractionWidgets import vtkOrientationMarkerWidget
+            from vtkmodules.vtkRenderingAnnotation import vtkAnnotatedCubeActor
+        except ImportError:
+            return None
+        cube = vtkAnnotatedCubeActor()
+        # world coordinates are RAS millimetres: +x right, +y anterior, +z superior
+        for face, label in (("XPlus", "R"), ("XMinus", "L"), ("YPlus", "A"),
+                            ("YMinus", "P"), ("ZPlus", "S"), ("ZMinus", "I")):
+            getattr(cube, f"Set{face}FaceText")(label)
+        cube.SetFaceTextScale(0.6)
+        cube.GetCubeProperty().SetColor(0.25, 0.25, 0.3)
+        cube.GetTextEdgesProperty().SetColor(0.6, 0.6, 0.6)
+        for prop in (cube.GetXPlusFaceProperty(), cube.GetXMinusFaceProperty()):
+            prop.SetColor(1.0, 0.82, 0.3)
+        for prop in (cube.GetYPlusFaceProperty(), cube.GetYMinusFaceProperty()):
+            prop.SetColor(0.5, 0.9, 0.5)
+        for prop in (cube.GetZPlusFaceProperty(), cube.GetZMinusFaceProperty()):
+            prop.SetColor(0.55, 0.75, 1.0)
+        marker = vtkOrientationMarkerWidget()
+        marker.SetOrientationMarker(cube)
+        marker.SetInteractor(self.interactor)
+        marker.SetViewport(0.0, 0.0, 0.22, 0.22)
+        marker.SetEnabled(1)
+        marker.InteractiveOff()
+        self._marker_cube = cube
+        return marker
 
     def _disconnect(self, *_):
         for e, fn in getattr(self, "_subs", ()):
@@ -134,6 +167,9 @@ class QtVolumeView(QtWidgets.QWidget):
         """Release the render window (call before the widget is destroyed)."""
         if self.available:
             self._disconnect()
+            if getattr(self, "orientation_marker", None) is not None:
+                self.orientation_marker.SetEnabled(0)
+                self.orientation_marker = None
             self.vtk_widget.Finalize()
 
     # -- state -> view ---------------------------------------------------------------------------
@@ -299,7 +335,15 @@ class QtVolumeView(QtWidgets.QWidget):
         cam.SetViewUp(0, 0, 1)
         self.renderer.ResetCameraClippingRange()
         self.renderer.ResetCamera()
-        cam.Zoom(1.25)
+        # ResetCamera fits the bounding sphere; zoom in, but never so far that the body's
+        # height (or width, in a narrow view) leaves the view (head and knees were cut off)
+        ext = hi - lo
+        r = float(np.linalg.norm(ext)) / 2
+        w, h = self.vtk_widget.GetRenderWindow().GetSize()
+        aspect = w / h if w > 0 and h > 0 else 1.0
+        fit = min(2 * r / max(float(ext[2]), 1e-6),
+                  2 * r * aspect / max(float(ext[0]), float(ext[1]), 1e-6))
+        cam.Zoom(max(min(1.25, 0.85 * fit), 0.5))
 
     def _update_cursor(self) -> None:
         if self._bounds is None:
