@@ -23,9 +23,12 @@ The "change which organs age" experiment: the top regions of cohort B must be B'
 and A's top organs must drop.
 
     .venv/bin/python bench/bench_groundtruth.py --root /tmp/gt_bench [--n 144] [--epochs 30]
-        [--maps gradcam:layer3,gradcam:layer2,gradxinput] [--atlas-n 12] [--cohorts A,B]
+        [--maps gradcam:layer3,gradcam:layer2,gradxinput] [--atlas-n 8] [--cohorts A,B]
 
 Writes ``bench/results/groundtruth.json``. Everything is resumable (the workspaces are kept).
+About 75 min on the shared 2-core machine (training 2 x ~20 min, explain 3 maps x 144 subjects
+x 2 cohorts ~15 min, atlases ~16 min); the recorded file also carries an occlusion cross-check
+and the resolution ceiling of each ResNet stage (see docs/SYNTH.md), measured by hand.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ COHORTS = {
     "B": "spine=0,back_muscle=0,thigh_muscle=0,aorta=2.5,heart=2.5,knee=2.5,liver=2.5",
 }
 ORGAN_IDS = {v: k for k, v in LABELS.items()}
+#: organs smaller than this fraction of the body are left out of the enrichment ranking (a few
+#: voxels make a noisy ratio)
+MIN_VF = 0.002
 
 
 def log(*a) -> None:
@@ -107,41 +113,54 @@ def explain(ws: Workspace, args) -> dict[str, float]:
     return secs
 
 
-def subject_space(ws: Workspace, args, kind: str) -> dict:
-    """Per-subject fraction inside the own age mask, per-effect and per-organ shares."""
-    frac, unif = [], []
-    eff_share: dict[str, list[float]] = {}
-    eff_vol: dict[str, list[float]] = {}
-    organ_share: dict[str, list[float]] = {}
+def subject_space(ws: Workspace, kinds: list[str]) -> dict[str, dict]:
+    """Per kind: per-subject fraction inside the own age mask, per-effect and per-organ shares
+    (each subject's mask and labels are read once for all kinds)."""
+    acc = {k: {"frac": [], "unif": [], "eff": {}, "vol": {}, "organ": {}, "organ_vol": {}}
+           for k in kinds}
     for s in ws.db.subjects():
-        if kind not in s.images:
+        if not all(k in s.images for k in kinds):
             continue
-        cam = np.clip(load_volume(ws.resolve(s.images[kind])).data[0], 0, None)
         mask = load_labels(ws.resolve(s.images["age_mask"])).data[0]
         lab = load_labels(ws.resolve(s.images["labels"])).data[0]
         body = lab > 0
-        w = cam * body
-        tot = float(w.sum())
-        if tot <= 0:
-            continue
-        frac.append(float(w[mask > 0].sum()) / tot)
-        unif.append(float((mask > 0).sum()) / float(body.sum()))
-        for eid in np.unique(mask[mask > 0]):
-            name = EFFECT_NAMES[int(eid)]
-            eff_share.setdefault(name, []).append(float(w[mask == eid].sum()) / tot)
-            eff_vol.setdefault(name, []).append(float((mask == eid).sum()) / float(body.sum()))
-        ids, sums = np.unique(lab[body], return_inverse=True)
-        per = np.bincount(sums, weights=w[body])
-        for i, v in zip(ids, per):
-            organ_share.setdefault(LABELS[int(i)], []).append(float(v) / tot)
-    effects = {k: {"share": float(np.mean(v)), "volume_fraction": float(np.mean(eff_vol[k])),
-                   "enrichment": float(np.mean(v) / max(np.mean(eff_vol[k]), 1e-12))}
-               for k, v in eff_share.items()}
-    organs = sorted(((k, float(np.mean(v))) for k, v in organ_share.items()),
-                    key=lambda kv: -kv[1])
-    return {"n": len(frac), "importance_in_age_mask": float(np.mean(frac)) if frac else None,
-            "uniform_map": float(np.mean(unif)) if unif else None,
-            "effects": effects, "organ_ranking": [(k, round(v, 4)) for k, v in organs]}
+        lab_b, mask_b = lab[body], mask[body]
+        nb = float(body.sum())
+        for kind in kinds:
+            a = acc[kind]
+            w = np.clip(load_volume(ws.resolve(s.images[kind])).data[0][body], 0, None)
+            tot = float(w.sum())
+            if tot <= 0:
+                continue
+            a["frac"].append(float(w[mask_b > 0].sum()) / tot)
+            a["unif"].append(float((mask_b > 0).sum()) / nb)
+            per_eff = np.bincount(mask_b, weights=w, minlength=8)
+            n_eff = np.bincount(mask_b, minlength=8)
+            for eid in np.nonzero(n_eff[1:])[0] + 1:
+                name = EFFECT_NAMES[int(eid)]
+                a["eff"].setdefault(name, []).append(float(per_eff[eid]) / tot)
+                a["vol"].setdefault(name, []).append(float(n_eff[eid]) / nb)
+            per = np.bincount(lab_b, weights=w, minlength=len(LABELS))
+            n_org = np.bincount(lab_b, minlength=len(LABELS))
+            for i in np.nonzero(n_org)[0]:
+                a["organ"].setdefault(LABELS[int(i)], []).append(float(per[i]) / tot)
+                a["organ_vol"].setdefault(LABELS[int(i)], []).append(float(n_org[i]) / nb)
+    out = {}
+    for kind, a in acc.items():
+        effects = {k: {"share": float(np.mean(v)), "volume_fraction": float(np.mean(a["vol"][k])),
+                       "enrichment": float(np.mean(v) / max(np.mean(a["vol"][k]), 1e-12))}
+                   for k, v in a["eff"].items()}
+        organs = sorted(((k, float(np.mean(v))) for k, v in a["organ"].items()),
+                        key=lambda kv: -kv[1])
+        enrich = {k: float(np.mean(v) / max(np.mean(a["organ_vol"][k]), 1e-12))
+                  for k, v in a["organ"].items() if np.mean(a["organ_vol"][k]) >= MIN_VF}
+        out[kind] = {"n": len(a["frac"]),
+                     "organ_enrichment_ranking": [(k, round(v, 3)) for k, v in sorted(
+                         enrich.items(), key=lambda kv: -kv[1])],
+                     "importance_in_age_mask": float(np.mean(a["frac"])) if a["frac"] else None,
+                     "uniform_map": float(np.mean(a["unif"])) if a["unif"] else None,
+                     "effects": effects, "organ_ranking": [(k, round(v, 4)) for k, v in organs]}
+    return out
 
 
 def build_atlases_subset(ws: Workspace, args) -> dict:
@@ -221,7 +240,11 @@ def atlas_space(ws: Workspace, args, kind: str, normalise: str) -> dict:
         regions = json.loads((ws.atlas_dir(g) / f"regions_{tag}.json").read_text())["all"]
         out[g] = {"n": info["n"], "importance_in_age_mask": info.get("importance_in_age_mask"),
                   "uniform_map": info.get("uniform_baseline"), "effects": effects,
-                  "organ_ranking": [(r["region"], round(r["share"], 4)) for r in regions]}
+                  "organ_ranking": [(r["region"], round(r["share"], 4)) for r in regions],
+                  "organ_enrichment_ranking": [
+                      (r["region"], round(r["enrichment"], 3)) for r in sorted(
+                          (r for r in regions if r["volume_fraction"] >= MIN_VF
+                           and r["region"] != "other"), key=lambda r: -r["enrichment"])]}
     return out
 
 
@@ -261,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", default="gt")
     ap.add_argument("--maps", default="gradcam:layer3,gradcam:layer2,gradxinput",
                     help="maps to make: gradcam:<layer> or gradxinput (relu variants)")
-    ap.add_argument("--atlas-n", type=int, default=12,
+    ap.add_argument("--atlas-n", type=int, default=8,
                     help="subjects per sex in the atlases (0: no atlas-space figures)")
     ap.add_argument("--atlas-cohorts", default="A", help="cohorts that get atlases")
-    ap.add_argument("--atlas-iterations", type=int, default=1)
+    ap.add_argument("--atlas-iterations", type=int, default=2)
     ap.add_argument("--registration", default=None, help="JSON of registration options")
     ap.add_argument("--out", default="groundtruth", help="results file name")
     args = ap.parse_args(argv)
@@ -288,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
                      "synth_train_s": t_train}
         res["explain_s_per_subject"] = explain(ws, args)
         res["subject_space"] = {}
-        for layer in map_kinds(args):
-            kind = f"{layer}_{args.run}"
-            ss = subject_space(ws, args, kind)
+        names = list(map_kinds(args))
+        per_kind = subject_space(ws, [f"{n}_{args.run}" for n in names])
+        for layer in names:
+            ss = per_kind[f"{layer}_{args.run}"]
             ss["effect_ranks"] = effect_ranks(ss["organ_ranking"], effects)
+            ss["effect_ranks_enrichment"] = effect_ranks(ss["organ_enrichment_ranking"], effects)
             res["subject_space"][layer] = ss
             log(f"cohort {name} {layer} subject space: inside {ss['importance_in_age_mask']:.3f}"
                 f" vs uniform {ss['uniform_map']:.3f}; top {ss['organ_ranking'][:4]}")
@@ -308,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                     for g in a.values():
                         if "organ_ranking" in g:
                             g["effect_ranks"] = effect_ranks(g["organ_ranking"], effects)
+                            g["effect_ranks_enrichment"] = effect_ranks(
+                                g["organ_enrichment_ranking"], effects)
                     res["atlas_space"][f"{layer}_{norm}"] = a
                     log(f"cohort {name} {layer} {norm} atlas: " + "; ".join(
                         f"{g} inside {v.get('importance_in_age_mask', 0):.3f} vs uniform "
