@@ -84,7 +84,7 @@ class AnalysisTools:
             if isinstance(self.window, QtWidgets.QMainWindow) and pred is not None \
                     and pred.isVisible() and not dock.isFloating():
                 h = max(self.window.height(), 600)
-                self.window.resizeDocks([dock, pred], [int(h * 0.6), int(h * 0.25)],
+                self.window.resizeDocks([dock, pred], [int(h * 0.75), int(h * 0.1)],
                                         _Qt.Orientation.Vertical)
         self.cohort_panel.refresh_runs()
 
@@ -143,16 +143,13 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
     window.add_panel(text.PREDICTION_PANEL, scroll, right)
     dock_args = {"tabify_with": "Layers"} if "Layers" in getattr(window, "panel_docks", {}) \
         else {}
-    # scrolls too: its plot and tables would otherwise set the height of the whole right-hand
-    # column (tabbed with the layer panel), squeezing the prediction panel below it
-    cohort_scroll = QtWidgets.QScrollArea()
-    cohort_scroll.setWidgetResizable(True)
-    cohort_scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
-    cohort_scroll.setWidget(cohort)
+    # (not in a scroll area: its word-wrapped labels make QScrollArea size it to its full
+    # preferred height, a scroll bar over the plot; its minimum height is kept small instead
+    # so that, tabbed with the layer panel, it does not squeeze the prediction panel below)
     try:
-        window.add_panel(text.COHORT_PANEL, cohort_scroll, right, **dock_args)
+        window.add_panel(text.COHORT_PANEL, cohort, right, **dock_args)
     except TypeError:  # an add_panel without tabify_with
-        window.add_panel(text.COHORT_PANEL, cohort_scroll, right)
+        window.add_panel(text.COHORT_PANEL, cohort, right)
     if isinstance(window, QtWidgets.QMainWindow) and "Layers" in window.panel_docks:
         # the right docks as narrow as the cohort panel allows: room for the views
         window.resizeDocks([window.panel_docks["Layers"]], [400], _Qt.Orientation.Horizontal)

@@ -169,7 +169,7 @@ class QtCohortPanel(QtWidgets.QWidget):
 
         self.plot = pg.PlotWidget()
         self.plot.setBackground("w")
-        self.plot.setMinimumHeight(220)
+        self.plot.setMinimumHeight(140)  # its dock is tabbed with the layer panel: keep small
         pi = self.plot.getPlotItem()
         pi.showGrid(x=True, y=True, alpha=0.2)
         pi.setLabel("bottom", text.AXIS_CHRONOLOGICAL)
@@ -198,6 +198,7 @@ class QtCohortPanel(QtWidgets.QWidget):
         rl.addWidget(self.region_message)
         rl.addWidget(self.region_table, 1)
         self.tabs = QtWidgets.QTabWidget()
+        self.tabs.setMinimumHeight(90)
         self.tabs.addTab(self.mae_table, "Subgroup MAE")
         self.tabs.addTab(regions, "Regions")
 
@@ -309,7 +310,7 @@ class QtCohortPanel(QtWidgets.QWidget):
             set(groups) - set(GROUP_COLOURS))
         self.legend_label.setText("  ".join(
             "<span style='color:rgb({},{},{})'>&#9679;</span>&nbsp;{}".format(
-                *GROUP_COLOURS.get(g, OTHER_COLOUR), g.replace("_", " "))
+                *GROUP_COLOURS.get(g, OTHER_COLOUR), g.replace("_", "&nbsp;"))  # wrap between groups
             for g in self.legend_groups))
         self.plot.setXRange(lo - pad, hi + pad, padding=0)
         self.plot.setYRange(lo - pad, hi + pad, padding=0)
@@ -416,6 +417,31 @@ class QtCohortPanel(QtWidgets.QWidget):
         return dlg
 
 
+def _format_number(v: float) -> str:
+    """Years and the like with two decimals; small values (importance, fractions) with three
+    significant digits; empty for NaN."""
+    if not np.isfinite(v):
+        return ""
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    if abs(v) >= 1 or v == 0:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+class _NumberItem(QtWidgets.QTableWidgetItem):
+    """A table cell shown as formatted text and sorted by its value (``UserRole``)."""
+
+    def __lt__(self, other):
+        a = self.data(_Qt.ItemDataRole.UserRole)
+        b = other.data(_Qt.ItemDataRole.UserRole)
+        if isinstance(a, float) and isinstance(b, float):
+            if np.isnan(a) or np.isnan(b):
+                return not np.isnan(a) and np.isnan(b)  # empty cells last
+            return a < b
+        return super().__lt__(other)
+
+
 def _fill_table(table: QtWidgets.QTableWidget, rows: list[dict[str, Any]],
                 cols: list[tuple[str, str]]) -> None:
     table.setSortingEnabled(False)
@@ -428,7 +454,10 @@ def _fill_table(table: QtWidgets.QTableWidget, rows: list[dict[str, Any]],
             v = r.get(key)
             item = QtWidgets.QTableWidgetItem()
             if isinstance(v, float):
-                item.setData(_Qt.ItemDataRole.DisplayRole, round(v, 3) if np.isfinite(v) else "")
+                # one number of decimals per magnitude (a column read "5.48" over "9.029"),
+                # sorted by value, not by text
+                item = _NumberItem(_format_number(v))
+                item.setData(_Qt.ItemDataRole.UserRole, v if np.isfinite(v) else float("nan"))
                 item.setTextAlignment(_Qt.AlignmentFlag.AlignRight |
                                       _Qt.AlignmentFlag.AlignVCenter)
             elif isinstance(v, int):
