@@ -100,3 +100,24 @@ def test_cohort_panel_gets_the_height_when_brought_forward(qtbot, settings):
     qtbot.wait(50)
     cohort = win.panel_docks["Cohort"]
     assert cohort.height() >= 0.5 * win.height(), (cohort.height(), win.height())
+
+
+def test_subject_count_follows_the_filter(qtbot, settings):
+    win = _window(qtbot, settings, with_image=False)
+    b = win.subject_browser
+    b.set_subjects([{"subject_id": f"S{i}", "sex": "F" if i % 2 else "M",
+                     "bmi_group": "obese" if i < 2 else "healthy", "age": 50.0 + i}
+                    for i in range(5)])
+    assert b.status.text() == "5 subjects"
+    b.filter_edit.setText("obese")
+    assert b.visible_ids() == ["S0", "S1"]
+    assert b.status.text().startswith("2 of 5 subjects")   # was "5 subjects"
+    b.filter_edit.setText("")
+    assert b.status.text() == "5 subjects"
+
+
+def test_readout_tooltip_has_the_whole_text(qtbot, settings):
+    win = _window(qtbot, settings)
+    win.state.set_cursor_voxel((3, 4, 5))
+    assert win.readout_panel.toolTip() == win.state.readout_text()
+    assert "numpy z,y,x: 3, 4, 5" in win.readout_panel.toolTip()

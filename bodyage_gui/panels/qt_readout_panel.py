@@ -40,4 +40,6 @@ class QtReadoutPanel(QtWidgets.QLabel):
             e.disconnect(self.refresh)
 
     def refresh(self, *_):
-        self.setText(self.state.readout_text())
+        text = self.state.readout_text()
+        self.setText(text)
+        self.setToolTip(text)  # the whole readout where a narrow dock clips a line

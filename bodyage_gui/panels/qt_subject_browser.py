@@ -98,7 +98,7 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self.filter_edit = QtWidgets.QLineEdit()
         self.filter_edit.setPlaceholderText("filter (id, sex, BMI group ...)")
         self.filter_edit.setClearButtonEnabled(True)
-        self.filter_edit.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter_edit.textChanged.connect(self._filter)
         self.table = QtWidgets.QTableView()
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
@@ -122,7 +122,16 @@ class QtSubjectBrowser(QtWidgets.QWidget):
     def set_subjects(self, rows: list[dict[str, Any]]) -> None:
         self.model.set_rows(rows)
         self.table.resizeColumnsToContents()
-        self.status.setText(f"{len(rows)} subjects")
+        self._update_count()
+
+    def _filter(self, text: str) -> None:
+        self.proxy.setFilterFixedString(text)
+        self._update_count()
+
+    def _update_count(self) -> None:
+        n, shown = self.model.rowCount(), self.proxy.rowCount()
+        self.status.setText(f"{n} subjects" if shown == n else f"{shown} of {n} subjects "
+                            f"(filter: {self.filter_edit.text()!r})")
 
     def table_width(self) -> int:
         """Pixels the panel needs to show every column without a horizontal scroll bar."""
