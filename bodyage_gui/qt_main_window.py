@@ -44,7 +44,7 @@ from bodyage_core.errors import BodyageError, CohortError, LoadError
 from bodyage_core.viewer_state import PLANES, ViewerState
 from bodyage_core.volume import Volume
 from bodyage_gui import atlas_space, bindings, strings
-from bodyage_gui.loading import load_for_viewer, load_many, looks_like_labels
+from bodyage_gui.loading import label_names_for, load_for_viewer, load_many, looks_like_labels
 from bodyage_gui.panels.qt_analysis import install_analysis
 from bodyage_gui.panels.qt_layer_panel import QtLayerPanel
 from bodyage_gui.panels.qt_readout_panel import QtReadoutPanel
@@ -481,8 +481,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
         for i, (p, v) in enumerate(vols):
             target.add_layer(v, path=p, kind="image" if i == 0 else None)
         for p, v in ovs:
+            is_labels = v.data.dtype.kind in "iub"
             target.add_layer(v, path=p, threshold=threshold,
-                             kind="labels" if v.data.dtype.kind in "iub" else "overlay")
+                             kind="labels" if is_labels else "overlay",
+                             label_names=label_names_for(p) if is_labels else None)
 
     def _replace_layers(self, trial: ViewerState, keep_cursor: bool = False) -> None:
         """Move the layers of a fully built state into ``self.state`` (views keep following)."""
@@ -509,8 +511,10 @@ class QtMainWindow(QtWidgets.QMainWindow):
             if self.state.base_layer is None:
                 raise BodyageError("open an image before adding an overlay", path=path)
             vol = load_for_viewer(path, labels=looks_like_labels(path))
+            is_labels = vol.data.dtype.kind in "iub"
             self.state.add_layer(vol, path=path, threshold=threshold, colormap=colormap,
-                                 kind="labels" if vol.data.dtype.kind in "iub" else "overlay")
+                                 kind="labels" if is_labels else "overlay",
+                                 label_names=label_names_for(path) if is_labels else None)
             self._add_recent("recent_files", str(path))
             return True
 
