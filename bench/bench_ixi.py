@@ -203,6 +203,10 @@ def main(argv=None) -> int:
                     help="with --analyse: saved runs reported alone (test MAE) but not used "
                          "for any choice, e.g. runs whose validation predictions are biased "
                          "by best-epoch selection")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="bench-only: add this to every member's seed (initialisation, "
+                         "batch order, augmentation) while keeping the folds and validation "
+                         "sets of --seed: more members for an existing run's ensemble")
     ap.add_argument("--train-only", action="store_true",
                     help="train and save the run's predictions, no analysis")
     ap.add_argument("--best-epoch", action="store_true",
@@ -298,6 +302,18 @@ def main(argv=None) -> int:
             self.best_state = None
 
         Trainer._validate = _validate_last
+    if args.seed_offset:
+        import bodyage_core.training.run as run_mod
+
+        orig_seed, orig_cfg = run_mod.seed_everything, run_mod.TrainConfig
+
+        class _OffsetConfig(orig_cfg):
+            @classmethod
+            def from_dict(cls, d):
+                return orig_cfg.from_dict(dict(d, seed=int(d["seed"]) + args.seed_offset))
+
+        run_mod.seed_everything = lambda s_: orig_seed(s_ + args.seed_offset)
+        run_mod.TrainConfig = _OffsetConfig
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         t1 = time.perf_counter()
         res = train_run(recs, Path(tmp) / "models" / "ixi", spec, model, cfg,
@@ -320,6 +336,7 @@ def main(argv=None) -> int:
     runs_dir.mkdir(exist_ok=True)
     meta = {"name": name, "model": model, "train": cfg.to_dict(), "input": spec.to_dict(),
             "weights": "best validation epoch" if args.best_epoch else "last epoch",
+            "seed_offset": args.seed_offset,
             "folds": args.folds, "members_per_fold": args.members,
             "val_fraction": args.val_fraction, "crop": args.crop,
             "member_epochs": [m["epochs_run"] for m in res.metrics["members"]],
