@@ -121,3 +121,24 @@ def test_readout_tooltip_has_the_whole_text(qtbot, settings):
     win.state.set_cursor_voxel((3, 4, 5))
     assert win.readout_panel.toolTip() == win.state.readout_text()
     assert "numpy z,y,x: 3, 4, 5" in win.readout_panel.toolTip()
+
+
+def test_small_wheel_deltas_add_up_to_one_slice_per_notch(qtbot, settings):
+    """A touchpad / high-resolution wheel sends 15-unit deltas: eight of them are one notch,
+    one slice (each used to step a whole slice: eight slices per notch)."""
+    win = _window(qtbot, settings)
+    view = win.slice_views["axial"]
+    st = win.state
+    z0 = st.slice_index("axial")
+    for _ in range(7):
+        view.wheel(15, frozenset(), (0.0, 0.0))
+    assert st.slice_index("axial") == z0
+    view.wheel(15, frozenset(), (0.0, 0.0))
+    assert st.slice_index("axial") == z0 + 1
+    view.wheel(120, frozenset(), (0.0, 0.0))       # a plain mouse notch: one slice
+    assert st.slice_index("axial") == z0 + 2
+    view.wheel(-60, frozenset(), (0.0, 0.0))
+    view.wheel(-60, frozenset(), (0.0, 0.0))
+    assert st.slice_index("axial") == z0 + 1
+    view.wheel(120, frozenset({"shift"}), (0.0, 0.0))
+    assert st.slice_index("axial") == z0 + 1 + bindings.FAST_SLICE_STEP

@@ -222,6 +222,7 @@ class QtSliceView(QtWidgets.QWidget):
         self.info_label = self._make_label("info")
         self._dirty: set[str] = {"layers", "slice", "cursor", "range", "letters"}
         self._wl_start: tuple[float, float] | None = None
+        self._wheel_rest = 0.0  # wheel delta not yet a whole notch (120 units)
         self.n_redraws = 0
         ev = state.events
         ev.cursor_changed.connect(self._on_cursor)
@@ -441,7 +442,16 @@ class QtSliceView(QtWidgets.QWidget):
             return action
         notches = delta / 120.0
         if action in ("slice", "slice_fast"):
-            n = int(math.copysign(max(1, round(abs(notches))), notches)) if notches else 0
+            # whole notches only: a touchpad or a high-resolution wheel sends many small
+            # deltas (15 units ...), which used to step one slice each; they add up here
+            rest = self._wheel_rest
+            if rest and (rest > 0) != (delta > 0):
+                rest = 0.0  # turned round: start afresh
+            rest += delta
+            n = int(rest / 120.0)
+            self._wheel_rest = rest - n * 120.0
+            if n == 0:
+                return action
             if action == "slice_fast":
                 n *= bindings.FAST_SLICE_STEP
             self.state.step_slice(self.plane, n)
