@@ -355,74 +355,17 @@ class PredictStage(Stage):
 def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str,
                 variant: str, device: str, occlusion_patch, occlusion_stride,
                 occlusion_baseline, batch_size: int, save_members: bool) -> dict[str, Any]:
-    """Worker: one subject's explanation map in its own space (same files and sidecar as
-    :func:`bodyage_core.explain.pipeline.explain_subjects`, whose per-subject body this mirrors
-    with the run's networks loaded once per worker)."""
-    from bodyage_core.explain.gradcam import gradcam, gradient_x_input
-    from bodyage_core.explain.occlusion import occlusion_map
-    from bodyage_core.explain.pipeline import model_grid_input, subject_grid
-    from bodyage_core.explain.space import map_to_subject_space, save_map
-    from bodyage_core.training.data import load_subject_volume
+    """Worker: one subject's explanation map in its own space
+    (:func:`bodyage_core.explain.pipeline.explain_subject`, the run's networks loaded once per
+    worker)."""
+    from bodyage_core.explain.pipeline import explain_subject
 
-    ws = _Paths(root)
-    age_run = cached_run(ws.model_dir(run), device)
-    models = age_run.load_members()
-    spec = age_run.spec
-    sid = subject.subject_id
-    member_folds = [m.get("fold") for m in age_run.members]
-    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
-    fold = age_run.fold_of(sid)
-    sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
-    sel = sel or list(range(len(models)))
-    vol = load_subject_volume(ws, subject, spec.channels)
-    mg = model_grid_input(vol, spec)
-    x = mg.data[None]
-    if method == "gradcam":
-        res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
-                      target_std=[member_std[k] for k in sel])
-    elif method == "gradxinput":
-        res = gradient_x_input([models[k] for k in sel], x, variant=variant,
-                               target_std=[member_std[k] for k in sel])
-    else:
-        res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
-                            stride=occlusion_stride, baseline=occlusion_baseline,
-                            batch_size=batch_size, target_std=[member_std[k] for k in sel])
-    src = ws.resolve(subject.images[spec.channels[0]])
-    shape, affine = subject_grid(src)
-    target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
-    out = map_to_subject_space(res.mean[0], mg.affine, (shape, affine))
-    with writing(target):
-        save_map(out, target, description=f"bodyage {kind}")
-    member_files = []
-    if save_members:
-        for j, k in enumerate(sel):
-            mp = target.with_name(f"{kind}_member{k}.nii.gz")
-            with writing(mp):
-                save_map(map_to_subject_space(res.members[j, 0], mg.affine, (shape, affine)),
-                         mp, description=f"bodyage {kind} member {k}")
-            member_files.append(ws.relative(mp))
-    mu_years = [float(res.mu[j, 0]) * member_std[k]
-                + float(age_run.members[k].get("target_mean", 0.0)) for j, k in enumerate(sel)]
-    sidecar = target.with_name(f"{kind}.json")
-    with writing(sidecar):
-        write_json(sidecar, {
-            "kind": kind, "run": run, "method": method,
-            "layer": layer if method == "gradcam" else None,
-            "variant": variant if method != "occlusion" else "signed",
-            "members": sel, "member_files": member_files, "fold": fold,
-            "member_mu_years": mu_years,
-            "units": {"gradcam": "(d age / d activation) x activation, years",
-                      "gradxinput": "(d age / d input) x input, years"}.get(
-                          method, "change of predicted age, years"),
-            "sign": ("relu: evidence that raises the predicted age" if
-                     method != "occlusion" and variant == "relu" else
-                     "abs: magnitude (either direction)" if variant == "abs" else
-                     "positive = evidence for older, negative = for younger"),
-            "occlusion": res.info if method == "occlusion" else None,
-            "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
-            "model_grid_shape_zyx": list(mg.shape),
-        })
-    return {"path": ws.relative(target), "member_files": member_files}
+    age_run = cached_run(_Paths(root).model_dir(run), device)
+    return explain_subject(_Paths(root), run, age_run, age_run.load_members(), subject, kind,
+                           method=method, layer=layer, variant=variant,
+                           occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
+                           occlusion_baseline=occlusion_baseline, batch_size=batch_size,
+                           save_members=save_members, guard=writing)
 
 
 class ExplainStage(Stage):
@@ -435,15 +378,12 @@ class ExplainStage(Stage):
                  device: str = "auto", overwrite: bool = False, occlusion_patch=8,
                  occlusion_stride=None, occlusion_baseline="zero", batch_size: int = 8,
                  save_members: bool = False, kind: str | None = None):
-        from bodyage_core.explain.pipeline import METHODS, map_kind
+        from bodyage_core.explain.pipeline import METHODS, check_variant, map_kind
 
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; use "
                               f"{' or '.join(METHODS)}")
-        if variant not in ("relu", "signed") and not (method == "gradxinput"
-                                                       and variant == "abs"):
-            raise ConfigError(f"unknown map variant {variant!r}; use relu or signed"
-                              + (" (or abs)" if method == "gradxinput" else ""))
+        check_variant(method, variant)
         self.run = run
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.method, self.layer, self.variant, self.device = method, layer, variant, device

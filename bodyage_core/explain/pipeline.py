@@ -253,9 +253,7 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
     from bodyage_core.cohort import Workspace
 
     t0 = time.perf_counter()
-    if variant not in ("relu", "signed") and not (method == "gradxinput" and variant == "abs"):
-        raise ConfigError(f"unknown map variant {variant!r}; use relu or signed"
-                          + (" (or abs)" if method == "gradxinput" else ""))
+    check_variant(method, variant)
     kind = kind or map_kind(method, run, variant)
     if isinstance(workspace, Workspace):
         return _explain(workspace, run, subject_ids, method, layer, variant, device, reporter,
@@ -267,11 +265,92 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
                         batch_size, save_members, kind, t0)
 
 
+def check_variant(method: str, variant: str) -> None:
+    """``relu`` or ``signed`` for every method; gradient x input also has ``abs``."""
+    if variant not in ("relu", "signed") and not (method == "gradxinput" and variant == "abs"):
+        raise ConfigError(f"unknown map variant {variant!r}; use relu or signed"
+                          + (" (or abs)" if method == "gradxinput" else ""))
+
+
+def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method: str = "gradcam",
+                    layer: str = "layer3", variant: str = "relu",
+                    occlusion_patch: int | Sequence[int] = 8,
+                    occlusion_stride: int | Sequence[int] | None = None,
+                    occlusion_baseline: str | float = "zero", batch_size: int = 8,
+                    save_members: bool = False, reporter: ProgressReporter | None = None,
+                    guard=None) -> dict[str, Any]:
+    """One subject's map, its members' maps (``save_members``) and the JSON sidecar, written
+    atomically into ``subjects/<id>/``; the database is not touched (callers record the result,
+    so a Dask worker can run this). ``age_run`` is the loaded run ``run``, ``models`` its
+    members; ``guard(path)``
+    is an optional context manager around each file write (the cluster engine's names the file
+    in disk errors). Returns ``{"path": relative path of the map, "member_files": [...]}``."""
+    import contextlib
+
+    from bodyage_core.training.data import load_subject_volume
+
+    guard = guard or (lambda _path: contextlib.nullcontext())
+    spec = age_run.spec
+    sid = subject.subject_id
+    member_folds = [m.get("fold") for m in age_run.members]
+    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
+    fold = age_run.fold_of(sid)
+    sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
+    sel = sel or list(range(len(models)))
+    nets, stds = [models[k] for k in sel], [member_std[k] for k in sel]
+    vol = load_subject_volume(ws, subject, spec.channels)
+    mg = model_grid_input(vol, spec)
+    x = mg.data[None]
+    if method == "gradcam":
+        res = gradcam(nets, x, layer=layer, variant=variant, target_std=stds)
+    elif method == "gradxinput":
+        res = gradient_x_input(nets, x, variant=variant, target_std=stds)
+    else:
+        res = occlusion_map(nets, x, patch=occlusion_patch, stride=occlusion_stride,
+                            baseline=occlusion_baseline, batch_size=batch_size,
+                            target_std=stds, reporter=reporter)
+    src = ws.resolve(subject.images[spec.channels[0]])
+    shape, affine = subject_grid(src)
+    target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
+    with guard(target):
+        save_map(map_to_subject_space(res.mean[0], mg.affine, (shape, affine)), target,
+                 description=f"bodyage {kind}")
+    member_files = []
+    if save_members:
+        for j, k in enumerate(sel):
+            mp = target.with_name(f"{kind}_member{k}.nii.gz")
+            with guard(mp):
+                save_map(map_to_subject_space(res.members[j, 0], mg.affine, (shape, affine)),
+                         mp, description=f"bodyage {kind} member {k}")
+            member_files.append(ws.relative(mp))
+    mu_years = [float(res.mu[j, 0]) * member_std[k]
+                + float(age_run.members[k].get("target_mean", 0.0)) for j, k in enumerate(sel)]
+    sidecar = target.with_name(f"{kind}.json")
+    with guard(sidecar):
+        write_json(sidecar, {
+            "kind": kind, "run": run, "method": method,
+            "layer": layer if method == "gradcam" else None,
+            "variant": variant if method != "occlusion" else "signed",
+            "members": sel, "member_files": member_files, "fold": fold,
+            "member_mu_years": mu_years,
+            "units": {"gradcam": "(d age / d activation) x activation, years",
+                      "gradxinput": "(d age / d input) x input, years"}.get(
+                          method, "change of predicted age, years"),
+            "sign": ("relu: evidence that raises the predicted age" if
+                     method != "occlusion" and variant == "relu" else
+                     "abs: magnitude (either direction)" if variant == "abs" else
+                     "positive = evidence for older, negative = for younger"),
+            "occlusion": res.info if method == "occlusion" else None,
+            "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
+            "model_grid_shape_zyx": list(mg.shape),
+        })
+    return {"path": ws.relative(target), "member_files": member_files}
+
+
 def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,
              occlusion_patch, occlusion_stride, occlusion_baseline, batch_size, save_members,
              kind, t0) -> ExplainSummary:
     from bodyage_core.models.ensemble import AgeRun
-    from bodyage_core.training.data import load_subject_volume
 
     age_run = AgeRun(ws.model_dir(run), device=device)
     spec = age_run.spec
@@ -282,9 +361,6 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
         from bodyage_core.explain.gradcam import resolve_layer
 
         resolve_layer(models[0], layer)  # an unknown layer fails before any subject
-    member_folds = [m.get("fold") for m in age_run.members]
-    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
-
     subjects = ws.db.subjects(list(subject_ids)) if subject_ids else ws.db.subjects()
     if not subjects:
         raise BodyageError("the workspace has no subjects to explain", path=ws.root,
@@ -306,59 +382,16 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
             continue
         ws.db.set_task("explain", kind, sid, "running")
         try:
-            fold = age_run.fold_of(sid)
-            sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
-            sel = sel or list(range(len(models)))
-            vol = load_subject_volume(ws, subj, spec.channels)
-            mg = model_grid_input(vol, spec)
-            x = mg.data[None]
-            if method == "gradcam":
-                res = gradcam([models[k] for k in sel], x, layer=layer, variant=variant,
-                              target_std=[member_std[k] for k in sel])
-            elif method == "gradxinput":
-                res = gradient_x_input([models[k] for k in sel], x, variant=variant,
-                                       target_std=[member_std[k] for k in sel])
-            else:
-                res = occlusion_map([models[k] for k in sel], x, patch=occlusion_patch,
-                                    stride=occlusion_stride, baseline=occlusion_baseline,
-                                    batch_size=batch_size,
-                                    target_std=[member_std[k] for k in sel],
-                                    reporter=_Nested(rep))
-            src = ws.image_path(sid, spec.channels[0])
-            shape, affine = subject_grid(src)
-            out = map_to_subject_space(res.mean[0], mg.affine, (shape, affine))
-            save_map(out, target, description=f"bodyage {kind}")
-            member_files = []
-            if save_members:
-                for j, k in enumerate(sel):
-                    mp = target.with_name(f"{kind}_member{k}.nii.gz")
-                    save_map(map_to_subject_space(res.members[j, 0], mg.affine,
-                                                  (shape, affine)), mp,
-                             description=f"bodyage {kind} member {k}")
-                    member_files.append(ws.relative(mp))
-            mu_years = [float(res.mu[j, 0]) * member_std[k]
-                        + float(age_run.members[k].get("target_mean", 0.0))
-                        for j, k in enumerate(sel)]
-            write_json(target.with_name(f"{kind}.json"), {
-                "kind": kind, "run": run, "method": method,
-                "layer": layer if method == "gradcam" else None,
-                "variant": variant if method != "occlusion" else "signed",
-                "members": sel, "member_files": member_files, "fold": fold, "member_mu_years": mu_years,
-                "units": {"gradcam": "(d age / d activation) x activation, years",
-                          "gradxinput": "(d age / d input) x input, years"}.get(
-                              method, "change of predicted age, years"),
-                "sign": ("relu: evidence that raises the predicted age" if
-                         method != "occlusion" and variant == "relu" else
-                         "abs: magnitude (either direction)" if variant == "abs" else
-                         "positive = evidence for older, negative = for younger"),
-                "occlusion": res.info if method == "occlusion" else None,
-                "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
-                "model_grid_shape_zyx": list(mg.shape),
-            })
-            ws.db.set_image(sid, kind, ws.relative(target))
+            out = explain_subject(ws, run, age_run, models, subj, kind, method=method, layer=layer,
+                                  variant=variant, occlusion_patch=occlusion_patch,
+                                  occlusion_stride=occlusion_stride,
+                                  occlusion_baseline=occlusion_baseline,
+                                  batch_size=batch_size, save_members=save_members,
+                                  reporter=_Nested(rep))
+            ws.db.set_image(sid, kind, out["path"])
             ws.db.set_task("explain", kind, sid, "done")
             summary.written.append(sid)
-            summary.paths[sid] = ws.relative(target)
+            summary.paths[sid] = out["path"]
         except BodyageError as err:
             ws.db.set_task("explain", kind, sid, "failed", str(err))
             summary.failed[sid] = str(err)
