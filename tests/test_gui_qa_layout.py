@@ -142,3 +142,10 @@ def test_small_wheel_deltas_add_up_to_one_slice_per_notch(qtbot, settings):
     assert st.slice_index("axial") == z0 + 1
     view.wheel(120, frozenset({"shift"}), (0.0, 0.0))
     assert st.slice_index("axial") == z0 + 1 + bindings.FAST_SLICE_STEP
+
+
+def test_tables_have_compact_rows(qtbot, settings):
+    win = _window(qtbot, settings, with_image=False)
+    for table in (win.subject_browser.table, win.analysis.cohort_panel.mae_table):
+        fm = table.fontMetrics().height()
+        assert table.verticalHeader().defaultSectionSize() <= fm + 8   # was ~30 px

@@ -188,6 +188,7 @@ class QtCohortPanel(QtWidgets.QWidget):
         for t in (self.mae_table, self.region_table):
             t.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
             t.verticalHeader().setVisible(False)
+            t.verticalHeader().setDefaultSectionSize(t.fontMetrics().height() + 6)  # compact
             t.setAlternatingRowColors(True)
             t.horizontalHeader().setStretchLastSection(True)
         self.region_message = QtWidgets.QLabel("")
