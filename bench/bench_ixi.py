@@ -273,6 +273,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, loss=args.loss,
                       scheduler=args.scheduler, plateau_patience=3, plateau_factor=0.5,
                       early_stopping=args.early_stopping, warmup_epochs=2,
+                      keep="best" if args.best_epoch else "last",
                       weight_decay=args.weight_decay, seed=args.seed,
                       augment=AugmentConfig(translate=args.translate, rotate_deg=0, scale=0,
                                             gain=0.1, offset=0.05, flip=True), device="cpu")
@@ -291,17 +292,6 @@ def main(argv=None) -> int:
 
     work = ROOT / "bench" / "_work"
     work.mkdir(parents=True, exist_ok=True)
-    if not args.best_epoch:
-        # bench-only: the Trainer restores its best-validation-epoch weights at the end; drop
-        # them after every validation so each member ends with its last epoch (step LR)
-        from bodyage_core.training.trainer import Trainer
-        orig_validate = Trainer._validate
-
-        def _validate_last(self):
-            orig_validate(self)
-            self.best_state = None
-
-        Trainer._validate = _validate_last
     if args.seed_offset:
         import bodyage_core.training.run as run_mod
 

@@ -227,3 +227,28 @@ def test_tiny_model_learns_age():
     st = t.fit()
     baseline = np.abs(ages[va] - ages[tr].mean()).mean()
     assert st.best_val_mae < 0.5 * baseline, (st.best_val_mae, baseline)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_best_or_last_epoch_weights(keep):
+    """``keep='best'`` ends with the best validation epoch's weights, ``'last'`` with the last
+    epoch's (what the per-epoch validation would predict after the final epoch)."""
+    ds, model, cfg, _ = _setup(epochs=5, lr=1e-1, keep=keep)  # val MAE best at epoch 3
+    t = Trainer(model, ds, np.arange(18), np.arange(18, 24), cfg)
+    last: dict = {}
+    t.on(Events.EPOCH_COMPLETED,
+         lambda s: last.update({k: v.detach().clone() for k, v in t.model.state_dict().items()}))
+    st = t.fit()
+    final = t.model.state_dict()
+    same_as_last = all(torch.equal(final[k], last[k]) for k in final)
+    maes = [h["val_mae"] for h in st.history]
+    if keep == "last" or int(np.argmin(maes)) == len(maes) - 1:
+        assert same_as_last
+    else:
+        assert not same_as_last
+        assert all(torch.equal(final[k], t.best_state[k]) for k in final)
+
+
+def test_keep_must_be_best_or_last():
+    with pytest.raises(ConfigError, match="keep"):
+        TrainConfig(keep="middle")

@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "subjects only.")
     p.add_argument("workspace", help="workspace folder (has cohort.sqlite)")
     p.add_argument("--run", required=True, help="run name (folder under models/)")
-    p.add_argument("--model", default="resnet3d", choices=("resnet3d", "resnet2d", "vgg2d"))
+    p.add_argument("--model", default="resnet3d",
+                   choices=("resnet3d", "sfcn3d", "resnet2d", "vgg2d"))  # models.factory.ARCHS
     p.add_argument("--loss", default="l1", choices=("l1", "mse", "meanvar"))
     p.add_argument("--members", type=int, default=1, help="ensemble members per fold")
     p.add_argument("--folds", type=int, default=5, help="k-fold CV (1: one held-out test split)")
@@ -25,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--scheduler", default=None, choices=("plateau", "step", "none"),
                    help="default: plateau (3D), step (2.5D)")
     p.add_argument("--early-stopping", type=int, default=10, metavar="EPOCHS")
+    p.add_argument("--keep", default="best", choices=("best", "last"),
+                   help="weights each member ends with: its best validation epoch (default) or "
+                        "its last (validation predictions, which bias correction and "
+                        "calibration are fitted on, stay unbiased)")
     p.add_argument("--width", type=int, default=None,
                    help="base channel width (default 64; small values train fast on CPU)")
     p.add_argument("--depth", type=int, default=None, help="2D ResNet depth (18/34/50)")
@@ -121,7 +126,7 @@ def _train(args, ws, dist, reporter) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
                       lr=args.lr, loss=args.loss, scheduler=sched,
                       early_stopping=args.early_stopping, augment=aug, seed=args.seed,
-                      device=args.device)
+                      device=args.device, keep=args.keep)
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
                           args.seed, args.resume, args.overwrite, reporter, dist=dist)
     if dist is not None and not dist.is_main:

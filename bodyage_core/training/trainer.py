@@ -57,6 +57,10 @@ class TrainConfig:
     eval_batch_size: int = 16
     precise_bn: int = 128          # re-estimate batch-norm statistics on up to this many
                                    # training subjects before each validation (0 = off)
+    keep: str = "best"             # weights a member ends with: best validation epoch | last.
+                                   # "best" makes the validation predictions (which bias
+                                   # correction and variance calibration are fitted on)
+                                   # optimistic; "last" keeps them honest
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -65,6 +69,8 @@ class TrainConfig:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}",
                               hint=f"use one of {SCHEDULERS}")
         get_loss(self.loss)
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"unknown --keep {self.keep!r}", hint="use best or last")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("epochs, batch size and accumulation must be at least 1")
 
@@ -440,7 +446,7 @@ class Trainer:
                 st.stopped_early = True
                 self.events.fire(Events.EARLY_STOPPED, st)
             self.save_checkpoint()
-        if self.best_state is not None:
+        if self.best_state is not None and cfg.keep == "best":
             self.model.load_state_dict(self.best_state)
         self.events.fire(Events.COMPLETED, st)
         return st
