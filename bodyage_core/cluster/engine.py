@@ -482,6 +482,11 @@ class Engine:
                             if isinstance(err, KeyboardInterrupt):
                                 raise
                             exc = RuntimeError(f"the cluster dropped the task ({_first_line(err)})")
+                        if exc is None:
+                            # a task lost with a worker that died beside it (status 'lost' or
+                            # 'cancelled', no exception of its own): not this subject's fault
+                            exc = RuntimeError(f"the cluster dropped the task (status "
+                                               f"{fut.status})")
                         fut.release()
                         if isinstance(exc, BaseException) and \
                                 self._retryable(stage, exc, attempt):
