@@ -231,3 +231,29 @@ def test_cli_sanity_check_writes_report(tmp_path, capsys):
     report = json.loads((root / "reports" / "explain_sanity_r1.json").read_text())
     assert report["mode"] == "cascading" and report["steps"]
     assert rc == (1 if report["flagged"] else 0)
+
+
+def test_maps_are_zero_in_the_air_around_the_body(tmp_path):
+    """Grad-CAM's coarse cells and the zero padding at the grid's edges put evidence in the air;
+    the saved map keeps only the body (and says so in its sidecar)."""
+    from bodyage_core.explain.pipeline import explain_subject
+    from bodyage_core.models.ensemble import AgeRun
+
+    ws = make_workspace(tmp_path)
+    age_run = AgeRun(ws.model_dir("r1"), device="cpu")
+    models = age_run.load_members()
+    subj = ws.db.get_subject("s1")
+    z, y, x = np.indices((40, 28, 24)).astype(float)
+    radius = np.sqrt(((z - 20) / 17) ** 2 + ((y - 14) / 11) ** 2 + ((x - 12) / 10) ** 2)
+    air = radius > 1.6                              # > 15 mm outside the skin everywhere
+    outside = {}
+    for body_only in (False, True):
+        out = explain_subject(ws, "r1", age_run, models, subj, f"m{int(body_only)}",
+                              variant="signed", body_only=body_only)
+        m = np.asarray(nib.load(str(ws.resolve(out["path"]))).dataobj).transpose(2, 1, 0)
+        outside[body_only] = float(np.abs(m[air]).max())
+        assert np.abs(m[radius < 0.9]).max() > 0    # the body keeps its evidence
+        meta = json.loads((ws.subject_dir("s1") / f"m{int(body_only)}.json").read_text())
+        assert meta["body_only"] is body_only
+    assert outside[False] > 0                       # there was something in the air ...
+    assert outside[True] == 0.0                     # ... and the body-only map has none

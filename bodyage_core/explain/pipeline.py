@@ -278,13 +278,15 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                     occlusion_stride: int | Sequence[int] | None = None,
                     occlusion_baseline: str | float = "zero", batch_size: int = 8,
                     save_members: bool = False, reporter: ProgressReporter | None = None,
-                    guard=None) -> dict[str, Any]:
+                    guard=None, body_only: bool = True) -> dict[str, Any]:
     """One subject's map, its members' maps (``save_members``) and the JSON sidecar, written
     atomically into ``subjects/<id>/``; the database is not touched (callers record the result,
     so a Dask worker can run this). ``age_run`` is the loaded run ``run``, ``models`` its
     members; ``guard(path)``
     is an optional context manager around each file write (the cluster engine's names the file
-    in disk errors). Returns ``{"path": relative path of the map, "member_files": [...]}``."""
+    in disk errors). ``body_only``: zero the map outside the body (:func:`model_grid_body`):
+    Grad-CAM's coarse cells and the zero padding at the volume's edges otherwise put spurious
+    evidence in the air around the body, which population maps then average in. Returns ``{"path": relative path of the map, "member_files": [...]}``."""
     import contextlib
 
     from bodyage_core.training.data import load_subject_volume
@@ -309,18 +311,20 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
         res = occlusion_map(nets, x, patch=occlusion_patch, stride=occlusion_stride,
                             baseline=occlusion_baseline, batch_size=batch_size,
                             target_std=stds, reporter=reporter)
+    body = model_grid_body(x[0]) if body_only else None
     src = ws.resolve(subject.images[spec.channels[0]])
     shape, affine = subject_grid(src)
     target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
     with guard(target):
-        save_map(map_to_subject_space(res.mean[0], mg.affine, (shape, affine)), target,
-                 description=f"bodyage {kind}")
+        save_map(map_to_subject_space(_masked(res.mean[0], body), mg.affine, (shape, affine)),
+                 target, description=f"bodyage {kind}")
     member_files = []
     if save_members:
         for j, k in enumerate(sel):
             mp = target.with_name(f"{kind}_member{k}.nii.gz")
             with guard(mp):
-                save_map(map_to_subject_space(res.members[j, 0], mg.affine, (shape, affine)),
+                save_map(map_to_subject_space(_masked(res.members[j, 0], body), mg.affine,
+                                              (shape, affine)),
                          mp, description=f"bodyage {kind} member {k}")
             member_files.append(ws.relative(mp))
     mu_years = [float(res.mu[j, 0]) * member_std[k]
@@ -342,9 +346,28 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                      "positive = evidence for older, negative = for younger"),
             "occlusion": res.info if method == "occlusion" else None,
             "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
-            "model_grid_shape_zyx": list(mg.shape),
+            "model_grid_shape_zyx": list(mg.shape), "body_only": bool(body_only),
         })
     return {"path": ws.relative(target), "member_files": member_files}
+
+
+def model_grid_body(x: np.ndarray, dilate: int = 1) -> np.ndarray:
+    """Body mask of a model-grid input ``(C, Z, Y, X)``: Otsu on the sum of the channels
+    (invariant to the input normalisation), largest component, holes filled, dilated by
+    ``dilate`` voxels so the skin keeps its evidence."""
+    from scipy import ndimage
+
+    from bodyage_core.preprocess.grid import body_mask
+
+    mask = body_mask(np.asarray(x, dtype=np.float32).sum(axis=0))
+    if not mask.any():
+        return np.ones(mask.shape, bool)
+    mask = ndimage.binary_fill_holes(mask)
+    return ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
+
+
+def _masked(m: np.ndarray, body: np.ndarray | None) -> np.ndarray:
+    return m if body is None else np.where(body, m, 0).astype(m.dtype, copy=False)
 
 
 def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,
