@@ -170,3 +170,18 @@ def test_import_ukbb_folder_bad_input(ukb_folder, tmp_path, capsys):
     subs = Workspace.open(tmp_path / "ws2").db.subjects()
     assert [(s.subject_id, s.age) for s in subs] == [("1000002", None)]
     assert subs[0].images["water"].endswith("1000002_20201_3_0.zip")
+
+
+def test_atlas_member_reads_water_and_fat_from_one_zip(ukb_folder):
+    """A streamed subject records the same zip as its water and its fat image: the atlas
+    builder must take each channel from it (not the zip's first channel twice)."""
+    from bodyage_core.atlas.build import AtlasMember
+    from bodyage_core.io import load_volume
+
+    z = ukb_folder / "bulk" / "1000001_20201_2_0.zip"
+    vol = AtlasMember("1000001", image_paths={"water": z, "fat": z}).load()
+    ref = load_volume(z, channels=("water", "fat"))
+    assert vol.channels == ("water", "fat")
+    np.testing.assert_allclose(vol.channel("water"), ref.channel("water"))
+    np.testing.assert_allclose(vol.channel("fat"), ref.channel("fat"))
+    assert not np.allclose(vol.channel("water"), vol.channel("fat"))

@@ -73,8 +73,19 @@ class AtlasMember:
             raise BodyageError(f"subject {self.subject_id} has no image to register",
                                hint="import its water/fat (or t1) image first")
         chans, arrays, ref = [], [], None
+        zips: dict[str, list[str]] = {}     # a streamed UK Biobank zip holds water and fat
         for name, path in self.image_paths.items():
-            vol = load_image(path)
+            if str(path).lower().endswith(".zip"):
+                zips.setdefault(str(path), []).append(name)
+        loaded: dict[str, Volume] = {}
+        for name, path in self.image_paths.items():
+            if str(path) in zips:
+                if str(path) not in loaded:
+                    loaded[str(path)] = load_image(path, channels=tuple(zips[str(path)]))
+                both = loaded[str(path)]
+                vol = both.with_data(both.channel(name)[None], channels=(name,))
+            else:
+                vol = load_image(path)
             if ref is None:
                 ref = vol
             elif not vol.same_grid(ref):
@@ -94,15 +105,16 @@ class AtlasMember:
         return load_label_map(self.labels_path)
 
 
-def load_image(path: str | Path) -> Volume:
-    """Load an image with :func:`bodyage_core.io.load_volume` (RAS, float32)."""
+def load_image(path: str | Path, channels: tuple[str, ...] | None = None) -> Volume:
+    """Load an image with :func:`bodyage_core.io.load_volume` (RAS, float32); ``channels``
+    picks the Dixon channels of a UK Biobank zip."""
     from bodyage_core.io import load_volume
 
     path = Path(path)
     if not path.exists():
         raise LoadError("image not found", path=path,
                         hint="check the path recorded in the cohort (bodyage info WORKSPACE)")
-    return load_volume(path)
+    return load_volume(path) if channels is None else load_volume(path, channels=channels)
 
 
 def load_label_map(path: str | Path) -> Volume:
