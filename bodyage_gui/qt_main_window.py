@@ -1011,9 +1011,11 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if images is None:
             raise CohortError(f"no subject {subject_id!r} in the open workspace")
         water, fat = images.get("water"), images.get("fat")
+        # a streamed UK Biobank subject records one zip as both its water and its fat image
+        one_file = water is not None and fat is not None and Path(water) == Path(fat)
         if water is not None:
             image_path = water
-            base_paths = [water] + ([fat] if fat is not None else [])
+            base_paths = [water] + ([fat] if fat is not None and not one_file else [])
         else:
             kind = next((k for k in ("t1", "input", "image") if k in images), None)
             if kind is None:
@@ -1038,7 +1040,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         loaded = load_many(base_paths + [p for _, p, _ in extra],
                            [False] * len(base_paths) + [k == "labels" for _, _, k in extra])
         vol = loaded[0]
-        if water is not None and fat is not None and loaded[1].same_grid(vol):
+        if water is not None and fat is not None and not one_file and loaded[1].same_grid(vol):
             fv = loaded[1]
             vol = Volume(np.concatenate([vol.data[:1], fv.data[:1]]), vol.affine,
                          ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
