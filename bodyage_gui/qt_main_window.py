@@ -442,13 +442,8 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if not wait:
             self.statusBar().showMessage(f"loading {paths[0].name} ...")
 
-            def ready(f):
-                try:
-                    self._files_ready.emit(f, paths, overlays, threshold)
-                except RuntimeError:  # the window is gone
-                    pass
-
-            fut.add_done_callback(ready)
+            _emit_when_done(fut, lambda f: self._files_ready.emit(f, paths, overlays,
+                                                                  threshold))
             return True
         fut.exception()
         return self._finish_files(fut, paths, overlays, threshold)
@@ -756,14 +751,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             fut.exception()
             return self._finish_atlas_space(fut)
         self.statusBar().showMessage(f"warping {link.subject_id} to {link.label} ...")
-
-        def ready(f):
-            try:
-                self._space_ready.emit(f, key)
-            except RuntimeError:  # the window is gone
-                pass
-
-        fut.add_done_callback(ready)
+        _emit_when_done(fut, lambda f: self._space_ready.emit(f, key))
         return True
 
     def add_population_to_subject(self, wait: bool = False) -> bool:
@@ -798,13 +786,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             return then(fut)
         self.statusBar().showMessage(f"warping the population map of {link.group} onto "
                                      f"{link.subject_id} ...")
-        def ready(f):
-            try:
-                self._task_ready.emit(f, then)
-            except RuntimeError:  # the window is gone
-                pass
-
-        fut.add_done_callback(ready)
+        _emit_when_done(fut, lambda f: self._task_ready.emit(f, then))
         return True
 
     def wait_for_space(self, timeout: float = 120.0) -> bool:
@@ -943,14 +925,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if fut.done():
             return self._finish_subject(subject_id, fut)
         self.statusBar().showMessage(f"loading {subject_id} ...")
-
-        def ready(f, sid=subject_id):
-            try:
-                self._payload_ready.emit(sid, f)
-            except RuntimeError:  # the window is gone
-                pass
-
-        fut.add_done_callback(ready)
+        _emit_when_done(fut, lambda f, sid=subject_id: self._payload_ready.emit(sid, f))
         return True
 
     def _on_payload_ready(self, subject_id: str, fut) -> None:
@@ -1151,6 +1126,19 @@ def _subject_rows(ws) -> tuple[list[dict[str, Any]], dict[str, dict[str, Path]]]
                      "gap": p.get("gap")})
         images[s.subject_id] = {k: ws.resolve(v) for k, v in s.images.items()}
     return rows, images
+
+
+def _emit_when_done(fut: concurrent.futures.Future,
+                    emit: Callable[[concurrent.futures.Future], None]) -> None:
+    """Call ``emit(fut)`` (a signal emit, which queues the work to the GUI thread) once
+    ``fut`` is done, from whichever thread finishes it; a window already gone is ignored."""
+    def ready(f: concurrent.futures.Future) -> None:
+        try:
+            emit(f)
+        except RuntimeError:  # the window is gone
+            pass
+
+    fut.add_done_callback(ready)
 
 
 def _build_trial(all_paths: list[Path], flags: list[bool], n_images: int, convention: str,
