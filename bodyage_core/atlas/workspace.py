@@ -112,13 +112,18 @@ def transform_folder(ws, subject_id: str, group: str) -> Path:
     return ws.subject_dir(subject_id) / f"atlas_{group}"
 
 
-def _record(ws, sid: str, group: str, q: dict[str, Any], folder: Path) -> None:
+def _record(ws, sid: str, group: str, q: dict[str, Any], folder: Path,
+            has_transform: bool | None = None) -> None:
+    """Store one registration's quality dict ``q`` (and its transform image, when there is one:
+    ``has_transform``, or else whether ``folder`` holds a transform.json)."""
     ws.db.set_registration(
         sid, group, q.get("status", "failed"), metric=_num(q.get("metric")),
         dice_body=_num(q.get("dice_body")), dice_labels=_num(q.get("dice_labels_mean")),
         reason="; ".join(q.get("reasons") or []) or None,
         forward=ws.relative(folder), inverse=ws.relative(folder / "inverse_warp.nii.gz"))
-    if (folder / "transform.json").exists():
+    if has_transform is None:
+        has_transform = (folder / "transform.json").exists()
+    if has_transform:
         ws.db.set_image(sid, f"to_atlas_{group}", ws.relative(folder))
 
 

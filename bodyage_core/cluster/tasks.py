@@ -506,14 +506,6 @@ def _jsonable(obj):
                                  else str(o)))
 
 
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
-
-
 class RegisterStage(Stage):
     """``bodyage register`` per subject: to the template of its built group atlas."""
 
@@ -579,17 +571,12 @@ class RegisterStage(Stage):
             "force": self.force}, folder=str(ws.subject_dir(job.subject_id)))
 
     def record(self, ws, job, out) -> None:
-        from bodyage_core.atlas.workspace import transform_folder
+        from bodyage_core.atlas.workspace import _record, transform_folder
 
         q = out["quality"]
-        folder = transform_folder(ws, job.subject_id, job.key)
-        ws.db.set_registration(
-            job.subject_id, job.key, q.get("status", "failed"), metric=_num(q.get("metric")),
-            dice_body=_num(q.get("dice_body")), dice_labels=_num(q.get("dice_labels_mean")),
-            reason="; ".join(q.get("reasons") or []) or None,
-            forward=ws.relative(folder), inverse=ws.relative(folder / "inverse_warp.nii.gz"))
-        if q.get("has_transform"):
-            ws.db.set_image(job.subject_id, f"to_atlas_{job.key}", ws.relative(folder))
+        # the worker saw the transform folder; record what it saw
+        _record(ws, job.subject_id, job.key, q, transform_folder(ws, job.subject_id, job.key),
+                has_transform=bool(q.get("has_transform")))
         self.results.append(q)
 
 
