@@ -72,29 +72,12 @@ class AtlasMember:
         if not self.image_paths:
             raise BodyageError(f"subject {self.subject_id} has no image to register",
                                hint="import its water/fat (or t1) image first")
-        chans, arrays, ref = [], [], None
-        zips: dict[str, list[str]] = {}     # a streamed UK Biobank zip holds water and fat
-        for name, path in self.image_paths.items():
-            if str(path).lower().endswith(".zip"):
-                zips.setdefault(str(path), []).append(name)
-        loaded: dict[str, Volume] = {}
-        for name, path in self.image_paths.items():
-            if str(path) in zips:
-                if str(path) not in loaded:
-                    loaded[str(path)] = load_image(path, channels=tuple(zips[str(path)]))
-                both = loaded[str(path)]
-                vol = both.with_data(both.channel(name)[None], channels=(name,))
-            else:
-                vol = load_image(path)
-            if ref is None:
-                ref = vol
-            elif not vol.same_grid(ref):
-                raise BodyageError(f"the {name} image of {self.subject_id} is on another grid "
-                                   f"than its {chans[0]} image", path=path,
-                                   hint="resample both channels onto one grid")
-            chans.append(name)
-            arrays.append(vol.data[0])
-        return Volume(np.stack(arrays), ref.affine, channels=tuple(chans),
+        from bodyage_core.io import load_channels
+
+        for path in self.image_paths.values():
+            _require(path)
+        vol = load_channels(self.image_paths)
+        return Volume(vol.data, vol.affine, channels=vol.channels,
                       provenance={"subject_id": self.subject_id})
 
     def load_labels(self) -> np.ndarray | Volume | None:
@@ -105,16 +88,19 @@ class AtlasMember:
         return load_label_map(self.labels_path)
 
 
-def load_image(path: str | Path, channels: tuple[str, ...] | None = None) -> Volume:
-    """Load an image with :func:`bodyage_core.io.load_volume` (RAS, float32); ``channels``
-    picks the Dixon channels of a UK Biobank zip."""
+def load_image(path: str | Path) -> Volume:
+    """Load an image with :func:`bodyage_core.io.load_volume` (RAS, float32)."""
     from bodyage_core.io import load_volume
 
+    return load_volume(_require(path))
+
+
+def _require(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise LoadError("image not found", path=path,
                         hint="check the path recorded in the cohort (bodyage info WORKSPACE)")
-    return load_volume(path) if channels is None else load_volume(path, channels=channels)
+    return path
 
 
 def load_label_map(path: str | Path) -> Volume:

@@ -125,32 +125,42 @@ def load_volume(path: str | Path, channels: tuple[str, ...] | list[str] | str | 
 
 
 def load_channels(paths: Mapping[str, str | Path]) -> Volume:
-    """Load one single-channel image per name (e.g. ``{'water': ..., 'fat': ...}``) as one Volume.
+    """Load the images named in ``paths`` (e.g. ``{'water': ..., 'fat': ...}``) as one Volume.
 
-    All images must be on the same grid (shape and affine within 1e-3 mm); otherwise a
+    Each file gives one channel, except a file named for several channels (the water and fat
+    of one UK Biobank zip, as a streamed import records them), which is read once with those
+    channels. All images must be on the same grid (shape and affine within 1e-3 mm); otherwise a
     LoadError names the file that differs. Channel order follows ``paths``.
     """
     if not paths:
         raise ValueError("load_channels needs at least one path")
-    vols = []
-    first_path = None
+    by_file: dict[str, list[str]] = {}
     for name, p in paths.items():
-        v = load_volume(p)
-        if v.n_channels != 1:
-            raise LoadError(f"expected a single-channel image for {name!r}, it has "
-                            f"{v.n_channels} channels", p, "pass one image per channel")
+        by_file.setdefault(str(p), []).append(name)
+    parts: dict[str, np.ndarray] = {}
+    vols: list[Volume] = []
+    first_path = None
+    for p, names in by_file.items():
+        if len(names) == 1:
+            v = load_volume(p)
+            if v.n_channels != 1:
+                raise LoadError(f"expected a single-channel image for {names[0]!r}, it has "
+                                f"{v.n_channels} channels", p, "pass one image per channel")
+        else:
+            v = load_volume(p, channels=tuple(names))
         if vols and not v.same_grid(vols[0]):
-            raise LoadError(f"{name!r} is not on the grid of {first_path} (shape {v.shape} vs "
-                            f"{vols[0].shape})", p,
+            raise LoadError(f"{names[0]!r} is not on the grid of {first_path} (shape {v.shape} "
+                            f"vs {vols[0].shape})", p,
                             "resample the images onto one grid first")
         first_path = first_path or p
         vols.append(v)
+        parts.update(zip(names, v.data))
     prov = dict(vols[0].provenance)
     prov["paths"] = {name: str(p) for name, p in paths.items()}
     meta: dict[str, Any] = {}
     for v in vols:
         meta.update(v.metadata)
-    return Volume(np.concatenate([v.data for v in vols]), vols[0].affine, tuple(paths), prov,
+    return Volume(np.stack([parts[name] for name in paths]), vols[0].affine, tuple(paths), prov,
                   meta)
 
 

@@ -328,35 +328,13 @@ def subject_sources(ws, subject, kinds: Sequence[str]) -> list[Path]:
 
 
 def load_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
-    """Load the images ``kinds`` of one workspace subject as one multi-channel Volume.
+    """Load the images ``kinds`` of one workspace subject as one multi-channel Volume
+    (:func:`bodyage_core.io.load_channels`: kinds recorded with the same UK Biobank zip, the
+    ``water`` and ``fat`` of a streamed import, are read from it in one pass)."""
+    from bodyage_core.io import load_channels
 
-    Kinds recorded with the same UK Biobank zip (``water`` and ``fat`` of a streamed import)
-    are stitched from that zip in one pass, in memory, with the kinds as Dixon channels.
-    """
     subject_sources(ws, subject, kinds)          # clear error for a missing kind
-    by_path: dict[Path, list[str]] = {}
-    for kind in kinds:
-        by_path.setdefault(ws.resolve(subject.images[kind]), []).append(kind)
-    loaded: dict[str, np.ndarray] = {}
-    first: Volume | None = None
-    for path, ks in by_path.items():
-        if str(path).lower().endswith(".zip"):
-            from bodyage_core.io import load_volume
-
-            v = load_volume(path, channels=tuple(ks))
-            for k in ks:
-                loaded[k] = v.channel(k)
-        else:
-            v = _load_volume(path)
-            for k in ks:
-                loaded[k] = v.data[0]
-        if first is None:
-            first = v
-    data = [loaded[k] for k in kinds]
-    if any(d.shape != data[0].shape for d in data):
-        raise BodyageError(f"subject {subject.subject_id}: images {list(kinds)} are on "
-                           "different grids", hint="resample them onto one grid on import")
-    return Volume(np.stack(data), first.affine, tuple(kinds), dict(first.provenance))
+    return load_channels({k: ws.resolve(subject.images[k]) for k in kinds})
 
 
 def _load_volume(path: Path) -> Volume:
