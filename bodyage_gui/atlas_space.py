@@ -170,6 +170,11 @@ class LayerSpec:
     def name(self) -> str:
         return str(self.settings.get("name"))
 
+    def copy(self) -> LayerSpec:
+        """The same layer with its settings and label names copied (the volume shared)."""
+        return LayerSpec(self.volume, dict(self.settings), dict(self.label_names), self.base,
+                         self.active)
+
 
 def snapshot(state: Any) -> list[LayerSpec]:
     """The layers of a ViewerState as specs (volumes shared, settings copied)."""

@@ -536,8 +536,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         layers exist only in memory."""
         if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
             return self.state.to_dict(relative_to=folder)
-        specs = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
-                                       sp.base, sp.active) for sp in self._subject_specs]
+        specs = [sp.copy() for sp in self._subject_specs]
         atlas_space.carry_settings(specs, self.state)
         st = atlas_space.build_state(specs, self.state.convention, self.state.layout)
         try:
@@ -814,8 +813,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         def do():
             payload = fut.result()
             self._atlas_cache = (key, payload)
-            new = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
-                                         sp.base, sp.active) for sp in payload["specs"]]
+            new = [sp.copy() for sp in payload["specs"]]
             remembered = getattr(self, "_atlas_layer_settings", {})
             for sp in new:  # what the user set on atlas-only layers last time
                 old = remembered.get(sp.name)
@@ -858,8 +856,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
 
         def do():
             self._atlas_layer_settings = {lay.name: lay.settings() for lay in self.state.layers}
-            new = [atlas_space.LayerSpec(sp.volume, dict(sp.settings), dict(sp.label_names),
-                                         sp.base, sp.active) for sp in specs]
+            new = [sp.copy() for sp in specs]
             atlas_space.carry_settings(new, self.state)
             trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
             try:
