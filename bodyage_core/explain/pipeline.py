@@ -281,12 +281,15 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                     guard=None, body_only: bool = True) -> dict[str, Any]:
     """One subject's map, its members' maps (``save_members``) and the JSON sidecar, written
     atomically into ``subjects/<id>/``; the database is not touched (callers record the result,
-    so a Dask worker can run this). ``age_run`` is the loaded run ``run``, ``models`` its
-    members; ``guard(path)``
-    is an optional context manager around each file write (the cluster engine's names the file
-    in disk errors). ``body_only``: zero the map outside the body (:func:`model_grid_body`):
+    so a Dask worker can run this).
+
+    ``age_run`` is the loaded run ``run``, ``models`` its members. ``guard(path)`` is an
+    optional context manager around each file write (the cluster engine's names the file in
+    disk errors). ``body_only`` zeroes the map outside the body (:func:`model_grid_body`):
     Grad-CAM's coarse cells and the zero padding at the volume's edges otherwise put spurious
-    evidence in the air around the body, which population maps then average in. Returns ``{"path": relative path of the map, "member_files": [...]}``."""
+    evidence in the air around the body, which population maps then average in.
+
+    Returns ``{"path": relative path of the map, "member_files": [...]}``."""
     import contextlib
 
     from bodyage_core.training.data import load_subject_volume
