@@ -112,6 +112,18 @@ def transform_folder(ws, subject_id: str, group: str) -> Path:
     return ws.subject_dir(subject_id) / f"atlas_{group}"
 
 
+def transform_current(folder: Path, fingerprint: str | None) -> bool:
+    """Whether ``folder`` holds a complete transform (and quality.json) made against the atlas
+    of ``fingerprint`` (reusable without registering again)."""
+    if not (SubjectTransform.exists(folder) and (folder / "quality.json").exists()):
+        return False
+    try:
+        info = json.loads((folder / "transform.json").read_text()).get("info", {})
+    except (OSError, ValueError):
+        return False
+    return info.get("atlas_fingerprint", info.get("fingerprint")) == fingerprint
+
+
 def _record(ws, sid: str, group: str, q: dict[str, Any], folder: Path,
             has_transform: bool | None = None) -> None:
     """Store one registration's quality dict ``q`` (and its transform image, when there is one:
@@ -210,15 +222,7 @@ def register_subjects(ws, group: str | None = None, subject: str | None = None,
     for i, (g, s, info) in enumerate(jobs):
         folder = transform_folder(ws, s.subject_id, g)
         qpath = folder / "quality.json"
-        reuse = False
-        if not force and SubjectTransform.exists(folder) and qpath.exists():
-            try:
-                tx_info = json.loads((folder / "transform.json").read_text()).get("info", {})
-                reuse = tx_info.get("atlas_fingerprint", tx_info.get("fingerprint")) \
-                    == info.get("fingerprint")
-            except (OSError, ValueError):
-                reuse = False
-        if reuse:
+        if not force and transform_current(folder, info.get("fingerprint")):
             q = json.loads(qpath.read_text())
             q["reused"] = True
         else:

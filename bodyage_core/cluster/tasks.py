@@ -447,23 +447,11 @@ class ExplainStage(Stage):
 # -- register --------------------------------------------------------------------------------
 
 
-def _transform_current(folder: Path, fingerprint: str | None) -> bool:
-    from bodyage_core.registration.transform import SubjectTransform
-
-    if not (SubjectTransform.exists(folder) and (folder / "quality.json").exists()):
-        return False
-    try:
-        info = json.loads((folder / "transform.json").read_text()).get("info", {})
-    except (OSError, ValueError):
-        return False
-    return info.get("atlas_fingerprint", info.get("fingerprint")) == fingerprint
-
-
 def register_one(root: str, group: str, subject, atlas_info: dict[str, Any],
                  registration: dict[str, Any] | None, force: bool) -> dict[str, Any]:
     """Worker: register one subject to the template of ``group`` (affine + deformable), or
     reuse its current transform; writes ``subjects/<id>/atlas_<group>/``."""
-    from bodyage_core.atlas.workspace import _member, transform_folder
+    from bodyage_core.atlas.workspace import _member, transform_current, transform_folder
     from bodyage_core.registration.register import RegistrationConfig, register
 
     ws = _Paths(root)
@@ -471,7 +459,7 @@ def register_one(root: str, group: str, subject, atlas_info: dict[str, Any],
     folder = transform_folder(ws, sid, group)
     qpath = folder / "quality.json"
     fingerprint = atlas_info.get("fingerprint")
-    if not force and _transform_current(folder, fingerprint):
+    if not force and transform_current(folder, fingerprint):
         q = json.loads(qpath.read_text())
         q["reused"] = True
     else:
@@ -555,13 +543,13 @@ class RegisterStage(Stage):
         return jobs
 
     def is_done(self, ws, job, row) -> bool:
-        from bodyage_core.atlas.workspace import transform_folder
+        from bodyage_core.atlas.workspace import transform_current, transform_folder
 
         if self.force or (job.key, job.subject_id) not in self._registered:
             return False
         if row is not None and row.get("status") != "done":
             return False
-        return _transform_current(transform_folder(ws, job.subject_id, job.key),
+        return transform_current(transform_folder(ws, job.subject_id, job.key),
                                   self._infos[job.key].get("fingerprint"))
 
     def task(self, ws, job) -> SubjectTask:
