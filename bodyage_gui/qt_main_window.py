@@ -536,18 +536,27 @@ class QtMainWindow(QtWidgets.QMainWindow):
         layers exist only in memory."""
         if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
             return self.state.to_dict(relative_to=folder)
-        specs = [sp.copy() for sp in self._subject_specs]
-        atlas_space.carry_settings(specs, self.state)
-        st = atlas_space.build_state(specs, self.state.convention, self.state.layout)
-        try:
-            st.set_cursor(atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor))
-        except (BodyageError, RuntimeError, AttributeError):
-            pass
+        st, cursor = self._subject_space_state()
+        if cursor is not None:
+            st.set_cursor(cursor)
         d = st.to_dict(relative_to=folder)
         d["space"] = atlas_space.ATLAS
         if self.atlas_link is not None:
             d["atlas_group"] = self.atlas_link.group
         return d
+
+    def _subject_space_state(self) -> tuple[ViewerState, np.ndarray | None]:
+        """In atlas space: the subject's own layers (``_subject_specs``) with the display
+        settings set meanwhile, and the cursor mapped back onto the subject (None without a
+        usable registration)."""
+        specs = [sp.copy() for sp in self._subject_specs]
+        atlas_space.carry_settings(specs, self.state)
+        st = atlas_space.build_state(specs, self.state.convention, self.state.layout)
+        try:
+            cursor = atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor)
+        except (BodyageError, RuntimeError, AttributeError):
+            cursor = None
+        return st, cursor
 
     def restore_session(self, path: str | Path) -> bool:
         path = Path(path)
@@ -850,19 +859,12 @@ class QtMainWindow(QtWidgets.QMainWindow):
         return ok
 
     def _back_to_subject_space(self) -> bool:
-        specs = self._subject_specs
-        if self.display_space != atlas_space.ATLAS or specs is None:
+        if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
             return True
 
         def do():
             self._atlas_layer_settings = {lay.name: lay.settings() for lay in self.state.layers}
-            new = [sp.copy() for sp in specs]
-            atlas_space.carry_settings(new, self.state)
-            trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
-            try:
-                cursor = atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor)
-            except (BodyageError, RuntimeError, AttributeError):
-                cursor = None
+            trial, cursor = self._subject_space_state()
             self._replace_layers(trial)
             self.state.reset_view()
             if cursor is not None:
