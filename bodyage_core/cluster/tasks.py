@@ -615,24 +615,20 @@ class WarpStage(Stage):
         return f"warp gradcam_{self.run}"
 
     def jobs(self, ws) -> list[Job]:
-        from bodyage_core.atlas.workspace import built_atlases
+        from bodyage_core.atlas.workspace import _registered_ok, _run_predictions, built_atlases
         from bodyage_core.errors import CohortError
 
-        if not ws.db.predictions(self.run):
-            runs = sorted({p["run_id"] for p in ws.db.predictions()})
-            raise CohortError(f"no predictions for run {self.run!r}"
-                              + (f" (runs with predictions: {', '.join(runs)})" if runs else ""),
-                              hint="run `bodyage predict WORKSPACE --run RUN` first")
+        _run_predictions(ws, self.run)   # raises when the run has none
         atlases = self.groups or built_atlases(ws)
         if not atlases:
             raise CohortError("no atlas built yet", ws.root, "run `bodyage atlas build` first")
+        kinds = self.kinds or [f"gradcam_{self.run}", "age_mask"]
         jobs = []
         for g in atlases:
-            ok = [r["subject_id"] for r in ws.db.registrations(g) if r["status"] == "ok"]
+            ok = _registered_ok(ws, g)
             if not ok:
                 continue
             for s in ws.db.subjects(ids=ok):
-                kinds = self.kinds or [f"gradcam_{self.run}", "age_mask"]
                 for kind in kinds:
                     if kind in s.images:
                         interp = "nearest" if kind in ("age_mask", "labels") else "linear"
