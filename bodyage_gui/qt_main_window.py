@@ -1015,9 +1015,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
                            [False] * len(base_paths) + [k == "labels" for _, _, k in extra])
         vol = loaded[0]
         if water is not None and fat is not None and not one_file and loaded[1].same_grid(vol):
-            fv = loaded[1]
-            vol = Volume(np.concatenate([vol.data[:1], fv.data[:1]]), vol.affine,
-                         ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
+            vol = _water_fat(vol, loaded[1])
         overlays = []
         for (name, path, kind), v in zip(extra, loaded[len(base_paths):]):
             if kind == "overlay":  # an importance map: threshold it so anatomy shows
@@ -1150,6 +1148,13 @@ def _build_trial(all_paths: list[Path], flags: list[bool], n_images: int, conven
     return trial
 
 
+def _water_fat(water: Volume, fat: Volume) -> Volume:
+    """The first channels of a water and a fat image (same grid) as one ``water``/``fat``
+    volume with the water image's provenance and metadata."""
+    return Volume(np.concatenate([water.data[:1], fat.data[:1]]), water.affine,
+                  ("water", "fat"), dict(water.provenance), dict(water.metadata))
+
+
 def _session_loader(path: str) -> Volume:
     """A session's file. A workspace subject's water image comes back with its fat image
     (``water.nii.gz`` + ``fat.nii.gz`` beside it, as the viewer shows a subject), so a
@@ -1161,8 +1166,7 @@ def _session_loader(path: str) -> Volume:
         if fat_path.exists():
             fat = load_for_viewer(fat_path)
             if fat.same_grid(vol) and fat.data.shape[0] == 1:
-                vol = Volume(np.concatenate([vol.data[:1], fat.data[:1]]), vol.affine,
-                             ("water", "fat"), dict(vol.provenance), dict(vol.metadata))
+                vol = _water_fat(vol, fat)
     return vol
 
 
