@@ -363,10 +363,9 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self.prediction_finished.emit(result)
 
     def _on_space_changed(self, space: str) -> None:
+        if self._maps_waiting is None or space != "subject":
+            return  # nothing waits, or still in atlas space: keep waiting
         result, self._maps_waiting = self._maps_waiting, None
-        if result is None or space != "subject":
-            self._maps_waiting = result if space != "subject" else None
-            return
         base = self.window.state.base_layer
         if base is not None and base.volume is self._request_base:
             self._add_maps(result)
