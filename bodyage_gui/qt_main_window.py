@@ -79,7 +79,6 @@ class QtMainWindow(QtWidgets.QMainWindow):
     subject_changed = QtCore.Signal(str)
     _payload_ready = QtCore.Signal(str, object)
     _files_ready = QtCore.Signal(object, object, object, object)
-    _space_ready = QtCore.Signal(object, object)
     _task_ready = QtCore.Signal(object, object)   # (future, main-thread callback)
     #: ``'subject'`` or ``'atlas'`` once the display switched space
     space_changed = QtCore.Signal(str)
@@ -115,7 +114,6 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self._atlas_cache: tuple | None = None    # (key, payload) of the last warp
         self._atlas_transform: Any = None
         self._pending_space = None
-        self._space_ready.connect(self._on_space_ready)
         self._task_ready.connect(lambda fut, then: then(fut))
         self.scheduler = RedrawScheduler(parent=self)
         self.setWindowTitle(strings.APP_NAME)
@@ -759,7 +757,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             fut.exception()
             return self._finish_atlas_space(fut)
         self.statusBar().showMessage(f"warping {link.subject_id} to {link.label} ...")
-        _emit_when_done(fut, lambda f: self._space_ready.emit(f, key))
+        _emit_when_done(fut, lambda f: self._task_ready.emit(f, self._on_space_ready))
         return True
 
     def add_population_to_subject(self, wait: bool = False) -> bool:
@@ -808,7 +806,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             return False
         return self._finish_atlas_space(fut)
 
-    def _on_space_ready(self, fut, key) -> None:
+    def _on_space_ready(self, fut) -> None:
         if self._pending_space is not None and self._pending_space[1] is fut:
             self._finish_atlas_space(fut)
 
