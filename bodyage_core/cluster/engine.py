@@ -366,7 +366,7 @@ class Engine:
         return summary
 
     def _record_ok(self, stage: Stage, job: Job, result: dict[str, Any], attempts: int,
-                   summary: StageSummary, jobs: list[Job] | None = None) -> None:
+                   summary: StageSummary) -> None:
         with self.ws.db.transaction():
             stage.record(self.ws, job, result["out"])
             self.ws.db.finish_task(stage.name, job.key, job.subject_id, "done",
@@ -380,7 +380,7 @@ class Engine:
             summary.task_cpu_seconds.append(float(result["cpu_seconds"]))
 
     def _record_failed(self, stage: Stage, job: Job, message: str, attempts: int,
-                       summary: StageSummary, jobs: list[Job] | None = None) -> None:
+                       summary: StageSummary) -> None:
         self.ws.db.finish_task(stage.name, job.key, job.subject_id, "failed", message,
                                attempts=attempts)
         summary.failed[self._label(job)] = message
@@ -408,10 +408,9 @@ class Engine:
                             attempt += 1
                             summary.retried += 1
                             continue
-                        self._record_failed(stage, job, describe_error(exc), attempt, summary,
-                                            jobs)
+                        self._record_failed(stage, job, describe_error(exc), attempt, summary)
                         break
-                    self._record_ok(stage, job, result, attempt, summary, jobs)
+                    self._record_ok(stage, job, result, attempt, summary)
                     break
             except BaseException:
                 ws.db.mark_tasks(stage.name, job.key, [job.subject_id], "cancelled",
@@ -474,7 +473,7 @@ class Engine:
                     if fut.status == "finished":
                         result = fut.result()
                         fut.release()
-                        self._record_ok(stage, job, result, attempt, summary, jobs)
+                        self._record_ok(stage, job, result, attempt, summary)
                     else:
                         try:
                             exc = fut.exception()
@@ -494,7 +493,7 @@ class Engine:
                             queue.appendleft((job, attempt + 1))
                             continue
                         self._record_failed(stage, job, describe_error(exc), attempt,
-                                            summary, jobs)
+                                            summary)
                     n_done += 1
                     rep.update(stage.name, n_done, len(jobs), job.subject_id,
                                failed=len(summary.failed))
