@@ -43,8 +43,9 @@ def _collect_garbage_at_safe_points(request):
     app = qt.QApplication.instance() if qt is not None else None
     if app is None:
         return
-    from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
     from PySide6 import QtCore
+
+    from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
 
     collect_garbage_in_gui_thread()
     QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
