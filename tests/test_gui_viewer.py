@@ -459,6 +459,32 @@ def test_redraws_are_coalesced(qtbot, window):
     assert window.scheduler.n_flushes == flushes + 1
 
 
+def test_composite_cache_hit_fetches_no_slices(window, monkeypatch):
+    state = window.state
+    lay = state.add_layer(asym(), "overlay", kind="overlay", colormap="heat", opacity=0.5)
+    view = window.slice_views["axial"]
+    view.flush()
+    before = view.composite_rgba().copy()
+    fetched = []
+    real = state.slice_for_view
+    monkeypatch.setattr(state, "slice_for_view",
+                        lambda layer, plane, *a, **k: fetched.append(layer) or real(layer, plane,
+                                                                                   *a, **k))
+    z, y, x = state.cursor_voxel()
+    state.set_cursor_voxel((z, y + 1, x + 1))  # same axial slice: nothing new to draw
+    view.flush()
+    assert fetched == []
+    assert np.array_equal(view.composite_rgba(), before)
+    lay.opacity = 0.8  # a display setting is in the key
+    view.flush()
+    assert fetched == [state.base_layer, lay]
+    fetched.clear()
+    state.step_slice("axial", 1)
+    view.flush()
+    assert fetched == [state.base_layer, lay]
+    assert not np.array_equal(view.composite_rgba(), before)
+
+
 def test_view_menu_convention_and_layouts(qtbot, window):
     window.convention_action.trigger()
     assert window.state.convention == "neurological"

@@ -24,23 +24,6 @@ from bodyage_gui.redraw import RedrawScheduler
 _Qt = QtCore.Qt
 
 
-def composite_bgra(layers: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Alpha-composite RGBA uint8 layers (bottom first) over black into an opaque
-    ``(rows, cols, 4)`` uint8 image in QImage RGB32 memory order (B, G, R, 255).
-
-    The reference (float) compositing of per-layer RGBA images; the views use the faster
-    :func:`bodyage_core.display.composite_bgra32`, which gives the same colours to within one
-    unit of rounding."""
-    out = np.empty((*shape, 4), dtype=np.uint8)
-    out[..., 3] = 255
-    acc = np.zeros((*shape, 3), dtype=np.float32)
-    for rgba in layers:
-        a = rgba[..., 3:4] * np.float32(1 / 255)
-        acc += (rgba[..., :3] - acc) * a
-    out[..., :3] = np.clip(np.rint(acc), 0, 255)[..., ::-1]
-    return out
-
-
 class _CrosshairLine(QtWidgets.QGraphicsLineItem):
     """One crosshair line (a C++ ``QGraphicsLineItem`` with a cosmetic pen: no Python in the
     paint path), spanning far beyond the slice. ``value()`` is its position in display mm."""
@@ -209,7 +192,7 @@ class QtSliceView(QtWidgets.QWidget):
         lay.addWidget(self.graphics_view)
         self.image_item = _CompositeImageItem()
         self.view_box.addItem(self.image_item)
-        #: the key of what is drawn (per visible layer: slice index and display settings)
+        #: the key of what is drawn (slice index, then per visible layer its display settings)
         self._composite_key: tuple | None = None
         self.h_line = _CrosshairLine(vertical=False)
         self.v_line = _CrosshairLine(vertical=True)
@@ -304,28 +287,26 @@ class QtSliceView(QtWidgets.QWidget):
     def _update_images(self):
         state = self.state
         geom = state.geometry(self.plane)
-        layers = []
-        key = [id(state.base_layer), state.convention]
-        for lay in state.layers:
-            if not lay.visible:
-                continue
-            sl = state.slice_for_view(lay, self.plane)
-            key.append((lay.id, sl.index, lay.channel, lay.colormap, lay.vmin, lay.vmax,
-                        lay.threshold, lay.opacity))
-            layers.append((lay, sl))
-        key = tuple(key)
+        # every layer is cut at the base grid's slice index, so the key needs no slice: a cursor
+        # move within the slice (a crosshair drag) is a cache hit that fetches nothing
+        k = state.slice_index(self.plane)
+        visible = [lay for lay in state.layers if lay.visible]
+        key = (id(state.base_layer), state.convention, k,
+               *((lay.id, id(lay.volume), lay.channel, lay.colormap, lay.vmin, lay.vmax,
+                  lay.threshold, lay.opacity) for lay in visible))
         if key != self._composite_key:
             # one contiguous copy per slice (sagittal cuts are strided), then integer LUT work
-            items = [display.SliceLayer(np.ascontiguousarray(sl.array), lay.colormap, lay.vmin,
-                                        lay.vmax, lay.threshold, lay.opacity)
-                     for lay, sl in layers]
+            items = []
+            for lay in visible:
+                sl = state.slice_for_view(lay, self.plane)
+                items.append(display.SliceLayer(np.ascontiguousarray(sl.array), lay.colormap,
+                                                lay.vmin, lay.vmax, lay.threshold, lay.opacity))
             w, h = geom.extent_mm
             self.image_item.set_image(display.composite_bgra32(items, geom.shape),
                                       QtCore.QRectF(0.0, 0.0, w, h))
             self._composite_key = key
             oblique = " (oblique: nearest axes)" if state.base_layer.volume.is_oblique else ""
-            text = (f"{self.plane} {state.slice_index(self.plane)} "
-                    f"[0..{geom.n_slices - 1}]{oblique}")
+            text = f"{self.plane} {k} [0..{geom.n_slices - 1}]{oblique}"
             if text != self.info_label.text():
                 size = self.info_label.size()
                 self.info_label.setText(text)
