@@ -162,6 +162,23 @@ def test_predictions_gap_and_latest_run(tmp_path):
         db.add_predictions("r1", [{"subject_id": "zz", "mean": 1.0}])
 
 
+def test_predictions_of_one_subject(tmp_path):
+    db = Workspace.create(tmp_path / "ws").db
+    db.add_subjects([{"subject_id": s, "age": 50.0, "sex": "F"} for s in ("a", "b", "c")])
+    db.add_predictions("r1", [{"subject_id": s, "mean": 50.0 + i} for i, s in enumerate("abc")])
+    db.add_predictions("r2", [{"subject_id": "b", "mean": 40.0}])
+    db.close()
+    db = CohortDB.open(tmp_path / "ws" / "cohort.sqlite")  # the file, through a new connection
+    (row,) = db.predictions("r1", subject_id="b")
+    assert (row["run_id"], row["subject_id"], row["mean"]) == ("r1", "b", 51.0)
+    assert row["sex"] == "F" and row["gap"] == pytest.approx(1.0) and row["members"] == []
+    assert row == {r["subject_id"]: r for r in db.predictions("r1")}["b"]
+    assert [(r["run_id"], r["mean"]) for r in db.predictions(subject_id="b")] == [
+        ("r1", 51.0), ("r2", 40.0)]
+    assert db.predictions("r2", subject_id="a") == []
+    assert db.predictions("r1", subject_id="zz") == []
+
+
 def test_task_attempts_count(tmp_path):
     db = Workspace.create(tmp_path / "ws").db
     db.add_subjects([{"subject_id": "a"}])

@@ -384,14 +384,22 @@ class CohortDB:
                 data)
         return len(data)
 
-    def predictions(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Predictions joined with subject facts (age, sex, bmi_group), one dict per row."""
+    def predictions(self, run_id: str | None = None,
+                    subject_id: str | None = None) -> list[dict[str, Any]]:
+        """Predictions joined with subject facts (age, sex, bmi_group), one dict per row;
+        ``subject_id`` reads one subject's rows only (the primary key with ``run_id``: one
+        row, not a scan of the run)."""
         sql = ("SELECT p.*, s.age, s.sex, s.bmi, s.bmi_group, s.site FROM predictions p"
                " JOIN subjects s USING (subject_id)")
-        params: list[Any] = []
+        where, params = [], []
         if run_id is not None:
-            sql += " WHERE p.run_id = ?"
+            where.append("p.run_id = ?")
             params.append(run_id)
+        if subject_id is not None:
+            where.append("p.subject_id = ?")
+            params.append(str(subject_id))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY p.run_id, p.subject_id"
         out = []
         for r in self._conn.execute(sql, params):

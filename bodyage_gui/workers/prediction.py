@@ -280,8 +280,7 @@ def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None
         if not any(r["run_id"] == run_id for r in db.runs()):
             return None
         db.add_predictions(run_id, [row])
-        stored = next((p for p in db.predictions(run_id)
-                       if p["subject_id"] == row["subject_id"]), row)
+        stored = next(iter(db.predictions(run_id, subject_id=row["subject_id"])), row)
     finally:
         db.close()
     return dict(stored)
