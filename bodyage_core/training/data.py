@@ -337,26 +337,6 @@ def load_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
     return load_channels({k: ws.resolve(subject.images[k]) for k in kinds})
 
 
-def _load_volume(path: Path) -> Volume:
-    try:
-        from bodyage_core.io import load_volume
-    except ImportError:
-        load_volume = None
-    if load_volume is not None:
-        return load_volume(path)
-    import nibabel as nib
-
-    if not Path(path).exists():
-        raise BodyageError("image file not found", path=path)
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except Exception as exc:  # noqa: BLE001
-        raise BodyageError(f"cannot read image ({exc})", path=path) from None
-    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), img.affine, ("image",),
-                  {"path": str(path)})
-
-
 def input_cache(ws, spec: InputSpec):
     """The workspace's :class:`~bodyage_core.preprocess.cache.PreprocessCache` for ``spec``."""
     from bodyage_core.preprocess.cache import PreprocessCache
