@@ -255,6 +255,16 @@ def _registered_ok(ws, group: str) -> list[str]:
     return [r["subject_id"] for r in ws.db.registrations(group) if r["status"] == "ok"]
 
 
+def warped_map_current(cache: Path, src: Path, folder: Path) -> bool:
+    """Whether ``cache``, the map ``src`` warped with the transform in ``folder``, is still
+    good: newer than both. A missing file (the transform's included) means it is not."""
+    try:
+        return cache.stat().st_mtime >= max(src.stat().st_mtime,
+                                            (folder / "transform.json").stat().st_mtime)
+    except OSError:
+        return False
+
+
 def warped_maps(ws, group: str, kind: str, interpolation: str = "linear",
                 reporter: ProgressReporter | None = None
                 ) -> tuple[list[str], np.ndarray | None, dict[str, str]]:
@@ -280,8 +290,7 @@ def warped_maps(ws, group: str, kind: str, interpolation: str = "linear",
         folder = transform_folder(ws, sid, group)
         cache = folder / f"{kind}.nii.gz"
         vol = None
-        if cache.exists() and src.exists() and cache.stat().st_mtime >= max(
-                src.stat().st_mtime, (folder / "transform.json").stat().st_mtime):
+        if warped_map_current(cache, src, folder):
             vol = (load_label_map(cache) if interpolation == "nearest" else load_image(cache))
         if vol is None:
             tx = SubjectTransform.load(folder)

@@ -576,14 +576,14 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
     """Worker: warp one subject map into the atlas of ``group``; cached as
     ``subjects/<id>/atlas_<group>/<kind>.nii.gz`` (what ``atlas maps`` reads)."""
     from bodyage_core.atlas.build import load_image, load_label_map, save_image
-    from bodyage_core.atlas.workspace import transform_folder
+    from bodyage_core.atlas.workspace import transform_folder, warped_map_current
     from bodyage_core.registration.transform import SubjectTransform, warp_map
 
     ws = _Paths(root)
     folder = transform_folder(ws, subject_id, group)
     cache = folder / f"{kind}.nii.gz"
     srcp = ws.resolve(src)
-    if _warp_current(cache, srcp, folder):
+    if warped_map_current(cache, srcp, folder):
         return {"path": ws.relative(cache), "reused": True}
     tx = SubjectTransform.load(folder)
     m = load_label_map(srcp) if interpolation == "nearest" else load_image(srcp)
@@ -591,11 +591,6 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
     with writing(cache):
         save_image(vol, cache)
     return {"path": ws.relative(cache), "reused": False}
-
-
-def _warp_current(cache: Path, src: Path, folder: Path) -> bool:
-    return (cache.exists() and src.exists()
-            and _mtime(cache) >= max(_mtime(src), _mtime(folder / "transform.json")))
 
 
 class WarpStage(Stage):
@@ -638,11 +633,11 @@ class WarpStage(Stage):
         return jobs
 
     def is_done(self, ws, job, row) -> bool:
-        from bodyage_core.atlas.workspace import transform_folder
+        from bodyage_core.atlas.workspace import transform_folder, warped_map_current
 
         p = job.payload
         folder = transform_folder(ws, job.subject_id, p["group"])
-        return _warp_current(folder / f"{p['kind']}.nii.gz", ws.resolve(p["src"]), folder)
+        return warped_map_current(folder / f"{p['kind']}.nii.gz", ws.resolve(p["src"]), folder)
 
     def task(self, ws, job) -> SubjectTask:
         p = job.payload
