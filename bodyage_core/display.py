@@ -352,10 +352,15 @@ def robust_range(array: np.ndarray, lower: float = 1.0, upper: float = 99.5,
 def importance_display(array: np.ndarray, signed: bool = False) -> dict:
     """Display settings for an importance map (Grad-CAM, occlusion, population map).
 
-    Raw values stay untouched; only the display is normalised. ReLU map: ``heat`` from 0 to the
-    99.5th percentile ``hi`` of the non-zero values, transparent below
-    ``max(0.25 * hi, 80th percentile of the non-zero values)`` so at most the top fifth of the
-    map covers the anatomy. Signed map: ``bwr`` symmetric about 0, the same rule on ``|v|``.
+    Raw values stay untouched; only the display is normalised. With ``hi`` the 99.5th
+    percentile of the non-zero ``|v|``, values below the threshold
+    ``max(0.25 * hi, min(80th percentile of the non-zero |v|, 0.9 * hi))`` are transparent, so
+    at most the top fifth of the map covers the anatomy. The colours are spent on what is
+    shown: ReLU map: ``heat`` from the threshold to ``top``, the 99.5th percentile of the
+    values at or above it (a coarse map, whose threshold can sit at 0.9 * ``hi``, would
+    otherwise draw every visible voxel in the last tenth of the colour map, one colour).
+    Signed map: ``bwr`` from ``-hi`` to ``hi``, the same threshold on ``|v|``; the range stays
+    symmetric so that white keeps meaning 0, and cannot start at the threshold.
     """
     arr = sample_values(array, 1_000_000)  # a big map: percentiles of a slab sample
     nz = np.abs(arr[np.isfinite(arr) & (arr != 0)]).astype(np.float64)
@@ -364,9 +369,12 @@ def importance_display(array: np.ndarray, signed: bool = False) -> dict:
     else:
         hi, q80 = 1.0, 0.0
     hi = hi if hi > 0 else 1.0
-    thr = max(0.25 * hi, min(q80, 0.9 * hi))
+    thr = max(0.25 * hi, min(q80, 0.9 * hi))  # < hi
     if signed:
         return {"kind": "overlay", "colormap": "bwr", "display_range": (-hi, hi),
                 "threshold": thr, "opacity": 0.7}
-    return {"kind": "overlay", "colormap": "heat", "display_range": (0.0, hi),
+    shown = nz[nz >= thr]
+    top = float(np.percentile(shown, 99.5)) if shown.size else hi
+    top = top if top > thr else hi  # a single value shown (or none): its colour is the first
+    return {"kind": "overlay", "colormap": "heat", "display_range": (thr, top),
             "threshold": thr, "opacity": 0.7}

@@ -316,6 +316,31 @@ def test_to_rgba_threshold_range_and_nan():
     assert no_thr[0, 1, 3] == 255 and no_thr[1, 2, 3] == 0
 
 
+def test_importance_display_spreads_a_coarse_map_over_the_colour_map():
+    # a Grad-CAM of a coarse feature map: 8^3 blocks of few values, the top third of the
+    # non-zero blocks near the maximum, so the threshold lands at 0.9 of the maximum
+    cells = np.array([0.0] * 20 + [1.0] * 30 + [9.0] * 6 + [9.5] * 4 + [10.0] * 4)
+    coarse = np.random.default_rng(3).permutation(cells).reshape(4, 4, 4)
+    m = np.kron(coarse, np.ones((8, 8, 8))).astype(np.float32)
+    disp = display.importance_display(m)
+    vmin, vmax = disp["display_range"]
+    thr = disp["threshold"]
+    assert thr == pytest.approx(9.0) and vmin == thr and vmax == pytest.approx(10.0)
+    shown = m[m >= thr]
+    # colour levels: the colour map cut in eighths (from 0 to the maximum, all would be in one)
+    levels = np.clip(((shown - vmin) / (vmax - vmin) * 8).astype(int), 0, 7)
+    assert set(levels.tolist()) == {0, 4, 7}
+    rgba = display.to_rgba(m, disp["colormap"], vmin, vmax, thr, disp["opacity"])
+    colours = np.unique(rgba[m >= thr][:, :3], axis=0)
+    assert len(colours) == 3
+    lut = display.lut(disp["colormap"])
+    assert {tuple(c) for c in colours} >= {tuple(lut[0, :3]), tuple(lut[-1, :3])}
+    assert (rgba[m < thr][:, 3] == 0).all()
+    # a signed map keeps its range symmetric about 0
+    signed = display.importance_display(m - 5.0, signed=True)
+    assert signed["display_range"][0] == -signed["display_range"][1]
+
+
 def test_label_lut_and_names():
     ids = np.array([0, 1, 2, 300])
     rgba = display.to_rgba(ids, "labels")
