@@ -32,3 +32,74 @@ def test_warped_map_current(tmp_path):
     src.unlink()
     assert not warped_map_current(cache, src, folder)
     assert not warped_map_current(folder / "age_mask.nii.gz", tx, folder)
+
+
+def _workspace(tmp_path, atlases: dict[str, dict]):
+    from bodyage_core.atomic import write_json
+    from bodyage_core.cohort import Workspace
+
+    ws = Workspace.create(tmp_path / "ws")
+    ws.db.add_subjects([{"subject_id": "f1", "sex": "F", "bmi": 22.0},
+                        {"subject_id": "f2", "sex": "F", "bmi": 22.0},
+                        {"subject_id": "m1", "sex": "M", "bmi": 22.0}])
+    for g, info in atlases.items():
+        write_json(ws.atlas_dir(g) / "members.json", dict(info, group=g, fingerprint=g))
+    return ws
+
+
+def _pairs(jobs):
+    return sorted((g, s.subject_id) for g, s, _info in jobs)
+
+
+def test_registration_jobs(tmp_path):
+    import pytest
+
+    from bodyage_core.atlas.workspace import registration_jobs
+    from bodyage_core.errors import CohortError
+
+    # "by" from members.json; an atlas without one groups by sex and BMI group; an empty one
+    # is the single atlas "all"
+    ws = _workspace(tmp_path, {"F": {"by": ["sex"]}, "M_healthy": {}, "all": {"by": []}})
+    try:
+        jobs = registration_jobs(ws)
+        assert _pairs(jobs) == [("F", "f1"), ("F", "f2"), ("M_healthy", "m1"),
+                                ("all", "f1"), ("all", "f2"), ("all", "m1")]
+        assert {g: info["fingerprint"] for g, _s, info in jobs} == {
+            "F": "F", "M_healthy": "M_healthy", "all": "all"}
+        assert _pairs(registration_jobs(ws, group="F")) == [("F", "f1"), ("F", "f2")]
+        assert _pairs(registration_jobs(ws, subject="m1")) == [("M_healthy", "m1"),
+                                                               ("all", "m1")]
+        # a subject and a group: that atlas, whatever the subject's group
+        assert _pairs(registration_jobs(ws, group="F", subject="m1")) == [("F", "m1")]
+        with pytest.raises(CohortError, match="no atlas 'X'.*built: F, M_healthy, all"):
+            registration_jobs(ws, group="X")
+    finally:
+        ws.close()
+    ws = _workspace(tmp_path / "only_f", {"F": {"by": ["sex"]}})
+    try:
+        with pytest.raises(CohortError, match="subject m1 belongs to no built atlas"):
+            registration_jobs(ws, subject="m1")
+    finally:
+        ws.close()
+    ws = _workspace(tmp_path / "empty", {})
+    try:
+        with pytest.raises(CohortError, match="no atlas built yet"):
+            registration_jobs(ws)
+    finally:
+        ws.close()
+
+
+def test_register_stage_jobs_are_registration_jobs(tmp_path):
+    from bodyage_core.cluster import RegisterStage
+
+    ws = _workspace(tmp_path, {"F": {"by": ["sex"], "config": {"registration": {}}},
+                               "all": {"by": []}})
+    try:
+        stage = RegisterStage()
+        jobs = stage.jobs(ws)
+        assert sorted((j.key, j.subject_id) for j in jobs) == [
+            ("F", "f1"), ("F", "f2"), ("all", "f1"), ("all", "f2"), ("all", "m1")]
+        assert stage._infos["F"] == {"fingerprint": "F", "config": {"registration": {}},
+                                     "by": ["sex"]}
+    finally:
+        ws.close()

@@ -24,8 +24,10 @@ reason, transform folder) and the image kind ``to_atlas_<group>`` -> the transfo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +190,12 @@ def build_atlases(ws, by: Sequence[str] = DEFAULT_BY, groups: Sequence[str] | No
     return out
 
 
-def register_subjects(ws, group: str | None = None, subject: str | None = None,
-                      registration: RegistrationConfig | None = None, force: bool = False,
-                      reporter: ProgressReporter | None = None) -> list[dict[str, Any]]:
-    """Register subjects to their (built) group atlas: the atlas members are skipped when their
-    transform is current (resume), new subjects of the group are registered. Returns one quality
-    dict per subject (``subject_id``, ``group``, ``status``, ``reused``...)."""
-    reporter = ensure_reporter(reporter)
+def registration_jobs(ws, group: str | None = None, subject: str | None = None
+                      ) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``(atlas group, Subject, the atlas's members.json)`` for every subject to register: the
+    subjects of each built atlas's group (of ``group`` only, of ``subject`` only, when given);
+    ``subject`` and ``group`` together register that subject to that atlas whatever its group.
+    A CohortError when there is no such atlas or the subject belongs to none."""
     atlases = built_atlases(ws)
     if group is not None:
         if group not in atlases:
@@ -209,6 +210,7 @@ def register_subjects(ws, group: str | None = None, subject: str | None = None,
     jobs = []
     for g in atlases:
         info = json.loads((ws.atlas_dir(g) / "members.json").read_text())
+        # an empty list is a grouping too: the single atlas "all" (atlas build --groups "")
         by = info.get("by", list(DEFAULT_BY))
         for s in subjects:
             if group_name(s, by) == g or (subject is not None and group is not None):
@@ -216,34 +218,66 @@ def register_subjects(ws, group: str | None = None, subject: str | None = None,
     if subject is not None and not jobs:
         raise CohortError(f"subject {subject} belongs to no built atlas",
                           hint="pass --group to choose the atlas")
-    cfg = registration
+    return jobs
+
+
+def register_or_reuse(ws, group: str, subject, info: dict[str, Any],
+                      registration: RegistrationConfig | None = None, force: bool = False,
+                      atlas: Callable[[str], dict[str, Any]] | None = None,
+                      guard=None) -> dict[str, Any]:
+    """Register ``subject`` to the atlas of ``group`` (``info``: its members.json), or, unless
+    ``force``, reuse the transform already made against this atlas (``"reused": True``).
+    Returns the quality dict, also written to the transform folder's quality.json and the
+    atlas's ``quality/<id>.json``.
+
+    ``registration`` replaces the atlas's own registration options. ``atlas(group)`` gives the
+    loaded atlas (callers cache it; default: load it). ``guard(path)`` is entered around each
+    write (the cluster's :func:`~bodyage_core.cluster.tasks.writing`)."""
+    guard = guard or (lambda _path: contextlib.nullcontext())
+    sid = subject.subject_id
+    folder = transform_folder(ws, sid, group)
+    qpath = folder / "quality.json"
+    fingerprint = info.get("fingerprint")
+    if not force and transform_current(folder, fingerprint):
+        q = json.loads(qpath.read_text())
+        q["reused"] = True
+        return q
+    loaded = atlas(group) if atlas is not None else load_atlas(ws.atlas_dir(group))
+    if registration is None:
+        registration = RegistrationConfig.from_dict(
+            (info.get("config") or {}).get("registration"))
+    member = _member(ws, subject)
+    res = register(member.load(), loaded["template"], registration,
+                   moving_labels=member.load_labels(), fixed_labels=loaded["labels"],
+                   fixed_mask=loaded["body_mask"])
+    q = dict(res.quality)
+    q["subject_id"] = sid
+    if res.transform is not None:
+        res.transform.info.update({"group": group, "iteration": "final",
+                                   "fingerprint": fingerprint, "atlas_fingerprint": fingerprint})
+        with guard(folder):
+            res.transform.save(folder)
+    with guard(qpath):
+        write_json(qpath, q)
+    qcopy = ws.atlas_dir(group) / "quality" / f"{sid}.json"
+    with guard(qcopy):
+        write_json(qcopy, q)
+    return q
+
+
+def register_subjects(ws, group: str | None = None, subject: str | None = None,
+                      registration: RegistrationConfig | None = None, force: bool = False,
+                      reporter: ProgressReporter | None = None) -> list[dict[str, Any]]:
+    """Register subjects to their (built) group atlas: the atlas members are skipped when their
+    transform is current (resume), new subjects of the group are registered. Returns one quality
+    dict per subject (``subject_id``, ``group``, ``status``, ``reused``...)."""
+    reporter = ensure_reporter(reporter)
+    jobs = registration_jobs(ws, group, subject)
+    atlas = functools.cache(lambda g: load_atlas(ws.atlas_dir(g)))
     results = []
-    atlas_cache: dict[str, dict[str, Any]] = {}
     for i, (g, s, info) in enumerate(jobs):
-        folder = transform_folder(ws, s.subject_id, g)
-        qpath = folder / "quality.json"
-        if not force and transform_current(folder, info.get("fingerprint")):
-            q = json.loads(qpath.read_text())
-            q["reused"] = True
-        else:
-            if g not in atlas_cache:
-                atlas_cache[g] = load_atlas(ws.atlas_dir(g))
-            atlas = atlas_cache[g]
-            rcfg = cfg or RegistrationConfig.from_dict(info.get("config", {}).get("registration"))
-            member = _member(ws, s)
-            labels = member.load_labels()
-            res = register(member.load(), atlas["template"], rcfg, moving_labels=labels,
-                           fixed_labels=atlas["labels"], fixed_mask=atlas["body_mask"])
-            q = dict(res.quality)
-            q["subject_id"] = s.subject_id
-            if res.transform is not None:
-                res.transform.info.update({"group": g, "iteration": "final",
-                                           "fingerprint": info.get("fingerprint"),
-                                           "atlas_fingerprint": info.get("fingerprint")})
-                res.transform.save(folder)
-            write_json(qpath, q)
-            write_json(ws.atlas_dir(g) / "quality" / f"{s.subject_id}.json", q)
-        _record(ws, s.subject_id, g, q, folder)
+        q = register_or_reuse(ws, g, s, info, registration, force, atlas)
+        _record(ws, s.subject_id, g, q, transform_folder(ws, s.subject_id, g))
         q["group"] = g
         results.append(q)
         reporter.update("register", i + 1, len(jobs), subject=s.subject_id,

@@ -451,41 +451,16 @@ def register_one(root: str, group: str, subject, atlas_info: dict[str, Any],
                  registration: dict[str, Any] | None, force: bool) -> dict[str, Any]:
     """Worker: register one subject to the template of ``group`` (affine + deformable), or
     reuse its current transform; writes ``subjects/<id>/atlas_<group>/``."""
-    from bodyage_core.atlas.workspace import _member, transform_current, transform_folder
-    from bodyage_core.registration.register import RegistrationConfig, register
+    from bodyage_core.atlas.workspace import register_or_reuse, transform_folder
+    from bodyage_core.registration.register import RegistrationConfig
 
     ws = _Paths(root)
-    sid = subject.subject_id
-    folder = transform_folder(ws, sid, group)
-    qpath = folder / "quality.json"
-    fingerprint = atlas_info.get("fingerprint")
-    if not force and transform_current(folder, fingerprint):
-        q = json.loads(qpath.read_text())
-        q["reused"] = True
-    else:
-        atlas = cached_atlas(ws.atlas_dir(group))
-        rcfg = RegistrationConfig.from_dict(
-            registration if registration is not None
-            else atlas_info.get("config", {}).get("registration"))
-        member = _member(ws, subject)
-        res = register(member.load(), atlas["template"], rcfg,
-                       moving_labels=member.load_labels(), fixed_labels=atlas["labels"],
-                       fixed_mask=atlas["body_mask"])
-        q = dict(res.quality)
-        q["subject_id"] = sid
-        if res.transform is not None:
-            res.transform.info.update({"group": group, "iteration": "final",
-                                       "fingerprint": fingerprint,
-                                       "atlas_fingerprint": fingerprint})
-            with writing(folder):
-                res.transform.save(folder)
-        with writing(qpath):
-            write_json(qpath, q)
-        qcopy = ws.atlas_dir(group) / "quality" / f"{sid}.json"
-        with writing(qcopy):
-            write_json(qcopy, q)
+    rcfg = RegistrationConfig.from_dict(registration) if registration is not None else None
+    q = register_or_reuse(ws, group, subject, atlas_info, rcfg, force,
+                          atlas=lambda g: cached_atlas(ws.atlas_dir(g)), guard=writing)
     q["group"] = group
-    q["has_transform"] = (folder / "transform.json").exists()
+    q["has_transform"] = (transform_folder(ws, subject.subject_id, group)
+                          / "transform.json").exists()
     return {"quality": _jsonable(q)}
 
 
@@ -513,31 +488,13 @@ class RegisterStage(Stage):
         return "register" + (f" {self.group}" if self.group else "")
 
     def jobs(self, ws) -> list[Job]:
-        from bodyage_core.atlas.workspace import built_atlases, group_name
-        from bodyage_core.errors import CohortError
+        from bodyage_core.atlas.workspace import registration_jobs
 
-        atlases = built_atlases(ws)
-        if self.group is not None:
-            if self.group not in atlases:
-                raise CohortError(f"no atlas {self.group!r} in this workspace"
-                                  + (f" (built: {', '.join(atlases)})" if atlases else ""),
-                                  hint="build it with `bodyage atlas build WORKSPACE`")
-            atlases = [self.group]
-        if not atlases:
-            raise CohortError("no atlas built yet", ws.root,
-                              "build them first with `bodyage atlas build WORKSPACE`")
-        subjects = ws.db.subjects(ids=[self.subject] if self.subject else None)
         jobs = []
-        for g in atlases:
-            info = json.loads((ws.atlas_dir(g) / "members.json").read_text())
+        for g, s, info in registration_jobs(ws, self.group, self.subject):
+            # what the task needs of members.json (it travels with every job)
             self._infos[g] = {k: info.get(k) for k in ("fingerprint", "config", "by")}
-            by = info.get("by") or ["sex", "bmi_group"]
-            for s in subjects:
-                if group_name(s, by) == g or (self.subject is not None and self.group):
-                    jobs.append(Job(g, s.subject_id, {"subject": s}))
-        if self.subject is not None and not jobs:
-            raise CohortError(f"subject {self.subject} belongs to no built atlas",
-                              hint="pass --group to choose the atlas")
+            jobs.append(Job(g, s.subject_id, {"subject": s}))
         self._registered = {(r["atlas_group"], r["subject_id"]): r
                             for r in ws.db.registrations()}
         return jobs
