@@ -196,11 +196,15 @@ def _mtime(path: Path) -> float:
 def cached_run(run_dir: str | Path, device: str = "auto"):
     """The :class:`~bodyage_core.models.ensemble.AgeRun` of ``run_dir`` with its members
     loaded, once per worker thread (Grad-CAM hooks the networks, so threads never share one;
-    reloaded when the run's config.json changes)."""
+    reloaded when the run's config.json changes). ``auto`` and the device it stands for share
+    one: a stage validating the run on the CPU in the client hands its networks to the tasks
+    that run in the same thread on a machine without a GPU."""
     from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.training.trainer import resolve_device
 
     run_dir = Path(run_dir)
-    key = (str(run_dir), device, _mtime(run_dir / "config.json"), threading.get_ident())
+    key = (str(run_dir), str(resolve_device(device)), _mtime(run_dir / "config.json"),
+           threading.get_ident())
     with _LOCK:
         ar = _RUNS.get(key)
     if ar is None:
@@ -308,10 +312,10 @@ class PredictStage(Stage):
 
     def jobs(self, ws) -> list[Job]:
         from bodyage_core.errors import CohortError
-        from bodyage_core.models.ensemble import AgeRun
 
-        ar = AgeRun(ws.model_dir(self.run), device="cpu")
-        ar.load_members()   # a damaged run fails here, once, not on every subject
+        # a damaged run fails here, once, not on every subject; loaded through the tasks'
+        # cache, so that tasks run in this thread (in-process) need not load it again
+        ar = cached_run(ws.model_dir(self.run), "cpu")
         subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
         if not subjects:
             raise CohortError("no subjects to predict", ws.root, "import subjects first")
@@ -408,8 +412,10 @@ class ExplainStage(Stage):
         if self.method == "gradcam":
             from bodyage_core.explain.gradcam import resolve_layer
 
-            # an unknown layer fails here, once, not on every subject
-            resolve_layer(age_run.load_members()[0], self.layer)
+            # an unknown layer fails here, once, not on every subject (through the tasks'
+            # cache, as for predict)
+            resolve_layer(cached_run(ws.model_dir(self.run), "cpu").load_members()[0],
+                          self.layer)
         subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
         if not subjects:
             raise BodyageError("the workspace has no subjects to explain", path=ws.root,
