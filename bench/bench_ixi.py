@@ -207,6 +207,9 @@ def main(argv=None) -> int:
                     help="bench-only: add this to every member's seed (initialisation, "
                          "batch order, augmentation) while keeping the folds and validation "
                          "sets of --seed: more members for an existing run's ensemble")
+    ap.add_argument("--no-pool-seeds", dest="pool_seeds", action="store_false",
+                    help="with several --analyse runs: let each run, not only all runs "
+                         "pooled, be a CNN candidate chosen per fold by validation MAE")
     ap.add_argument("--train-only", action="store_true",
                     help="train and save the run's predictions, no analysis")
     ap.add_argument("--best-epoch", action="store_true",
@@ -413,7 +416,9 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     age = ages
 
     # -- CNN candidates: each run, and all runs pooled -------------------------------------
-    cands = {r["name"]: r for r in runs}
+    # Runs that differ only in their seeds are one deep ensemble: choosing among them by
+    # validation MAE fits noise (``--pool-seeds``, the default, takes all their members).
+    cands = {} if args.pool_seeds and len(runs) > 1 else {r["name"]: r for r in runs}
     if len(runs) > 1:
         cands["+".join(names)] = {
             "mu": np.concatenate([r["mu"] for r in runs]),
