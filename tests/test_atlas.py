@@ -10,6 +10,7 @@ from bodyage_core.atlas import (
     AtlasConfig,
     AtlasMember,
     age_bands,
+    age_trend,
     build_atlas,
     choose_reference,
     gap_classes,
@@ -157,6 +158,36 @@ def test_normalise_maps_equal_weight_per_subject():
         normalise_maps(raw, body, "zscore")
 
 
+def test_age_trend_finds_the_region_that_changes_with_age():
+    rng = np.random.default_rng(0)
+    n = 60
+    ages = rng.uniform(45, 80, n)
+    maps = rng.normal(0.0, 1.0, (n, 12, 10, 8))
+    maps[:, :, :, :4] += 5.0                       # large, age-independent evidence everywhere
+    maps[:, 2:5, 3:6, 2:5] += 0.15 * (ages[:, None, None, None] - 60)   # grows with age
+    body = np.ones((12, 10, 8), bool)
+    body[-1] = False
+    tr = age_trend(maps, ages, 0.01, body)
+    region = np.zeros((12, 10, 8), bool)
+    region[2:5, 3:6, 2:5] = True
+    # covariance per SD of age: 0.15 years^-1 x SD of the ages
+    assert tr["cov"][region].mean() == pytest.approx(0.15 * ages.std(), rel=0.15)
+    assert tr["n"] == n and not tr["map"][~body].any()
+    assert (tr["p"][region] < 1e-6).all()
+    # the kept trend lies in the region (1 % of the noise voxels pass by chance)
+    assert importance_inside_mask(tr["map"], region, body) > 0.9
+    # the mean map is dominated by the age-independent evidence
+    assert importance_inside_mask(maps.mean(0), region, body) < 0.1
+    everything = age_trend(maps, ages, None, body)
+    assert np.array_equal(everything["map"], everything["cov"])
+    # unknown ages are left out; too few or all-equal ages are refused
+    assert age_trend(maps, [None] + list(ages[1:]), 0.01)["n"] == n - 1
+    with pytest.raises(ConfigError, match="at least 4"):
+        age_trend(maps[:3], ages[:3])
+    with pytest.raises(ConfigError, match="same age"):
+        age_trend(maps, np.full(n, 50.0))
+
+
 # -- workspace stages and CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
@@ -232,6 +263,11 @@ def test_workspace_atlas_maps_compare(workspace):
         inside = g["subgroups"]["all"]["importance_in_age_mask"]
         assert inside > g["subgroups"]["all"]["uniform_baseline"]
         assert (ws.reports_dir / "regions_r1.png").exists()
+        trend = g["subgroups"]["age_trend"]
+        assert trend["n"] == 4 and trend["p_threshold"] == 0.01
+        for f in trend["files"].values():
+            assert ws.resolve(f).exists()
+        assert (adir / "population_r1_age_trend_t.nii.gz").exists()
 
         # per-subject normalised maps, another tag: own files, same scores for these maps
         pn = build_population_maps(ws, "r1", gap_threshold=3.0, kind="gradcam_r1",
@@ -260,6 +296,8 @@ def test_cli_commands(workspace, capsys):
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--threshold", "3"]) == 0
     out = capsys.readouterr().out
     assert "F_healthy" in out and "importance inside age-effect regions" in out
+    assert "age trend (n=4, p < 0.01)" in out
+    assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0"]) == 2
     assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
                  "--threshold", "3", "--permutations", "10"]) == 0
     assert "min p(FWE)" in capsys.readouterr().out

@@ -7,7 +7,8 @@ Public API::
     AtlasMember, AtlasConfig, load_atlas(atlas_dir), choose_reference, majority_vote
     population_maps(maps, ages=None, gaps=None, age_edges=(60, 70), gap_threshold=None,
                     gap_quantile=None) -> {subgroup: {mean, std, n, index}}
-    mean_std, age_bands, gap_classes, permutation_test(a, b, n_permutations=1000, ...)
+    mean_std, age_bands, gap_classes, permutation_test(a, b, n_permutations=1000, ...),
+    age_trend(maps, ages, p_threshold=0.01, mask=None) -> {cov, t, p, map, n}
     region_shares(importance, labels, names, body_mask=None), importance_inside_mask,
     uniform_baseline, write_shares, plot_shares
     Workspace stages (bodyage_core.atlas.workspace): build_atlases, register_subjects,
@@ -30,10 +31,16 @@ from bodyage_core.atlas.regions import (
     uniform_baseline,
     write_shares,
 )
-from bodyage_core.atlas.stats import age_bands, gap_classes, mean_std, permutation_test
+from bodyage_core.atlas.stats import (
+    age_bands,
+    age_trend,
+    gap_classes,
+    mean_std,
+    permutation_test,
+)
 
 __all__ = [
-    "AtlasConfig", "AtlasMember", "age_bands", "build_atlas", "choose_reference", "gap_classes",
+    "AtlasConfig", "AtlasMember", "age_bands", "age_trend", "build_atlas", "choose_reference", "gap_classes",
     "importance_inside_mask", "load_atlas", "majority_vote", "mean_std", "permutation_test",
     "plot_shares", "population_maps", "region_shares", "subgroup_maps", "uniform_baseline",
     "write_shares",

@@ -202,3 +202,66 @@ def permutation_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 1000, s
             "p_fwe": full(p_fwe_v, 1.0), "p_uncorrected": full(p_unc_v, 1.0),
             "max_null": max_null, "n_a": na, "n_b": nb, "statistic": statistic, "tail": tail,
             "n_permutations": int(n_permutations)}
+
+
+def age_trend(maps: np.ndarray, ages: Sequence[float], p_threshold: float | None = 0.01,
+              mask: np.ndarray | None = None) -> dict[str, Any]:
+    """Where the subjects' maps change with age: voxel-wise covariance of the maps with age.
+
+    The mean map of a population shows where a model looks in everybody, including the
+    anatomy it weighs the same at every age; the *age trend* shows where the evidence grows
+    (or shrinks) with age. For a signed attribution (gradient x input), whose voxels add up to
+    the prediction, the trend's voxels add up to cov(prediction, age) / sd(age) to first
+    order: the part of the model's age tracking each voxel carries. Voxels whose map is
+    independent of age (anatomy, noise) average to zero as subjects are added.
+
+    Parameters
+    ----------
+    maps
+        ``(N, ...)`` maps in atlas space.
+    ages
+        Chronological age per map (None / NaN: left out).
+    p_threshold
+        Two-sided voxel-wise p-value (Pearson correlation, t with N-2 degrees of freedom,
+        uncorrected) below which the trend is kept in ``map``; None keeps every voxel.
+    mask
+        Voxels to test (the atlas body); others are 0 in every output.
+
+    Returns
+    -------
+    ``{"cov": trend in map units per SD of age, "t": t statistic, "p": p-value,
+    "map": cov where p < p_threshold else 0, "n": subjects, "p_threshold"}``; arrays float32.
+    """
+    from scipy import stats as sps
+
+    a = np.array([np.nan if v is None else float(v) for v in ages], dtype=float)
+    keep = np.isfinite(a)
+    maps = np.asarray(maps)
+    if maps.shape[0] != len(a):
+        raise ValueError(f"{maps.shape[0]} maps but {len(a)} ages")
+    n = int(keep.sum())
+    if n < 4:
+        raise ConfigError(f"an age trend needs at least 4 subjects with an age (have {n})")
+    a = a[keep]
+    if np.ptp(a) == 0:
+        raise ConfigError("all subjects have the same age: no age trend to estimate")
+    spatial = maps.shape[1:]
+    m = np.ones(spatial, bool) if mask is None else np.asarray(mask, bool)
+    x = np.asarray(maps[keep][:, m], dtype=np.float64)
+    az = (a - a.mean()) / a.std()
+    xc = x - x.mean(0)
+    cov = az @ xc / n
+    sd = xc.std(0)
+    r = np.where(sd > 0, cov / np.where(sd > 0, sd, 1.0), 0.0)
+    r = np.clip(r, -1.0, 1.0)
+    t = r * np.sqrt((n - 2) / np.maximum(1.0 - r * r, 1e-12))
+    p = 2.0 * sps.t.sf(np.abs(t), n - 2)
+    sig = np.ones_like(p, bool) if p_threshold is None else p < float(p_threshold)
+
+    def full(v, fill=0.0):
+        out = np.full(spatial, fill, dtype=np.float32)
+        out[m] = v
+        return out
+
+    return {"cov": full(cov), "t": full(t), "p": full(p, 1.0), "map": full(np.where(sig, cov, 0.0)),
+            "n": n, "p_threshold": p_threshold}

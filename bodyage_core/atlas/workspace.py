@@ -46,7 +46,7 @@ from bodyage_core.atlas.population import normalise_maps, population_maps
 from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline, write_shares
 from bodyage_core.atlas.stats import gap_classes, permutation_test
 from bodyage_core.atomic import write_json
-from bodyage_core.errors import BodyageError, CohortError
+from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.register import RegistrationConfig, register
 from bodyage_core.registration.transform import SubjectTransform, warp_map
@@ -385,8 +385,12 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                           gap_threshold: float | None = None, gap_quantile: float | None = None,
                           min_n: int = 1, label_names: dict[int, str] | None = None,
                           reporter: ProgressReporter | None = None, kind: str | None = None,
-                          normalise: str = "none", tag: str | None = None) -> dict[str, Any]:
+                          normalise: str = "none", tag: str | None = None,
+                          trend_p: float | None = 0.01) -> dict[str, Any]:
     """Population maps (mean, std) per atlas group, per age band and per gap class of ``run``,
+    the age trend (:func:`~bodyage_core.atlas.stats.age_trend`: where the maps change with
+    chronological age, kept where voxel-wise p < ``trend_p``; written as
+    ``population_<tag>_age_trend.nii.gz`` with its unthresholded ``_cov`` and ``_t`` maps),
     region shares (when the atlas has labels) and, when subjects have an ``age_mask``, the
     fraction of importance inside the (warped) age-effect mask against a uniform map.
 
@@ -428,10 +432,17 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         body = atlas["body_mask"]
         age_mask = _atlas_age_mask(ws, g, ids)
         shares: dict[str, list] = {}
+        trend = _age_trend_maps(ws, adir, run, ids, maps, atlas, trend_p)
+        if isinstance(trend, str):
+            gsum["age_trend_error"] = trend
+        else:
+            pm["age_trend"] = trend
         for sub, entry in pm.items():
             info = {"n": entry["n"], "subjects": [ids[i] for i in entry["index"]]}
+            if sub == "age_trend":
+                info.update({k: entry[k] for k in ("files", "p_threshold")})
             if entry["mean"] is not None:
-                for stat in ("mean", "std"):
+                for stat in (("mean", "std") if sub != "age_trend" else ()):
                     path = adir / f"population_{run}_{sub}_{stat}.nii.gz"
                     save_image(Volume(entry[stat], atlas["template"].affine,
                                       channels=(f"{sub}_{stat}",)), path)
@@ -448,6 +459,9 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         if shares:
             paths = write_shares(shares, adir / f"regions_{run}")
             gsum["regions"] = {k: ws.relative(v) for k, v in paths.items()}
+            if "age_trend" in shares:
+                gsum["top_regions_age_trend"] = [(r["region"], round(r["share"], 4))
+                                                 for r in shares["age_trend"][:5]]
             if "all" in shares:
                 shares_all[g] = shares["all"]
                 gsum["top_regions"] = [(r["region"], round(r["share"], 4))
@@ -458,6 +472,28 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         paths = write_shares(shares_all, ws.reports_dir / f"regions_{run}")
         summary["regions"] = {k: ws.relative(v) for k, v in paths.items()}
     return summary
+
+
+def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, atlas,
+                    p_threshold: float | None) -> dict[str, Any] | str:
+    """The age trend of one group's maps, written next to its population maps; a string
+    saying why when there is none (too few subjects with an age, all one age)."""
+    from bodyage_core.atlas.stats import age_trend
+
+    by_id = {s.subject_id: s.age for s in ws.db.subjects(ids=ids)}
+    try:
+        tr = age_trend(maps, [by_id.get(s) for s in ids], p_threshold, atlas["body_mask"])
+    except ConfigError as exc:
+        return str(exc)
+    files = {}
+    for key, suffix in (("map", ""), ("cov", "_cov"), ("t", "_t")):
+        path = adir / f"population_{run}_age_trend{suffix}.nii.gz"
+        save_image(Volume(tr[key], atlas["template"].affine, channels=(f"age_trend{suffix}",)),
+                   path)
+        files[key] = ws.relative(path)
+    keep = [i for i, s in enumerate(ids) if by_id.get(s) is not None]
+    return {"mean": tr["map"], "n": tr["n"], "index": keep, "files": files,
+            "p_threshold": p_threshold}
 
 
 def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,

@@ -31,7 +31,14 @@ def register(sub) -> None:
     m.add_argument("workspace")
     m.add_argument("--run", required=True, help="model run whose gradcam_<run> maps to use")
     m.add_argument("--group", action="append", help="only these atlas groups")
+    m.add_argument("--kind", default=None,
+                   help="subject map kind to average (default gradcam_<run>; e.g. "
+                        "gradxinput_signed_<run> from `bodyage explain --method gradxinput "
+                        "--variant signed`, the map the age trend is best read from)")
     m.add_argument("--age-bands", default="60,70", help="age band edges (default 60,70)")
+    m.add_argument("--trend-p", type=float, default=0.01,
+                   help="keep the age trend where its voxel-wise p-value (uncorrected) is "
+                        "below this (default 0.01; 1 keeps every voxel)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="gap (years) for accelerated/decelerated")
     g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
@@ -46,6 +53,12 @@ def _edges(text: str) -> list[float]:
     except ValueError as exc:
         raise ConfigError(f"--age-bands must be numbers separated by commas, got {text!r}") \
             from exc
+
+
+def _kind_tag(kind: str | None, run: str) -> str:
+    """Output name of a map kind: the run for its Grad-CAMs (the published maps), else the
+    kind itself (``population_gradxinput_signed_<run>_...``)."""
+    return run if kind in (None, f"gradcam_{run}") else kind
 
 
 def run_build(args) -> int:
@@ -93,13 +106,18 @@ def run_maps(args) -> int:
     from bodyage_core.progress import TerminalProgress
 
     edges = _edges(args.age_bands)
+    if not 0 < args.trend_p <= 1:
+        raise ConfigError(f"--trend-p must be in (0, 1], got {args.trend_p}")
     ws = Workspace.open(args.workspace)
     try:
-        res = run_stages(ws, args, [WarpStage(args.run, groups=args.group)],
+        kinds = [args.kind, "age_mask"] if args.kind else None
+        res = run_stages(ws, args, [WarpStage(args.run, groups=args.group, kinds=kinds)],
                          after=lambda: build_population_maps(
                              ws, args.run, groups=args.group, age_edges=edges,
                              gap_threshold=args.threshold, gap_quantile=args.quantile,
-                             reporter=TerminalProgress()))
+                             reporter=TerminalProgress(), kind=args.kind,
+                             tag=_kind_tag(args.kind, args.run),
+                             trend_p=args.trend_p if args.trend_p < 1 else None))
     finally:
         ws.close()
     if isinstance(res, int):
@@ -119,6 +137,16 @@ def run_maps(args) -> int:
         if "importance_in_age_mask" in allg:
             print(f"  importance inside age-effect regions {allg['importance_in_age_mask']:.2f} "
                   f"(uniform map {allg['uniform_baseline']:.2f})")
+        tr = s["subgroups"].get("age_trend")
+        if tr:
+            p = tr["p_threshold"]
+            print(f"  age trend (n={tr['n']}, p < {p if p is not None else 1}): "
+                  + ", ".join(f"{r} {100 * v:.0f}%" for r, v in s.get("top_regions_age_trend",
+                                                                      [])))
+            if "importance_in_age_mask" in tr:
+                print(f"  age trend inside age-effect regions {tr['importance_in_age_mask']:.2f}")
+        elif s.get("age_trend_error"):
+            print(f"  no age trend: {s['age_trend_error']}")
     if out.get("regions"):
         print(f"region table: {out['regions']['csv']}")
     return 0

@@ -570,7 +570,7 @@ class WarpStage(Stage):
         self.kinds = list(kinds) if kinds else None
 
     def describe(self) -> str:
-        return f"warp gradcam_{self.run}"
+        return f"warp {(self.kinds or [f'gradcam_{self.run}'])[0]}"
 
     def jobs(self, ws) -> list[Job]:
         from bodyage_core.atlas.workspace import _registered_ok, _run_predictions, built_atlases
