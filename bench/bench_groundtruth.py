@@ -55,6 +55,9 @@ COHORTS = {
                                        "knee")),
     # change which organs age: the muscles and the spine stop ageing, the liver starts
     "B": "spine=0,back_muscle=0,thigh_muscle=0,aorta=2.5,heart=2.5,knee=2.5,liver=2.5",
+    # one effect clearly the strongest (the heart's, x4; the others at their documented rate):
+    # does it rank first, although the heart was a minor region in A?
+    "C": "spine=1,back_muscle=1,thigh_muscle=1,aorta=1,heart=4,knee=1",
 }
 ORGAN_IDS = {v: k for k, v in LABELS.items()}
 #: organs smaller than this fraction of the body are left out of the enrichment ranking (a few
@@ -90,13 +93,17 @@ def prepare(ws_path: Path, effects: str, args) -> None:
                  "--threads", "1", *(["--resume"] if resume else [])])
 
 
-def map_kinds(args) -> dict[str, tuple[str, str | None]]:
-    """``{name: (method, layer)}`` of the maps to make: ``gradcam:layer3`` -> ``gradcam_layer3``,
-    ``gradxinput`` -> ``gradxinput``."""
+def map_kinds(args) -> dict[str, tuple[str, str | None, str]]:
+    """``{name: (method, layer, variant)}`` of the maps to make: ``gradcam:layer3`` ->
+    ``gradcam_layer3``, ``gradxinput`` -> ``gradxinput``, ``gradxinput:signed`` ->
+    ``gradxinput_signed`` (the signed variant, for the age trend)."""
     out = {}
     for item in args.maps:
         method, _, layer = item.partition(":")
-        out[f"{method}_{layer}" if layer else method] = (method, layer or None)
+        if layer == "signed":
+            out[f"{method}_signed"] = (method, None, "signed")
+        else:
+            out[f"{method}_{layer}" if layer else method] = (method, layer or None, "relu")
     return out
 
 
@@ -104,10 +111,10 @@ def explain(ws: Workspace, args) -> dict[str, float]:
     from bodyage_core.explain import explain_subjects
 
     secs = {}
-    for name, (method, layer) in map_kinds(args).items():
+    for name, (method, layer, variant) in map_kinds(args).items():
         t0 = time.perf_counter()
         s = explain_subjects(ws, args.run, method=method, layer=layer or "layer3",
-                             device="cpu", kind=f"{name}_{args.run}")
+                             variant=variant, device="cpu", kind=f"{name}_{args.run}")
         secs[name] = (time.perf_counter() - t0) / max(len(s.written), 1) if s.written else None
         log(f"explain {name}: {len(s.written)} written, {len(s.skipped)} skipped")
     return secs
@@ -224,27 +231,37 @@ def atlas_space(ws: Workspace, args, kind: str, normalise: str) -> dict:
         if "error" in gs:
             out[g] = gs
             continue
-        info = gs["subgroups"]["all"]
         atlas = load_atlas(ws.atlas_dir(g))
-        pop = load_volume(ws.atlas_dir(g) / f"population_{tag}_all_mean.nii.gz").data[0]
         _ids, masks, _ = warped_maps(ws, g, "age_mask", "nearest")
         voted = majority_vote([m.astype(np.int16) for m in masks])
-        effects = {}
-        for eid in np.unique(voted[voted > 0]):
-            name = EFFECT_NAMES[int(eid)]
-            sel = voted == eid
-            share = importance_inside_mask(pop, sel, atlas["body_mask"])
-            vf = float((sel & atlas["body_mask"]).sum() / atlas["body_mask"].sum())
-            effects[name] = {"share": share, "volume_fraction": vf,
-                             "enrichment": share / vf if vf else None}
-        regions = json.loads((ws.atlas_dir(g) / f"regions_{tag}.json").read_text())["all"]
-        out[g] = {"n": info["n"], "importance_in_age_mask": info.get("importance_in_age_mask"),
-                  "uniform_map": info.get("uniform_baseline"), "effects": effects,
-                  "organ_ranking": [(r["region"], round(r["share"], 4)) for r in regions],
-                  "organ_enrichment_ranking": [
-                      (r["region"], round(r["enrichment"], 3)) for r in sorted(
-                          (r for r in regions if r["volume_fraction"] >= MIN_VF
-                           and r["region"] != "other"), key=lambda r: -r["enrichment"])]}
+        all_regions = json.loads((ws.atlas_dir(g) / f"regions_{tag}.json").read_text())
+        res = {}
+        for sub, stem in (("all", "all_mean"), ("age_trend", "age_trend")):
+            info = gs["subgroups"].get(sub)
+            if info is None or sub not in all_regions:
+                continue
+            pop = load_volume(ws.atlas_dir(g) / f"population_{tag}_{stem}.nii.gz").data[0]
+            effects = {}
+            for eid in np.unique(voted[voted > 0]):
+                name = EFFECT_NAMES[int(eid)]
+                sel = voted == eid
+                share = importance_inside_mask(pop, sel, atlas["body_mask"])
+                vf = float((sel & atlas["body_mask"]).sum() / atlas["body_mask"].sum())
+                effects[name] = {"share": share, "volume_fraction": vf,
+                                 "enrichment": share / vf if vf else None}
+            regions = all_regions[sub]
+            res[sub] = {
+                "n": info["n"], "importance_in_age_mask": info.get("importance_in_age_mask"),
+                "uniform_map": info.get("uniform_baseline"), "effects": effects,
+                "effect_ranking": [k for k, _ in sorted(effects.items(),
+                                                        key=lambda kv: -kv[1]["share"])],
+                "organ_ranking": [(r["region"], round(r["share"], 4)) for r in regions],
+                "organ_enrichment_ranking": [
+                    (r["region"], round(r["enrichment"], 3)) for r in sorted(
+                        (r for r in regions if r["volume_fraction"] >= MIN_VF
+                         and r["region"] != "other"), key=lambda r: -r["enrichment"])]}
+        out[g] = {**res.get("all", {}), **({"age_trend": res["age_trend"]}
+                                            if "age_trend" in res else {})}
     return out
 
 
@@ -271,10 +288,31 @@ def effect_ranks(organ_ranking: list, effects: str) -> dict[str, int | None]:
     return ranks
 
 
+def trend_summary(res: dict, effects: str, key: str = "gradxinput_signed_none") -> dict:
+    """The headline figures: per atlas group, the age trend of the signed gradient x input
+    maps -- fraction inside the age-effect mask vs a uniform map, planted effects ordered by
+    their share, and whether the oracle's strongest effect comes first."""
+    strongest = res["strongest_effects_oracle_mae"][0][0]
+    out = {"map": key, "strongest_effect": strongest}
+    for g, v in res.get("atlas_space", {}).get(key, {}).items():
+        t = v.get("age_trend")
+        if not t:
+            continue
+        out[g] = {"n": t["n"], "inside": round(t["importance_in_age_mask"], 3),
+                  "uniform": round(t["uniform_map"], 3),
+                  "mean_map_inside": round(v["importance_in_age_mask"], 3),
+                  "effect_ranking": t["effect_ranking"],
+                  "effect_shares": {k: round(e["share"], 3) for k, e in t["effects"].items()},
+                  "strongest_first": bool(t["effect_ranking"])
+                  and t["effect_ranking"][0] == strongest,
+                  "top_organs": t["organ_ranking"][:5]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="/tmp/gt_bench", help="where the workspaces go")
-    ap.add_argument("--cohorts", default="A,B")
+    ap.add_argument("--cohorts", default="A,B,C")
     ap.add_argument("--n", type=int, default=144)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid", default="6,6,8", help="synthetic grid (the demo's)")
@@ -282,11 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--spacing", type=float, nargs=3, default=(9.0, 9.0, 9.0))
     ap.add_argument("--run", default="gt")
-    ap.add_argument("--maps", default="gradcam:layer3,gradcam:layer2,gradxinput",
-                    help="maps to make: gradcam:<layer> or gradxinput (relu variants)")
+    ap.add_argument("--maps", default="gradcam:layer3,gradcam:layer2,gradxinput,"
+                    "gradxinput:signed",
+                    help="maps to make: gradcam:<layer>, gradxinput (relu variants) or "
+                         "gradxinput:signed (the age trend's map)")
     ap.add_argument("--atlas-n", type=int, default=8,
                     help="subjects per sex in the atlases (0: no atlas-space figures)")
-    ap.add_argument("--atlas-cohorts", default="A", help="cohorts that get atlases")
+    ap.add_argument("--atlas-cohorts", default="A,C", help="cohorts that get atlases")
+    ap.add_argument("--register-all", type=int, default=2, metavar="WORKERS",
+                    help="after building the atlases, register every subject of the cohort "
+                         "to its sex's atlas with this many workers (0: only the atlas "
+                         "members count in atlas space)")
     ap.add_argument("--atlas-iterations", type=int, default=2)
     ap.add_argument("--registration", default=None, help="JSON of registration options")
     ap.add_argument("--out", default="groundtruth", help="results file name")
@@ -324,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res["atlas_build"] = build_atlases_subset(ws, args)
             res["atlas_build_s"] = time.perf_counter() - t0
+            if args.register_all:
+                t0 = time.perf_counter()
+                bodyage(["register", str(ws_path), "--workers", str(args.register_all)])
+                res["register_all_s"] = time.perf_counter() - t0
             res["dice"] = {g: atlas_dice(ws, g) for g in ("F", "M")}
             res["atlas_space"] = {}
             for layer in map_kinds(args):
@@ -331,14 +379,20 @@ def main(argv: list[str] | None = None) -> int:
                     kind = f"{layer}_{args.run}"
                     a = atlas_space(ws, args, kind, norm)
                     for g in a.values():
-                        if "organ_ranking" in g:
-                            g["effect_ranks"] = effect_ranks(g["organ_ranking"], effects)
-                            g["effect_ranks_enrichment"] = effect_ranks(
-                                g["organ_enrichment_ranking"], effects)
+                        for v in (g, g.get("age_trend")):
+                            if v and "organ_ranking" in v:
+                                v["effect_ranks"] = effect_ranks(v["organ_ranking"], effects)
+                                v["effect_ranks_enrichment"] = effect_ranks(
+                                    v["organ_enrichment_ranking"], effects)
                     res["atlas_space"][f"{layer}_{norm}"] = a
                     log(f"cohort {name} {layer} {norm} atlas: " + "; ".join(
                         f"{g} inside {v.get('importance_in_age_mask', 0):.3f} vs uniform "
-                        f"{v.get('uniform_map', 0):.3f}" for g, v in a.items()))
+                        f"{v.get('uniform_map', 0):.3f}, age trend "
+                        f"{v.get('age_trend', {}).get('importance_in_age_mask', 0):.3f} "
+                        f"{v.get('age_trend', {}).get('effect_ranking')}"
+                        for g, v in a.items()))
+            res["age_trend_summary"] = trend_summary(res, effects)
+            log(f"cohort {name} age trend: {res['age_trend_summary']}")
         ws.close()
         results["cohorts"][name] = res
         write_results(args.out, [], {**results, "seconds": time.perf_counter() - t_start})

@@ -29,6 +29,11 @@ def test_demo_pipeline_tiny(tmp_path, capsys):
         pop = json.loads((ws / "atlases" / group / "population_demo.json").read_text())
         assert pop["subgroups"]["all"]["n"] == 6
         assert (ws / "atlases" / group / "compare_demo_accelerated_vs_decelerated_t.nii.gz").exists()
+        trend = json.loads((ws / "atlases" / group / "population_gradxinput_signed_demo.json")
+                           .read_text())["subgroups"]["age_trend"]
+        assert trend["n"] == 6
+        assert (ws / "atlases" / group / "population_gradxinput_signed_demo_age_trend.nii.gz"
+                ).exists()
     assert (ws / "reports" / "demo_summary.csv").exists()
     assert (ws / "reports" / "viewer.png").stat().st_size > 10_000
     # a second run resumes: nothing is redone, and it still succeeds

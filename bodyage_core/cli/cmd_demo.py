@@ -74,8 +74,11 @@ def demo_commands(args) -> list[list[str]]:
         ["predict", ws, "--run", "demo"],
         ["report", ws, "--run", "demo"],
         ["explain", ws, "--run", "demo"],
+        # signed gradient x input: the map whose age trend finds the ageing organs
+        ["explain", ws, "--run", "demo", "--method", "gradxinput", "--signed"],
         ["atlas", "build", ws, "--groups", "sex", "--iterations", "1"],
         ["atlas", "maps", ws, "--run", "demo"],
+        ["atlas", "maps", ws, "--run", "demo", "--kind", "gradxinput_signed_demo"],
         ["compare", "accelerated", "decelerated", ws, "--run", "demo", "--permutations", "200"],
         gui,
     ]
