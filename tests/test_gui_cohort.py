@@ -1,9 +1,11 @@
 """The cohort panel (pytest-qt, offscreen): predicted-vs-chronological scatter (raw/corrected),
 clicking a point opens that subject, accelerated/decelerated selection by threshold, the subgroup
-MAE table, the region table and the accelerated/decelerated/difference maps in linked views (or
-the message to build them first)."""
+MAE table, the region table and the accelerated/decelerated/difference maps in linked views, with
+the age trend as a fourth linked view when it exists (or the message to build them first)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from PySide6 import QtCore  # noqa: E402
+from PySide6 import QtCore, QtWidgets  # noqa: E402
 from test_gui_prediction_data import RUN, copy_workspace, tiny_workspace_root  # noqa: E402
 
 from bodyage_core.evaluation import subgroup_table  # noqa: E402
@@ -129,18 +131,50 @@ def test_population_maps_missing_gives_the_command(window):
     assert panel.region_table.rowCount() == 0
 
 
+_AFF = np.diag([8.0, 8.0, 10.0, 1.0])
+_AFF[:3, 3] = (-80, -60, -300)
+
+
+def _atlas_dir(root, group):
+    from bodyage_core.explain.space import save_map
+
+    adir = root / "atlases" / group
+    adir.mkdir(parents=True, exist_ok=True)
+    z, y, x = np.indices((60, 16, 20), dtype=float)
+    save_map((z + y + x).astype(np.float32), adir / "template.nii.gz", _AFF)
+    return adir
+
+
+def _fake_age_trend(root, group, tag, n, p=0.01, sign=1.0):
+    """An age trend as _age_trend_maps writes it (the thresholded map: 0 where p >= p_threshold)
+    and its entry in ``population_<tag>.json``; returns the map."""
+    from bodyage_core.atomic import write_json
+    from bodyage_core.explain.space import save_map
+
+    adir = _atlas_dir(root, group)
+    z, y, x = np.indices((60, 16, 20), dtype=float)
+    trend = sign * (np.exp(-((z - 45) ** 2 + (y - 8) ** 2 + (x - 6) ** 2) / 20.0)
+                    - 0.5 * np.exp(-((z - 15) ** 2 + (y - 8) ** 2 + (x - 14) ** 2) / 20.0))
+    trend[np.abs(trend) < 0.05] = 0.0
+    stem = adir / f"population_{tag}"
+    save_map(trend.astype(np.float32), f"{stem}_age_trend.nii.gz", _AFF)
+    js = root / "atlases" / group / f"population_{tag}.json"
+    info = json.loads(js.read_text()) if js.exists() else {"subgroups": {}}
+    info["subgroups"]["age_trend"] = {"n": n, "p_threshold": p, "subjects": [],
+                                      "files": {"map": f"{stem.name}_age_trend.nii.gz"}}
+    write_json(js, info)
+    return trend
+
+
 def _fake_atlas_outputs(root, group="F_healthy"):
     """The files build_population_maps / compare_gap_groups write, with known content."""
     from bodyage_core.atlas.regions import write_shares
     from bodyage_core.atomic import write_json
     from bodyage_core.explain.space import save_map
 
-    adir = root / "atlases" / group
-    adir.mkdir(parents=True)
-    aff = np.diag([8.0, 8.0, 10.0, 1.0])
-    aff[:3, 3] = (-80, -60, -300)
+    adir = _atlas_dir(root, group)
+    aff = _AFF
     z, y, x = np.indices((60, 16, 20), dtype=float)
-    save_map((z + y + x).astype(np.float32), adir / "template.nii.gz", aff)
     acc = np.exp(-((z - 40) ** 2 + (y - 8) ** 2 + (x - 10) ** 2) / 30.0)
     dec = np.exp(-((z - 20) ** 2 + (y - 8) ** 2 + (x - 10) ** 2) / 30.0)
     save_map(acc.astype(np.float32), adir / f"population_{RUN}_accelerated_mean.nii.gz", aff)
@@ -184,4 +218,79 @@ def test_population_maps_side_by_side_in_linked_views(qtbot, tmp_path):
     assert all(st.convention == "neurological" for st in states)
     dlg.plane_combo.setCurrentText("axial")
     assert all(v.plane == "axial" for v in dlg.slice_views())
+    # no age trend file: no fourth view
+    assert dlg.age_trend is None and "age trend" not in dlg.info.text()
+    dlg.close()
+
+
+def test_age_trend_is_a_fourth_linked_view(qtbot, tmp_path):
+    from bodyage_gui.views.qt_colorbar import QtColorBar
+
+    root = copy_workspace(tmp_path / "ws")
+    _fake_atlas_outputs(root)
+    # both kinds: the signed gradient x input one is preferred over the Grad-CAM one
+    _fake_age_trend(root, "F_healthy", RUN, n=7, p=0.05, sign=-1.0)
+    signed = _fake_age_trend(root, "F_healthy", f"gradxinput_signed_{RUN}", n=8, p=0.01)
+    # a second group with an age trend but no gap-class maps (e.g. only --kind run)
+    only = _fake_age_trend(root, "M_healthy", RUN, n=5, p=0.001)
+    win, panel = open_window(qtbot, tmp_path, root)
+    dlg = panel.show_gap_maps()
+    assert dlg is not None, win.last_error
+    qtbot.addWidget(dlg)
+    titles = list(dlg.states)
+    assert len(titles) == 4 and titles[0].startswith("accelerated (n=3)")
+    assert "age trend" in titles[3] and "n=8" in titles[3] and "p < 0.01" in titles[3]
+    assert "signed gradient × input" in titles[3]
+    assert dlg.age_trend["tag"] == f"gradxinput_signed_{RUN}"
+    assert dlg.age_trend["path"].name == f"population_gradxinput_signed_{RUN}_age_trend.nii.gz"
+    states = list(dlg.states.values())
+    layer = states[3].layers[1]
+    assert states[3].base_layer.name == "template"
+    shown = layer.volume.data[0]
+    assert np.allclose(np.nan_to_num(shown), signed, atol=1e-6)
+    assert np.isnan(shown[signed == 0]).all()  # not significant: transparent (NaN), no threshold
+    assert layer.threshold is None
+    assert layer.colormap == "bwr" and layer.vmin == pytest.approx(-layer.vmax) and layer.vmax > 0
+    info = dlg.info.text()
+    assert "signed gradient × input" in info and "n=8" in info and "p < 0.01" in info
+    assert "all of them" in info
+    views = dlg.slice_views()
+    assert len(views) == 4 and all(v.plane == "coronal" for v in views)
+    # the caption above the fourth view, shown as plain text
+    labels = [lab.text() for lab in dlg.views[3].findChildren(QtWidgets.QLabel)]
+    assert titles[3] in labels
+    assert dlg.views[3].findChildren(QtColorBar)
+    # linked both ways: the age trend view moves the others and follows them
+    states[3].set_cursor_voxel((45, 8, 6))
+    assert all(st.cursor_voxel() == (45, 8, 6) for st in states)
+    states[0].set_cursor_voxel((15, 8, 14))
+    assert states[3].cursor_voxel() == (15, 8, 14)
+    states[3].set_convention("neurological")
+    assert all(st.convention == "neurological" for st in states)
+    dlg.plane_combo.setCurrentText("sagittal")
+    assert [v.plane for v in dlg.slice_views()] == ["sagittal"] * 4
+    # a group with only the age trend: that view alone, and the command for the gap maps
+    dlg.group_combo.setCurrentText("M_healthy")
+    titles = list(dlg.states)
+    assert len(titles) == 1 and "n=5" in titles[0] and "p < 0.001" in titles[0]
+    assert "Grad-CAM" in titles[0] and dlg.age_trend["tag"] == RUN
+    assert np.allclose(np.nan_to_num(list(dlg.states.values())[0].layers[1].volume.data[0]),
+                       only, atol=1e-6)
+    assert len(dlg.slice_views()) == 1
+    assert f"bodyage atlas maps WORKSPACE --run {RUN}" in dlg.info.text()
+    assert "Age trend" in dlg.windowTitle()
+    dlg.group_combo.setCurrentText("F_healthy")
+    assert len(dlg.slice_views()) == 4
+    dlg.close()
+
+
+def test_age_trend_alone_opens_the_dialog(qtbot, tmp_path):
+    root = copy_workspace(tmp_path / "ws")
+    _fake_age_trend(root, "F_healthy", f"gradxinput_signed_{RUN}", n=6)
+    win, panel = open_window(qtbot, tmp_path, root)
+    dlg = panel.show_gap_maps()
+    assert dlg is not None, win.last_error
+    qtbot.addWidget(dlg)
+    assert len(dlg.states) == 1 and "age trend (n=6" in next(iter(dlg.states))
+    assert "No accelerated / decelerated" in dlg.info.text()
     dlg.close()

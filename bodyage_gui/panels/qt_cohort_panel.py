@@ -9,8 +9,11 @@ their population maps, the region summary and the subgroup MAE table.
 * "Population maps ...": the accelerated and decelerated population maps of a group and their
   difference side by side in three linked slice views (one cursor) over the group's atlas
   template, from what :func:`bodyage_core.atlas.workspace.build_population_maps` and
-  :func:`~bodyage_core.atlas.workspace.compare_gap_groups` wrote under ``atlases/<group>/``;
-  a clear message when they are not there yet.
+  :func:`~bodyage_core.atlas.workspace.compare_gap_groups` wrote under ``atlases/<group>/``,
+  and, where the group has one, the age trend of its maps (``population_<tag>_age_trend``,
+  of the signed gradient x input maps when there, else of the Grad-CAM maps) as a fourth
+  linked view; a group with only the age trend shows that view alone; a clear message when
+  none of them is there yet.
 * Tables: the region summary (``reports/regions_<run>.csv``, else the per-group CSVs) and the
   MAE per sex x BMI group (:func:`bodyage_core.evaluation.subgroup_table` on the run's stored
   predictions) beside the predict-the-cohort-mean baseline.
@@ -117,6 +120,31 @@ def gap_map_groups(ws, run: str) -> list[str]:
     return out
 
 
+def age_trend_file(ws, group: str, run: str) -> tuple[Path, str, str] | None:
+    """The age trend map of ``run`` in atlas ``group`` as ``(path, tag, source)``: of the
+    signed gradient x input maps (``population_gradxinput_signed_<run>_age_trend.nii.gz``,
+    the one the age trend is best read from) when there, else of the Grad-CAM maps
+    (``population_<run>_age_trend.nii.gz``); ``None`` when neither exists."""
+    adir = ws.atlas_dir(group)
+    for tag, source in text.AGE_TREND_SOURCES:
+        tag = tag.format(run=run)
+        path = adir / f"population_{tag}_age_trend.nii.gz"
+        if path.exists():
+            return path, tag, source
+    return None
+
+
+def population_map_groups(ws, run: str) -> list[str]:
+    """Atlas groups with something for the maps dialog: both gap-class maps of ``run``
+    (:func:`gap_map_groups`) or an age trend (:func:`age_trend_file`)."""
+    root = Path(ws.root) / "atlases"
+    if not root.is_dir():
+        return []
+    gap = set(gap_map_groups(ws, run))
+    return [d.name for d in sorted(p for p in root.iterdir() if p.is_dir())
+            if d.name in gap or age_trend_file(ws, d.name, run) is not None]
+
+
 class QtCohortPanel(QtWidgets.QWidget):
     """See the module docstring.
 
@@ -160,8 +188,9 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.count_label = QtWidgets.QLabel("")
         self.count_label.setWordWrap(True)  # a narrow dock wraps it, not the views
         self.maps_button = QtWidgets.QPushButton("Population maps...")
-        self.maps_button.setToolTip("accelerated and decelerated population maps and their "
-                                    "difference, side by side in linked views")
+        self.maps_button.setToolTip("accelerated and decelerated population maps, their "
+                                    "difference and the age trend, side by side in linked "
+                                    "views")
         self.maps_button.clicked.connect(self.show_gap_maps)
         self.message = QtWidgets.QLabel("")
         self.message.setWordWrap(True)
@@ -392,14 +421,15 @@ class QtCohortPanel(QtWidgets.QWidget):
 
     # -- population maps -------------------------------------------------------------------------------
     def show_gap_maps(self, group: str | None = None) -> QtGapMapsDialog | None:
-        """Open the accelerated / decelerated / difference maps dialog (or report why not)."""
+        """Open the accelerated / decelerated / difference (/ age trend) maps dialog (or report
+        why not)."""
         ws, run = self.workspace, self.run
         try:
             if ws is None:
                 raise CohortError(text.NO_WORKSPACE)
             if run is None:
                 raise CohortError(text.NO_RUN)
-            groups = gap_map_groups(ws, run)
+            groups = population_map_groups(ws, run)
             if not groups:
                 raise BodyageError(text.NO_ATLAS_MAPS.format(run=run,
                                                              where=Path(ws.root) / "atlases"))
@@ -476,8 +506,9 @@ def _fill_table(table: QtWidgets.QTableWidget, rows: list[dict[str, Any]],
 
 class QtGapMapsDialog(QtWidgets.QDialog):
     """Accelerated, decelerated and difference population maps of one atlas group over its
-    template, in three slice views that share one cursor (click in one, all follow) and one
-    display convention.
+    template, and the age trend of the group's maps when it has one (:func:`age_trend_file`),
+    in slice views that share one cursor (click in one, all follow) and one display
+    convention. A group with an age trend but no gap-class maps shows the age trend alone.
 
     Each view follows its own :class:`ViewerState` (same template base, a different map);
     a cursor or convention change in one is written to the others, so they stay linked.
@@ -500,6 +531,9 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         self.plane_combo.setCurrentText("coronal")
         self.info = QtWidgets.QLabel("")
         self.info.setWordWrap(True)
+        self.info.setTextFormat(_Qt.TextFormat.PlainText)
+        #: the age trend shown (``path``, ``tag``, ``source``, ``n``, ``p_threshold``), or None
+        self.age_trend: dict[str, Any] | None = None
         top = QtWidgets.QHBoxLayout()
         top.addWidget(QtWidgets.QLabel("Group"))
         top.addWidget(self.group_combo)
@@ -516,12 +550,49 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         self.load_group(group if group in groups else groups[0])
         if group in groups:
             self.group_combo.setCurrentText(group)
+        if len(self.states) != 3:  # the age trend alone, or beside the three gap views
+            self.resize(600 if len(self.states) == 1 else 1400, 560)
 
     def load_group(self, group: str) -> None:
-        """Read the template and the three maps of ``group`` (all before showing any)."""
+        """Read the template and the maps of ``group`` (all before showing any)."""
         from bodyage_gui.loading import load_for_viewer
 
         adir = self.ws.atlas_dir(group)
+        template = load_for_viewer(adir / "template.nii.gz") if (
+            adir / "template.nii.gz").exists() else None
+        maps: dict[str, tuple[str, Volume, dict[str, Any]]] = {}
+        info_parts = []
+        has_gap = group in gap_map_groups(self.ws, self.run)
+        if has_gap:
+            info_parts.append(self._gap_maps(adir, group, maps))
+        trend = age_trend_file(self.ws, group, self.run)
+        self.age_trend = None
+        if trend is not None:
+            info_parts.append(self._age_trend_map(adir, trend, maps))
+        if not has_gap:
+            info_parts.append(text.NO_GAP_MAPS_GROUP.format(run=self.run, group=group))
+        states = {}
+        for title, (name, vol, disp) in maps.items():
+            st = ViewerState()
+            if template is not None:
+                st.add_layer(template, "template", kind="image")
+            st.add_layer(vol, name, kind="overlay", opacity=0.75, **disp)
+            states[title] = st
+        self._disconnect()
+        self.states = states
+        for st in states.values():
+            st.events.cursor_changed.connect(lambda c, src=st: self._sync_cursor(src, c))
+            st.events.convention_changed.connect(lambda c, src=st: self._sync_convention(src, c))
+        title = text.GAP_MAPS_TITLE if has_gap else text.AGE_TREND_MAPS_TITLE
+        self.setWindowTitle(title.format(group=group, run=self.run))
+        self.info.setText(" ".join(info_parts) + (text.LINKED_VIEWS if len(states) > 1 else ""))
+        self._build_views()
+
+    def _gap_maps(self, adir: Path, group: str,
+                  maps: dict[str, tuple[str, Volume, dict[str, Any]]]) -> str:
+        """Add the accelerated, decelerated and difference maps to ``maps``; their caption."""
+        from bodyage_gui.loading import load_for_viewer
+
         stem = f"population_{self.run}"
         acc = load_for_viewer(adir / f"{stem}_accelerated_mean.nii.gz")
         dec = load_for_viewer(adir / f"{stem}_decelerated_mean.nii.gz")
@@ -529,8 +600,6 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         computed = not diff_path.exists()
         diff = (Volume(acc.data - dec.data, acc.affine, ("diff",)) if computed
                 else load_for_viewer(diff_path))
-        template = load_for_viewer(adir / "template.nii.gz") if (
-            adir / "template.nii.gz").exists() else None
         info = _read_json(adir / f"{stem}.json")
         subs = info.get("subgroups", {})
         n_acc = subs.get("accelerated", {}).get("n", "?")
@@ -542,33 +611,54 @@ class QtGapMapsDialog(QtWidgets.QDialog):
                 f"gap: top and bottom {100 * q:g} %")
         hi = max(_robust_max(acc), _robust_max(dec), 1e-12)
         dhi = max(_robust_max(diff, absolute=True), 1e-12)
-        maps = {
-            f"accelerated (n={n_acc})": (acc, {"colormap": "heat", "display_range": (0, hi),
-                                               "threshold": 0.1 * hi}),
-            f"decelerated (n={n_dec})": (dec, {"colormap": "heat", "display_range": (0, hi),
-                                               "threshold": 0.1 * hi}),
-            "difference (acc − dec)" + (", computed here" if computed else ""): (
-                diff, {"colormap": "bwr", "display_range": (-dhi, dhi), "threshold": 0.1 * dhi}),
-        }
-        states = {}
-        for title, (vol, disp) in maps.items():
-            st = ViewerState()
-            if template is not None:
-                st.add_layer(template, "template", kind="image")
-            st.add_layer(vol, title.split(" ")[0], kind="overlay", opacity=0.75, **disp)
-            states[title] = st
-        self._disconnect()
-        self.states = states
-        for st in states.values():
-            st.events.cursor_changed.connect(lambda c, src=st: self._sync_cursor(src, c))
-            st.events.convention_changed.connect(lambda c, src=st: self._sync_convention(src, c))
-        self.setWindowTitle(text.GAP_MAPS_TITLE.format(group=group, run=self.run))
-        self.info.setText(f"Population Grad-CAM maps of run {self.run}, group {group}, classes "
-                          f"by bias-corrected {rule} (as built by `bodyage atlas maps`); the "
-                          "accelerated and decelerated maps share one colour range; difference "
-                          "diverging (red: more importance in accelerated agers). Views are "
-                          "linked: click to move the cursor in all three.")
-        self._build_views()
+        maps[f"accelerated (n={n_acc})"] = (
+            "accelerated", acc, {"colormap": "heat", "display_range": (0, hi),
+                                 "threshold": 0.1 * hi})
+        maps[f"decelerated (n={n_dec})"] = (
+            "decelerated", dec, {"colormap": "heat", "display_range": (0, hi),
+                                 "threshold": 0.1 * hi})
+        maps["difference (acc − dec)" + (", computed here" if computed else "")] = (
+            "difference", diff, {"colormap": "bwr", "display_range": (-dhi, dhi),
+                                 "threshold": 0.1 * dhi})
+        return (f"Population Grad-CAM maps of run {self.run}, group {group}, classes "
+                f"by bias-corrected {rule} (as built by `bodyage atlas maps`); the "
+                "accelerated and decelerated maps share one colour range; difference "
+                "diverging (red: more importance in accelerated agers).")
+
+    def _age_trend_map(self, adir: Path, trend: tuple[Path, str, str],
+                       maps: dict[str, tuple[str, Volume, dict[str, Any]]]) -> str:
+        """Add the age trend map to ``maps``; its caption. Diverging, centred on 0; the zeros
+        (voxels that did not pass the p threshold) are shown as NaN, i.e. transparent, rather
+        than hidden by a threshold of about 0 (whose two markers would overlap on the colour
+        bar); the range is the 95th percentile of the kept ``|values|`` (a sparse map whose
+        99.5th percentile would leave most kept voxels near white)."""
+        from bodyage_gui.loading import load_for_viewer
+
+        path, tag, source = trend
+        vol = load_for_viewer(path)
+        data = np.asarray(vol.data, np.float32)
+        vol = Volume(np.where(data == 0, np.float32(np.nan), data), vol.affine, vol.channels,
+                     dict(vol.provenance))
+        entry = _read_json(adir / f"population_{tag}.json").get("subgroups", {}).get(
+            "age_trend", {})
+        n = entry.get("n", "?")
+        p_thr = entry.get("p_threshold")
+        p = (text.AGE_TREND_P.format(p=p_thr) if isinstance(p_thr, (int, float))
+             else text.AGE_TREND_UNTHRESHOLDED)
+        top = _robust_max(vol, absolute=True, percentile=95.0)
+        hi = max(top, 1e-12)
+        maps[text.AGE_TREND_VIEW.format(n=n, p=p, source=source)] = (
+            "age_trend", vol, {"colormap": "bwr", "display_range": (-hi, hi),
+                               "threshold": None})
+        self.age_trend = {"path": path, "tag": tag, "source": source, "n": n,
+                          "p_threshold": p_thr}
+        caption = text.AGE_TREND_INFO.format(source=source, file=path.name, n=n, p=p)
+        if top <= 0:
+            caption += text.AGE_TREND_EMPTY.format(p=p)
+        share = entry.get("importance_in_age_mask")
+        if isinstance(share, (int, float)) and np.isfinite(share):
+            caption += text.AGE_TREND_IN_MASK.format(share=share)
+        return caption
 
     def _build_views(self) -> None:
         from bodyage_gui.views.qt_colorbar import QtColorBar
@@ -578,9 +668,11 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             for child in w.findChildren(QtSliceView) + w.findChildren(QtColorBar):
                 child.disconnect_state()
             self.grid.removeWidget(w)
+            w.hide()  # not drawn at the dialog's corner until the deferred delete runs
             w.deleteLater()
         self.views = []
         plane = self.plane_combo.currentText()
+        lines = max((t.count("\n") + 1 for t in self.states), default=1)
         for col, (title, st) in enumerate(self.states.items()):
             box = QtWidgets.QWidget()
             bl = QtWidgets.QGridLayout(box)
@@ -588,6 +680,10 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             bl.setSpacing(2)
             lab = QtWidgets.QLabel(title)
             lab.setAlignment(_Qt.AlignmentFlag.AlignCenter)
+            lab.setWordWrap(True)
+            lab.setTextFormat(_Qt.TextFormat.PlainText)  # "p < 0.01" is not a tag
+            # one header height for all: the views stay side by side at one size
+            lab.setFixedHeight(lines * lab.fontMetrics().lineSpacing() + 4)
             view = QtSliceView(st, plane)
             view.setMinimumSize(200, 250)
             bar = QtColorBar(st)
@@ -636,11 +732,11 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         super().closeEvent(ev)
 
 
-def _robust_max(vol: Volume, absolute: bool = False) -> float:
+def _robust_max(vol: Volume, absolute: bool = False, percentile: float = 99.5) -> float:
     a = np.asarray(vol.data[0], float)
     a = np.abs(a) if absolute else a
     a = a[np.isfinite(a) & (a > 0)]
-    return float(np.percentile(a, 99.5)) if a.size else 0.0
+    return float(np.percentile(a, percentile)) if a.size else 0.0
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -15,11 +15,30 @@ RUN_FOLDER_FILTER = "run folder (models/<run>/ with config.json)"
 NO_WORKSPACE = "open a workspace (File > Open workspace) to see the cohort"
 NO_PREDICTIONS = ("run {run!r} has no stored predictions — run `bodyage predict WORKSPACE "
                   "--run {run}`")
-NO_ATLAS_MAPS = ("no population maps of run {run!r} for accelerated and decelerated agers in "
-                 "{where} — run `bodyage atlas maps WORKSPACE --run {run}` first")
+NO_ATLAS_MAPS = ("no population maps of run {run!r} (accelerated and decelerated agers, or the "
+                 "age trend) in {where} — run `bodyage atlas maps WORKSPACE --run {run}` first "
+                 "(and `bodyage atlas maps WORKSPACE --run {run} --kind "
+                 "gradxinput_signed_{run}` for the age trend of the signed gradient x input "
+                 "maps)")
 NO_REGIONS = ("no region summary for run {run!r} — run `bodyage atlas maps WORKSPACE --run "
               "{run}` first (it writes reports/regions_{run}.csv)")
 GAP_MAPS_TITLE = "Accelerated vs decelerated agers — {group}, run {run}"
+AGE_TREND_MAPS_TITLE = "Age trend — {group}, run {run}"
+#: the maps an age trend is read from, preferred first: (file tag, what they are)
+AGE_TREND_SOURCES = (("gradxinput_signed_{run}", "signed gradient × input"),
+                     ("{run}", "Grad-CAM"))
+AGE_TREND_VIEW = "age trend (n={n}, {p})\nof the {source} maps"
+AGE_TREND_P = "p < {p:g}"
+AGE_TREND_UNTHRESHOLDED = "unthresholded"
+AGE_TREND_INFO = ("Age trend of the group's {source} maps ({file}): voxel-wise covariance with "
+                  "chronological age per SD of age over n={n} subjects, kept where the "
+                  "voxel-wise {p} (uncorrected), else 0; diverging, centred on 0 (red: "
+                  "evidence that grows with age, blue: that falls with age).")
+AGE_TREND_EMPTY = " No voxel passes {p}: the view shows the template only."
+AGE_TREND_IN_MASK = " {share:.0%} of it lies in the planted ageing organs."
+NO_GAP_MAPS_GROUP = ("No accelerated / decelerated population maps of run {run} for group "
+                     "{group} — run `bodyage atlas maps WORKSPACE --run {run}` to add them.")
+LINKED_VIEWS = " Views are linked: click to move the cursor in all of them."
 WIZARD_TITLE = "Train an age model"
 WIZARD_NO_WORKSPACE = "choose a workspace folder (one with cohort.sqlite)"
 WIZARD_RUN_EXISTS = "a run named {run!r} exists — choose another name or tick Overwrite"
