@@ -44,7 +44,7 @@ from bodyage_core.atlas.build import (
 )
 from bodyage_core.atlas.population import normalise_maps, population_maps
 from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline, write_shares
-from bodyage_core.atlas.stats import gap_classes, permutation_test
+from bodyage_core.atlas.stats import age_trend, gap_classes, permutation_test
 from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -442,7 +442,8 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
             if sub == "age_trend":
                 info.update({k: entry[k] for k in ("files", "p_threshold")})
             if entry["mean"] is not None:
-                for stat in (("mean", "std") if sub != "age_trend" else ()):
+                # the age trend's files are written by _age_trend_maps (no std)
+                for stat in ("mean", "std") if sub != "age_trend" else ():
                     path = adir / f"population_{run}_{sub}_{stat}.nii.gz"
                     save_image(Volume(entry[stat], atlas["template"].affine,
                                       channels=(f"{sub}_{stat}",)), path)
@@ -478,8 +479,6 @@ def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, 
                     p_threshold: float | None) -> dict[str, Any] | str:
     """The age trend of one group's maps, written next to its population maps; a string
     saying why when there is none (too few subjects with an age, all one age)."""
-    from bodyage_core.atlas.stats import age_trend
-
     by_id = {s.subject_id: s.age for s in ws.db.subjects(ids=ids)}
     try:
         tr = age_trend(maps, [by_id.get(s) for s in ids], p_threshold, atlas["body_mask"])
