@@ -10,8 +10,12 @@ setting (fewer subjects, a coarser synthetic grid, tiny networks), e.g.::
 
     .venv/bin/python bench/bench_synth_models.py --n 200 --grid 9 --width 8 --epochs 15
 
+``--models 2.5d`` (or ``3d``) trains only that model, e.g. to re-run the 2.5D network on an
+existing workspace (the cohort is generated once; the split depends only on it and ``--seed``).
+
 Writes ``bench/results/synth_models.json`` (settings, noise floor, a table of MAE raw and
-bias-corrected for 3D, 2.5D and the baselines on the held-out test subjects).
+bias-corrected for 3D, 2.5D and the baselines on the held-out test subjects, and those
+subjects' ids).
 """
 
 from __future__ import annotations
@@ -55,11 +59,16 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, nargs=2, default=(256, 256))
     ap.add_argument("--arch2d", default="resnet2d", choices=("resnet2d", "vgg2d"))
     ap.add_argument("--depth2d", type=int, default=50)
+    ap.add_argument("--models", default="3d,2.5d",
+                    help="comma-separated models to train: 3d, 2.5d (default both)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "synth_models.json"))
     args = ap.parse_args(argv)
+    which = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    if not which or set(which) - {"3d", "2.5d"}:
+        ap.error(f"--models takes 3d and/or 2.5d, got {args.models!r}")
     torch.set_num_threads(args.threads)
     from bodyage_core.synth import generate_cohort
     from bodyage_core.synth.oracle import noise_floor
@@ -108,6 +117,7 @@ def main(argv=None) -> int:
                         augment=AugmentConfig(translate=8, rotate_deg=0, scale=0, gain=0.1,
                                               offset=0.05), **common)),
     }
+    specs = {k: v for k, v in specs.items() if v[0].mode in which}
     test_ids = None
     for name, (spec, model, cfg) in specs.items():
         t1 = time.perf_counter()
@@ -128,7 +138,7 @@ def main(argv=None) -> int:
               f"{results[name]['corrected']['mae']:.2f} corrected "
               f"({results[name]['time_s']:.0f} s)", flush=True)
     # baselines on the same held-out subjects (3D input)
-    spec3 = specs["3d_resnet18"][0]
+    spec3 = InputSpec(("water", "fat"), "3d", spacing_zyx, shape_zyx)
     recs = records_from_workspace(ws, spec3)
     test = set(test_ids)
     fold_of = np.array([0 if r.subject_id in test else -1 for r in recs])
@@ -146,7 +156,8 @@ def main(argv=None) -> int:
     write_json(args.out, {
         "n_subjects": args.n, "synthetic_grid": {"spacing_xyz": list(g.spacing),
                                                  "shape_zyx": list(g.shape)},
-        "n_test": len(test_ids), "noise_floor": floor, "models": results,
+        "n_test": len(test_ids), "test_ids": test_ids, "noise_floor": floor,
+        "models": results,
         "table": {k: v for k, v in table}, "target": "MAE within 1.5x of the noise floor",
         "time_s": time.perf_counter() - t0, "threads": args.threads,
         "settings": vars(args)})

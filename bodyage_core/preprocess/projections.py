@@ -21,6 +21,11 @@ The optional third channel (Langner's Fig. 1, blue) is voxel-wise **fat fraction
 ``fat / (water + fat)`` inside the body (0 outside): the coronal slice through the body's
 centre of mass and the sagittal slice through the centre of mass of the body's right half,
 in the same side-by-side layout, scaled 0..1 -> 0..255 (no min-max).
+
+:func:`projection_images` is the same layout in floating point (no 8-bit quantisation) for any
+number of channels: the 2.5D models are trained and predicted on it, computed from the
+channels on the model grid (``bodyage_core.training.data``, ``InputSpec.projection ==
+"langner"``).
 """
 
 from __future__ import annotations
@@ -78,6 +83,51 @@ def _to_uint8(img01: np.ndarray) -> np.ndarray:
     return np.clip(np.round(img01 * 255.0), 0, 255).astype(np.uint8)
 
 
+def _side_by_side(vol: np.ndarray, spacing: np.ndarray, ref: np.ndarray,
+                  out_size: Sequence[int], minmax: bool = True) -> np.ndarray:
+    """One channel ``(Z, Y, X)`` -> its coronal | sagittal mean projections, float64 ``out_size``."""
+    cor, sag = _layout(vol.mean(axis=1, dtype=np.float64), vol.mean(axis=2, dtype=np.float64),
+                       spacing, ref)
+    if minmax:
+        cor, sag = _minmax(cor), _minmax(sag)
+    return _resize2d(np.concatenate([cor, sag], axis=1), out_size)
+
+
+def projection_images(channels: np.ndarray, spacing: Sequence[float],
+                      out_size: Sequence[int] = (256, 256), minmax: bool = True,
+                      reference_spacing: Sequence[float] = REFERENCE_SPACING) -> np.ndarray:
+    """Langner's layout in floating point: ``(C, Z, Y, X)`` -> float32 ``(C, H, W)``.
+
+    The same images as :func:`projections_25d` (per channel: coronal | sagittal mean-intensity
+    projections, superior at the top, patient right and anterior on the left, brought to the
+    reference pixel size, each projection min-max scaled to [0, 1], resized bilinearly) before
+    their 8-bit quantisation (``projections_25d`` is this image x 255, rounded).
+
+    Parameters
+    ----------
+    channels
+        ``(C, Z, Y, X)`` (or one ``(Z, Y, X)``) on a canonical RAS grid (numpy order).
+    spacing
+        Voxel size ``(x, y, z)`` mm of that grid (NB: not numpy order).
+    out_size
+        ``(H, W)`` of the output.
+    minmax
+        Min-max scale each projection to [0, 1] (Langner's format); False keeps the mean
+        intensities.
+    reference_spacing
+        Pixel size ``(x, y, z)`` the projections are brought to before the resize.
+    """
+    arr = np.asarray(channels, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ValueError(f"channels must be (C, Z, Y, X), got shape {arr.shape}")
+    spacing = np.asarray(spacing, dtype=np.float64).reshape(3)
+    ref = np.asarray(reference_spacing, dtype=np.float64).reshape(3)
+    return np.stack([_side_by_side(ch, spacing, ref, out_size, minmax)
+                     for ch in arr]).astype(np.float32)
+
+
 def projections_25d(water: np.ndarray, fat: np.ndarray, spacing: Sequence[float],
                     out_size: Sequence[int] = (256, 256), fat_fraction: bool = False,
                     reference_spacing: Sequence[float] = REFERENCE_SPACING) -> np.ndarray:
@@ -110,10 +160,7 @@ def projections_25d(water: np.ndarray, fat: np.ndarray, spacing: Sequence[float]
     ref = np.asarray(reference_spacing, dtype=np.float64).reshape(3)
     out = []
     for vol in (water, fat):
-        cor, sag = _layout(vol.mean(axis=1, dtype=np.float64), vol.mean(axis=2, dtype=np.float64),
-                           spacing, ref)
-        side = np.concatenate([_minmax(cor), _minmax(sag)], axis=1)
-        out.append(_to_uint8(_resize2d(side, out_size)))
+        out.append(_to_uint8(_side_by_side(vol, spacing, ref, out_size)))
     if fat_fraction:
         y_c, x_c, t = _fat_fraction_slices(water, fat)
         cor, sag = _layout(_fat_fraction(water[:, y_c, :], fat[:, y_c, :], t),

@@ -25,6 +25,9 @@ from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
+#: 2.5D layouts: ``"langner"`` (new runs) and ``"legacy"`` (runs trained before it existed).
+PROJECTIONS = ("langner", "legacy")
+
 
 @dataclass
 class InputSpec:
@@ -32,7 +35,20 @@ class InputSpec:
 
     ``mode`` is ``"3d"`` (input ``(C, Z, Y, X)`` with ``shape_zyx`` at ``spacing_zyx`` mm) or
     ``"2.5d"`` (input ``(C, H, W)``: coronal and sagittal mean-intensity projections side by
-    side, resized to ``image_hw``).
+    side, resized to ``image_hw``, computed from the channels on that model grid).
+
+    ``projection`` names the 2.5D layout:
+
+    * ``"langner"`` (default; what new runs record): Langner's format of
+      :func:`bodyage_core.preprocess.projections.projection_images` in floating point --
+      superior at the top, coronal patient right on the left, sagittal anterior on the left,
+      brought to Langner's reference pixel size, each projection min-max scaled to [0, 1];
+    * ``"legacy"``: the layout of runs trained before this field existed
+      (:func:`projections_2p5d`: no flips, model-grid pixels, no min-max). A spec dict without
+      ``projection`` is read as legacy, and a legacy spec writes no ``projection`` key, so
+      those runs keep their config, cache folder and predictions.
+
+    For 3D specs the field is irrelevant (always ``"langner"``, never written).
     """
 
     channels: tuple[str, ...] = ("water", "fat")
@@ -41,6 +57,7 @@ class InputSpec:
     shape_zyx: tuple[int, int, int] = (185, 87, 112)
     normalise: str = "foreground_mean"
     image_hw: tuple[int, int] = (256, 256)
+    projection: str = "langner"
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -49,6 +66,11 @@ class InputSpec:
         self.image_hw = tuple(int(v) for v in self.image_hw)  # type: ignore[assignment]
         if self.mode not in ("3d", "2.5d"):
             raise ConfigError(f"input mode must be '3d' or '2.5d', got {self.mode!r}")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"unknown 2.5D projection layout {self.projection!r}",
+                              hint=f"use one of {', '.join(PROJECTIONS)}")
+        if self.mode == "3d":
+            self.projection = "langner"
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -59,11 +81,16 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.mode != "2.5d" or self.projection == "legacy":
+            del d["projection"]  # 3D, and legacy 2.5D runs: the dict (and hash) as before
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if kw.get("mode") == "2.5d" and "projection" not in kw:
+            kw["projection"] = "legacy"  # recorded before the field existed
+        return cls(**kw)
 
     @property
     def hash(self) -> str:
@@ -181,7 +208,8 @@ def prepare_input(volume: Volume, spec: InputSpec) -> np.ndarray:
     The geometry comes from ``bodyage_core.preprocess.prepare_for_model`` (resample to
     ``spacing_zyx``, centre the body, crop/pad to ``shape_zyx``; a minimal private resampler
     when that module is absent); then each channel is normalised (``spec.normalise``), and for
-    2.5D the coronal and sagittal mean-intensity projections are laid side by side.
+    2.5D the coronal and sagittal mean-intensity projections are laid side by side in the
+    spec's layout (:func:`projections_for_spec`).
     """
     missing = [c for c in spec.channels if c not in volume.channels]
     if missing:
@@ -201,7 +229,7 @@ def prepare_input(volume: Volume, spec: InputSpec) -> np.ndarray:
         out = np.asarray(prepare_for_model(vol, grid), dtype=np.float32)
         out = np.stack([_normalise(ch, spec.normalise) for ch in out])
         if spec.mode == "2.5d":
-            out = projections_2p5d(out, spec.image_hw)
+            out = projections_for_spec(out, spec)
     else:
         out = _prepare_minimal(vol, spec)
     if tuple(out.shape) != spec.array_shape:
@@ -273,7 +301,7 @@ def _prepare_minimal(vol: Volume, spec: InputSpec) -> np.ndarray:
     out, _start = minimal_model_grid(vol, spec)
     out = np.stack([_normalise(ch, spec.normalise) for ch in out])
     if spec.mode == "2.5d":
-        return projections_2p5d(out, spec.image_hw)
+        return projections_for_spec(out, spec)
     return out.astype(np.float32)
 
 
@@ -298,9 +326,29 @@ def _crop_pad_at(a: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> n
     return out
 
 
+def projections_for_spec(grid: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The 2.5D input of a spec from its model-grid channels ``(C, Z, Y, X)``: float32
+    ``(C, H, W)`` in the spec's layout (``spec.projection``)."""
+    if spec.projection == "legacy":
+        return projections_2p5d(grid, spec.image_hw)
+    return projections_langner(grid, spec.spacing_zyx, spec.image_hw)
+
+
+def projections_langner(grid: np.ndarray, spacing_zyx: Sequence[float],
+                        image_hw: Sequence[int]) -> np.ndarray:
+    """``(C, Z, Y, X)`` on a model grid of ``spacing_zyx`` mm -> float32 ``(C, H, W)``:
+    Langner's layout (:func:`bodyage_core.preprocess.projections.projection_images`, with its
+    per-projection min-max scaling to [0, 1]) without the 8-bit quantisation."""
+    from bodyage_core.preprocess.projections import projection_images
+
+    return projection_images(grid, tuple(spacing_zyx)[::-1], image_hw, minmax=True)
+
 
 def projections_2p5d(grid: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
-    """``(C, Z, Y, X)`` -> ``(C, H, W)``: coronal (mean over y) and sagittal (mean over x)
+    """The legacy 2.5D layout (``InputSpec.projection == "legacy"``; runs trained before
+    Langner's layout was used) -- kept unchanged so those runs predict as they did.
+
+    ``(C, Z, Y, X)`` -> ``(C, H, W)``: coronal (mean over y) and sagittal (mean over x)
     mean-intensity projections side by side, head up, resized to ``image_hw``."""
     out = []
     for ch in grid:
