@@ -162,6 +162,19 @@ def test_predictions_gap_and_latest_run(tmp_path):
         db.add_predictions("r1", [{"subject_id": "zz", "mean": 1.0}])
 
 
+def test_predictions_of_more_subjects_than_sqlite_parameters(tmp_path):
+    # ages are looked up for the rows' subjects only, in chunks under SQLite's 999 parameters
+    db = Workspace.create(tmp_path / "ws").db
+    n = 2100
+    db.add_subjects([{"subject_id": f"s{i:05d}", "age": 40.0 + i % 40} for i in range(n)])
+    db.add_subjects([{"subject_id": "no_age"}])
+    rows = [{"subject_id": f"s{i:05d}", "mean": 60.0} for i in range(n)]
+    assert db.add_predictions("big", rows + [{"subject_id": "no_age", "mean": 1.0}]) == n + 1
+    got = {r["subject_id"]: r["gap"] for r in db.predictions("big")}
+    assert len(got) == n + 1 and got["no_age"] is None
+    assert all(got[f"s{i:05d}"] == pytest.approx(20.0 - i % 40) for i in range(n))
+
+
 def test_predictions_of_one_subject(tmp_path):
     db = Workspace.create(tmp_path / "ws").db
     db.add_subjects([{"subject_id": s, "age": 50.0, "sex": "F"} for s in ("a", "b", "c")])

@@ -361,7 +361,8 @@ class CohortDB:
         ``{"mu":..., "sigma":...}`` per ensemble member), ``corrected`` and ``gap``. When ``gap``
         is missing it is computed as (corrected, else mean) minus the subject's age.
         """
-        ages = {r[0]: r[1] for r in self._conn.execute("SELECT subject_id, age FROM subjects")}
+        rows = list(rows)
+        ages = self._ages({str(r["subject_id"]) for r in rows})
         now = time.time()
         data = []
         for row in rows:
@@ -383,6 +384,19 @@ class CohortDB:
                 " mean, sigma, corrected, gap, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 data)
         return len(data)
+
+    def _ages(self, ids: set[str]) -> dict[str, float | None]:
+        """Age of each of ``ids`` that is a subject (the cluster's writer stores one
+        subject's prediction at a time: reading every subject's age per row would make a
+        100,000-subject cohort quadratic)."""
+        out: dict[str, float | None] = {}
+        ids_l = sorted(ids)
+        for i in range(0, len(ids_l), 900):   # SQLite's bound-parameter limit
+            chunk = ids_l[i:i + 900]
+            q = ("SELECT subject_id, age FROM subjects WHERE subject_id IN ("
+                 + ",".join("?" * len(chunk)) + ")")
+            out.update({r[0]: r[1] for r in self._conn.execute(q, chunk)})
+        return out
 
     def predictions(self, run_id: str | None = None,
                     subject_id: str | None = None) -> list[dict[str, Any]]:
