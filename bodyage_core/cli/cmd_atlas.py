@@ -29,12 +29,13 @@ def register(sub) -> None:
     b.set_defaults(func=run_build)
     m = asub.add_parser("maps", help="population maps of a run's Grad-CAMs per group")
     m.add_argument("workspace")
-    m.add_argument("--run", required=True, help="model run whose gradcam_<run> maps to use")
+    m.add_argument("--run", required=True,
+                   help="model run (its predictions; its gradcam_<run> maps unless --kind)")
     m.add_argument("--group", action="append", help="only these atlas groups")
     m.add_argument("--kind", default=None,
                    help="subject map kind to average (default gradcam_<run>; e.g. "
                         "gradxinput_signed_<run> from `bodyage explain --method gradxinput "
-                        "--variant signed`, the map the age trend is best read from)")
+                        "--signed`, the map the age trend is best read from)")
     m.add_argument("--age-bands", default="60,70", help="age band edges (default 60,70)")
     m.add_argument("--trend-p", type=float, default=0.01,
                    help="keep the age trend where its voxel-wise p-value (uncorrected) is "
