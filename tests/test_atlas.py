@@ -298,6 +298,10 @@ def test_cli_commands(workspace, capsys):
     assert "F_healthy" in out and "importance inside age-effect regions" in out
     assert "age trend (n=4, p < 0.01)" in out
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0"]) == 2
+    assert main(["atlas", "maps", str(workspace), "--run", "r1", "--kind", "nope_r1",
+                 "--scheduler", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "no group has nope_r1 maps" in err and "gradcam_r1" in err
     assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
                  "--threshold", "3", "--permutations", "10"]) == 0
     assert "min p(FWE)" in capsys.readouterr().out

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from bodyage_core.errors import ConfigError
 
 
@@ -150,4 +152,19 @@ def run_maps(args) -> int:
             print(f"  no age trend: {s['age_trend_error']}")
     if out.get("regions"):
         print(f"region table: {out['regions']['csv']}")
+    if out["groups"] and all("error" in s for s in out["groups"].values()):
+        kinds = _map_kinds(args.workspace)
+        print(f"no population maps written: no group has {out['kind']} maps"
+              + (f" (map kinds in this workspace: {', '.join(kinds)})" if kinds else "")
+              + "; make them with `bodyage explain`", file=sys.stderr)
+        return 2
     return 0
+
+
+def _map_kinds(workspace) -> list[str]:
+    """The explanation map kinds the workspace's subjects have (for a hint)."""
+    from bodyage_core.cohort import Workspace
+
+    with Workspace.open(workspace) as ws:
+        kinds = {k for s in ws.db.subjects() for k in s.images}
+    return sorted(k for k in kinds if k.startswith(("gradcam", "gradxinput", "occlusion")))
