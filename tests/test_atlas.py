@@ -20,6 +20,7 @@ from bodyage_core.atlas import (
     permutation_test,
     population_maps,
     region_shares,
+    tfce,
     uniform_baseline,
     write_shares,
 )
@@ -187,6 +188,31 @@ def test_age_trend_finds_the_region_that_changes_with_age():
     with pytest.raises(ConfigError, match="same age"):
         age_trend(maps, np.full(n, 50.0))
 
+    # family-wise: TFCE keeps the extended region, almost none of the 1 % chance voxels
+    fw = age_trend(maps, ages, 0.05, body, correction="tfce", permutations=40, seed=1)
+    assert fw["correction"] == "tfce"
+    assert (fw["p"][region] <= 1 / 41 + 1e-9).all()
+    kept = (fw["map"] != 0) & ~region
+    assert kept.sum() < (tr["map"] != 0)[~region].sum()
+    assert importance_inside_mask(fw["map"], region, body) > 0.95
+    with pytest.raises(ConfigError, match="correction"):
+        age_trend(maps, ages, 0.05, body, correction="fdr")
+
+
+def test_tfce_rewards_extent_and_height():
+    stat = np.zeros((10, 10, 10))
+    stat[1:4, 1:4, 1:4] = 2.0        # 27 voxels at 2
+    stat[7, 7, 7] = 2.0              # one voxel at 2
+    stat[7, 1, 1] = 3.0              # one voxel higher
+    out = tfce(stat, dh=0.1)
+    assert out[2, 2, 2] > out[7, 7, 7] > 0          # extent
+    assert out[7, 1, 1] > out[7, 7, 7]              # height
+    # one voxel at height 2: sum over levels 0.1..2.0 of 1^0.5 * h^2 * 0.1
+    assert out[7, 7, 7] == pytest.approx(sum((0.1 * k) ** 2 * 0.1 for k in range(1, 21)))
+    mask = np.ones_like(stat, bool)
+    mask[:5] = False
+    assert not tfce(stat, mask)[:5].any() and tfce(-stat).max() == 0
+
 
 # -- workspace stages and CLI -------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -298,6 +324,9 @@ def test_cli_commands(workspace, capsys):
     assert "F_healthy" in out and "importance inside age-effect regions" in out
     assert "age trend (n=4, p < 0.01)" in out
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0"]) == 2
+    assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0.05",
+                 "--trend-correction", "tfce", "--trend-permutations", "5"]) == 0
+    assert "age trend (n=4, p < 0.05, FWE by TFCE)" in capsys.readouterr().out
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--kind", "nope_r1",
                  "--scheduler", "none"]) == 2
     err = capsys.readouterr().err

@@ -8,7 +8,8 @@ Public API::
     population_maps(maps, ages=None, gaps=None, age_edges=(60, 70), gap_threshold=None,
                     gap_quantile=None) -> {subgroup: {mean, std, n, index}}
     mean_std, age_bands, gap_classes, permutation_test(a, b, n_permutations=1000, ...),
-    age_trend(maps, ages, p_threshold=0.01, mask=None) -> {cov, t, p, map, n}
+    age_trend(maps, ages, p_threshold=0.01, mask=None, correction='none'|'tfce')
+    -> {cov, t, p, map, n}, tfce(stat, mask)
     region_shares(importance, labels, names, body_mask=None), importance_inside_mask,
     uniform_baseline, write_shares, plot_shares
     Workspace stages (bodyage_core.atlas.workspace): build_atlases, register_subjects,
@@ -37,11 +38,12 @@ from bodyage_core.atlas.stats import (
     gap_classes,
     mean_std,
     permutation_test,
+    tfce,
 )
 
 __all__ = [
     "AtlasConfig", "AtlasMember", "age_bands", "age_trend", "build_atlas", "choose_reference", "gap_classes",
     "importance_inside_mask", "load_atlas", "majority_vote", "mean_std", "permutation_test",
-    "plot_shares", "population_maps", "region_shares", "subgroup_maps", "uniform_baseline",
+    "plot_shares", "population_maps", "region_shares", "subgroup_maps", "tfce", "uniform_baseline",
     "write_shares",
 ]

@@ -386,10 +386,12 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                           min_n: int = 1, label_names: dict[int, str] | None = None,
                           reporter: ProgressReporter | None = None, kind: str | None = None,
                           normalise: str = "none", tag: str | None = None,
-                          trend_p: float | None = 0.01) -> dict[str, Any]:
+                          trend_p: float | None = 0.01, trend_correction: str = "none",
+                          trend_permutations: int = 1000) -> dict[str, Any]:
     """Population maps (mean, std) per atlas group, per age band and per gap class of ``run``,
     the age trend (:func:`~bodyage_core.atlas.stats.age_trend`: where the maps change with
-    chronological age, kept where voxel-wise p < ``trend_p``; written as
+    chronological age, kept where p < ``trend_p``, voxel-wise or, with ``trend_correction=
+    "tfce"``, family-wise by TFCE over ``trend_permutations`` permutations; written as
     ``population_<tag>_age_trend.nii.gz`` with its unthresholded ``_cov`` and ``_t`` maps),
     region shares (when the atlas has labels) and, when subjects have an ``age_mask``, the
     fraction of importance inside the (warped) age-effect mask against a uniform map.
@@ -432,7 +434,8 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         body = atlas["body_mask"]
         age_mask = _atlas_age_mask(ws, g, ids)
         shares: dict[str, list] = {}
-        trend = _age_trend_maps(ws, adir, run, ids, maps, atlas, trend_p)
+        trend = _age_trend_maps(ws, adir, run, ids, maps, atlas, trend_p, trend_correction,
+                                trend_permutations)
         if isinstance(trend, str):
             gsum["age_trend_error"] = trend
         else:
@@ -440,7 +443,8 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         for sub, entry in pm.items():
             info = {"n": entry["n"], "subjects": [ids[i] for i in entry["index"]]}
             if sub == "age_trend":
-                info.update({k: entry[k] for k in ("files", "p_threshold")})
+                info.update({k: entry[k] for k in ("files", "p_threshold", "correction",
+                                                   "voxels_kept")})
             if entry["mean"] is not None:
                 # the age trend's files are written by _age_trend_maps (no std)
                 for stat in ("mean", "std") if sub != "age_trend" else ():
@@ -476,12 +480,14 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
 
 
 def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, atlas,
-                    p_threshold: float | None) -> dict[str, Any] | str:
+                    p_threshold: float | None, correction: str = "none",
+                    permutations: int = 1000) -> dict[str, Any] | str:
     """The age trend of one group's maps, written next to its population maps; a string
     saying why when there is none (too few subjects with an age, all one age)."""
     by_id = {s.subject_id: s.age for s in ws.db.subjects(ids=ids)}
     try:
-        tr = age_trend(maps, [by_id.get(s) for s in ids], p_threshold, atlas["body_mask"])
+        tr = age_trend(maps, [by_id.get(s) for s in ids], p_threshold, atlas["body_mask"],
+                       correction, permutations)
     except ConfigError as exc:
         return str(exc)
     files = {}
@@ -492,7 +498,8 @@ def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, 
         files[key] = ws.relative(path)
     keep = [i for i, s in enumerate(ids) if by_id.get(s) is not None]
     return {"mean": tr["map"], "n": tr["n"], "index": keep, "files": files,
-            "p_threshold": p_threshold}
+            "p_threshold": p_threshold, "correction": correction,
+            "voxels_kept": int(np.count_nonzero(tr["map"]))}
 
 
 def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,

@@ -42,6 +42,13 @@ def register(sub) -> None:
     m.add_argument("--trend-p", type=float, default=0.01,
                    help="keep the age trend where its voxel-wise p-value (uncorrected) is "
                         "below this (default 0.01; 1 keeps every voxel)")
+    m.add_argument("--trend-correction", choices=("none", "tfce"), default="none",
+                   help="none: voxel-wise p, uncorrected (exploratory, default); tfce: "
+                        "family-wise error of the threshold-free cluster enhanced map by "
+                        "permuting the ages (about a minute per 100 permutations and group "
+                        "on 2 cores)")
+    m.add_argument("--trend-permutations", type=int, default=1000,
+                   help="permutations for --trend-correction tfce (default 1000)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="gap (years) for accelerated/decelerated")
     g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
@@ -111,6 +118,8 @@ def run_maps(args) -> int:
     edges = _edges(args.age_bands)
     if not 0 < args.trend_p <= 1:
         raise ConfigError(f"--trend-p must be in (0, 1], got {args.trend_p}")
+    if args.trend_correction == "tfce" and args.trend_permutations < 1:
+        raise ConfigError(f"--trend-permutations must be >= 1, got {args.trend_permutations}")
     ws = Workspace.open(args.workspace)
     try:
         kinds = [args.kind, "age_mask"] if args.kind else None
@@ -120,7 +129,9 @@ def run_maps(args) -> int:
                              gap_threshold=args.threshold, gap_quantile=args.quantile,
                              reporter=TerminalProgress(), kind=args.kind,
                              tag=_kind_tag(args.kind, args.run),
-                             trend_p=args.trend_p if args.trend_p < 1 else None))
+                             trend_p=args.trend_p if args.trend_p < 1 else None,
+                             trend_correction=args.trend_correction,
+                             trend_permutations=args.trend_permutations))
     finally:
         ws.close()
     if isinstance(res, int):
@@ -143,9 +154,13 @@ def run_maps(args) -> int:
         tr = s["subgroups"].get("age_trend")
         if tr:
             p = tr["p_threshold"]
-            print(f"  age trend (n={tr['n']}, p < {p if p is not None else 1}): "
-                  + ", ".join(f"{r} {100 * v:.0f}%" for r, v in s.get("top_regions_age_trend",
-                                                                      [])))
+            fwe = ", FWE by TFCE" if tr.get("correction") == "tfce" else ""
+            head = f"  age trend (n={tr['n']}, p < {p if p is not None else 1}{fwe}): "
+            if not tr.get("voxels_kept"):
+                print(head + "no voxel passes")
+                continue
+            print(head + ", ".join(f"{r} {100 * v:.0f}%"
+                                   for r, v in s.get("top_regions_age_trend", [])))
             if "importance_in_age_mask" in tr:
                 print(f"  age trend inside age-effect regions {tr['importance_in_age_mask']:.2f}")
         elif s.get("age_trend_error"):
