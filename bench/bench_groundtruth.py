@@ -1,18 +1,21 @@
 """Do the maps point at the right organs? Ground truth from the synthetic cohort (issue 4).
 
 For each cohort (A: the demo's effects, every effect x2.5; B: the same subjects with *other*
-organs ageing, the generator option ``--effects``), the benchmark generates the cohort, trains a
-3-fold ResNet3D ensemble (``bodyage train``), explains every subject (Grad-CAM at each layer
-asked for, and gradient x input; ensemble of the subject's out-of-fold members) and measures against the generator's
-age-effect mask:
+organs ageing, the generator option ``--effects``; C: the heart's effect x4, clearly the
+strongest), the benchmark generates the cohort, trains a 3-fold ResNet3D ensemble (``bodyage
+train``), explains every subject (Grad-CAM at each layer asked for, gradient x input, and its
+signed variant; ensemble of the subject's out-of-fold members) and measures against the
+generator's age-effect mask:
 
 * **subject space** (no registration): the fraction of each subject's importance (ReLU map,
   within the body) inside its own age-effect mask, mean over subjects, against the volume
   fraction of the mask (what a uniform map scores); the share and enrichment per planted effect
   and per organ;
-* **atlas space** (``--atlas-n`` subjects per sex, atlases built with ``--atlas-iterations``):
-  the fraction of *population* importance inside the majority-voted warped age-effect mask, for
-  the raw mean of the maps (published) and for per-subject normalised maps; the region summary
+* **atlas space** (``--atlas-n`` subjects per sex, atlases built with ``--atlas-iterations``,
+  then every subject registered, ``--register-all``): the fraction of *population* importance
+  inside the majority-voted warped age-effect mask, for the raw mean of the maps (published),
+  for per-subject normalised maps and for the age trend of each (``age_trend_summary``: the
+  signed gradient x input trend, its effect ranking, strongest first or not); the region summary
   (share per organ) and the rank of every planted effect's organs; the organ-label Dice of every
   member's warped labels against the atlas's majority-vote labels;
 * the **strongest planted effect** of each cohort: the effect whose parameters alone let an
@@ -23,12 +26,15 @@ The "change which organs age" experiment: the top regions of cohort B must be B'
 and A's top organs must drop.
 
     .venv/bin/python bench/bench_groundtruth.py --root /tmp/gt_bench [--n 144] [--epochs 30]
-        [--maps gradcam:layer3,gradcam:layer2,gradxinput] [--atlas-n 8] [--cohorts A,B]
+        [--maps gradcam:layer3,gradcam:layer2,gradxinput,gradxinput:signed] [--atlas-n 8]
+        [--cohorts A,B,C] [--atlas-cohorts A,C] [--register-all 2]
 
 Writes ``bench/results/groundtruth.json``. Everything is resumable (the workspaces are kept).
-About 75 min on the shared 2-core machine (training 2 x ~20 min, explain 3 maps x 144 subjects
-x 2 cohorts ~15 min, atlases ~16 min); the recorded file also carries an occlusion cross-check
-and the resolution ceiling of each ResNet stage (see docs/SYNTH.md), measured by hand.
+About 2.5 h on the 2-core machine from nothing (training 3 x ~15-20 min, explain 4 maps x 144
+subjects x 3 cohorts ~15 min, atlases 2 x ~6-15 min, registering 2 x 128 subjects ~15 min each),
+13 min when those exist; the recorded file also carries an occlusion cross-check, the
+resolution ceiling of each ResNet stage (see docs/SYNTH.md), a randomised-weights control and a
+TFCE check of the age trend, measured by hand.
 """
 
 from __future__ import annotations
