@@ -28,6 +28,19 @@ def _browser_row(win, sid):
     return next(m.row_dict(r) for r in range(m.rowCount()) if m.row_dict(r)["subject_id"] == sid)
 
 
+def _window_on_subject(qtbot, settings, root, sid):
+    """A main window with the analysis tools (CPU, one thread), workspace ``root`` open on
+    subject ``sid``; returns ``(window, prediction panel)``."""
+    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
+                       restore_settings=False)
+    qtbot.addWidget(win)
+    panel = install_analysis(win, warm_up_ms=None).prediction_panel
+    panel.device, panel.torch_threads = "cpu", 1
+    assert win.open_workspace(root, open_first=False), win.last_error
+    assert win.open_subject(sid, wait=True), win.last_error
+    return win, panel
+
+
 def test_gui_prediction_is_stored_and_browser_row_updates(qtbot, settings, tmp_path):
     root = copy_workspace(tmp_path / "ws")
     with Workspace.open(root) as ws:
@@ -36,14 +49,7 @@ def test_gui_prediction_is_stored_and_browser_row_updates(qtbot, settings, tmp_p
         # forget this subject's stored prediction: the viewer must write it back
         with ws.db.transaction() as cur:
             cur.execute("DELETE FROM predictions WHERE subject_id = ?", (sid,))
-    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
-                       restore_settings=False)
-    qtbot.addWidget(win)
-    tools = install_analysis(win, warm_up_ms=None)
-    panel = tools.prediction_panel
-    panel.device, panel.torch_threads = "cpu", 1
-    assert win.open_workspace(root, open_first=False), win.last_error
-    assert win.open_subject(sid, wait=True), win.last_error
+    win, panel = _window_on_subject(qtbot, settings, root, sid)
     assert _browser_row(win, sid)["predicted"] is None
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS) as blocker:
         assert panel.predict()
@@ -76,14 +82,7 @@ def test_cancelled_or_folder_run_prediction_is_not_stored(qtbot, settings, tmp_p
         sid = ws.db.subject_ids()[0]
         with ws.db.transaction() as cur:
             cur.execute("DELETE FROM predictions WHERE subject_id = ?", (sid,))
-    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
-                       restore_settings=False)
-    qtbot.addWidget(win)
-    tools = install_analysis(win, warm_up_ms=None)
-    panel = tools.prediction_panel
-    panel.device, panel.torch_threads = "cpu", 1
-    assert win.open_workspace(root, open_first=False), win.last_error
-    assert win.open_subject(sid, wait=True), win.last_error
+    win, panel = _window_on_subject(qtbot, settings, root, sid)
     # a run chosen as a folder is not a run of the cohort index: nothing is written
     panel.add_run_folder(root / "models" / RUN)
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS) as blocker:
@@ -117,14 +116,7 @@ def test_prediction_finishing_in_atlas_space_shows_maps_back_in_subject_space(
         SubjectTransform(sitk.AffineTransform(3), water.shape, water.affine).save(folder)
         ws.db.set_registration(sid, "G", "ok", forward=ws.relative(folder))
         ws.db.set_image(sid, "to_atlas_G", ws.relative(folder))
-    win = QtMainWindow(show_dialogs=False, enable_3d=False, settings=settings,
-                       restore_settings=False)
-    qtbot.addWidget(win)
-    tools = install_analysis(win, warm_up_ms=None)
-    panel = tools.prediction_panel
-    panel.device, panel.torch_threads = "cpu", 1
-    assert win.open_workspace(root, open_first=False), win.last_error
-    assert win.open_subject(sid, wait=True), win.last_error
+    win, panel = _window_on_subject(qtbot, settings, root, sid)
     assert win.atlas_action.isEnabled()
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS):
         assert panel.predict()
