@@ -283,11 +283,8 @@ def age_trend(maps: np.ndarray, ages: Sequence[float], p_threshold: float | None
     x = np.asarray(maps[keep][:, m], dtype=np.float64)
     az = (a - a.mean()) / a.std()
     xc = x - x.mean(0)
-    cov = az @ xc / n
     sd = xc.std(0)
-    r = np.where(sd > 0, cov / np.where(sd > 0, sd, 1.0), 0.0)
-    r = np.clip(r, -1.0, 1.0)
-    t = r * np.sqrt((n - 2) / np.maximum(1.0 - r * r, 1e-12))
+    cov, t = _trend_t(az, xc, sd)
 
     def full(v, fill=0.0):
         out = np.full(spatial, fill, dtype=np.float32)
@@ -303,12 +300,18 @@ def age_trend(maps: np.ndarray, ages: Sequence[float], p_threshold: float | None
             "n": n, "p_threshold": p_threshold, "correction": correction}
 
 
+def _trend_t(az: np.ndarray, xc: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance of the centred maps ``xc`` (N, V) with the standardised ages ``az`` and the
+    t statistic (N-2 degrees of freedom) of their correlation; 0 where a voxel is constant."""
+    n = len(az)
+    cov = az @ xc / n
+    r = np.clip(np.where(sd > 0, cov / np.where(sd > 0, sd, 1.0), 0.0), -1.0, 1.0)
+    return cov, r * np.sqrt((n - 2) / np.maximum(1.0 - r * r, 1e-12))
+
+
 def _tfce_fwe(t_full: np.ndarray, m: np.ndarray, az: np.ndarray, xc: np.ndarray, sd: np.ndarray,
               permutations: int, seed: int) -> np.ndarray:
     """FWE p-values of the two-sided TFCE of ``t_full`` by shuffling the standardised ages."""
-    n = len(az)
-    safe_sd = np.where(sd > 0, sd, np.inf)
-
     def enhanced(t):
         return np.maximum(tfce(t, m), tfce(-t, m))
 
@@ -317,7 +320,6 @@ def _tfce_fwe(t_full: np.ndarray, m: np.ndarray, az: np.ndarray, xc: np.ndarray,
     exceed = np.ones(obs.shape)            # the observed labelling counts once
     t_perm = np.zeros(t_full.shape)
     for _ in range(int(permutations)):
-        r = np.clip((rng.permutation(az) @ xc / n) / safe_sd, -1.0, 1.0)
-        t_perm[m] = r * np.sqrt((n - 2) / np.maximum(1.0 - r * r, 1e-12))
+        t_perm[m] = _trend_t(rng.permutation(az), xc, sd)[1]
         exceed += enhanced(t_perm).max() >= obs - 1e-12
     return exceed / (int(permutations) + 1.0)
