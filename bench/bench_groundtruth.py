@@ -53,6 +53,7 @@ from _common import write_results  # noqa: E402
 
 from bodyage_core.cohort import Workspace  # noqa: E402
 from bodyage_core.io import load_labels, load_volume  # noqa: E402
+from bodyage_core.registration.transform import LABEL_INTERPOLATION  # noqa: E402
 from bodyage_core.synth import EFFECT_NAMES, EFFECTS, LABELS, AgeEffects  # noqa: E402
 
 COHORTS = {
@@ -212,7 +213,7 @@ def atlas_dice(ws: Workspace, group: str) -> dict:
     from bodyage_core.registration import label_dice
 
     atlas_labels = load_labels(ws.atlas_dir(group) / "labels.nii.gz").data[0]
-    _ids, labs, _ = warped_maps(ws, group, "labels", "nearest")
+    _ids, labs, _ = warped_maps(ws, group, "labels", LABEL_INTERPOLATION)
     per_subject, per_organ = [], {}
     for lab in labs:
         d = label_dice(lab, atlas_labels)
@@ -238,7 +239,7 @@ def atlas_space(ws: Workspace, args, kind: str, normalise: str) -> dict:
             out[g] = gs
             continue
         atlas = load_atlas(ws.atlas_dir(g))
-        _ids, masks, _ = warped_maps(ws, g, "age_mask", "nearest")
+        _ids, masks, _ = warped_maps(ws, g, "age_mask", LABEL_INTERPOLATION)
         voted = majority_vote([m.astype(np.int16) for m in masks])
         all_regions = json.loads((ws.atlas_dir(g) / f"regions_{tag}.json").read_text())
         res = {}

@@ -237,7 +237,7 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     the transform) is read instead of warped again.
     """
     from bodyage_core.atlas.build import load_image, load_label_map
-    from bodyage_core.registration.transform import SubjectTransform, warp_map
+    from bodyage_core.registration.transform import LABEL_INTERPOLATION, SubjectTransform, warp_map
 
     tx = SubjectTransform.load(link.transform_dir)
     meta = link.transform_dir / "transform.json"
@@ -247,7 +247,7 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
         if prov.get("atlas") == link.group and prov.get("space") == "subject":
             continue  # the population map warped onto the subject: shown as it is below
         labels = s.settings.get("kind") == "labels"
-        interp = "nearest" if labels else "linear"
+        interp = LABEL_INTERPOLATION if labels else "linear"
         vol = None
         path = s.settings.get("path")
         if path and not labels:

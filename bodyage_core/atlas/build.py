@@ -49,7 +49,7 @@ from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.convert import reference_image
 from bodyage_core.registration.quality import body_mask, combined_intensity
 from bodyage_core.registration.register import RegistrationConfig, register
-from bodyage_core.registration.transform import SubjectTransform, warp_map
+from bodyage_core.registration.transform import LABEL_INTERPOLATION, SubjectTransform, warp_map
 from bodyage_core.volume import Volume
 
 DEFAULT_MIN_SUBJECTS = 3
@@ -284,7 +284,7 @@ def _register_member(member: AtlasMember, vol: Volume, template: Volume,
             if labels is not None:
                 lab = labels if isinstance(labels, Volume) else Volume(
                     np.asarray(labels), vol.affine, channels=("labels",))
-                wl = warp_map(lab, tx, template, "nearest")
+                wl = warp_map(lab, tx, template, LABEL_INTERPOLATION)
             return tx, q, warped, wl
     res = register(vol, template, cfg, moving_labels=labels, fixed_labels=template_labels,
                    fixed_mask=template_mask, reporter=None)

@@ -49,7 +49,12 @@ from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.register import RegistrationConfig, register
-from bodyage_core.registration.transform import SubjectTransform, warp_map
+from bodyage_core.registration.transform import (
+    LABEL_INTERPOLATION,
+    LABEL_INTERPOLATIONS,
+    SubjectTransform,
+    warp_map,
+)
 from bodyage_core.volume import Volume
 
 DEFAULT_BY = ("sex", "bmi_group")
@@ -325,10 +330,11 @@ def warped_maps(ws, group: str, kind: str, interpolation: str = "linear",
         cache = folder / f"{kind}.nii.gz"
         vol = None
         if warped_map_current(cache, src, folder):
-            vol = (load_label_map(cache) if interpolation == "nearest" else load_image(cache))
+            vol = (load_label_map(cache) if interpolation in LABEL_INTERPOLATIONS
+                   else load_image(cache))
         if vol is None:
             tx = SubjectTransform.load(folder)
-            m = load_label_map(src) if interpolation == "nearest" else load_image(src)
+            m = load_label_map(src) if interpolation in LABEL_INTERPOLATIONS else load_image(src)
             vol = warp_map(m.with_data(m.data[:1], channels=(m.channels[0],)), tx, None,
                            interpolation)
             save_image(vol, cache)
@@ -363,7 +369,7 @@ def _label_names(atlas_dir: Path, names: dict[int, str] | None) -> dict[int, str
 
 def _atlas_age_mask(ws, group: str, ids: list[str]) -> np.ndarray | None:
     """Majority of the members' age-effect masks warped to the atlas (synthetic cohort)."""
-    mids, masks, _ = warped_maps(ws, group, "age_mask", "nearest")
+    mids, masks, _ = warped_maps(ws, group, "age_mask", LABEL_INTERPOLATION)
     if masks is None:
         return None
     return (np.mean(masks > 0, axis=0) >= 0.5)

@@ -540,7 +540,11 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
     ``subjects/<id>/atlas_<group>/<kind>.nii.gz`` (what ``atlas maps`` reads)."""
     from bodyage_core.atlas.build import load_image, load_label_map, save_image
     from bodyage_core.atlas.workspace import transform_folder, warped_map_current
-    from bodyage_core.registration.transform import SubjectTransform, warp_map
+    from bodyage_core.registration.transform import (
+        LABEL_INTERPOLATIONS,
+        SubjectTransform,
+        warp_map,
+    )
 
     ws = _Paths(root)
     folder = transform_folder(ws, subject_id, group)
@@ -549,7 +553,7 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
     if warped_map_current(cache, srcp, folder):
         return {"path": ws.relative(cache), "reused": True}
     tx = SubjectTransform.load(folder)
-    m = load_label_map(srcp) if interpolation == "nearest" else load_image(srcp)
+    m = load_label_map(srcp) if interpolation in LABEL_INTERPOLATIONS else load_image(srcp)
     vol = warp_map(m.with_data(m.data[:1], channels=(m.channels[0],)), tx, None, interpolation)
     with writing(cache):
         save_image(vol, cache)
@@ -575,6 +579,7 @@ class WarpStage(Stage):
     def jobs(self, ws) -> list[Job]:
         from bodyage_core.atlas.workspace import _registered_ok, _run_predictions, built_atlases
         from bodyage_core.errors import CohortError
+        from bodyage_core.registration.transform import LABEL_INTERPOLATION
 
         _run_predictions(ws, self.run)   # raises when the run has none
         atlases = self.groups or built_atlases(ws)
@@ -589,7 +594,8 @@ class WarpStage(Stage):
             for s in ws.db.subjects(ids=ok):
                 for kind in kinds:
                     if kind in s.images:
-                        interp = "nearest" if kind in ("age_mask", "labels") else "linear"
+                        interp = (LABEL_INTERPOLATION if kind in ("age_mask", "labels")
+                                  else "linear")
                         jobs.append(Job(f"{g}/{kind}", s.subject_id,
                                         {"group": g, "kind": kind, "src": s.images[kind],
                                          "interpolation": interp}))

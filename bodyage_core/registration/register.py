@@ -39,7 +39,12 @@ from bodyage_core.registration.quality import (
     normalized_cross_correlation,
     robust_max,
 )
-from bodyage_core.registration.transform import SubjectTransform, _as_affine, warp_map
+from bodyage_core.registration.transform import (
+    LABEL_INTERPOLATION,
+    SubjectTransform,
+    _as_affine,
+    warp_map,
+)
 from bodyage_core.volume import Volume
 
 METHODS = ("demons", "bspline", "affine")
@@ -442,7 +447,7 @@ def register(moving: Volume, fixed: Volume, config: RegistrationConfig | None = 
     warped_labels = None
     if mov_lab is not None:
         warped_labels = warp_map(Volume(mov_lab, moving.affine, channels=("labels",)),
-                                 transform, ref_grid, "nearest")
+                                 transform, ref_grid, LABEL_INTERPOLATION)
         if fix_lab is not None:
             per = label_dice(warped_labels.data[0], fix_lab)
             quality["dice_labels"] = {str(k): v for k, v in per.items()}
