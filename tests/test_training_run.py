@@ -54,3 +54,35 @@ def test_model_and_input_mode_must_agree(tmp_path):
         train_run(records_from_arrays(x, ages), tmp_path / "r", bad,
                   {"arch": "resnet3d", "width": 4}, CFG, folds=2)
     assert not (tmp_path / "r").exists()
+
+
+def _gap_slope(rows, key):
+    age = np.array([r["age"] for r in rows])
+    gap = np.array([r[key] for r in rows]) - age
+    return float(np.polyfit(age, gap, 1)[0])
+
+
+def test_bias_correction_full_removes_the_gaps_age_dependence(tmp_path):
+    """The default (DESIGN.md, Starck appendix B) inverts the validation fit predicted =
+    a * age + b: the out-of-fold gap of a network that regresses to the mean loses most of its
+    age dependence. ``loo`` shrinks the correction by leave-one-out MAE and says so."""
+    x, ages = age_volumes(60, 12, seed=1)
+    recs = records_from_arrays(x, ages)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-3, loss="l1", early_stopping=0,
+                      augment=AugmentConfig(0, 0, 0, 0, 0, 0, False), device="cpu")
+    res = train_run(recs, tmp_path / "full", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
+                    folds=3, members=1, seed=0, val_fraction=0.3)
+    bias = json.loads((tmp_path / "full" / "bias_correction.json").read_text())
+    assert bias["method"] == "full"
+    assert all("shrink" not in f and f["a"] != 1.0 for f in bias["folds"].values())
+    raw, corr = _gap_slope(res.oof, "mean"), _gap_slope(res.oof, "corrected")
+    assert raw < -0.2, raw                         # regression to the mean (-0.46)
+    assert abs(corr) < 0.25 * abs(raw), (raw, corr)  # (-0.01)
+    cfg.bias_correction = "loo"
+    train_run(recs, tmp_path / "loo", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
+              folds=3, members=1, seed=0, val_fraction=0.3)
+    bias = json.loads((tmp_path / "loo" / "bias_correction.json").read_text())
+    assert bias["method"] == "loo"
+    assert all(0.0 <= f["shrink"] <= 1.0 for f in bias["folds"].values())
+    with pytest.raises(ConfigError, match="bias-correction"):
+        TrainConfig(bias_correction="half")

@@ -30,6 +30,12 @@ def register(sub) -> None:
                    help="weights each member ends with: its best validation epoch (default) or "
                         "its last (validation predictions, which bias correction and "
                         "calibration are fitted on, stay unbiased)")
+    p.add_argument("--bias-correction", default="full", choices=("full", "loo"),
+                   help="full (default): corrected = (predicted - b) / a with predicted = a * "
+                        "age + b fitted on validation subjects, so the age gap does not depend "
+                        "on age; loo: that correction shrunk towards the raw prediction by "
+                        "leave-one-out MAE (lower MAE, but young subjects keep positive and "
+                        "old ones negative gaps)")
     p.add_argument("--width", type=int, default=None,
                    help="base channel width (default 64; small values train fast on CPU)")
     p.add_argument("--depth", type=int, default=None, help="2D ResNet depth (18/34/50)")
@@ -126,7 +132,8 @@ def _train(args, ws, dist, reporter) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
                       lr=args.lr, loss=args.loss, scheduler=sched,
                       early_stopping=args.early_stopping, augment=aug, seed=args.seed,
-                      device=args.device, keep=args.keep)
+                      device=args.device, keep=args.keep,
+                      bias_correction=args.bias_correction)
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
                           args.seed, args.resume, args.overwrite, reporter, dist=dist)
     if dist is not None and not dist.is_main:

@@ -433,22 +433,26 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         fold_var[test] = var_f[test]
     v_idx, v_mean, v_var = (np.concatenate(val_idx), np.concatenate(val_mean),
                             np.concatenate(val_var))
+    shrink = "loo" if train.bias_correction == "loo" else None
     for f in range(n_fold_models):
         # Pool the validation predictions of every fold's ensemble, leaving out the subjects
         # that fold f holds out for testing: ~folds x more subjects than fold f's own
         # validation set, and no label of fold f's test subjects enters its fits.
         use = fold_of[v_idx] != f
         bias["folds"][str(f)] = fit_bias_correction(ages[v_idx[use]], v_mean[use],
-                                                    shrink="loo")
+                                                    shrink=shrink)
         calib["folds"][str(f)] = fit_variance_scale(v_mean[use] - ages[v_idx[use]],
                                                     v_var[use])
-    bias["global"] = fit_bias_correction(ages[v_idx], v_mean, shrink="loo")
+    bias["global"] = fit_bias_correction(ages[v_idx], v_mean, shrink=shrink)
     calib["global"] = fit_variance_scale(v_mean - ages[v_idx], v_var)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
-                    "predicted = a_full * age + b_full, shrunk towards the raw prediction by "
-                    "'shrink' chosen by leave-one-out MAE on those subjects; "
-                    "corrected = (predicted - b) / a with the effective a, b")
+                    + ("predicted = a * age + b; corrected = (predicted - b) / a"
+                       if shrink is None else
+                       "predicted = a_full * age + b_full, shrunk towards the raw prediction "
+                       "by 'shrink' chosen by leave-one-out MAE on those subjects; "
+                       "corrected = (predicted - b) / a with the effective a, b"))
+    bias["method"] = train.bias_correction
     calib["note"] = ("calibrated variance = scale * ensemble variance + floor, both fitted by "
                      "the Gaussian NLL of validation errors (pooled as for the bias fit)")
 

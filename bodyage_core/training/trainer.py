@@ -34,6 +34,9 @@ from bodyage_core.training.losses import TargetScaler, get_loss
 SCHEDULERS = ("plateau", "step", "none")
 
 
+BIAS_CORRECTIONS = ("full", "loo")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings of one network (DESIGN.md defaults where they exist)."""
@@ -61,6 +64,11 @@ class TrainConfig:
                                    # "best" makes the validation predictions (which bias
                                    # correction and variance calibration are fitted on)
                                    # optimistic; "last" keeps them honest
+    bias_correction: str = "full"  # full: corrected = (pred - b) / a as fitted on validation,
+                                   # so the gap does not depend on age there (what comparing
+                                   # accelerated and decelerated agers needs); loo: shrunk
+                                   # towards the raw prediction by leave-one-out MAE (lower
+                                   # MAE, but the gap keeps part of its age dependence)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -71,6 +79,9 @@ class TrainConfig:
         get_loss(self.loss)
         if self.keep not in ("best", "last"):
             raise ConfigError(f"unknown --keep {self.keep!r}", hint="use best or last")
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise ConfigError(f"unknown --bias-correction {self.bias_correction!r}",
+                              hint=f"use one of {', '.join(BIAS_CORRECTIONS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("epochs, batch size and accumulation must be at least 1")
 
