@@ -207,15 +207,18 @@ def build_atlases_subset(ws: Workspace, args) -> dict:
     return out
 
 
-def atlas_dice(ws: Workspace, group: str) -> dict:
-    """Organ-label Dice of every member's warped labels against the atlas majority labels."""
+def atlas_dice(ws: Workspace, group: str, subjects: set[str] | None = None) -> dict:
+    """Organ-label Dice of every registered subject's (or of ``subjects``') warped labels
+    against the atlas majority labels."""
     from bodyage_core.atlas.workspace import warped_maps
     from bodyage_core.registration import label_dice
 
     atlas_labels = load_labels(ws.atlas_dir(group) / "labels.nii.gz").data[0]
-    _ids, labs, _ = warped_maps(ws, group, "labels", LABEL_INTERPOLATION)
+    ids, labs, _ = warped_maps(ws, group, "labels", LABEL_INTERPOLATION)
     per_subject, per_organ = [], {}
-    for lab in labs:
+    for sid, lab in zip(ids, labs):
+        if subjects is not None and sid not in subjects:
+            continue
         d = label_dice(lab, atlas_labels)
         per_subject.append(float(np.mean(list(d.values()))))
         for k, v in d.items():

@@ -17,8 +17,9 @@ Two stages:
    validation subjects of all folds minus that fold's test subjects,
    ``_ixi_features.pooled_validation``): choose the CNN candidate (each run, or all pooled),
    the convex weights of the stack CNN + ridge on voxels + ridge on tissue features (ridge
-   feature sets chosen by exact LOO on the training fold), the bias-correction shrinkage
-   (``fit_bias_correction(shrink="loo")``) and the variance calibration; report the CNN
+   feature sets chosen by exact LOO on the training fold), the bias correction (full, as
+   ``bodyage train`` fits it, or ``--bias-correction loo``: shrunk by leave-one-out MAE) and
+   the variance calibration; report the CNN
    ensemble alone and the stack, with the mean and ridge baselines on the same folds.
 
 Without ``--analyse`` / ``--train-only`` it trains one run and analyses it. Run in the
@@ -210,6 +211,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-pool-seeds", dest="pool_seeds", action="store_false",
                     help="with several --analyse runs: let each run, not only all runs "
                          "pooled, be a CNN candidate chosen per fold by validation MAE")
+    ap.add_argument("--no-tta", dest="tta", action="store_false",
+                    help="with --analyse: ignore the members' outputs on the left-right "
+                         "mirrored heads (by default, where every run has them, each member's "
+                         "prediction is the mean of the two views)")
+    ap.add_argument("--bias-correction", default="full", choices=("full", "loo"),
+                    help="with --analyse: full (as `bodyage train` by default) or shrunk by "
+                         "leave-one-out MAE")
     ap.add_argument("--train-only", action="store_true",
                     help="train and save the run's predictions, no analysis")
     ap.add_argument("--best-epoch", action="store_true",
@@ -319,6 +327,10 @@ def main(argv=None) -> int:
         from bodyage_core.models.ensemble import AgeRun
         run = AgeRun(res.run_dir)
         mu, var = run.member_outputs(arrays.astype(np.float32), batch_size=16)
+        # the members trained with left-right flips: their outputs on the mirrored heads are
+        # a test-time augmentation (``--analyse`` averages the two views per member)
+        mu_flip, var_flip = run.member_outputs(
+            np.ascontiguousarray(arrays[..., ::-1]).astype(np.float32), batch_size=16)
         member_fold = np.array([int(m["fold"]) for m in run.members])
         splits = json.loads((res.run_dir / "splits.json").read_text())
         bias = json.loads((res.run_dir / "bias_correction.json").read_text())
@@ -337,7 +349,7 @@ def main(argv=None) -> int:
             "run_metrics": {"raw": res.metrics["raw"], "corrected": res.metrics["corrected"]},
             "bias_correction": bias}
     np.savez(runs_dir / f"{name}.npz", ids=np.array(ids), ages=ages, fold_of=fold_of, mu=mu,
-             var=var, member_fold=member_fold, meta=json.dumps(meta),
+             var=var, mu_flip=mu_flip, var_flip=var_flip, member_fold=member_fold, meta=json.dumps(meta),
              **{f"val_{f}": v for f, v in val.items()})
     vmae = _val_mae(mu, member_fold, fold_of, val, ages)
     log(f"saved {runs_dir / (name + '.npz')}: inner-validation MAE of the fold ensembles "
@@ -362,6 +374,17 @@ def _machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None,
             "load_average_at_end": list(os.getloadavg())}
+
+
+def _config_key(meta: dict) -> str:
+    """A run's configuration without what only its seeds and bookkeeping change."""
+    skip = {"name", "seed_offset", "member_epochs", "time_train_predict_s", "threads",
+            "run_metrics", "bias_correction"}
+    cfg = {k: v for k, v in meta.items() if k not in skip}
+    # train.keep is the top-level "weights" (older runs have only the latter)
+    cfg["train"] = {k: v for k, v in cfg.get("train", {}).items()
+                    if k not in ("seed", "bias_correction", "keep")}
+    return json.dumps(cfg, sort_keys=True)
 
 
 def _fold_means(mu, member_fold, n):
@@ -408,9 +431,20 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
                      "val": {int(k[4:]): z[k] for k in z.files if k.startswith("val_")},
                      "meta": json.loads(str(z["meta"]))})
     fold_of, val = runs[0]["fold_of"], runs[0]["val"]
-    for r in runs[1:]:
-        assert np.array_equal(r["fold_of"], fold_of), "runs on different folds"
-        assert all(np.array_equal(r["val"][f], val[f]) for f in val), "different val sets"
+    tta_runs = []
+    if args.tta:
+        for r, nm in zip(runs, names):
+            z = np.load(ROOT / "bench" / "_work" / "ixi_runs" / f"{nm}.npz")
+            if "mu_flip" not in z.files:
+                continue
+            mf, vf = z["mu_flip"], z["var_flip"]
+            # the two views' mean; their disagreement adds to the member's variance
+            r["var"] = (r["var"] + vf) / 2 + ((r["mu"] - mf) / 2) ** 2
+            r["mu"] = (r["mu"] + mf) / 2
+            tta_runs.append(nm)
+        if tta_runs:
+            log(f"test-time augmentation (head and mirror image averaged per member): "
+                f"{', '.join(tta_runs)}")
     folds = sorted(val)
     n = len(ages)
     age = ages
@@ -418,12 +452,22 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     # -- CNN candidates: each run, and all runs pooled -------------------------------------
     # Runs that differ only in their seeds are one deep ensemble: choosing among them by
     # validation MAE fits noise (``--pool-seeds``, the default, takes all their members).
-    cands = {} if args.pool_seeds and len(runs) > 1 else {r["name"]: r for r in runs}
+    # Runs of different configurations (input crop, architecture) are candidates of their own,
+    # and so is the union of all runs; each outer fold picks one by validation MAE.
+    def pool(rs):
+        return {"mu": np.concatenate([r["mu"] for r in rs]),
+                "var": np.concatenate([r["var"] for r in rs]),
+                "member_fold": np.concatenate([r["member_fold"] for r in rs])}
+
+    if args.pool_seeds:
+        groups: dict[str, list] = {}
+        for r in runs:
+            groups.setdefault(_config_key(r["meta"]), []).append(r)
+        cands = {"+".join(r["name"] for r in g): pool(g) for g in groups.values()}
+    else:
+        cands = {r["name"]: r for r in runs}
     if len(runs) > 1:
-        cands["+".join(names)] = {
-            "mu": np.concatenate([r["mu"] for r in runs]),
-            "var": np.concatenate([r["var"] for r in runs]),
-            "member_fold": np.concatenate([r["member_fold"] for r in runs])}
+        cands["+".join(names)] = pool(runs)
     cnn = {}
     for cn, r in cands.items():
         fm = {f: r["mu"][r["member_fold"] == f].mean(0) for f in folds}
@@ -516,8 +560,9 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         # disagreement between the CNN and the ridge part as a second variance term
         rv_mix = sum(wi * p for wi, p in zip(w[1:], comps_val[1:])) / max(sum(w[1:]), 1e-9)
         rt_mix = sum(wi * p for wi, p in zip(w[1:], comps_test[1:])) / max(sum(w[1:]), 1e-9)
-        b_cnn = fit_bias_correction(age[idx], cv, shrink="loo")
-        b_st = fit_bias_correction(age[idx], sv, shrink="loo")
+        shrink = "loo" if args.bias_correction == "loo" else None
+        b_cnn = fit_bias_correction(age[idx], cv, shrink=shrink)
+        b_st = fit_bias_correction(age[idx], sv, shrink=shrink)
         cal_cnn = fit_variance_scale(cv - age[idx], cvv)
         dis_v, dis_t = (cv - rv_mix) ** 2, (c["test"][te] - rt_mix) ** 2
         cal_st = fit_variance_terms(sv - age[idx], [cvv, dis_v])
@@ -606,6 +651,9 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
                        if k not in ("metric", "aligned_2mm", "unaligned")}
                       if align_info is not None else None),
         "cnn_runs": metas, "reference_runs": runs_ref, "folds": len(folds),
+        "test_time_augmentation": {"runs": tta_runs,
+                                   "how": "left-right mirror, averaged per member"},
+        "bias_correction": args.bias_correction,
         "results": results,
         "mae_cnn_raw": results["CNN ensemble (raw)"]["mae"],
         "mae_cnn_corrected": results["CNN ensemble (bias-corrected)"]["mae"],
