@@ -215,6 +215,11 @@ def main(argv=None) -> int:
                     help="with --analyse: ignore the members' outputs on the left-right "
                          "mirrored heads (by default, where every run has them, each member's "
                          "prediction is the mean of the two views)")
+    ap.add_argument("--no-group-weights", dest="group_weights", action="store_false",
+                    help="with --analyse and runs of 2-3 configurations: choose per fold one "
+                         "configuration's pooled runs or the equal-weight union of all by "
+                         "validation MAE, instead of mixing the configurations with convex "
+                         "weights fitted on validation")
     ap.add_argument("--bias-correction", default="full", choices=("full", "loo"),
                     help="with --analyse: full (as `bodyage train` by default) or shrunk by "
                          "leave-one-out MAE")
@@ -468,6 +473,8 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         cands = {r["name"]: r for r in runs}
     if len(runs) > 1:
         cands["+".join(names)] = pool(runs)
+    group_names = (list(cands)[:-1] if args.pool_seeds and args.group_weights
+                   and 2 <= len(cands) - 1 <= 3 else [])
     cnn = {}
     for cn, r in cands.items():
         fm = {f: r["mu"][r["member_fold"] == f].mean(0) for f in folds}
@@ -547,6 +554,23 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         c = cnn[cn]
         idx, cv = pooled(f, c["val"])
         _, cvv = pooled(f, c["var_val"])
+        w_groups = None
+        if group_names:
+            # configurations mixed by convex weights fitted on the validation subjects (a
+            # poor configuration can still add diversity; equal weights per member let the
+            # number of runs decide)
+            gv = [pooled(f, cnn[g]["val"])[1] for g in group_names]
+            gvv = [pooled(f, cnn[g]["var_val"])[1] for g in group_names]
+            w_groups = choose_weight(gv, age[idx])
+            cv = sum(wi * p for wi, p in zip(w_groups, gv))
+            cvv = sum(wi * (v + (p - cv) ** 2) for wi, p, v in zip(w_groups, gv, gvv))
+            t_mu = sum(wi * cnn[g]["test"] for wi, g in zip(w_groups, group_names))
+            t_var = sum(wi * (cnn[g]["var_test"] + (cnn[g]["test"] - t_mu) ** 2)
+                        for wi, g in zip(w_groups, group_names))
+            cn = "weighted: " + ", ".join(f"{g} {wi:.2f}" for g, wi in zip(group_names,
+                                                                             w_groups))
+            c = {"test": t_mu, "var_test": t_var}
+            vm[cn] = float(np.mean(np.abs(cv - age[idx])))
         comps_val, comps_test, comp_names = [cv], [c["test"][te]], [f"cnn:{cn}"]
         for ch in chosen.values():
             k = ch["pick"][f]
