@@ -1,12 +1,18 @@
 """Synthetic whole-body cohort: 3D ResNet-18 vs 2.5D networks on the same split (the Starck
 paper's Table 1 comparison), against the generator's documented noise floor and the baselines.
 
-The full benchmark (issue 3) is >= 600 subjects at the default grid (4.464 x 4.464 x 6 mm)::
+The full benchmark (issue 3) is >= 600 subjects at the default grid (4.464 x 4.464 x 6 mm);
+with the networks on ``bodyage train``'s default input grid (twice the image voxel) and small
+networks it takes 30 min with one thread on a shared 2-core CPU
+(``bench/results/synth_models_600_default.json``)::
 
-    .venv/bin/python bench/bench_synth_models.py --n 600 --grid default --width 32 --epochs 40
+    .venv/bin/python bench/bench_synth_models.py --n 600 --grid default \
+        --model-spacing 12 8.928 8.928 --width 8 --epochs 25 --members 2 --image-size 96 96 \
+        --depth2d 18 --workspace bench/_work/synth600_default_ws \
+        --out bench/results/synth_models_600_default.json
 
-which needs a GPU (``--device cuda``) or hours of CPU. On a shared 2-core CPU use a reduced
-setting (fewer subjects, a coarser synthetic grid, tiny networks), e.g.::
+Wider networks at the image grid (``--width 32 --epochs 40``, no ``--model-spacing``) want a
+GPU (``--device cuda``). A quicker check: fewer subjects, a coarser synthetic grid, e.g.::
 
     .venv/bin/python bench/bench_synth_models.py --n 200 --grid 9 --width 8 --epochs 15
 
