@@ -11,23 +11,30 @@ brain and crops to it (38 x 46 x 36). 10 % of each training fold is the inner va
 Two stages:
 
 1. ``--name NAME --train-only``: train ``folds x members`` networks (``bodyage_core.training.
-   run.train_run``) and save every member's prediction on every subject, the folds and the
-   inner-validation sets to ``bench/_work/ixi_runs/NAME.npz``.
-2. ``--analyse NAME [NAME ...]``: per outer fold, on validation subjects only (the inner-
-   validation subjects of all folds minus that fold's test subjects,
-   ``_ixi_features.pooled_validation``): choose the CNN candidate (each run, or all pooled),
-   the convex weights of the stack CNN + ridge on voxels + ridge on tissue features (ridge
-   feature sets chosen by exact LOO on the training fold), the bias correction (full, as
-   ``bodyage train`` fits it, or ``--bias-correction loo``: shrunk by leave-one-out MAE) and
-   the variance calibration; report the CNN
-   ensemble alone and the stack, with the mean and ridge baselines on the same folds.
+   run.train_run``) and save every member's prediction on every subject and on its left-right
+   mirror image, the folds and the inner-validation sets to ``bench/_work/ixi_runs/NAME.npz``.
+2. ``--analyse NAME [NAME ...]``: runs that differ only in their seeds are pooled into one deep
+   ensemble per configuration (crop, architecture, ...); each member averages the head and its
+   mirror image where the run saved both (``--no-tta``). Per outer fold, on validation subjects
+   only (the inner-validation subjects of all folds minus that fold's test subjects,
+   ``_ixi_features.pooled_validation``): the convex weights that mix 2-3 configurations (or,
+   ``--no-group-weights``, the choice of one configuration or the equal-weight union), the
+   convex weights of the stack CNN + ridge on voxels + ridge on tissue features (ridge feature
+   sets chosen by exact LOO on the training fold), the bias correction (full, as ``bodyage
+   train`` fits it, or ``--bias-correction loo``: shrunk by leave-one-out MAE) and the variance
+   calibration; report the CNN ensemble alone and the stack, with the mean and ridge baselines
+   on the same folds. The table in the README::
+
+    .venv/bin/python bench/bench_ixi.py --analyse resnet_w8_last resnet_w8_last_s{1..6} \
+        resnet_w8_brain resnet_w8_brain_s{1..3}
 
 Without ``--analyse`` / ``--train-only`` it trains one run and analyses it. Run in the
 background with one torch thread (two threads are slower on the shared 2-core machine)::
 
-    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/bench_ixi.py --name resnet_w8 \\
-        --train-only > bench/_work/ixi_resnet.log 2>&1 &
-    .venv/bin/python bench/bench_ixi.py --analyse resnet_w8 sfcn_w8_brain
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/bench_ixi.py --name resnet_w8_last_s6 \
+        --seed-offset 3000 --train-only > bench/_work/ixi_s6.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/bench_ixi.py --crop aligned_brain \
+        --name resnet_w8_brain_s3 --seed-offset 1500 --train-only > bench/_work/b3.log 2>&1 &
 
 Writes ``bench/results/ixi.json`` and the report tables / plots under
 ``bench/results/ixi_report/`` (``ixi_*``: the CNN ensemble; ``ixi_stacked_*``: the stack);
