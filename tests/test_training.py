@@ -252,3 +252,42 @@ def test_keep_best_or_last_epoch_weights(keep):
 def test_keep_must_be_best_or_last():
     with pytest.raises(ConfigError, match="keep"):
         TrainConfig(keep="middle")
+
+
+@pytest.mark.parametrize("arch", ["resnet3d", "sfcn3d", "resnet2d", "vgg2d"])
+def test_cuda_fast_paths_layout_and_bfloat16(arch):
+    """What the trainer switches on for CUDA (``channels_last_3d`` for 3D models and inputs,
+    bfloat16 autocast), run on CPU: the same outputs as the plain fp32 path (bfloat16 within
+    its precision) and a backward pass with finite gradients. No GPU is lent here; this checks
+    the networks' code under that layout and precision."""
+    from bodyage_core.training.trainer import _prepare_model, _to_device
+
+    torch.manual_seed(0)
+    cfg = {"arch": arch, "in_channels": 2, "width": 4 if arch.endswith("3d") else 8}
+    if arch == "resnet2d":
+        cfg["depth"] = 18
+    model = build_model(cfg).eval()
+    shape = (2, 2, 16, 16, 16) if arch.endswith("3d") else (2, 2, 32, 32)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        plain = model(_to_device(x, cpu, channels_last=False))
+        fast_model = _prepare_model(model, cpu, channels_last=True)
+        xt = _to_device(x, cpu, channels_last=True)
+        if arch.endswith("3d"):
+            assert xt.is_contiguous(memory_format=torch.channels_last_3d)
+            conv = next(m for m in fast_model.modules() if isinstance(m, torch.nn.Conv3d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        fast = fast_model(xt)
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = fast_model(xt)
+    assert half.dtype == torch.bfloat16
+    scale = float(plain.abs().max()) + 1e-3
+    assert float((half.float() - plain).abs().max()) < 0.1 * scale + 0.05
+    fast_model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = get_loss("meanvar")(fast_model(xt).float(), torch.tensor([0.5, -0.5]))
+    loss.backward()
+    grads = [p.grad for p in fast_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -146,9 +146,12 @@ def is_oom(exc: BaseException) -> bool:
                                               or "not enough memory" in msg)
 
 
-def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+def _prepare_model(model: nn.Module, device: torch.device,
+                   channels_last: bool | None = None) -> nn.Module:
+    """Move ``model`` to ``device``; a 3D model goes to ``channels_last_3d`` on CUDA (or where
+    ``channels_last`` says so: the tests check the layout on CPU)."""
     model = model.to(device)
-    if device.type == "cuda" and _is_3d(model):
+    if (device.type == "cuda" if channels_last is None else channels_last) and _is_3d(model):
         model = model.to(memory_format=torch.channels_last_3d)
     return model
 
@@ -157,10 +160,11 @@ def _is_3d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv3d) for m in model.modules())
 
 
-def _to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to_device(x: np.ndarray | torch.Tensor, device: torch.device,
+               channels_last: bool | None = None) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float32)
     t = t.to(device, non_blocking=True)
-    if device.type == "cuda" and t.ndim == 5:
+    if (device.type == "cuda" if channels_last is None else channels_last) and t.ndim == 5:
         t = t.contiguous(memory_format=torch.channels_last_3d)
     return t
 
