@@ -88,9 +88,9 @@ class RegistrationConfig:
     # demons stage
     demons_shrink: tuple[int, ...] = (4, 2, 1)
     demons_iterations: tuple[int, ...] = (60, 40, 15)
-    demons_sigma: float = 2.0
+    demons_sigma: float = 1.5
     demons_update_sigma: float = 0.0
-    demons_chunk: int = 5
+    demons_chunk: int = 1
     demons_variant: str = "fast_symmetric"
     # inverse field (computed on a grid coarser by ``invert_shrink``, then upsampled)
     invert_iterations: int = 20
