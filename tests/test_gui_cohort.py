@@ -145,7 +145,7 @@ def _atlas_dir(root, group):
     return adir
 
 
-def _fake_age_trend(root, group, tag, n, p=0.01, sign=1.0):
+def _fake_age_trend(root, group, tag, n, p=0.01, sign=1.0, correction="none"):
     """An age trend as _age_trend_maps writes it (the thresholded map: 0 where p >= p_threshold)
     and its entry in ``population_<tag>.json``; returns the map."""
     from bodyage_core.atomic import write_json
@@ -160,7 +160,8 @@ def _fake_age_trend(root, group, tag, n, p=0.01, sign=1.0):
     save_map(trend.astype(np.float32), f"{stem}_age_trend.nii.gz", _AFF)
     js = root / "atlases" / group / f"population_{tag}.json"
     info = json.loads(js.read_text()) if js.exists() else {"subgroups": {}}
-    info["subgroups"]["age_trend"] = {"n": n, "p_threshold": p, "subjects": [],
+    info["subgroups"]["age_trend"] = {"n": n, "p_threshold": p, "correction": correction,
+                                      "subjects": [],
                                       "files": {"map": f"{stem.name}_age_trend.nii.gz"}}
     write_json(js, info)
     return trend
@@ -232,7 +233,7 @@ def test_age_trend_is_a_fourth_linked_view(qtbot, tmp_path):
     _fake_age_trend(root, "F_healthy", RUN, n=7, p=0.05, sign=-1.0)
     signed = _fake_age_trend(root, "F_healthy", f"gradxinput_signed_{RUN}", n=8, p=0.01)
     # a second group with an age trend but no gap-class maps (e.g. only --kind run)
-    only = _fake_age_trend(root, "M_healthy", RUN, n=5, p=0.001)
+    only = _fake_age_trend(root, "M_healthy", RUN, n=5, p=0.001, correction="tfce")
     win, panel = open_window(qtbot, tmp_path, root)
     dlg = panel.show_gap_maps()
     assert dlg is not None, win.last_error
@@ -253,6 +254,7 @@ def test_age_trend_is_a_fourth_linked_view(qtbot, tmp_path):
     assert layer.colormap == "bwr" and layer.vmin == pytest.approx(-layer.vmax) and layer.vmax > 0
     info = dlg.info.text()
     assert "signed gradient × input" in info and "n=8" in info and "p < 0.01" in info
+    assert "voxel-wise p < 0.01 (uncorrected)" in info and "TFCE" not in titles[3]
     assert "all of them" in info
     views = dlg.slice_views()
     assert len(views) == 4 and all(v.plane == "coronal" for v in views)
@@ -273,6 +275,9 @@ def test_age_trend_is_a_fourth_linked_view(qtbot, tmp_path):
     dlg.group_combo.setCurrentText("M_healthy")
     titles = list(dlg.states)
     assert len(titles) == 1 and "n=5" in titles[0] and "p < 0.001" in titles[0]
+    # a TFCE-corrected trend says so, and is not called uncorrected
+    assert "FWE p < 0.001, TFCE" in titles[0]
+    assert "family-wise" in dlg.info.text() and "uncorrected" not in dlg.info.text()
     assert "Grad-CAM" in titles[0] and dlg.age_trend["tag"] == RUN
     assert np.allclose(np.nan_to_num(list(dlg.states.values())[0].layers[1].volume.data[0]),
                        only, atol=1e-6)

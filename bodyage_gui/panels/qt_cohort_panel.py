@@ -643,8 +643,9 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             "age_trend", {})
         n = entry.get("n", "?")
         p_thr = entry.get("p_threshold")
-        p = (text.AGE_TREND_P.format(p=p_thr) if isinstance(p_thr, (int, float))
-             else text.AGE_TREND_UNTHRESHOLDED)
+        tfce = entry.get("correction") == "tfce"
+        p = ((text.AGE_TREND_P_TFCE if tfce else text.AGE_TREND_P).format(p=p_thr)
+             if isinstance(p_thr, (int, float)) else text.AGE_TREND_UNTHRESHOLDED)
         top = _robust_max(vol, absolute=True, percentile=95.0)
         hi = max(top, 1e-12)
         maps[text.AGE_TREND_VIEW.format(n=n, p=p, source=source)] = (
@@ -652,7 +653,9 @@ class QtGapMapsDialog(QtWidgets.QDialog):
                                "threshold": None})
         self.age_trend = {"path": path, "tag": tag, "source": source, "n": n,
                           "p_threshold": p_thr}
-        caption = text.AGE_TREND_INFO.format(source=source, file=path.name, n=n, p=p)
+        kept = (text.AGE_TREND_KEPT["tfce" if tfce else "none"].format(p=p)
+                if isinstance(p_thr, (int, float)) else p)
+        caption = text.AGE_TREND_INFO.format(source=source, file=path.name, n=n, kept=kept)
         if top <= 0:
             caption += text.AGE_TREND_EMPTY.format(p=p)
         share = entry.get("importance_in_age_mask")

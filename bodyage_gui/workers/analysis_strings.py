@@ -29,10 +29,15 @@ AGE_TREND_SOURCES = (("gradxinput_signed_{run}", "signed gradient × input"),
                      ("{run}", "Grad-CAM"))
 AGE_TREND_VIEW = "age trend (n={n}, {p})\nof the {source} maps"
 AGE_TREND_P = "p < {p:g}"
+AGE_TREND_P_TFCE = "FWE p < {p:g}, TFCE"
+#: how the kept voxels were chosen, by the age trend's ``correction``
+AGE_TREND_KEPT = {"none": "the voxel-wise {p} (uncorrected)",
+                  "tfce": "the family-wise {p} (threshold-free cluster enhancement, "
+                          "permuted ages)"}
 AGE_TREND_UNTHRESHOLDED = "unthresholded"
 AGE_TREND_INFO = ("Age trend of the group's {source} maps ({file}): voxel-wise covariance with "
-                  "chronological age per SD of age over n={n} subjects, kept where the "
-                  "voxel-wise {p} (uncorrected), else 0; diverging, centred on 0 (red: "
+                  "chronological age per SD of age over n={n} subjects, kept where {kept}, "
+                  "else 0; diverging, centred on 0 (red: "
                   "evidence that grows with age, blue: that falls with age).")
 AGE_TREND_EMPTY = " No voxel passes {p}: the view shows the template only."
 AGE_TREND_IN_MASK = " {share:.0%} of it lies in the planted ageing organs."
