@@ -434,29 +434,25 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     )
 
     t0 = time.perf_counter()
-    runs = []
+    runs, tta_runs = [], []
     for nm in names:
         z = np.load(ROOT / "bench" / "_work" / "ixi_runs" / f"{nm}.npz")
         assert list(z["ids"]) == list(ids), f"{nm}: other subjects"
-        runs.append({"name": nm, "mu": z["mu"], "var": z["var"],
+        mu, var = z["mu"], z["var"]
+        if args.tta and "mu_flip" in z.files:
+            # the two views' mean; their disagreement adds to the member's variance
+            mf = z["mu_flip"]
+            var = (var + z["var_flip"]) / 2 + ((mu - mf) / 2) ** 2
+            mu = (mu + mf) / 2
+            tta_runs.append(nm)
+        runs.append({"name": nm, "mu": mu, "var": var,
                      "member_fold": z["member_fold"], "fold_of": z["fold_of"],
                      "val": {int(k[4:]): z[k] for k in z.files if k.startswith("val_")},
                      "meta": json.loads(str(z["meta"]))})
+    if tta_runs:
+        log(f"test-time augmentation (head and mirror image averaged per member): "
+            f"{', '.join(tta_runs)}")
     fold_of, val = runs[0]["fold_of"], runs[0]["val"]
-    tta_runs = []
-    if args.tta:
-        for r, nm in zip(runs, names):
-            z = np.load(ROOT / "bench" / "_work" / "ixi_runs" / f"{nm}.npz")
-            if "mu_flip" not in z.files:
-                continue
-            mf, vf = z["mu_flip"], z["var_flip"]
-            # the two views' mean; their disagreement adds to the member's variance
-            r["var"] = (r["var"] + vf) / 2 + ((r["mu"] - mf) / 2) ** 2
-            r["mu"] = (r["mu"] + mf) / 2
-            tta_runs.append(nm)
-        if tta_runs:
-            log(f"test-time augmentation (head and mirror image averaged per member): "
-                f"{', '.join(tta_runs)}")
     folds = sorted(val)
     n = len(ages)
     age = ages
@@ -465,7 +461,8 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     # Runs that differ only in their seeds are one deep ensemble: choosing among them by
     # validation MAE fits noise (``--pool-seeds``, the default, takes all their members).
     # Runs of different configurations (input crop, architecture) are candidates of their own,
-    # and so is the union of all runs; each outer fold picks one by validation MAE.
+    # and so is the union of all runs; with 2-3 configurations each outer fold mixes them by
+    # validation-fitted weights (below), otherwise it picks one candidate by validation MAE.
     def pool(rs):
         return {"mu": np.concatenate([r["mu"] for r in rs]),
                 "var": np.concatenate([r["var"] for r in rs]),
@@ -557,15 +554,17 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         for cn, c in cnn.items():
             idx, p = pooled(f, c["val"])
             vm[cn] = float(np.mean(np.abs(p - age[idx])))
-        cn = min(vm, key=vm.get)
-        c = cnn[cn]
-        idx, cv = pooled(f, c["val"])
-        _, cvv = pooled(f, c["var_val"])
         w_groups = None
-        if group_names:
+        if not group_names:
+            cn = min(vm, key=vm.get)
+            c = cnn[cn]
+            idx, cv = pooled(f, c["val"])
+            _, cvv = pooled(f, c["var_val"])
+        else:
             # configurations mixed by convex weights fitted on the validation subjects (a
             # poor configuration can still add diversity; equal weights per member let the
             # number of runs decide)
+            idx = pooled(f, cnn[group_names[0]]["val"])[0]
             gv = [pooled(f, cnn[g]["val"])[1] for g in group_names]
             gvv = [pooled(f, cnn[g]["var_val"])[1] for g in group_names]
             w_groups = choose_weight(gv, age[idx])
