@@ -151,9 +151,14 @@ def _prepare_model(model: nn.Module, device: torch.device,
     """Move ``model`` to ``device``; a 3D model goes to ``channels_last_3d`` on CUDA (or where
     ``channels_last`` says so: the tests check the layout on CPU)."""
     model = model.to(device)
-    if (device.type == "cuda" if channels_last is None else channels_last) and _is_3d(model):
+    if _channels_last(device, channels_last) and _is_3d(model):
         model = model.to(memory_format=torch.channels_last_3d)
     return model
+
+
+def _channels_last(device: torch.device, override: bool | None) -> bool:
+    """3D tensors go channels_last_3d on CUDA, unless ``override`` says otherwise."""
+    return device.type == "cuda" if override is None else override
 
 
 def _is_3d(model: nn.Module) -> bool:
@@ -164,7 +169,7 @@ def _to_device(x: np.ndarray | torch.Tensor, device: torch.device,
                channels_last: bool | None = None) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float32)
     t = t.to(device, non_blocking=True)
-    if (device.type == "cuda" if channels_last is None else channels_last) and t.ndim == 5:
+    if _channels_last(device, channels_last) and t.ndim == 5:
         t = t.contiguous(memory_format=torch.channels_last_3d)
     return t
 
