@@ -429,7 +429,7 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
     from bodyage_core.models.ensemble import (
         apply_bias_correction,
         apply_variance_scale,
-        fit_bias_correction,
+        fit_bias_policy,
         fit_variance_scale,
     )
 
@@ -590,9 +590,8 @@ def analyse(args, names, ids, ages, sex, arrays, align_info, spec, log) -> int:
         # disagreement between the CNN and the ridge part as a second variance term
         rv_mix = sum(wi * p for wi, p in zip(w[1:], comps_val[1:])) / max(sum(w[1:]), 1e-9)
         rt_mix = sum(wi * p for wi, p in zip(w[1:], comps_test[1:])) / max(sum(w[1:]), 1e-9)
-        shrink = "loo" if args.bias_correction == "loo" else None
-        b_cnn = fit_bias_correction(age[idx], cv, shrink=shrink)
-        b_st = fit_bias_correction(age[idx], sv, shrink=shrink)
+        b_cnn = fit_bias_policy(age[idx], cv, args.bias_correction)
+        b_st = fit_bias_policy(age[idx], sv, args.bias_correction)
         cal_cnn = fit_variance_scale(cv - age[idx], cvv)
         dis_v, dis_t = (cv - rv_mix) ** 2, (c["test"][te] - rt_mix) ** 2
         cal_st = fit_variance_terms(sv - age[idx], [cvv, dis_v])

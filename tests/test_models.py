@@ -179,3 +179,33 @@ def test_bias_correction_shrunk_by_loo():
     np.testing.assert_allclose(apply_bias_correction(pred2, zero), pred2, atol=1e-9)
     with pytest.raises(ValueError):
         fit_bias_correction(age, pred2, shrink=1.5)
+
+
+def test_bias_policy_full_unless_the_slope_is_weak():
+    """``full`` inverts the validation fit (the gap loses its age dependence); a model that
+    tracks age weakly (slope < MIN_FULL_SLOPE) would get its noise multiplied by 1/a, corrected
+    ages far outside the human range: the policy falls back to the leave-one-out shrink and
+    says why."""
+    from bodyage_core.models.ensemble import MIN_FULL_SLOPE, fit_bias_policy
+
+    rng = np.random.default_rng(2)
+    age = rng.uniform(20, 80, 60)
+    good = 0.8 * age + 10 + rng.normal(0, 3, 60)
+    fit = fit_bias_policy(age, good)
+    assert "fallback" not in fit and "shrink" not in fit and fit["a"] >= MIN_FULL_SLOPE
+    corr = apply_bias_correction(good, fit)
+    gap = corr - age
+    assert abs(np.polyfit(age, gap, 1)[0]) < 0.05            # age dependence removed
+    weak = 0.1 * age + 45 + rng.normal(0, 10, 60)
+    full = fit_bias_correction(age, weak)
+    assert full["a"] < MIN_FULL_SLOPE
+    exploded = apply_bias_correction(weak, full)
+    assert exploded.max() - exploded.min() > 150              # what full inversion would give
+    safe = fit_bias_policy(age, weak)
+    assert "slope" in safe["fallback"] and 0.0 <= safe["shrink"] <= 1.0
+    corr = apply_bias_correction(weak, safe)
+    assert np.mean(np.abs(corr - age)) <= np.mean(np.abs(weak - age)) * 1.05
+    assert corr.min() > 0 and corr.max() < 120
+    assert fit_bias_policy(age, weak, "loo")["shrink"] == safe["shrink"]
+    with pytest.raises(ValueError):
+        fit_bias_policy(age, weak, "half")

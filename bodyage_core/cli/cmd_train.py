@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub) -> None:
@@ -33,7 +34,9 @@ def register(sub) -> None:
     p.add_argument("--bias-correction", default="full", choices=("full", "loo"),
                    help="full (default): corrected = (predicted - b) / a with predicted = a * "
                         "age + b fitted on validation subjects, so the age gap does not depend "
-                        "on age; loo: that correction shrunk towards the raw prediction by "
+                        "on age (below a slope of 0.5, which would more than double the noise, "
+                        "the loo correction instead, and it says so); loo: that correction "
+                        "shrunk towards the raw prediction by "
                         "leave-one-out MAE (lower MAE, but young subjects keep positive and "
                         "old ones negative gaps)")
     p.add_argument("--width", type=int, default=None,
@@ -145,4 +148,10 @@ def _train(args, ws, dist, reporter) -> int:
     print(f"run {args.run}: {len(m['members'])} member(s) in {res.run_dir}")
     print(f"out-of-fold MAE {m['raw']['mae']:.2f} y raw, {m['corrected']['mae']:.2f} y "
           f"bias-corrected (n={m['n_out_of_fold']}; r {m['corrected']['pearson_r']:.2f})")
+    bias = json.loads((res.run_dir / "bias_correction.json").read_text())
+    fallbacks = [f"fold {f}: {b['fallback']}" for f, b in bias.get("folds", {}).items()
+                 if b.get("fallback")]
+    if fallbacks:
+        print("bias correction not inverted in full (the model tracks age weakly): "
+              + "; ".join(fallbacks))
     return 0

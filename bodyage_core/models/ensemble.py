@@ -127,6 +127,36 @@ def fit_bias_correction(ages: Sequence[float], predicted: Sequence[float],
             "shrink": float(lam), **extra}
 
 
+#: Below this validation slope the full inverse ``(pred - b) / a`` would more than double the
+#: noise of every prediction (a model that tracks age weakly: corrected ages far outside the
+#: human range), so the ``"full"`` policy falls back to the leave-one-out shrink.
+MIN_FULL_SLOPE = 0.5
+BIAS_METHODS = ("full", "loo")
+
+
+def fit_bias_policy(ages: Sequence[float], predicted: Sequence[float],
+                    method: str = "full") -> dict[str, Any]:
+    """The bias correction a run stores (``TrainConfig.bias_correction``).
+
+    ``"full"``: the inverse of the validation fit (:func:`fit_bias_correction`, DESIGN.md), so
+    the gap does not depend on age, unless the fitted slope is below :data:`MIN_FULL_SLOPE`;
+    then the leave-one-out shrink, with ``"fallback"`` saying why. ``"loo"``: always the
+    leave-one-out shrink (lower MAE; the gap keeps part of its age dependence).
+    """
+    if method not in BIAS_METHODS:
+        raise ValueError(f"bias correction method must be one of {BIAS_METHODS}, got {method!r}")
+    if method == "loo":
+        return fit_bias_correction(ages, predicted, shrink="loo")
+    fit = fit_bias_correction(ages, predicted)
+    if "identity_reason" in fit or fit["a"] >= MIN_FULL_SLOPE:
+        return fit
+    loo = fit_bias_correction(ages, predicted, shrink="loo")
+    loo["fallback"] = (f"validation slope {fit['a']:.2f} < {MIN_FULL_SLOPE}: the full inverse "
+                       f"would multiply the noise by {1 / fit['a']:.1f}; shrunk by "
+                       "leave-one-out MAE instead")
+    return loo
+
+
 def apply_bias_correction(predicted: np.ndarray, fit: dict[str, float]) -> np.ndarray:
     """``corrected = (predicted - b) / a``."""
     return (np.asarray(predicted, dtype=np.float64) - fit["b"]) / fit["a"]

@@ -31,11 +31,12 @@ from bodyage_core.atomic import atomic_path, write_json, write_text
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.models.ensemble import (
     MEMBER_FORMAT,
+    MIN_FULL_SLOPE,
     RUN_FORMAT,
     apply_bias_correction,
     apply_variance_scale,
     combine_members,
-    fit_bias_correction,
+    fit_bias_policy,
     fit_variance_scale,
 )
 from bodyage_core.models.factory import build_model, is_3d, model_config
@@ -433,22 +434,23 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         fold_var[test] = var_f[test]
     v_idx, v_mean, v_var = (np.concatenate(val_idx), np.concatenate(val_mean),
                             np.concatenate(val_var))
-    shrink = "loo" if train.bias_correction == "loo" else None
     for f in range(n_fold_models):
         # Pool the validation predictions of every fold's ensemble, leaving out the subjects
         # that fold f holds out for testing: ~folds x more subjects than fold f's own
         # validation set, and no label of fold f's test subjects enters its fits.
         use = fold_of[v_idx] != f
-        bias["folds"][str(f)] = fit_bias_correction(ages[v_idx[use]], v_mean[use],
-                                                    shrink=shrink)
+        bias["folds"][str(f)] = fit_bias_policy(ages[v_idx[use]], v_mean[use],
+                                                train.bias_correction)
         calib["folds"][str(f)] = fit_variance_scale(v_mean[use] - ages[v_idx[use]],
                                                     v_var[use])
-    bias["global"] = fit_bias_correction(ages[v_idx], v_mean, shrink=shrink)
+    bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
     calib["global"] = fit_variance_scale(v_mean - ages[v_idx], v_var)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
-                    + ("predicted = a * age + b; corrected = (predicted - b) / a"
-                       if shrink is None else
+                    + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
+                       f"slope a is below {MIN_FULL_SLOPE}, the leave-one-out shrink below; "
+                       "'fallback' says so)"
+                       if train.bias_correction == "full" else
                        "predicted = a_full * age + b_full, shrunk towards the raw prediction "
                        "by 'shrink' chosen by leave-one-out MAE on those subjects; "
                        "corrected = (predicted - b) / a with the effective a, b"))

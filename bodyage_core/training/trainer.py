@@ -25,6 +25,7 @@ from torch import nn
 
 from bodyage_core.atomic import atomic_path
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.models.ensemble import BIAS_METHODS
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.training.augment import AugmentConfig, augment_batch
 from bodyage_core.training.data import AgeDataset
@@ -32,9 +33,6 @@ from bodyage_core.training.events import EventEmitter, Events
 from bodyage_core.training.losses import TargetScaler, get_loss
 
 SCHEDULERS = ("plateau", "step", "none")
-
-
-BIAS_CORRECTIONS = ("full", "loo")
 
 
 @dataclass
@@ -66,7 +64,8 @@ class TrainConfig:
                                    # optimistic; "last" keeps them honest
     bias_correction: str = "full"  # full: corrected = (pred - b) / a as fitted on validation,
                                    # so the gap does not depend on age there (what comparing
-                                   # accelerated and decelerated agers needs); loo: shrunk
+                                   # accelerated and decelerated agers needs; below slope 0.5
+                                   # the loo shrink: ensemble.fit_bias_policy); loo: shrunk
                                    # towards the raw prediction by leave-one-out MAE (lower
                                    # MAE, but the gap keeps part of its age dependence)
 
@@ -79,9 +78,9 @@ class TrainConfig:
         get_loss(self.loss)
         if self.keep not in ("best", "last"):
             raise ConfigError(f"unknown --keep {self.keep!r}", hint="use best or last")
-        if self.bias_correction not in BIAS_CORRECTIONS:
+        if self.bias_correction not in BIAS_METHODS:
             raise ConfigError(f"unknown --bias-correction {self.bias_correction!r}",
-                              hint=f"use one of {', '.join(BIAS_CORRECTIONS)}")
+                              hint=f"use one of {', '.join(BIAS_METHODS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("epochs, batch size and accumulation must be at least 1")
 
