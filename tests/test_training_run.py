@@ -65,10 +65,12 @@ def _gap_slope(rows, key):
 def test_bias_correction_full_removes_the_gaps_age_dependence(tmp_path):
     """The default (DESIGN.md, Starck appendix B) inverts the validation fit predicted =
     a * age + b: the out-of-fold gap of a network that regresses to the mean loses most of its
-    age dependence. ``loo`` shrinks the correction by leave-one-out MAE and says so."""
+    age dependence. ``loo`` shrinks the correction by leave-one-out MAE and says so. Eight
+    epochs: after three this network tracks age with a validation slope of 0.37, below
+    ``MIN_FULL_SLOPE``, where training falls back to the shrink (tested in test_models)."""
     x, ages = age_volumes(60, 12, seed=1)
     recs = records_from_arrays(x, ages)
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-3, loss="l1", early_stopping=0,
+    cfg = TrainConfig(epochs=8, batch_size=8, lr=5e-3, loss="l1", early_stopping=0,
                       augment=AugmentConfig(0, 0, 0, 0, 0, 0, False), device="cpu")
     res = train_run(recs, tmp_path / "full", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
                     folds=3, members=1, seed=0, val_fraction=0.3)
@@ -76,8 +78,8 @@ def test_bias_correction_full_removes_the_gaps_age_dependence(tmp_path):
     assert bias["method"] == "full"
     assert all("shrink" not in f and f["a"] != 1.0 for f in bias["folds"].values())
     raw, corr = _gap_slope(res.oof, "mean"), _gap_slope(res.oof, "corrected")
-    assert raw < -0.2, raw                         # regression to the mean (-0.46)
-    assert abs(corr) < 0.25 * abs(raw), (raw, corr)  # (-0.01)
+    assert raw < -0.15, raw                        # regression to the mean (-0.22)
+    assert abs(corr) < 0.4 * abs(raw), (raw, corr)  # (0.05)
     cfg.bias_correction = "loo"
     train_run(recs, tmp_path / "loo", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
               folds=3, members=1, seed=0, val_fraction=0.3)

@@ -60,6 +60,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--no-amp", action="store_true",
+                   help="train in float32 on CUDA too (default: bfloat16 autocast on CUDA; "
+                        "CPU always trains in float32)")
     p.add_argument("--distributed", nargs="?", const="members", default=None,
                    choices=("members", "ddp"),
                    help="train under torchrun (one process per GPU, or CPU processes with "
@@ -135,7 +138,7 @@ def _train(args, ws, dist, reporter) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
                       lr=args.lr, loss=args.loss, scheduler=sched,
                       early_stopping=args.early_stopping, augment=aug, seed=args.seed,
-                      device=args.device, keep=args.keep,
+                      device=args.device, keep=args.keep, amp=not args.no_amp,
                       bias_correction=args.bias_correction)
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
                           args.seed, args.resume, args.overwrite, reporter, dist=dist)

@@ -33,6 +33,8 @@ from bodyage_core.training.events import EventEmitter, Events
 from bodyage_core.training.losses import TargetScaler, get_loss
 
 SCHEDULERS = ("plateau", "step", "none")
+# consecutive optimiser steps with non-finite gradients before training is called diverged
+MAX_BAD_GRAD_STEPS = 10
 
 
 @dataclass
@@ -115,6 +117,7 @@ class TrainState:
     lr_stepped: bool = False
     stopped_early: bool = False
     bad_epochs: int = 0
+    skipped_steps: int = 0         # optimiser steps dropped for non-finite gradients
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -367,6 +370,31 @@ class Trainer:
             (loss / st.accumulate).backward()
         return float(loss.detach())
 
+    def _optimizer_step(self) -> None:
+        """Step unless a gradient is non-finite. A finite loss can still back-propagate to an
+        inf/NaN gradient in reduced precision (bfloat16 autocast); one such step would turn
+        every weight into NaN, so it is dropped, as a gradient scaler does, and counted.
+        Under ddp the gradients are already all-reduced, so every rank drops the same step."""
+        st = self.state
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads \
+            else True
+        if finite:
+            self.optimizer.step()
+            self._bad_grad_run = 0
+        else:
+            st.skipped_steps += 1
+            self._bad_grad_run = getattr(self, "_bad_grad_run", 0) + 1
+            self.reporter.update("train", st.iteration, st.total_iterations,
+                                 f"skipped an optimiser step: non-finite gradients "
+                                 f"({st.skipped_steps} so far)")
+            if self._bad_grad_run >= MAX_BAD_GRAD_STEPS:
+                raise BodyageError(
+                    f"training diverged: {self._bad_grad_run} optimiser steps in a row had "
+                    f"non-finite gradients (epoch {st.epoch + 1})",
+                    hint="train without mixed precision (--no-amp) or lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+
     def fit(self, resume: bool = False) -> TrainState:
         """Train for ``config.epochs`` (or until early stopping); leaves the best weights (by
         validation MAE) in ``self.model``. Resumes from the checkpoint when ``resume``."""
@@ -441,8 +469,7 @@ class Trainer:
                 k += 1
                 if k % st.accumulate == 0 or pos >= n or last:
                     self._apply_lr(epoch + pos / n)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self._optimizer_step()
                 st.iteration += 1
                 st.step_in_epoch = k
                 st.loss = loss
