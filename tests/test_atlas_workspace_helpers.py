@@ -34,6 +34,30 @@ def test_warped_map_current(tmp_path):
     assert not warped_map_current(folder / "age_mask.nii.gz", tx, folder)
 
 
+def test_warped_label_cache_made_with_another_interpolation_is_stale(tmp_path):
+    """A label map cached with another interpolation (an older default) is not reused: the
+    interpolation recorded in the NIfTI's provenance must match the one asked for."""
+    import numpy as np
+
+    from bodyage_core.io import save_volume
+    from bodyage_core.volume import Volume
+
+    folder = tmp_path / "atlas_F"
+    src = _touch(tmp_path / "labels.nii.gz", 100.0)
+    _touch(folder / "transform.json", 200.0)
+    cache = folder / "labels.nii.gz"
+    lab = np.zeros((4, 5, 6), np.int16)
+    for prov in ({"interpolation": "label_gaussian"}, {}):   # {}: written before it was recorded
+        save_volume(Volume(lab[None], np.eye(4), channels=("labels",), provenance=prov), cache)
+        assert warped_map_current(cache, src, folder)                 # any interpolation
+        assert not warped_map_current(cache, src, folder, "label_linear")
+    save_volume(Volume(lab[None], np.eye(4), channels=("labels",),
+                       provenance={"interpolation": "label_linear"}), cache)
+    assert warped_map_current(cache, src, folder, "label_linear")
+    cache.write_bytes(b"not a nifti")
+    assert not warped_map_current(cache, src, folder, "label_linear")
+
+
 def _workspace(tmp_path, atlases: dict[str, dict]):
     from bodyage_core.atomic import write_json
     from bodyage_core.cohort import Workspace

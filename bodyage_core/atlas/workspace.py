@@ -47,6 +47,7 @@ from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline,
 from bodyage_core.atlas.stats import age_trend, gap_classes, permutation_test
 from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
+from bodyage_core.io.nifti import read_provenance
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.register import RegistrationConfig, register
 from bodyage_core.registration.transform import (
@@ -294,14 +295,19 @@ def _registered_ok(ws, group: str) -> list[str]:
     return [r["subject_id"] for r in ws.db.registrations(group) if r["status"] == "ok"]
 
 
-def warped_map_current(cache: Path, src: Path, folder: Path) -> bool:
+def warped_map_current(cache: Path, src: Path, folder: Path,
+                       interpolation: str | None = None) -> bool:
     """Whether ``cache``, the map ``src`` warped with the transform in ``folder``, is still
-    good: newer than both. A missing file (the transform's included) means it is not."""
+    good: newer than both and, when ``interpolation`` is given, warped with it (a cache made
+    with another label interpolation, or before it was recorded, is made again). A missing
+    file (the transform's included) means it is not."""
     try:
-        return cache.stat().st_mtime >= max(src.stat().st_mtime,
-                                            (folder / "transform.json").stat().st_mtime)
+        if cache.stat().st_mtime < max(src.stat().st_mtime,
+                                       (folder / "transform.json").stat().st_mtime):
+            return False
     except OSError:
         return False
+    return interpolation is None or read_provenance(cache).get("interpolation") == interpolation
 
 
 def warped_maps(ws, group: str, kind: str, interpolation: str = "linear",
@@ -329,7 +335,7 @@ def warped_maps(ws, group: str, kind: str, interpolation: str = "linear",
         folder = transform_folder(ws, sid, group)
         cache = folder / f"{kind}.nii.gz"
         vol = None
-        if warped_map_current(cache, src, folder):
+        if warped_map_current(cache, src, folder, interpolation):
             vol = (load_label_map(cache) if interpolation in LABEL_INTERPOLATIONS
                    else load_image(cache))
         if vol is None:

@@ -550,7 +550,7 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
     folder = transform_folder(ws, subject_id, group)
     cache = folder / f"{kind}.nii.gz"
     srcp = ws.resolve(src)
-    if warped_map_current(cache, srcp, folder):
+    if warped_map_current(cache, srcp, folder, interpolation):
         return {"path": ws.relative(cache), "reused": True}
     tx = SubjectTransform.load(folder)
     m = load_label_map(srcp) if interpolation in LABEL_INTERPOLATIONS else load_image(srcp)
@@ -606,7 +606,8 @@ class WarpStage(Stage):
 
         p = job.payload
         folder = transform_folder(ws, job.subject_id, p["group"])
-        return warped_map_current(folder / f"{p['kind']}.nii.gz", ws.resolve(p["src"]), folder)
+        return warped_map_current(folder / f"{p['kind']}.nii.gz", ws.resolve(p["src"]), folder,
+                                  p["interpolation"])
 
     def task(self, ws, job) -> SubjectTask:
         p = job.payload

@@ -68,6 +68,16 @@ def _bodyage_extension(img) -> dict[str, Any]:
     return {}
 
 
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance bodyage wrote into a NIfTI's header extension, reading the header only;
+    ``{}`` for another writer's file or one that cannot be read."""
+    try:
+        img = nib.load(str(path))
+    except (FileNotFoundError, *_READ_ERRORS):
+        return {}
+    return dict(_bodyage_extension(img).get("provenance") or {})
+
+
 def _best_affine(img, extra: dict[str, Any]) -> tuple[np.ndarray, str]:
     hdr = img.header
     affine = np.asarray(img.affine, dtype=np.float64)

@@ -194,19 +194,98 @@ def identity_transform(reference_grid) -> SubjectTransform:
     return SubjectTransform(sitk.AffineTransform(3), shape, affine)
 
 
-# Label maps are warped label by label: each label's indicator is interpolated (ITK's
-# LabelImageGaussianInterpolateImageFunction) and the most likely label wins. Nearest neighbour
-# frays thin structures (skin, discs) under a warp; on the synthetic atlases this raises the
-# organ Dice by about 0.01.
-LABEL_INTERPOLATION = "label_gaussian"
-LABEL_INTERPOLATIONS = ("nearest", "label_gaussian")
+# Label maps are warped label by label: every output point takes the label with the largest
+# trilinear weight among the 8 source voxels around it (per-label linear interpolation, then
+# argmax: Schaerer et al. 2014, "A generic interpolator for multi-label images"). It keeps each
+# label's volume under a warp: nearest neighbour frays thin structures (skin, discs), and ITK's
+# Gaussian label interpolator (``label_gaussian``) erodes them (on the synthetic cohort it kept
+# 10-25 % of the 1-voxel skin shell and a third of the discs). Organ Dice in atlas space at the
+# default grid, 20 members, each method's own majority vote: nearest 0.793, label_gaussian
+# 0.788, label_linear 0.801.
+LABEL_INTERPOLATION = "label_linear"
+LABEL_INTERPOLATIONS = ("nearest", "label_gaussian", "label_linear")
 
 _INTERP = {
     "linear": sitk.sitkLinear,
     "nearest": sitk.sitkNearestNeighbor,
     "bspline": sitk.sitkBSpline,
     "label_gaussian": sitk.sitkLabelGaussian,
+    "label_linear": None,   # ours: _resample_labels_linear
 }
+
+_SLAB_VOXELS = 1 << 20   # output voxels per slab: bounds the 8-corner working arrays (~100 MB)
+
+
+def _index_matrix(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, origin)`` with ``point = origin + M @ index`` (index in x, y, z order)."""
+    d = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    return d * np.asarray(img.GetSpacing(), dtype=np.float64)[None, :], \
+        np.asarray(img.GetOrigin(), dtype=np.float64)
+
+
+def _resample_labels_linear(labels: np.ndarray, src: sitk.Image, ref: sitk.Image,
+                            tx: sitk.Transform, default: int) -> np.ndarray:
+    """``labels`` (numpy z, y, x on ``src``'s grid) resampled onto ``ref`` through ``tx``
+    (reference -> source points): per output point the label whose trilinear weight over the
+    8 surrounding source voxels is largest. Points outside the source image get ``default``;
+    corners outside it count as ``default``."""
+    size = ref.GetSize()
+    shape = tuple(int(n) for n in size[::-1])
+    m_ref, o_ref = _index_matrix(ref)
+    m_src, o_src = _index_matrix(src)
+    to_src = np.linalg.inv(m_src)
+    nz, ny, nx = labels.shape
+    out = np.empty(shape, dtype=labels.dtype)
+    flat = labels.reshape(-1)
+    plane = shape[1] * shape[2]
+    step = max(1, _SLAB_VOXELS // plane)
+    yy, xx = np.meshgrid(np.arange(shape[1], dtype=np.float64),
+                         np.arange(shape[2], dtype=np.float64), indexing="ij")
+    for z0 in range(0, shape[0], step):
+        z1 = min(shape[0], z0 + step)
+        n = (z1 - z0) * plane
+        idx = np.empty((n, 3))
+        idx[:, 0] = np.broadcast_to(xx, (z1 - z0,) + xx.shape).reshape(-1)
+        idx[:, 1] = np.broadcast_to(yy, (z1 - z0,) + yy.shape).reshape(-1)
+        idx[:, 2] = np.repeat(np.arange(z0, z1, dtype=np.float64), plane)
+        # the displacement of this slab only: memory stays bounded on a full-resolution grid
+        slab_origin = tuple(o_ref + m_ref[:, 2] * z0)
+        disp = sitk.GetArrayFromImage(sitk.TransformToDisplacementField(
+            tx, sitk.sitkVectorFloat64, (size[0], size[1], z1 - z0), slab_origin,
+            ref.GetSpacing(), ref.GetDirection()))
+        pts = idx @ m_ref.T + o_ref + disp.reshape(-1, 3)
+        cont = (pts - o_src) @ to_src.T                       # continuous index, x, y, z
+        cx, cy, cz = cont[:, 0], cont[:, 1], cont[:, 2]
+        inside = ((cx >= -0.5) & (cx <= nx - 0.5) & (cy >= -0.5) & (cy <= ny - 0.5)
+                  & (cz >= -0.5) & (cz <= nz - 0.5))
+        bx, by, bz = np.floor(cx), np.floor(cy), np.floor(cz)
+        fx, fy, fz = cx - bx, cy - by, cz - bz
+        bx, by, bz = bx.astype(np.int64), by.astype(np.int64), bz.astype(np.int64)
+        labs = np.empty((8, n), dtype=labels.dtype)
+        wts = np.empty((8, n))
+        for corner in range(8):
+            dz, dy, dx = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
+            z, y, x = bz + dz, by + dy, bx + dx
+            ok = (z >= 0) & (z < nz) & (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            labs[corner] = default
+            labs[corner][ok] = flat[(z[ok] * ny + y[ok]) * nx + x[ok]]
+            wts[corner] = ((fz if dz else 1.0 - fz) * (fy if dy else 1.0 - fy)
+                           * (fx if dx else 1.0 - fx))
+        best = labs[0].copy()
+        mixed = np.flatnonzero((labs != labs[0]).any(axis=0))   # most points: one label
+        if len(mixed):
+            lm, wm = labs[:, mixed], wts[:, mixed]
+            best_w = np.full(len(mixed), -1.0)
+            best_m = lm[0].copy()
+            for i in range(8):   # corner i's label weighs the sum over corners sharing it
+                score = np.where(lm == lm[i], wm, 0.0).sum(axis=0)
+                better = score > best_w
+                best_m[better] = lm[i][better]
+                best_w[better] = score[better]
+            best[mixed] = best_m
+        best[~inside] = default
+        out[z0:z1] = best.reshape(z1 - z0, shape[1], shape[2])
+    return out
 
 
 def warp_map(map_volume: Volume | np.ndarray, transform: SubjectTransform, reference_grid=None,
@@ -226,8 +305,9 @@ def warp_map(map_volume: Volume | np.ndarray, transform: SubjectTransform, refer
         transform's reference grid when ``inverse`` is False (the common case: into atlas space);
         required when ``inverse`` is True (the subject grid).
     interpolation
-        ``"linear"`` for continuous maps, ``"label_gaussian"`` (:data:`LABEL_INTERPOLATION`)
-        or ``"nearest"`` for label maps (dtype and integer labels kept), ``"bspline"``.
+        ``"linear"`` for continuous maps, ``"label_linear"`` (:data:`LABEL_INTERPOLATION`),
+        ``"label_gaussian"`` or ``"nearest"`` for label maps (dtype and integer labels kept),
+        ``"bspline"``.
     inverse
         False: ``map_volume`` lives in subject space and goes to reference (atlas) space.
         True: ``map_volume`` lives in reference space and goes to the subject grid.
@@ -260,9 +340,11 @@ def warp_map(map_volume: Volume | np.ndarray, transform: SubjectTransform, refer
             work = arr.astype(np.int32) if src_dtype.kind in "biu" else np.rint(arr).astype(
                 np.int32)
             img = array_to_sitk(work, vol.affine)
-            res = sitk.Resample(img, ref, tx, _INTERP[interpolation], int(default_value),
-                                sitk.sitkInt32)
-            a = sitk.GetArrayFromImage(res)
+            if interpolation == "label_linear":
+                a = _resample_labels_linear(work, img, ref, tx, int(default_value))
+            else:
+                a = sitk.GetArrayFromImage(sitk.Resample(
+                    img, ref, tx, _INTERP[interpolation], int(default_value), sitk.sitkInt32))
             out.append(a.astype(src_dtype) if src_dtype.kind in "biu" else a.astype(np.float32))
         else:
             img = array_to_sitk(arr.astype(np.float32), vol.affine)
