@@ -563,7 +563,7 @@ def warp_one(root: str, group: str, subject_id: str, kind: str, src: str,
 class WarpStage(Stage):
     """Warp every registered subject's map of ``kinds`` into its atlas (cached), so that
     ``atlas maps`` only averages. Kinds default to ``gradcam_<run>`` and, when subjects have
-    one, ``age_mask`` (nearest neighbour)."""
+    one, ``age_mask`` (``LABEL_INTERPOLATION``)."""
 
     name = "warp"
 

@@ -147,7 +147,7 @@ class RegistrationResult:
 
     ``transform`` is None only when the registration threw before producing one. ``warped`` is
     the subject (all channels) resampled onto the reference grid; ``warped_labels`` likewise
-    (nearest neighbour) when the subject's labels were given.
+    (``LABEL_INTERPOLATION``) when the subject's labels were given.
     """
 
     transform: SubjectTransform | None
