@@ -296,6 +296,7 @@ class Trainer:
         self.state = TrainState(member=name, batch_size=self.config.batch_size,
                                 accumulate=self.config.accumulate, lr=self.config.lr)
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._bad_grad_run = 0     # consecutive dropped steps (non-finite gradients)
         self._targets = self.scaler.transform(ages).astype(np.float32)
 
     def on(self, event: str, handler=None):
@@ -384,7 +385,7 @@ class Trainer:
             self._bad_grad_run = 0
         else:
             st.skipped_steps += 1
-            self._bad_grad_run = getattr(self, "_bad_grad_run", 0) + 1
+            self._bad_grad_run += 1
             self.reporter.update("train", st.iteration, st.total_iterations,
                                  f"skipped an optimiser step: non-finite gradients "
                                  f"({st.skipped_steps} so far)")
