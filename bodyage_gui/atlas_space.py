@@ -220,27 +220,20 @@ def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
     return st
 
 
-def _fresh_cache(cache: Path, sources: list[Path]) -> bool:
-    if not cache.exists():
-        return False
-    t = cache.stat().st_mtime
-    return all(p.exists() and p.stat().st_mtime <= t for p in sources)
-
-
 def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     """Warp a subject's layers into its atlas space and add the template and the population
     map (runs in a worker thread: files and numpy only).
 
     Returns ``{"specs": [...], "transform": SubjectTransform, "points": PointMapper}``: label
-    maps are warped with nearest neighbour, everything else linearly; a map file already warped
+    maps are warped with ``LABEL_INTERPOLATION``, everything else linearly; a map file already warped
     by the atlas stage (``subjects/<id>/atlas_<group>/<kind>.nii.gz``, newer than the map and
     the transform) is read instead of warped again.
     """
     from bodyage_core.atlas.build import load_image, load_label_map
+    from bodyage_core.atlas.workspace import warped_map_current
     from bodyage_core.registration.transform import LABEL_INTERPOLATION, SubjectTransform, warp_map
 
     tx = SubjectTransform.load(link.transform_dir)
-    meta = link.transform_dir / "transform.json"
     out: list[LayerSpec] = []
     for s in specs:
         prov = s.volume.provenance
@@ -252,7 +245,8 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
         path = s.settings.get("path")
         if path and not labels:
             cache = link.transform_dir / Path(str(path)).name
-            if cache != Path(str(path)) and _fresh_cache(cache, [Path(str(path)), meta]):
+            if cache != Path(str(path)) and warped_map_current(cache, Path(str(path)),
+                                                               link.transform_dir):
                 try:
                     vol = load_image(cache)
                     if vol.channels != s.volume.channels and vol.n_channels == \

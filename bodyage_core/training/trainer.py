@@ -378,8 +378,7 @@ class Trainer:
         Under ddp the gradients are already all-reduced, so every rank drops the same step."""
         st = self.state
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads \
-            else True
+        finite = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if finite:
             self.optimizer.step()
             self._bad_grad_run = 0
