@@ -81,7 +81,7 @@ def make_files(folder: Path) -> dict[str, Path]:
 
 
 def open_subject(paths: dict[str, Path], overlays: bool):
-    from bodyage_core.viewer_state import ViewerState
+    from bodyage_core.viewer import ViewerState
     from bodyage_core.volume import Volume
     from bodyage_gui.loading import load_many
 

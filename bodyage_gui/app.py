@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bodyage_core.viewer_state import ViewerState
+from bodyage_core.viewer import ViewerState
 
 
 def ensure_platform() -> None:

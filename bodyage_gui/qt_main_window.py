@@ -1,5 +1,5 @@
 """The main window: linked axial / coronal / sagittal views and the 3D view around one
-:class:`~bodyage_core.viewer_state.ViewerState`, with the layer panel, colour bar, readout and
+:class:`~bodyage_core.viewer.ViewerState`, with the layer panel, colour bar, readout and
 subject browser, menus, sessions, screenshots and error reporting.
 
 Hook points for other parts of the GUI (cohort panel, prediction worker, training wizard):
@@ -17,7 +17,8 @@ Hook points for other parts of the GUI (cohort panel, prediction worker, trainin
 * :meth:`QtMainWindow.report_error` is the one place errors go (BodyageError message in a
   non-blocking dialog, ``last_error`` kept for tests); the state is never changed by a failed
   action.
-* Subject space / atlas space (:mod:`bodyage_gui.atlas_space`): :attr:`display_space`
+* Subject space / atlas space (:mod:`bodyage_core.viewer.atlas_space`; the space shown is
+  ``state.space``, part of the viewer model and of the session): :attr:`display_space`
   (``'subject'`` | ``'atlas'``), :meth:`set_display_space` / :meth:`toggle_atlas_space` (View
   menu, F6, the layer panel's check box; disabled with a tooltip naming ``bodyage atlas build``
   / ``bodyage register`` when the subject has no registration), the signal ``space_changed``,
@@ -41,9 +42,10 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from bodyage_core import display
 from bodyage_core.atomic import write_bytes, write_json
 from bodyage_core.errors import BodyageError, CohortError, LoadError
-from bodyage_core.viewer_state import PLANES, ViewerState
+from bodyage_core.viewer import PLANES, ViewerState, atlas_space
+from bodyage_core.viewer.space import DisplaySpace
 from bodyage_core.volume import Volume
-from bodyage_gui import atlas_space, bindings, strings
+from bodyage_gui import bindings, strings
 from bodyage_gui.loading import label_names_for, load_for_viewer, load_many, looks_like_labels
 from bodyage_gui.panels.qt_analysis import install_analysis
 from bodyage_gui.panels.qt_layer_panel import QtLayerPanel
@@ -105,15 +107,13 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self._io_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="open")
         self._pending_files = None
         self._files_ready.connect(self._on_files_ready)
-        #: ``'subject'`` (the scan's grid) or ``'atlas'`` (the atlas of the subject's group)
-        self.display_space = atlas_space.SUBJECT
+        # what the open subject's atlas space is (or why there is none); the space shown is
+        # the model's (self.state.space)
         self.atlas_link: atlas_space.AtlasLink | None = None
         self.atlas_reason: str = atlas_space.NO_WORKSPACE
-        self._atlas_wanted = False          # keep atlas space when going to the next subject
-        self._subject_specs: list | None = None   # the subject-space layers while in atlas space
         self._atlas_cache: tuple | None = None    # (key, payload) of the last warp
-        self._atlas_transform: Any = None
         self._pending_space = None
+        self.state.events.space_changed.connect(self.space_changed.emit)
         self._task_ready.connect(lambda fut, then: then(fut))
         self.scheduler = RedrawScheduler(parent=self)
         self.setWindowTitle(strings.APP_NAME)
@@ -481,18 +481,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
 
     def _replace_layers(self, trial: ViewerState, keep_cursor: bool = False) -> None:
         """Move the layers of a fully built state into ``self.state`` (views keep following)."""
-        d = trial.to_dict()
-        keep_views = {p: (vs.zoom, vs.pan) for p, vs in self.state.views.items()}
-        vols = {f"layer:{i}": lay.volume for i, lay in enumerate(trial.layers)}
-        for i, s in enumerate(d["layers"]):
-            s["path"] = f"layer:{i}"
-        d["views"] = {p: {"zoom": z, "pan": list(pan)} for p, (z, pan) in keep_views.items()}
-        d["cursor_mm"] = (list(self.state.cursor) if keep_cursor and
-                          self.state.base_layer is not None else None)
-        self.state.restore(d, loader=lambda p: vols[p])
-        for lay, tl in zip(self.state.layers, trial.layers):
-            lay.path = tl.path
-            lay.label_names = tl.label_names
+        self.state.replace_layers(trial, keep_cursor=keep_cursor)
         self.scheduler.flush()
 
     def add_overlay(self, path: str | Path, threshold: float | None = None,
@@ -517,7 +506,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         path = Path(path)
 
         def do():
-            d = self._session_dict(path.parent)
+            d = self.state.to_dict(relative_to=path.parent)
             write_json(path, d | {"workspace": str(self.workspace.root) if self.workspace
                                   else None, "subject": self.current_subject})
             unsaved = [lay.name for lay in self.state.layers if not lay.path]
@@ -527,34 +516,6 @@ class QtMainWindow(QtWidgets.QMainWindow):
             return True
 
         return bool(self._guard(do))
-
-    def _session_dict(self, folder: Path) -> dict[str, Any]:
-        """The session: in atlas space, the subject's own files with the current display
-        settings and ``"space": "atlas"`` (restoring warps them again), since the warped
-        layers exist only in memory."""
-        if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
-            return self.state.to_dict(relative_to=folder)
-        st, cursor = self._subject_space_state()
-        if cursor is not None:
-            st.set_cursor(cursor)
-        d = st.to_dict(relative_to=folder)
-        d["space"] = atlas_space.ATLAS
-        if self.atlas_link is not None:
-            d["atlas_group"] = self.atlas_link.group
-        return d
-
-    def _subject_space_state(self) -> tuple[ViewerState, np.ndarray | None]:
-        """In atlas space: the subject's own layers (``_subject_specs``) with the display
-        settings set meanwhile, and the cursor mapped back onto the subject (None without a
-        usable registration)."""
-        specs = [sp.copy() for sp in self._subject_specs]
-        atlas_space.carry_settings(specs, self.state)
-        st = atlas_space.build_state(specs, self.state.convention, self.state.layout)
-        try:
-            cursor = atlas_space.atlas_to_subject(self._atlas_transform, self.state.cursor)
-        except (BodyageError, RuntimeError, AttributeError):
-            cursor = None
-        return st, cursor
 
     def restore_session(self, path: str | Path) -> bool:
         path = Path(path)
@@ -574,13 +535,14 @@ class QtMainWindow(QtWidgets.QMainWindow):
                                 "session") from exc
             # the restored files are in their own space; back to atlas space when the session
             # was saved there for the subject open now
+            saved_in_atlas = self.state.space.wanted
             subject = self.current_subject if d.get("subject") == self.current_subject \
                 else None
             self._reset_space(subject)
-            self._atlas_wanted = False
+            self.state.space.wanted = False
             self.scheduler.flush()
             self.statusBar().showMessage(f"session restored: {path}", 5000)
-            if d.get("space") == atlas_space.ATLAS and self.atlas_link is not None:
+            if saved_in_atlas and self.atlas_link is not None:
                 self.set_display_space(atlas_space.ATLAS, wait=True)
             return True
 
@@ -686,6 +648,11 @@ class QtMainWindow(QtWidgets.QMainWindow):
             "predicted": predicted, "sigma": row.get("sigma"), "gap": row.get("gap")})
 
     # -- subject space / atlas space ---------------------------------------------------------------
+    @property
+    def display_space(self) -> str:
+        """``'subject'`` (the scan's grid) or ``'atlas'`` (the atlas of the subject's group)."""
+        return self.state.space.name
+
     def _update_space_controls(self) -> None:
         """Enable the atlas-space toggle (View menu, F6, layer panel) only for a subject with a
         registration; the tooltip says what to run otherwise."""
@@ -724,7 +691,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
 
     def set_display_space(self, space: str, wait: bool = False) -> bool:
         """Show the open workspace subject in ``'subject'`` space or in the ``'atlas'`` space of
-        its group (see :mod:`bodyage_gui.atlas_space`). Warping runs in the background unless
+        its group (see :mod:`bodyage_core.viewer.atlas_space`). Warping runs in the background unless
         ``wait``; the cursor follows the registration; on error the view stays as it was."""
         if space not in (atlas_space.SUBJECT, atlas_space.ATLAS):
             raise ValueError(f"unknown display space {space!r}")
@@ -732,7 +699,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self._update_space_controls()
             return True
         if space == atlas_space.SUBJECT:
-            self._atlas_wanted = False
+            self.state.space.wanted = False
             self._pending_space = None
             ok = self._back_to_subject_space()
             self._update_space_controls()
@@ -751,7 +718,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         else:
             fut = self._io_pool.submit(atlas_space.to_atlas, link, specs)
         self._pending_space = (atlas_space.ATLAS, fut, key, specs)
-        self._atlas_wanted = True
+        self.state.space.wanted = True
         self._update_space_controls()
         if fut.done() or wait:
             fut.exception()
@@ -821,7 +788,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             payload = fut.result()
             self._atlas_cache = (key, payload)
             new = [sp.copy() for sp in payload["specs"]]
-            remembered = getattr(self, "_atlas_layer_settings", {})
+            remembered = self.state.space.atlas_layer_settings
             for sp in new:  # what the user set on atlas-only layers last time
                 old = remembered.get(sp.name)
                 if old is not None and sp.settings.get("path") == old.get("path"):
@@ -834,46 +801,45 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 cursor = atlas_space.subject_to_atlas(tx, self.state.cursor)
             except (BodyageError, RuntimeError):
                 cursor = None  # no inverse field: the cursor goes to the centre
-            self._subject_specs = specs
             self._replace_layers(trial)
             self.state.reset_view()
             if cursor is not None:
                 self.state.set_cursor(cursor)
-            self._atlas_transform = tx
-            self.display_space = atlas_space.ATLAS
+            space = DisplaySpace(atlas_space.ATLAS, link.group, link.subject_id, specs, tx,
+                                 wanted=True,
+                                 atlas_layer_settings=self.state.space.atlas_layer_settings)
             self.setWindowTitle(f"{strings.APP_NAME} — {link.subject_id} in {link.label}")
             self.statusBar().showMessage(
                 f"{link.subject_id} in {link.label}: image and maps warped with its "
                 "registration" + ("" if link.population is None else
                                   f"; population map {link.population.name}"), 8000)
             self.scheduler.flush()
-            self.space_changed.emit(atlas_space.ATLAS)
+            self.state.set_space(space)
             return True
 
         ok = bool(self._guard(do))
         if not ok:
-            self._atlas_wanted = False
+            self.state.space.wanted = False
         self._update_space_controls()
         return ok
 
     def _back_to_subject_space(self) -> bool:
-        if self.display_space != atlas_space.ATLAS or self._subject_specs is None:
+        if self.display_space != atlas_space.ATLAS or self.state.space.subject_layers is None:
             return True
 
         def do():
-            self._atlas_layer_settings = {lay.name: lay.settings() for lay in self.state.layers}
-            trial, cursor = self._subject_space_state()
+            remembered = {lay.name: lay.settings() for lay in self.state.layers}
+            trial, cursor = self.state.subject_space_state()
             self._replace_layers(trial)
             self.state.reset_view()
             if cursor is not None:
                 self.state.set_cursor(cursor)
-            self.display_space = atlas_space.SUBJECT
-            self._subject_specs = None
+            space = DisplaySpace(atlas_layer_settings=remembered)
             sid = self.current_subject or ""
             self.setWindowTitle(f"{strings.APP_NAME} — {sid}")
             self.statusBar().showMessage(f"{sid} in its own space", 5000)
             self.scheduler.flush()
-            self.space_changed.emit(atlas_space.SUBJECT)
+            self.state.set_space(space)
             return True
 
         return bool(self._guard(do))
@@ -881,14 +847,15 @@ class QtMainWindow(QtWidgets.QMainWindow):
     def _reset_space(self, subject_id: str | None) -> None:
         """A new subject or new files are shown (in their own space): find the subject's atlas
         space for the toggle."""
-        was_atlas = self.display_space == atlas_space.ATLAS
-        self.display_space = atlas_space.SUBJECT
-        self._subject_specs = None
+        old = self.state.space
+        was_atlas = old.is_atlas
+        space = DisplaySpace(wanted=old.wanted, atlas_layer_settings=old.atlas_layer_settings)
+        with self.state.events.space_changed.blocked():
+            self.state.set_space(space)
         self._pending_space = None
-        self._atlas_transform = None
         if subject_id is None or self.workspace is None:
             self.atlas_link, self.atlas_reason = None, atlas_space.NO_WORKSPACE
-            self._atlas_wanted = False
+            space.wanted = False
         else:
             try:
                 self.atlas_link, self.atlas_reason = atlas_space.find_atlas_link(
@@ -897,7 +864,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 self.atlas_link, self.atlas_reason = None, str(err)
         self._update_space_controls()
         if was_atlas:
-            self.space_changed.emit(atlas_space.SUBJECT)
+            self.state.events.space_changed.emit(atlas_space.SUBJECT)
 
     def workspace_subject(self, subject_id: str | None) -> None:
         self.current_subject = subject_id
@@ -958,7 +925,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
             # same place in the next subject (a cursor in atlas space is not a subject point)
             self._replace_layers(trial, keep_cursor=self.display_space == atlas_space.SUBJECT)
             self.current_subject = subject_id
-            wanted = self._atlas_wanted
+            wanted = self.state.space.wanted
             self._reset_space(subject_id)
             if wanted and self.atlas_link is not None:
                 self.set_display_space(atlas_space.ATLAS)  # stays in atlas space

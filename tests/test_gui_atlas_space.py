@@ -14,8 +14,8 @@ pytest.importorskip("pytestqt")
 
 from PySide6 import QtCore  # noqa: E402
 
+from bodyage_core.viewer import atlas_space  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
-from bodyage_gui import atlas_space  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
 SHAPE = (20, 24, 28)          # subject grid z, y, x (2 mm isotropic)

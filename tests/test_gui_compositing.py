@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from bodyage_core import display
-from bodyage_core.viewer_state import (
-    PLANES,
-    ViewerState,
-    _resample_axis_aligned,
-    plane_geometry,
-    sample_nearest,
-)
+from bodyage_core.viewer import PLANES, ViewerState, plane_geometry, sample_nearest
+from bodyage_core.viewer.resample import _resample_axis_aligned
 from bodyage_core.volume import Volume
 
 

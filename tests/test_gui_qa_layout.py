@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6 import QtCore, QtWidgets  # noqa: E402
 
-from bodyage_core.viewer_state import ViewerState  # noqa: E402
+from bodyage_core.viewer import ViewerState  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui import bindings  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402

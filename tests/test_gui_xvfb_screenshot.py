@@ -16,7 +16,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6 import QtCore, QtGui  # noqa: E402
 
-from bodyage_core.viewer_state import ViewerState  # noqa: E402
+from bodyage_core.viewer import ViewerState  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

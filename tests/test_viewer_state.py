@@ -12,7 +12,7 @@ import pytest
 
 from bodyage_core import display
 from bodyage_core.errors import BodyageError, LoadError
-from bodyage_core.viewer_state import PLANES, ViewerState, plane_geometry
+from bodyage_core.viewer import PLANES, ViewerState, plane_geometry
 from bodyage_core.volume import Volume
 
 SHAPE = (5, 6, 7)  # z, y, x
@@ -292,7 +292,7 @@ def test_plane_geometry_rejects_unknown():
 
 
 def test_core_is_qt_free():
-    code = ("import sys, bodyage_core.viewer_state, bodyage_core.display;"
+    code = ("import sys, bodyage_core.viewer, bodyage_core.display;"
             "bad=[m for m in sys.modules if m.split('.')[0] in "
             "('PySide6','PyQt5','PyQt6','pyqtgraph','vtk','vtkmodules','bodyage_gui')];"
             "print(bad); sys.exit(1 if bad else 0)")
@@ -353,7 +353,7 @@ def test_label_lut_and_names():
 
 
 def test_fast_resampling_matches_world_sampling():
-    from bodyage_core.viewer_state import sample_nearest
+    from bodyage_core.viewer import sample_nearest
 
     s = ViewerState()
     s.add_layer(asym_volume(), "t1")

@@ -366,11 +366,9 @@ def _label_names(atlas_dir: Path, names: dict[int, str] | None) -> dict[int, str
     p = atlas_dir / "label_names.json"
     if p.exists():
         return {int(k): v for k, v in json.loads(p.read_text()).items()}
-    try:
-        from bodyage_core.synth.anatomy import LABELS
-    except ImportError:
-        return {}
-    return {int(k): v for k, v in LABELS.items() if int(k) != 0}
+    from bodyage_core.labels import SYNTHETIC_LABELS
+
+    return {int(k): v for k, v in SYNTHETIC_LABELS.items() if int(k) != 0}
 
 
 def _atlas_age_mask(ws, group: str, ids: list[str]) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """``bodyage gui [WORKSPACE | FILES...] [--overlay MAP ...] [--threshold T] [--session FILE]
 [--screenshot PNG]``: the desktop viewer.
 
-The command line parses into the same :class:`~bodyage_core.viewer_state.ViewerState` the
+The command line parses into the same :class:`~bodyage_core.viewer.ViewerState` the
 session file restores (FSLeyes style): the first file is the image, the others and every
 ``--overlay`` are layers on top, ``--threshold`` applies to the overlays. The GUI package is
 imported only when the command runs, so ``bodyage_core`` stays Qt-free.
@@ -13,7 +13,7 @@ import importlib
 from pathlib import Path
 
 from bodyage_core.errors import ConfigError
-from bodyage_core.viewer_state import CONVENTIONS, LAYOUTS, ViewerState
+from bodyage_core.viewer import CONVENTIONS, LAYOUTS, ViewerState
 
 
 def register(sub) -> None:

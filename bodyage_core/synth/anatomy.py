@@ -1,7 +1,7 @@
 """Organ labels and tissue Dixon signals of the synthetic neck-to-knee body.
 
-``LABELS`` maps label id -> organ name (the ids written to ``labels.nii.gz``); ``LABEL_IDS`` is
-the reverse. ``TISSUE_SIGNAL`` gives each organ's (water, fat) signal in relative units (1.0 is
+``LABELS`` maps label id -> organ name (the ids written to ``labels.nii.gz``; the table itself
+lives in :mod:`bodyage_core.labels.synthetic`); ``LABEL_IDS`` is the reverse. ``TISSUE_SIGNAL`` gives each organ's (water, fat) signal in relative units (1.0 is
 the fat signal of pure adipose tissue) before per-subject modulation (muscle fat infiltration,
 marrow fat, disc hydration ...), bias field and noise. The images are written as
 ``signal * INTENSITY_SCALE`` (scanner-like units, float32).
@@ -16,35 +16,7 @@ and cerebrospinal fluid are bright in water.
 
 from __future__ import annotations
 
-LABELS: dict[int, str] = {
-    0: "background",
-    1: "skin",
-    2: "subcutaneous_fat",
-    3: "visceral_fat",
-    4: "other_muscle",
-    5: "soft_tissue",
-    6: "lung_left",
-    7: "lung_right",
-    8: "airway",
-    9: "heart",
-    10: "pericardial_fat",
-    11: "aorta",
-    12: "liver",
-    13: "kidney_left",
-    14: "kidney_right",
-    15: "vertebrae",
-    16: "intervertebral_discs",
-    17: "spinal_canal",
-    18: "back_muscles",
-    19: "thigh_muscles",
-    20: "femur",
-    21: "knee",
-    22: "pelvis",
-    23: "thyroid",
-    24: "other_bone",
-}
-
-LABEL_IDS: dict[str, int] = {name: i for i, name in LABELS.items()}
+from bodyage_core.labels.synthetic import LABEL_IDS, LABELS  # noqa: F401  (re-exported)
 
 #: (water, fat) relative signal per organ; 1.0 = fat signal of pure adipose tissue.
 TISSUE_SIGNAL: dict[str, tuple[float, float]] = {

@@ -31,7 +31,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core.errors import BodyageError, CohortError
-from bodyage_core.viewer_state import PLANES, ViewerState
+from bodyage_core.viewer import PLANES, ViewerState
 from bodyage_core.volume import Volume
 from bodyage_gui.workers import analysis_strings as text
 

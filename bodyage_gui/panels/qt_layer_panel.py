@@ -6,7 +6,7 @@ from __future__ import annotations
 from PySide6 import QtCore, QtWidgets
 
 from bodyage_core import display
-from bodyage_core.viewer_state import Layer, ViewerState
+from bodyage_core.viewer import Layer, ViewerState
 
 _Qt = QtCore.Qt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PySide6 import QtGui, QtWidgets
 
-from bodyage_core.viewer_state import ViewerState
+from bodyage_core.viewer import ViewerState
 
 
 class QtReadoutPanel(QtWidgets.QLabel):

@@ -6,7 +6,7 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core import display
-from bodyage_core.viewer_state import Layer, ViewerState
+from bodyage_core.viewer import Layer, ViewerState
 
 
 def importance_layer(state: ViewerState) -> Layer | None:

@@ -17,7 +17,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core import display
-from bodyage_core.viewer_state import Layer, ViewerState
+from bodyage_core.viewer import Layer, ViewerState
 from bodyage_gui import bindings
 from bodyage_gui.redraw import RedrawScheduler
 

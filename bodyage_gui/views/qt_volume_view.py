@@ -14,7 +14,7 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core import display
-from bodyage_core.viewer_state import Layer, ViewerState, sample_nearest
+from bodyage_core.viewer import Layer, ViewerState, sample_nearest
 from bodyage_gui import strings
 from bodyage_gui.redraw import RedrawScheduler
 from bodyage_gui.views import qt_vtk_binding

@@ -1,4 +1,5 @@
-"""Subject space and atlas space (Qt-free: the warping runs in a worker thread).
+"""Subject space and atlas space: finding a subject's atlas, warping its layers there and
+mapping points both ways (files and numpy only: the viewer runs the warping in a worker thread).
 
 The viewer shows a workspace subject either in its own space (the scan's grid) or in the atlas
 space of its group (``atlases/<group>/``, e.g. ``F_healthy``): every layer of the subject (the
@@ -16,7 +17,7 @@ command makes one (``bodyage atlas build`` / ``bodyage register``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,19 @@ import numpy as np
 
 from bodyage_core import display
 from bodyage_core.errors import BodyageError
+from bodyage_core.viewer.space import (
+    ATLAS,
+    SUBJECT,
+    LayerSpec,
+    build_state,
+    carry_settings,
+    snapshot,
+)
 from bodyage_core.volume import Volume
 
-SUBJECT, ATLAS = "subject", "atlas"
+__all__ = ["ATLAS", "SUBJECT", "AtlasLink", "LayerSpec", "PointMapper", "atlas_to_subject",
+           "build_state", "carry_settings", "find_atlas_link", "population_to_subject",
+           "snapshot", "subject_to_atlas", "to_atlas"]
 
 NO_WORKSPACE = ("Atlas space needs a workspace subject registered to its group atlas: open a "
                 "workspace (File > Open workspace) after `bodyage atlas build WORKSPACE` / "
@@ -156,70 +167,6 @@ def atlas_to_subject(transform: Any, ras: np.ndarray) -> np.ndarray:
 
 
 # -- layers -------------------------------------------------------------------------------------
-@dataclass
-class LayerSpec:
-    """A layer to (re)build: its volume and display settings (``Layer.settings()`` keys)."""
-
-    volume: Volume
-    settings: dict[str, Any]
-    label_names: dict[int, str] = field(default_factory=dict)
-    base: bool = False
-    active: bool = False
-
-    @property
-    def name(self) -> str:
-        return str(self.settings.get("name"))
-
-    def copy(self) -> LayerSpec:
-        """The same layer with its settings and label names copied (the volume shared)."""
-        return LayerSpec(self.volume, dict(self.settings), dict(self.label_names), self.base,
-                         self.active)
-
-
-def snapshot(state: Any) -> list[LayerSpec]:
-    """The layers of a ViewerState as specs (volumes shared, settings copied)."""
-    return [LayerSpec(lay.volume, dict(lay.settings()), dict(lay.label_names),
-                      lay is state.base_layer, lay is state.active_layer)
-            for lay in state.layers]
-
-
-def carry_settings(specs: list[LayerSpec], state: Any, keys: tuple[str, ...] = (
-        "colormap", "opacity", "display_range", "threshold", "visible", "channel")) -> None:
-    """Give specs the display settings of the same-named layers of ``state`` (what the user
-    changed in the other space follows the layer)."""
-    now = {lay.name: lay.settings() for lay in state.layers}
-    for s in specs:
-        cur = now.get(s.name)
-        if cur is None:
-            continue
-        for k in keys:
-            if k == "channel" and cur.get(k) not in s.volume.channels:
-                continue
-            s.settings[k] = cur[k]
-
-
-def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
-    """A new ViewerState holding ``specs`` (base first so the others are checked against it;
-    then the saved order)."""
-    from bodyage_core.viewer_state import ViewerState
-
-    st = ViewerState(convention, layout)
-    order = sorted(range(len(specs)), key=lambda i: not specs[i].base)
-    made = {}
-    for i in order:
-        s = specs[i].settings
-        rng = s.get("display_range")
-        made[i] = st.add_layer(specs[i].volume, s.get("name"), s.get("kind"), s.get("colormap"),
-                               tuple(rng) if rng else None, s.get("threshold"),
-                               s.get("opacity"), bool(s.get("visible", True)),
-                               s.get("channel") if s.get("channel") in specs[i].volume.channels
-                               else None, s.get("path"), specs[i].label_names or None)
-    st.layers = [made[i] for i in range(len(specs))]
-    active = next((made[i] for i in range(len(specs)) if specs[i].active), None)
-    st.set_active_layer(active or st.layers[-1])
-    return st
-
-
 def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     """Warp a subject's layers into its atlas space and add the template and the population
     map (runs in a worker thread: files and numpy only).

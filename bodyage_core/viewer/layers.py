@@ -1,0 +1,200 @@
+"""One volume shown in the viewer with its display settings (:class:`Layer`), and the display
+defaults a new layer gets from its values."""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from bodyage_core import display
+from bodyage_core.volume import Volume
+
+KINDS = ("image", "overlay", "labels")
+
+_DISPLAY_KEYS = ("name", "colormap", "opacity", "vmin", "vmax", "threshold", "visible",
+                 "channel")
+_layer_ids = itertools.count(1)
+_MISSING = object()
+
+
+class Layer:
+    """One volume shown in the viewer, with its display settings.
+
+    Setting a display attribute (``colormap, opacity, vmin, vmax, threshold, visible, channel,
+    name``) notifies the owning state (``layer_changed``). Use :meth:`set` to change several at
+    once with one notification.
+    """
+
+    def __init__(self, volume: Volume, name: str, kind: str = "image", colormap: str = "grey",
+                 opacity: float = 1.0, vmin: float = 0.0, vmax: float = 1.0,
+                 threshold: float | None = None, visible: bool = True,
+                 channel: str | None = None, path: str | None = None,
+                 label_names: dict[int, str] | None = None):
+        object.__setattr__(self, "_listeners", [])
+        if kind not in KINDS:
+            raise ValueError(f"layer kind must be one of {KINDS}, got {kind!r}")
+        self.id = next(_layer_ids)
+        self.volume = volume
+        self.kind = kind
+        self.path = None if path is None else str(path)
+        self.label_names = dict(label_names) if label_names else {}
+        self.resampled = False  # True when shown resampled onto the base grid
+        with self._silent():
+            self.name = name
+            self.colormap = display.canonical_name(colormap)
+            self.opacity = float(opacity)
+            self.vmin = float(vmin)
+            self.vmax = float(vmax)
+            self.threshold = None if threshold is None else float(threshold)
+            self.visible = bool(visible)
+            self.channel = channel if channel is not None else volume.channels[0]
+
+    # notification plumbing
+    @contextmanager
+    def _silent(self):
+        object.__setattr__(self, "_quiet", True)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_quiet", False)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in _DISPLAY_KEYS:
+            value = self._validate(key, value)
+            old = self.__dict__.get(key, _MISSING)
+            object.__setattr__(self, key, value)
+            if not self.__dict__.get("_quiet") and not _equal(old, value):
+                self._notify({key})
+        else:
+            object.__setattr__(self, key, value)
+
+    def _notify(self, keys: set[str]) -> None:
+        for fn in list(self._listeners):
+            fn(self, keys)
+
+    def set(self, **values: Any) -> None:
+        """Change several display settings with one ``layer_changed`` notification."""
+        changed = set()
+        with self._silent():
+            for k, v in values.items():
+                if k not in _DISPLAY_KEYS:
+                    raise AttributeError(f"{k!r} is not a display setting of a layer")
+                if k == "display_range":
+                    continue
+                old = getattr(self, k)
+                setattr(self, k, v)
+                if not _equal(old, getattr(self, k)):
+                    changed.add(k)
+        if changed:
+            self._notify(changed)
+
+    def _validate(self, key: str, value: Any) -> Any:
+        if key == "colormap":
+            return display.canonical_name(str(value))
+        if key == "opacity":
+            return float(np.clip(float(value), 0.0, 1.0))
+        if key in ("vmin", "vmax"):
+            return float(value)
+        if key == "threshold":
+            return None if value is None else float(value)
+        if key == "visible":
+            return bool(value)
+        if key == "channel":
+            vol = self.__dict__.get("volume")
+            if vol is not None and value not in vol.channels:
+                raise KeyError(f"layer {self.__dict__.get('name')!r} has no channel {value!r}; "
+                               f"channels: {vol.channels}")
+            return value
+        return value
+
+    # conveniences
+    @property
+    def display_range(self) -> tuple[float, float]:
+        return (self.vmin, self.vmax)
+
+    @display_range.setter
+    def display_range(self, rng: tuple[float, float]) -> None:
+        self.set(vmin=float(rng[0]), vmax=float(rng[1]))
+
+    @property
+    def data(self) -> np.ndarray:
+        """The shown channel, ``(Z, Y, X)``."""
+        return self.volume.channel(self.channel)
+
+    def settings(self) -> dict[str, Any]:
+        """Display settings and provenance as JSON-able values (no pixels)."""
+        return {
+            "name": self.name, "path": self.path, "kind": self.kind, "colormap": self.colormap,
+            "opacity": self.opacity, "display_range": [self.vmin, self.vmax],
+            "threshold": self.threshold, "visible": self.visible, "channel": self.channel,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Layer({self.name!r}, kind={self.kind}, cmap={self.colormap}, "
+                f"range=({self.vmin:g}, {self.vmax:g}), threshold={self.threshold}, "
+                f"visible={self.visible})")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # pragma: no cover - arrays etc.
+        return a is b
+
+
+def default_kind(volume: Volume, first: bool) -> str:
+    """``'image'`` for the first layer, ``'labels'`` for an integer volume, else
+    ``'overlay'``."""
+    if first:
+        return "image"
+    return "labels" if volume.data.dtype.kind in "iub" else "overlay"
+
+
+def default_display(arr: np.ndarray, kind: str, colormap: str | None,
+                    display_range: tuple[float, float] | None
+                    ) -> tuple[str, tuple[float, float]]:
+    """The colour map and display range a new layer gets where none is given.
+
+    Grey for an image (1-99.5 % of its values), the label colours for a label map (0 to the
+    largest id), and for an overlay heat over the range of its non-zero values, or ``bwr`` with
+    a symmetric range when the map has clearly signed values.
+    """
+    nz_cache: list[np.ndarray] = []
+
+    def nonzero() -> np.ndarray:  # sampled once per layer
+        if not nz_cache:
+            nz_cache.append(nonzero_values(arr))
+        return nz_cache[0]
+
+    if colormap is None:
+        if kind == "image":
+            colormap = "grey"
+        elif kind == "labels":
+            colormap = "labels"
+        else:
+            lo, hi = display.robust_range(nonzero(), 0.5, 99.5)
+            signed = lo < 0 < hi and min(-lo, hi) > 0.2 * max(-lo, hi)
+            colormap = "bwr" if signed else "heat"
+    if display_range is None:
+        if kind == "labels":
+            display_range = (0.0, float(arr.max() if arr.dtype.kind in "iub"
+                                        else np.nanmax(arr)) if arr.size else 1.0)
+        elif display.is_diverging(colormap):
+            display_range = display.robust_range(nonzero(), upper=99.5, symmetric=True)
+        elif kind == "overlay":
+            # heat maps are mostly zero: take the range of the non-zero values, from 0
+            lo, hi = display.robust_range(nonzero(), 0.5, 99.5)
+            display_range = (min(0.0, lo), hi)
+        else:
+            display_range = display.robust_range(arr, 1.0, 99.5)
+    return colormap, display_range
+
+
+def nonzero_values(arr: np.ndarray, max_samples: int = 500_000) -> np.ndarray:
+    """The non-zero finite values of ``arr`` (subsampled), or ``arr`` itself if all are zero."""
+    flat = display.sample_values(arr, max_samples)
+    nz = flat[(flat != 0) & np.isfinite(flat)]
+    return nz if nz.size else flat
