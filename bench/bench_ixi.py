@@ -336,7 +336,7 @@ def main(argv=None) -> int:
         t_train = time.perf_counter() - t1
         # every member on every subject (the run's own out-of-fold rows only hold the test
         # folds): the inner-validation predictions the stacking and the fits need
-        from bodyage_core.models.ensemble import AgeRun
+        from bodyage_core.inference.ensemble import AgeRun
         run = AgeRun(res.run_dir)
         mu, var = run.member_outputs(arrays.astype(np.float32), batch_size=16)
         # the members trained with left-right flips: their outputs on the mirrored heads are

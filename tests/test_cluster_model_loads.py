@@ -25,7 +25,7 @@ def ws_path(tmp_path_factory):
 @pytest.fixture
 def loads(monkeypatch):
     """The member files read from now on (with an empty run cache)."""
-    import bodyage_core.training.trainer as trainer
+    import bodyage_core.inference.weights as trainer
 
     seen: list[str] = []
     real = trainer.load_torch_file

@@ -237,7 +237,7 @@ def test_maps_are_zero_in_the_air_around_the_body(tmp_path):
     """Grad-CAM's coarse cells and the zero padding at the grid's edges put evidence in the air;
     the saved map keeps only the body (and says so in its sidecar)."""
     from bodyage_core.explain.pipeline import explain_subject
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
 
     ws = make_workspace(tmp_path)
     age_run = AgeRun(ws.model_dir("r1"), device="cpu")

@@ -17,7 +17,7 @@ pytest.importorskip("pytestqt")
 from PySide6 import QtCore  # noqa: E402
 from test_gui_prediction_data import RUN, tiny_workspace_root  # noqa: E402
 
-from bodyage_core.models.ensemble import AgeRun  # noqa: E402
+from bodyage_core.inference.ensemble import AgeRun  # noqa: E402
 from bodyage_gui.panels.qt_analysis import install_analysis  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 

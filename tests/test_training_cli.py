@@ -14,7 +14,7 @@ import torch
 from bodyage_core.cli.main import main
 from bodyage_core.cohort import Workspace
 from bodyage_core.errors import BodyageError, Cancelled
-from bodyage_core.models.ensemble import AgeRun
+from bodyage_core.inference.ensemble import AgeRun
 from bodyage_core.progress import ProgressReporter
 from bodyage_core.training import TrainConfig
 from bodyage_core.training.augment import AugmentConfig
@@ -177,7 +177,8 @@ def test_interrupted_run_resumes(tmp_path, capsys):
     base = ["train", str(root), "--run", "r", "--folds", "2", "--epochs", "2", "--width", "4",
             "--device", "cpu", "--spacing", "4", "4", "4", "--shape", "12", "12", "12",
             "--batch-size", "4", "--no-augment", "--loss", "l1", "--early-stopping", "10",
-            "--lr", "0.0001"]
+            "--scheduler", "plateau", "--keep", "best", "--warmup", "0", "--weight-decay", "0",
+            "--lr", "0.0001"]   # TrainConfig's own defaults, which the interrupted run used
     assert main(base) == 2
     assert "--resume" in capsys.readouterr().err
     assert main([*base, "--resume"]) == 0

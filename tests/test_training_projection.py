@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bodyage_core.errors import ConfigError
-from bodyage_core.models.ensemble import AgeRun
+from bodyage_core.inference.ensemble import AgeRun
 from bodyage_core.preprocess import ModelGrid, prepare_for_model, projections_25d
 from bodyage_core.preprocess.projections import projection_images
 from bodyage_core.training import AugmentConfig, InputSpec, TrainConfig, records_from_arrays

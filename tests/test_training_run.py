@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bodyage_core.errors import BodyageError, ConfigError
-from bodyage_core.models.ensemble import AgeRun
+from bodyage_core.inference.ensemble import AgeRun
 from bodyage_core.training import AugmentConfig, InputSpec, TrainConfig, records_from_arrays
 from bodyage_core.training.run import train_run
 from tests.test_training_helpers import age_volumes

@@ -17,20 +17,26 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="run name (folder under models/)")
     p.add_argument("--model", default="resnet3d",
                    choices=("resnet3d", "sfcn3d", "resnet2d", "vgg2d"))  # models.factory.ARCHS
-    p.add_argument("--loss", default="l1", choices=("l1", "mse", "meanvar"))
+    p.add_argument("--loss", default=None, choices=("l1", "mse", "meanvar"),
+                   help="default meanvar (each member predicts its own sigma)")
     p.add_argument("--members", type=int, default=1, help="ensemble members per fold")
     p.add_argument("--folds", type=int, default=5, help="k-fold CV (1: one held-out test split)")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None, help="default 30")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--warmup", type=float, default=None, metavar="EPOCHS",
+                   help="linear learning-rate warm-up (default 1 epoch)")
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--scheduler", default=None, choices=("plateau", "step", "none"),
-                   help="default: plateau (3D), step (2.5D)")
-    p.add_argument("--early-stopping", type=int, default=10, metavar="EPOCHS")
-    p.add_argument("--keep", default="best", choices=("best", "last"),
-                   help="weights each member ends with: its best validation epoch (default) or "
-                        "its last (validation predictions, which bias correction and "
-                        "calibration are fitted on, stay unbiased)")
+                   help="default: step (lr / 10 for the last sixth of the epochs)")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs without a better validation MAE "
+                        "(default 0: off)")
+    p.add_argument("--keep", default=None, choices=("best", "last"),
+                   help="weights each member ends with: its last epoch (default: the "
+                        "validation predictions, which bias correction and calibration are "
+                        "fitted on, stay unbiased) or its best validation epoch")
     p.add_argument("--bias-correction", default="full", choices=("full", "loo"),
                    help="full (default): corrected = (predicted - b) / a with predicted = a * "
                         "age + b fitted on validation subjects, so the age gap does not depend "
@@ -40,7 +46,7 @@ def register(sub) -> None:
                         "leave-one-out MAE (lower MAE, but young subjects keep positive and "
                         "old ones negative gaps)")
     p.add_argument("--width", type=int, default=None,
-                   help="base channel width (default 64; small values train fast on CPU)")
+                   help="base channel width (default 8 on a CPU, 32 on a GPU)")
     p.add_argument("--depth", type=int, default=None, help="2D ResNet depth (18/34/50)")
     p.add_argument("--norm", default=None, choices=("batch", "group", "instance"),
                    help="3D ResNet normalisation (default batch; group is steadier with the "
@@ -56,6 +62,12 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                    help="2.5D projection image size")
     p.add_argument("--split", default="stratified", choices=("stratified", "random", "site"))
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of each training fold kept for validation (early stopping, "
+                        "calibration, bias correction; default 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="with --folds 1: share of the cohort held out as the test set "
+                        "(default 0.15)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -120,28 +132,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args, ws, dist, reporter) -> int:
-    from bodyage_core.training.augment import AugmentConfig
-    from bodyage_core.training.trainer import TrainConfig
+    from bodyage_core.training.presets import defaults_for, train_config
+    from bodyage_core.inference.device import resolve_device
     from bodyage_core.training.workflow import make_spec, train_workspace
 
+    spec = make_spec(ws, args.model, args.channels, args.grid, args.spacing, args.shape,
+                     args.image_size)
+    defaults = defaults_for(spec.mode)
     model = {"arch": args.model}
     for key in ("width", "depth", "weights", "norm"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)
-    spec = make_spec(ws, args.model, args.channels, args.grid, args.spacing, args.shape,
-                     args.image_size)
-    aug = AugmentConfig(translate=16 if spec.mode == "2.5d" else 4, rotate_deg=0 if
-                        spec.mode == "2.5d" else 5, scale=0 if spec.mode == "2.5d" else 0.05)
-    if args.no_augment:
-        aug = AugmentConfig(0, 0, 0, 0, 0, 0, False)
-    sched = args.scheduler or ("step" if spec.mode == "2.5d" else "plateau")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
-                      lr=args.lr, loss=args.loss, scheduler=sched,
-                      early_stopping=args.early_stopping, augment=aug, seed=args.seed,
-                      device=args.device, keep=args.keep, amp=not args.no_amp,
-                      bias_correction=args.bias_correction)
+    if "width" not in model:
+        model["width"] = defaults.width(resolve_device(args.device).type)
+    cfg = train_config(spec.mode, augment=not args.no_augment, epochs=args.epochs,
+                       batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                       loss=args.loss, scheduler=args.scheduler,
+                       early_stopping=args.early_stopping, warmup_epochs=args.warmup,
+                       weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+                       keep=args.keep, amp=not args.no_amp,
+                       bias_correction=args.bias_correction)
+    if dist is None or dist.is_main:
+        print(describe_choice(spec, model, cfg, defaults, args))
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
-                          args.seed, args.resume, args.overwrite, reporter, dist=dist)
+                          args.seed, args.resume, args.overwrite, reporter, dist=dist,
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction)
     if dist is not None and not dist.is_main:
         return 0
     m = res.metrics
@@ -158,3 +173,18 @@ def _train(args, ws, dist, reporter) -> int:
         print("bias correction not inverted in full (the model tracks age weakly): "
               + "; ".join(fallbacks))
     return 0
+
+
+def describe_choice(spec, model, cfg, defaults, args) -> str:
+    """What ``train`` is about to do, and why for every value the user did not set."""
+    sp = " x ".join(f"{v:g}" for v in spec.spacing_zyx)
+    sh = " x ".join(str(v) for v in spec.shape_zyx)
+    lines = [f"training {args.members} member(s) x {max(args.folds, 1)} fold(s) of "
+             f"{model['arch']} width {model['width']} on {list(spec.channels)}, "
+             f"{spec.mode} grid {sh} voxels at {sp} mm (z, y, x)",
+             f"  loss {cfg.loss}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} "
+             f"({cfg.scheduler}), keep {cfg.keep}, bias correction {cfg.bias_correction}"]
+    if any(getattr(args, k) is None for k in ("loss", "epochs", "lr", "keep", "width")):
+        lines.append("  defaults (set any option to override):")
+        lines += [f"    - {w}" for w in defaults.why]
+    return "\n".join(lines)

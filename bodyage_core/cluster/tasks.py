@@ -199,8 +199,8 @@ def cached_run(run_dir: str | Path, device: str = "auto"):
     reloaded when the run's config.json changes). ``auto`` and the device it stands for share
     one: a stage validating the run on the CPU in the client hands its networks to the tasks
     that run in the same thread on a machine without a GPU."""
-    from bodyage_core.models.ensemble import AgeRun
-    from bodyage_core.training.trainer import resolve_device
+    from bodyage_core.inference.device import resolve_device
+    from bodyage_core.inference.ensemble import AgeRun
 
     run_dir = Path(run_dir)
     key = (str(run_dir), str(resolve_device(device)), _mtime(run_dir / "config.json"),
@@ -403,7 +403,7 @@ class ExplainStage(Stage):
 
     def jobs(self, ws) -> list[Job]:
         from bodyage_core.explain.pipeline import model_grid_input
-        from bodyage_core.models.ensemble import AgeRun
+        from bodyage_core.inference.ensemble import AgeRun
         from bodyage_core.volume import Volume
 
         age_run = AgeRun(ws.model_dir(self.run), device="cpu")

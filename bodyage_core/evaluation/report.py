@@ -110,7 +110,7 @@ def report_run(ws, run: str, with_baselines: bool = True,
     """Evaluate run ``run`` of workspace ``ws`` on its out-of-fold predictions (the rows
     ``bodyage train`` stored, read from ``oof_predictions.csv``) with baselines on the same
     folds; writes into ``ws.reports_dir``."""
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
     from bodyage_core.training.data import AgeDataset, records_from_workspace
 
     rep = ensure_reporter(reporter)

@@ -86,90 +86,20 @@ class ExplainSummary:
 
 # -- the model grid and its affine ----------------------------------------------------------
 
-def _minimal_geometry(volume: Volume, spec) -> tuple[np.ndarray, np.ndarray]:
-    """Geometry of ``training.data``'s minimal preprocessor (zoom to the grid spacing, crop/pad
-    around the intensity centre of mass): un-normalised ``(C, Z, Y, X)`` array and affine."""
-    from bodyage_core.training.data import minimal_model_grid
-
-    in_shape = np.array(volume.shape, dtype=float)
-    zoom = [s / t for s, t in zip(volume.spacing_zyx, spec.spacing_zyx)]
-    arr, start = minimal_model_grid(volume, spec)
-    out_shape = np.array([round(n * z) for n, z in zip(volume.shape, zoom)], dtype=float)
-    # scipy.ndimage.zoom (grid_mode=False): in = out * (n_in - 1) / (n_out - 1)
-    if np.allclose(zoom, 1.0, atol=1e-3):
-        scale = np.ones(3)
-    else:
-        scale = np.where(out_shape > 1, (in_shape - 1) / np.maximum(out_shape - 1, 1), 1.0)
-    zyx_to_in = np.eye(4)
-    zyx_to_in[:3, :3] = np.diag(scale)
-    zyx_to_in[:3, 3] = scale * start
-    rev = np.eye(4)[[2, 1, 0, 3]]
-    affine = volume.affine @ rev @ zyx_to_in @ rev
-    return arr, affine
-
-
-def _same_geometry(a: np.ndarray, b: np.ndarray, min_corr: float = 0.99) -> bool:
-    """Two ``(C, Z, Y, X)`` arrays that differ at most by a per-channel intensity scaling."""
-    if a.shape != b.shape:
-        return False
-    for ca, cb in zip(a, b):
-        ca, cb = ca.ravel().astype(np.float64), cb.ravel().astype(np.float64)
-        if np.ptp(ca) == 0 or np.ptp(cb) == 0:
-            if not (np.ptp(ca) == 0 and np.ptp(cb) == 0):
-                return False
-            continue
-        if np.corrcoef(ca, cb)[0, 1] < min_corr:
-            return False
-    return True
-
-
 def model_grid_input(volume: Volume, spec) -> Volume:
-    """The subject on the run's model grid: the exact input array the run sees
-    (``training.data.prepare_input``) together with the affine of that grid.
-
-    The affine comes from the preprocessing that produced the array: the preprocess module's
-    ``prepare_for_model(..., return_volume=True)`` when its geometry matches, else the minimal
-    resampler of ``training.data``. If neither reproduces the array, the geometry is unknown and
-    a BodyageError says so (a map must never be saved in the wrong place).
-    """
-    from bodyage_core.training.data import prepare_input
+    """The subject on the run's model grid: the exact input array the run sees, with the
+    affine of that grid (:func:`~bodyage_core.preprocess.spec.prepare_model_input`), so maps
+    computed on it go back to the subject's space."""
+    from bodyage_core.preprocess.spec import prepare_model_input
 
     if getattr(spec, "mode", "3d") != "3d":
         raise ConfigError("this run is a 2.5D model: its maps live on the projection images, "
                           "not in the subject's 3D space",
                           hint="use bodyage_core.explain.guided_gradcam on the projections")
-    sel = volume.with_data(np.stack([volume.channel(c) for c in spec.channels]),
-                           channels=tuple(spec.channels))
-    arr = prepare_input(volume, spec)
-    def candidates():
-        try:
-            from bodyage_core.preprocess import ModelGrid, prepare_for_model
-        except ImportError:
-            prepare_for_model = None
-        if prepare_for_model is not None:
-            try:
-                grid = spec if isinstance(spec, ModelGrid) else None
-                if grid is None and hasattr(spec, "model_grid"):
-                    grid = spec.model_grid() if callable(spec.model_grid) else spec.model_grid
-                if grid is None:
-                    grid = ModelGrid(spacing_xyz=tuple(spec.spacing_zyx)[::-1],
-                                     shape_zyx=tuple(spec.shape_zyx),
-                                     channels=tuple(spec.channels),
-                                     normalisation={"method": "none"})
-                out = prepare_for_model(sel, grid, return_volume=True)
-                yield np.asarray(out.data), np.asarray(out.affine)
-            except (AttributeError, TypeError, ValueError, BodyageError):
-                pass
-        yield _minimal_geometry(sel, spec)
-
-    for data, affine in candidates():
-        if _same_geometry(np.asarray(data, np.float32), arr):
-            return Volume(arr, affine, tuple(spec.channels),
-                          {"model_grid": True, "source": volume.provenance.get("path")})
-    raise BodyageError("cannot tell where the run's model grid lies in the subject's space "
-                       "(the preprocessing that made the input is not one explain knows)",
-                       path=volume.provenance.get("path"),
-                       hint="report this: explain must learn the new preprocessing's affine")
+    mi = prepare_model_input(volume, spec)
+    vol = mi.volume()
+    vol.provenance["source"] = volume.provenance.get("path")
+    return vol
 
 
 def subject_grid(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -376,7 +306,7 @@ def _masked(m: np.ndarray, body: np.ndarray | None) -> np.ndarray:
 def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,
              occlusion_patch, occlusion_stride, occlusion_baseline, batch_size, save_members,
              kind, t0) -> ExplainSummary:
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
 
     age_run = AgeRun(ws.model_dir(run), device=device)
     spec = age_run.spec
@@ -438,7 +368,7 @@ def sanity_report(workspace, run: str, subject_id: str | None = None, layer: str
     """
     from bodyage_core.cohort import Workspace
     from bodyage_core.explain.sanity import randomisation_check
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
     from bodyage_core.training.data import load_subject_volume
 
     own = not isinstance(workspace, Workspace)

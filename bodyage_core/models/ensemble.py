@@ -1,6 +1,8 @@
-"""Deep ensembles of age networks, their calibration and bias correction, and trained runs.
+"""Deep ensembles of age networks: combining members, calibrating their variance, correcting
+the regression-to-the-mean bias, and the predictions they make.
 
-Run directory (``workspace/models/<run>/``)::
+The loaded ensemble itself (a run folder or a model bundle) is
+:class:`bodyage_core.inference.ensemble.AgeRun`. Run directory (``workspace/models/<run>/``)::
 
     config.json            format, status, model / training / input config, members (file, fold,
                            seed, target mean/std, best validation MAE), folds, seed
@@ -15,24 +17,16 @@ Run directory (``workspace/models/<run>/``)::
                            (``folds=1``) which subjects trained / validated the members
     oof_predictions.csv    out-of-fold prediction of every cohort subject
     metrics.json           per-member training histories and out-of-fold metrics
-
-Arrays given to :meth:`AgeRun.predict` are numpy ``(N, C, Z, Y, X)`` (3D) or ``(N, C, H, W)``
-(2.5D) on the run's input grid; ages, means and sigmas are in years.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bodyage_core.errors import BodyageError
-from bodyage_core.progress import ProgressReporter, ensure_reporter
 
 RUN_FORMAT = "bodyage-run/1"
 MEMBER_FORMAT = "bodyage-member/1"
@@ -236,181 +230,6 @@ class Predictions:
                 row["gap"] = float(self.corrected[i] - ages[sid])
             out.append(row)
         return out
-
-
-# -- a trained run ------------------------------------------------------------------------
-
-class AgeRun:
-    """A trained ensemble loaded from a run directory; predicts ages with uncertainty.
-
-    Subjects of the training cohort get their *out-of-fold* prediction (only the members of the
-    fold that held them out, with that fold's calibration and bias correction); any other
-    subject gets all members with the global fits.
-    """
-
-    def __init__(self, run_dir: str | Path, device: str = "cpu"):
-        from bodyage_core.training.data import InputSpec
-
-        self.run_dir = Path(run_dir)
-        cfg_path = self.run_dir / "config.json"
-        if not cfg_path.exists():
-            raise BodyageError("not a trained run (no config.json)", path=self.run_dir,
-                               hint="train it with `bodyage train WORKSPACE --run NAME`")
-        self.config = _read_json(cfg_path)
-        if self.config.get("format") != RUN_FORMAT:
-            raise BodyageError("config.json is not a bodyage run config", path=cfg_path)
-        if self.config.get("status") != "complete":
-            raise BodyageError(f"run is not complete (status {self.config.get('status')!r})",
-                               path=self.run_dir, hint="finish it with `bodyage train --resume`")
-        self.name = self.config.get("run", self.run_dir.name)
-        self.spec = InputSpec.from_dict(self.config["input"])
-        self.model_config = dict(self.config["model"])
-        self.members: list[dict[str, Any]] = list(self.config["members"])
-        if not self.members:
-            raise BodyageError("run has no members", path=cfg_path)
-        self.bias = _read_json(self.run_dir / "bias_correction.json")
-        self.calibration = _read_json(self.run_dir / "calibration.json")
-        sp = self.run_dir / "splits.json"
-        self.splits = _read_json(sp) if sp.exists() else {"folds": {}}
-        self.device = device
-        self._models: list[Any] | None = None
-
-    # -- members ---------------------------------------------------------------------------
-    def load_members(self) -> list[Any]:
-        """The member networks (eval mode), loaded once; a damaged file is a BodyageError."""
-        if self._models is None:
-            from bodyage_core.models.factory import build_model
-            from bodyage_core.training.trainer import (
-                _prepare_model,
-                load_torch_file,
-                resolve_device,
-            )
-
-            dev = resolve_device(self.device)
-            models = []
-            for m in self.members:
-                path = self.run_dir / m["file"]
-                ck = load_torch_file(path, what="ensemble member")
-                if not isinstance(ck, dict) or ck.get("format") != MEMBER_FORMAT:
-                    raise BodyageError("not a bodyage ensemble member", path=path,
-                                       hint="train the run again (--overwrite)")
-                net = build_model(ck["model_config"], weights=None)
-                try:
-                    net.load_state_dict(ck["state_dict"])
-                except RuntimeError as exc:
-                    raise BodyageError(f"member weights do not fit its model ({exc})",
-                                       path=path) from None
-                models.append(_prepare_model(net, dev).eval())
-            self._models = models
-        return self._models
-
-    @property
-    def n_members(self) -> int:
-        return len(self.members)
-
-    def check_input(self, arrays: np.ndarray, source: str | None = None) -> None:
-        """Refuse arrays whose channels or grid differ from the run's input config."""
-        want = self.spec.array_shape
-        shape = tuple(np.shape(arrays))
-        if len(shape) != len(want) + 1 or shape[1:] != want:
-            got = shape[1:] if len(shape) == len(want) + 1 else shape
-            raise BodyageError(
-                f"input of shape {got} does not match run {self.name!r}, trained on "
-                f"{len(self.spec.channels)} channel(s) {list(self.spec.channels)} on a "
-                f"{self.spec.mode} grid of shape {want[1:]}", path=source,
-                hint="prepare the image with the run's input config (bodyage predict does)")
-
-    # -- prediction ------------------------------------------------------------------------
-    def member_outputs(self, arrays: np.ndarray, batch_size: int = 8,
-                       reporter: ProgressReporter | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu, var)`` in years, each ``(K, N)``, of every member on ``arrays``."""
-        from bodyage_core.training.losses import LOGVAR_RANGE
-        from bodyage_core.training.trainer import predict_arrays, resolve_device
-
-        self.check_input(arrays)
-        rep = ensure_reporter(reporter)
-        models = self.load_members()
-        dev = resolve_device(self.device)
-        n = len(arrays)
-        mu = np.zeros((len(models), n))
-        var = np.zeros((len(models), n))
-        use_var = self.config.get("train", {}).get("loss") == "meanvar"
-        for k, (net, m) in enumerate(zip(models, self.members)):
-            out = predict_arrays(net, np.asarray(arrays, dtype=np.float32), None, batch_size,
-                                 dev)
-            std = float(m["target_std"])
-            mu[k] = out[:, 0] * std + float(m["target_mean"])
-            var[k] = np.exp(np.clip(out[:, 1], *LOGVAR_RANGE)) * std ** 2 if use_var else 0.0
-            rep.update("predict", k + 1, len(models), f"member {k + 1}/{len(models)}")
-        return mu, var
-
-    def fold_of(self, subject_id: str) -> int | None:
-        f = self.splits.get("folds", {}).get(str(subject_id))
-        return None if f is None else int(f)
-
-    def predict(self, arrays: np.ndarray, subject_ids: Sequence[str] | None = None,
-                batch_size: int = 8, reporter: ProgressReporter | None = None,
-                out_of_fold: bool = True) -> Predictions:
-        """Predict ages for ``arrays`` (numpy, the run's grid). With ``out_of_fold``, subjects
-        the run held out in a fold get only that fold's members and fits."""
-        arrays = np.asarray(arrays, dtype=np.float32)
-        n = len(arrays)
-        ids = list(subject_ids) if subject_ids is not None else [f"#{i}" for i in range(n)]
-        mu, var = self.member_outputs(arrays, batch_size, reporter)
-        member_folds = np.array([-1 if m.get("fold") is None else int(m["fold"])
-                                 for m in self.members])
-        mean = np.zeros(n)
-        total_var = np.zeros(n)
-        corrected = np.zeros(n)
-        folds: list[int | None] = []
-        splits: list[str] = []
-        mu_used = mu.copy()
-        for i, sid in enumerate(ids):
-            f = self.fold_of(sid) if out_of_fold else None
-            sel = member_folds == f if f is not None else np.ones(len(member_folds), bool)
-            if f is not None and not sel.any():
-                sel = np.ones(len(member_folds), bool)
-            mu_used[~sel, i] = np.nan
-            m_i, v_i = combine_members(mu[sel, i:i + 1], var[sel, i:i + 1])
-            key = str(f) if f is not None else None
-            cal = self.calibration.get("folds", {}).get(key) if key else None
-            bias = self.bias.get("folds", {}).get(key) if key else None
-            cal = cal or self.calibration["global"]
-            bias = bias or self.bias["global"]
-            mean[i] = m_i[0]
-            total_var[i] = apply_variance_scale(v_i, cal)[0]
-            corrected[i] = apply_bias_correction(m_i, bias)[0]
-            folds.append(f)
-            if f is not None:
-                splits.append(self.splits.get("split", {}).get(str(sid), "test"))
-            else:   # a training/validation subject of a single-split run, or a new one
-                splits.append(self.splits.get("single_split_roles", {}).get(str(sid), "new"))
-        sig = np.sqrt(var)
-        sig_used = np.where(np.isfinite(mu_used), sig, np.nan)
-        return Predictions(ids, mu_used.T, sig_used.T, mean, np.sqrt(total_var), corrected,
-                           folds, splits)
-
-    def predict_volume(self, volume, subject_id: str | None = None) -> Predictions:
-        """Prepare one :class:`~bodyage_core.volume.Volume` for the run's grid and predict."""
-        from bodyage_core.training.data import prepare_input
-
-        arr = prepare_input(volume, self.spec)
-        return self.predict(arr[None], [subject_id or "volume"], out_of_fold=False)
-
-
-#: The ensemble *is* the run: one name for readers who think of it so.
-Ensemble = AgeRun
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        raise BodyageError("missing file of a trained run", path=path,
-                           hint="the run is incomplete; train it again (--overwrite)")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BodyageError(f"damaged JSON ({exc})", path=path,
-                           hint="train the run again (--overwrite)") from None
 
 
 def gaussian_nll(err: np.ndarray, var: np.ndarray) -> float:

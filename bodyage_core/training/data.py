@@ -10,93 +10,29 @@ or from plain arrays
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bodyage_core.errors import BodyageError, CohortError, ConfigError
+from bodyage_core.errors import BodyageError, CohortError
+from bodyage_core.preprocess.spec import (  # noqa: F401 - the input spec's home is preprocess
+    PROJECTIONS,
+    InputSpec,
+    ModelInput,
+    normalise_foreground_mean,
+    prepare_input,
+    prepare_model_input,
+    projections_2p5d,
+    projections_for_spec,
+    projections_langner,
+)
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
-
-#: 2.5D layouts: ``"langner"`` (new runs) and ``"legacy"`` (runs trained before it existed).
-PROJECTIONS = ("langner", "legacy")
-
-
-@dataclass
-class InputSpec:
-    """What a model eats: image kinds (channels), the grid, normalisation and the 2.5D layout.
-
-    ``mode`` is ``"3d"`` (input ``(C, Z, Y, X)`` with ``shape_zyx`` at ``spacing_zyx`` mm) or
-    ``"2.5d"`` (input ``(C, H, W)``: coronal and sagittal mean-intensity projections side by
-    side, resized to ``image_hw``, computed from the channels on that model grid).
-
-    ``projection`` names the 2.5D layout:
-
-    * ``"langner"`` (default; what new runs record): Langner's format of
-      :func:`bodyage_core.preprocess.projections.projection_images` in floating point --
-      superior at the top, coronal patient right on the left, sagittal anterior on the left,
-      brought to Langner's reference pixel size, each projection min-max scaled to [0, 1];
-    * ``"legacy"``: the layout of runs trained before this field existed
-      (:func:`projections_2p5d`: no flips, model-grid pixels, no min-max). A spec dict without
-      ``projection`` is read as legacy, and a legacy spec writes no ``projection`` key, so
-      those runs keep their config, cache folder and predictions.
-
-    For 3D specs the field is irrelevant (always ``"langner"``, never written).
-    """
-
-    channels: tuple[str, ...] = ("water", "fat")
-    mode: str = "3d"
-    spacing_zyx: tuple[float, float, float] = (6.0, 4.4640, 4.4640)
-    shape_zyx: tuple[int, int, int] = (185, 87, 112)
-    normalise: str = "foreground_mean"
-    image_hw: tuple[int, int] = (256, 256)
-    projection: str = "langner"
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(self.channels)
-        self.spacing_zyx = tuple(float(v) for v in self.spacing_zyx)  # type: ignore[assignment]
-        self.shape_zyx = tuple(int(v) for v in self.shape_zyx)  # type: ignore[assignment]
-        self.image_hw = tuple(int(v) for v in self.image_hw)  # type: ignore[assignment]
-        if self.mode not in ("3d", "2.5d"):
-            raise ConfigError(f"input mode must be '3d' or '2.5d', got {self.mode!r}")
-        if self.projection not in PROJECTIONS:
-            raise ConfigError(f"unknown 2.5D projection layout {self.projection!r}",
-                              hint=f"use one of {', '.join(PROJECTIONS)}")
-        if self.mode == "3d":
-            self.projection = "langner"
-
-    @property
-    def array_shape(self) -> tuple[int, ...]:
-        """Shape of one model input: ``(C, Z, Y, X)`` or ``(C, H, W)``."""
-        if self.mode == "3d":
-            return (len(self.channels), *self.shape_zyx)
-        return (len(self.channels), *self.image_hw)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.mode != "2.5d" or self.projection == "legacy":
-            del d["projection"]  # 3D, and legacy 2.5D runs: the dict (and hash) as before
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if kw.get("mode") == "2.5d" and "projection" not in kw:
-            kw["projection"] = "legacy"  # recorded before the field existed
-        return cls(**kw)
-
-    @property
-    def hash(self) -> str:
-        """Short hash naming the cache file of this grid (includes the preprocessor used)."""
-        key = dict(self.to_dict(), preprocessor=_preprocessor_name())
-        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -190,173 +126,6 @@ def records_from_arrays(arrays: Sequence[np.ndarray] | np.ndarray, ages: Sequenc
                           None if sex is None else sex[i],
                           None if bmi_group is None else bmi_group[i],
                           None if site is None else site[i]) for i in range(n)]
-
-
-# -- preprocessing to the model grid ---------------------------------------------------------
-
-def _preprocessor_name() -> str:
-    try:
-        from bodyage_core.preprocess import prepare_for_model  # noqa: F401
-    except ImportError:
-        return "bodyage_core.training.data._prepare_minimal/1"
-    return "bodyage_core.preprocess.prepare_for_model/1"
-
-
-def prepare_input(volume: Volume, spec: InputSpec) -> np.ndarray:
-    """Bring a multi-channel :class:`Volume` onto the model grid: float32 ``spec.array_shape``.
-
-    The geometry comes from ``bodyage_core.preprocess.prepare_for_model`` (resample to
-    ``spacing_zyx``, centre the body, crop/pad to ``shape_zyx``; a minimal private resampler
-    when that module is absent); then each channel is normalised (``spec.normalise``), and for
-    2.5D the coronal and sagittal mean-intensity projections are laid side by side in the
-    spec's layout (:func:`projections_for_spec`).
-    """
-    missing = [c for c in spec.channels if c not in volume.channels]
-    if missing:
-        raise BodyageError(f"image has channels {list(volume.channels)} but the model needs "
-                           f"{list(spec.channels)}", path=volume.provenance.get("path"))
-    vol = volume.with_data(np.stack([volume.channel(c) for c in spec.channels]),
-                           channels=spec.channels)
-    try:
-        from bodyage_core.preprocess import ModelGrid, prepare_for_model
-    except ImportError:
-        prepare_for_model = None
-    if prepare_for_model is not None:
-        # Geometry (resample, centre the body, crop/pad) from the preprocess module; the
-        # intensity normalisation named in the spec is applied here per channel.
-        grid = ModelGrid(spacing_xyz=tuple(spec.spacing_zyx[::-1]), shape_zyx=spec.shape_zyx,
-                         channels=spec.channels, normalisation={"method": "none"})
-        out = np.asarray(prepare_for_model(vol, grid), dtype=np.float32)
-        out = np.stack([_normalise(ch, spec.normalise) for ch in out])
-        if spec.mode == "2.5d":
-            out = projections_for_spec(out, spec)
-    else:
-        out = _prepare_minimal(vol, spec)
-    if tuple(out.shape) != spec.array_shape:
-        raise BodyageError(f"preprocessing gave shape {tuple(out.shape)}, expected "
-                           f"{spec.array_shape}", path=volume.provenance.get("path"))
-    return out
-
-
-def normalise_foreground_mean(a: np.ndarray) -> np.ndarray:
-    """Divide by the mean of the foreground (voxels above 10% of the 99th percentile)."""
-    a = np.nan_to_num(a.astype(np.float32), nan=0.0)
-    p = np.percentile(a, 99)
-    fg = a > 0.1 * p
-    m = float(a[fg].mean()) if fg.any() and p > 0 else 1.0
-    return a / (m if m > 0 else 1.0)
-
-
-NORMALISATIONS = ("foreground_mean", "percentile", "zscore", "none")
-
-
-def _normalise(a: np.ndarray, method: str | None) -> np.ndarray:
-    """Per-channel intensity normalisation of a model input (``spec.normalise``)."""
-    if method == "foreground_mean":
-        return normalise_foreground_mean(a)
-    if method in ("none", None):
-        return np.asarray(a, dtype=np.float32)
-    if method in ("percentile", "zscore"):
-        from bodyage_core.preprocess import normalise_intensity
-
-        return np.asarray(normalise_intensity(a, method=method)[0], dtype=np.float32)
-    raise ConfigError(f"unknown normalisation {method!r}",
-                      hint=f"use one of {', '.join(NORMALISATIONS)}")
-
-
-def _resize(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    from scipy import ndimage
-
-    factors = [t / s for t, s in zip(shape, a.shape)]
-    out = ndimage.zoom(a, factors, order=1)
-    fixed = np.zeros(tuple(shape), dtype=np.float32)
-    sl = tuple(slice(0, min(o, t)) for o, t in zip(out.shape, shape))
-    fixed[sl] = out[sl]
-    return fixed
-
-
-def minimal_model_grid(vol: Volume, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The minimal preprocessor's geometry: every channel zoomed to ``spec.spacing_zyx``, then
-    one crop/pad window of ``spec.shape_zyx`` centred on the channels' summed centre of mass.
-
-    Returns the un-normalised ``(C, Z, Y, X)`` float32 array and the window's start (numpy
-    order, in zoomed voxels; negative where padded) so callers can rebuild its affine.
-    """
-    from scipy import ndimage
-
-    zoom = [s / t for s, t in zip(vol.spacing_zyx, spec.spacing_zyx)]
-    chans = []
-    for c in range(vol.n_channels):
-        a = np.asarray(vol.data[c], dtype=np.float32)
-        if not np.allclose(zoom, 1.0, atol=1e-3):
-            a = ndimage.zoom(a, zoom, order=1)
-        chans.append(a)
-    grid = np.stack(chans)
-    start = _crop_start(grid.sum(axis=0), spec.shape_zyx)
-    out = np.stack([_crop_pad_at(grid[c], start, spec.shape_zyx) for c in range(len(grid))])
-    return out, np.asarray(start, dtype=float)
-
-
-def _prepare_minimal(vol: Volume, spec: InputSpec) -> np.ndarray:
-    out, _start = minimal_model_grid(vol, spec)
-    out = np.stack([_normalise(ch, spec.normalise) for ch in out])
-    if spec.mode == "2.5d":
-        return projections_for_spec(out, spec)
-    return out.astype(np.float32)
-
-
-def _crop_start(ref: np.ndarray, shape: Sequence[int]) -> list[int]:
-    """Start (Z, Y, X) of a ``shape`` window centred on ``ref``'s centre of mass."""
-    w = np.clip(ref, 0, None)
-    tot = w.sum()
-    com = ([float((w.sum(axis=tuple(j for j in range(3) if j != i)) * np.arange(ref.shape[i]))
-                  .sum() / tot) for i in range(3)] if tot > 0 else [s / 2 for s in ref.shape])
-    return [int(round(com[i] - shape[i] / 2)) for i in range(3)]
-
-
-def _crop_pad_at(a: np.ndarray, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """The ``shape`` window of ``a`` (Z, Y, X) beginning at ``start``, zero-padded outside."""
-    out = np.zeros(tuple(shape), dtype=np.float32)
-    src, dst = [], []
-    for i in range(3):
-        s0, s1 = max(start[i], 0), min(start[i] + shape[i], a.shape[i])
-        src.append(slice(s0, max(s1, s0)))
-        dst.append(slice(s0 - start[i], s0 - start[i] + max(s1 - s0, 0)))
-    out[tuple(dst)] = a[tuple(src)]
-    return out
-
-
-def projections_for_spec(grid: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The 2.5D input of a spec from its model-grid channels ``(C, Z, Y, X)``: float32
-    ``(C, H, W)`` in the spec's layout (``spec.projection``)."""
-    if spec.projection == "legacy":
-        return projections_2p5d(grid, spec.image_hw)
-    return projections_langner(grid, spec.spacing_zyx, spec.image_hw)
-
-
-def projections_langner(grid: np.ndarray, spacing_zyx: Sequence[float],
-                        image_hw: Sequence[int]) -> np.ndarray:
-    """``(C, Z, Y, X)`` on a model grid of ``spacing_zyx`` mm -> float32 ``(C, H, W)``:
-    Langner's layout (:func:`bodyage_core.preprocess.projections.projection_images`, with its
-    per-projection min-max scaling to [0, 1]) without the 8-bit quantisation."""
-    from bodyage_core.preprocess.projections import projection_images
-
-    return projection_images(grid, tuple(spacing_zyx)[::-1], image_hw, minmax=True)
-
-
-def projections_2p5d(grid: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
-    """The legacy 2.5D layout (``InputSpec.projection == "legacy"``; runs trained before
-    Langner's layout was used) -- kept unchanged so those runs predict as they did.
-
-    ``(C, Z, Y, X)`` -> ``(C, H, W)``: coronal (mean over y) and sagittal (mean over x)
-    mean-intensity projections side by side, head up, resized to ``image_hw``."""
-    out = []
-    for ch in grid:
-        cor = ch.mean(axis=1)          # (Z, X)
-        sag = ch.mean(axis=2)          # (Z, Y)
-        img = np.concatenate([cor, sag], axis=1)[::-1]  # superior at the top
-        out.append(_resize(np.ascontiguousarray(img), image_hw))
-    return np.stack(out).astype(np.float32)
 
 
 # -- workspace -----------------------------------------------------------------------------

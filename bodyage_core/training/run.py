@@ -340,7 +340,7 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
     if exists:
         if not writer:
             return {}, None, None
-        from bodyage_core.training.trainer import load_torch_file
+        from bodyage_core.inference.weights import load_torch_file
         ck = load_torch_file(member_path, what="ensemble member")
         net.load_state_dict(ck["state_dict"])
         info = ck["info"]

@@ -25,6 +25,12 @@ from torch import nn
 
 from bodyage_core.atomic import atomic_path
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.inference.batch import predict_arrays
+from bodyage_core.inference.device import autocast as _autocast
+from bodyage_core.inference.device import is_oom, resolve_device
+from bodyage_core.inference.device import prepare_model as _prepare_model
+from bodyage_core.inference.device import to_device as _to_device
+from bodyage_core.inference.weights import load_torch_file
 from bodyage_core.models.ensemble import BIAS_METHODS
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.training.augment import AugmentConfig, augment_batch
@@ -121,105 +127,10 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is a clear error."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available",
-                          hint="use --device cpu or --device auto")
-    if device not in ("cpu",) and not str(device).startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
-    return torch.device(device)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg
-                                              or "can't allocate memory" in msg
-                                              or "not enough memory" in msg)
-
-
-def _prepare_model(model: nn.Module, device: torch.device,
-                   channels_last: bool | None = None) -> nn.Module:
-    """Move ``model`` to ``device``; a 3D model goes to ``channels_last_3d`` on CUDA (or where
-    ``channels_last`` says so: the tests check the layout on CPU)."""
-    model = model.to(device)
-    if _channels_last(device, channels_last) and _is_3d(model):
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
-
-
-def _channels_last(device: torch.device, override: bool | None) -> bool:
-    """3D tensors go channels_last_3d on CUDA, unless ``override`` says otherwise."""
-    return device.type == "cuda" if override is None else override
-
-
-def _is_3d(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv3d) for m in model.modules())
-
-
-def _to_device(x: np.ndarray | torch.Tensor, device: torch.device,
-               channels_last: bool | None = None) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float32)
-    t = t.to(device, non_blocking=True)
-    if _channels_last(device, channels_last) and t.ndim == 5:
-        t = t.contiguous(memory_format=torch.channels_last_3d)
-    return t
-
-
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-@torch.no_grad()
-def predict_arrays(model: nn.Module, dataset: AgeDataset | np.ndarray,
-                   indices: np.ndarray | None = None, batch_size: int = 16,
-                   device: torch.device | str = "cpu", amp: bool = True,
-                   reporter: ProgressReporter | None = None,
-                   stage: str = "predict") -> np.ndarray:
-    """Raw network outputs ``(N, 2)`` (standardised mu, log-variance) for a dataset or an
-    array batch; halves the batch on out-of-memory."""
-    dev = torch.device(device) if isinstance(device, str) else device
-    model.eval()
-    if isinstance(dataset, np.ndarray):
-        arr = dataset
-        get = lambda idx: arr[idx]  # noqa: E731
-        n = len(arr)
-    else:
-        get = dataset.batch
-        n = len(dataset)
-    idx_all = np.arange(n) if indices is None else np.asarray(indices)
-    out = np.zeros((len(idx_all), 2), dtype=np.float64)
-    rep = ensure_reporter(reporter)
-    pos, bs = 0, max(1, batch_size)
-    while pos < len(idx_all):
-        sel = idx_all[pos:pos + bs]
-        try:
-            with _autocast(dev, amp):
-                y = model(_to_device(get(sel), dev))
-        except Exception as exc:
-            if is_oom(exc) and bs > 1:
-                bs = max(1, bs // 2)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                rep.update(stage, pos, len(idx_all), f"out of memory: batch size now {bs}")
-                continue
-            raise
-        out[pos:pos + len(sel)] = y.float().cpu().numpy()
-        pos += len(sel)
-        rep.update(stage, pos, len(idx_all))
-    return out
 
 
 def sharded_predict(model: nn.Module, dataset: AgeDataset, indices: np.ndarray | None, dist,
@@ -569,18 +480,6 @@ class Trainer:
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def load_torch_file(path: str | Path, what: str = "file") -> Any:
-    """``torch.load`` on CPU with a clear :class:`BodyageError` for a missing/damaged file."""
-    path = Path(path)
-    if not path.exists():
-        raise BodyageError(f"{what} not found", path=path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise BodyageError(f"{what} is damaged or unreadable ({type(exc).__name__})", path=path,
-                           hint="delete the run and train again (or --overwrite)") from None
 
 
 def state_dict_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -84,7 +84,8 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
                     train: TrainConfig, folds: int = 5, members: int = 1,
                     split_method: str = "stratified", seed: int = 0, resume: bool = False,
                     overwrite: bool = False,
-                    reporter: ProgressReporter | None = None, dist=None) -> RunResult:
+                    reporter: ProgressReporter | None = None, dist=None,
+                    val_fraction: float = 0.15, test_fraction: float = 0.15) -> RunResult:
     """Train run ``run`` on the workspace cohort; registers it in ``cohort.sqlite`` and stores
     the out-of-fold predictions there (split ``oof``).
 
@@ -113,6 +114,7 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
     started = False
     try:
         result = train_run(records, run_dir, spec, mcfg, train, folds, members, split_method,
+                           val_fraction=val_fraction, test_fraction=test_fraction,
                            seed=seed, resume=resume, overwrite=overwrite, reporter=rep,
                            _on_start=lambda: _register(ws, run, mcfg, spec, train, folds,
                                                        members), dist=dist)
@@ -157,7 +159,7 @@ def predict_workspace(ws, run: str, subject_ids: Sequence[str] | None = None,
     ``cohort.sqlite`` (``predictions`` table: fold, split, members, mean, sigma, corrected, gap)
     and write ``reports/predictions_<run>.csv``. Subjects the run held out in training get their
     out-of-fold prediction."""
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
 
     rep = ensure_reporter(reporter)
     ar = AgeRun(ws.model_dir(run), device=device)

@@ -275,7 +275,7 @@ class QtPredictionPanel(QtWidgets.QWidget):
             return PredictionRequest(run_dir=run_dir, subject_id=sid, workspace=ws,
                                      subject=subj, age=subj.age, device=self.device,
                                      torch_threads=self.torch_threads, run_id=run_id)
-        from bodyage_core.models.ensemble import AgeRun
+        from bodyage_core.inference.ensemble import AgeRun
 
         channels = tuple(AgeRun(run_dir).spec.channels)
         return PredictionRequest(run_dir=run_dir, subject_id=base.name,

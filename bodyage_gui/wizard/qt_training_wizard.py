@@ -169,20 +169,19 @@ class ModelPage(QtWidgets.QWizardPage):
             self.loss_combo.addItem(label, key)
         self.members_spin = QtWidgets.QSpinBox()
         self.members_spin.setRange(1, 10)
-        self.members_spin.setValue(1)
+        self.members_spin.setValue(3)
         self.members_spin.setToolTip("ensemble members per fold (different seeds); the "
                                      "ensemble of a k-fold run has k x members networks")
         self.width_spin = QtWidgets.QSpinBox()
         self.width_spin.setRange(2, 256)
-        self.width_spin.setValue(32)
-        self.width_spin.setToolTip("channels of the first stage (3D ResNet; 64 in Starck)")
+        self.width_spin.setToolTip("channels of the first stage (3D ResNet; 64 in Starck; "
+                                   "8 trains in minutes on a CPU)")
         self.epochs_spin = QtWidgets.QSpinBox()
         self.epochs_spin.setRange(1, 1000)
-        self.epochs_spin.setValue(50)
         self.batch_spin = QtWidgets.QSpinBox()
         self.batch_spin.setRange(1, 256)
-        self.batch_spin.setValue(4)
-        self.lr_edit = QtWidgets.QLineEdit("1e-4")
+        self.lr_edit = QtWidgets.QLineEdit()
+        self._apply_defaults("3d")
         self.augment_check = QtWidgets.QCheckBox("augment (random shifts, flips, intensity)")
         self.augment_check.setChecked(True)
         self.grid_combo = QtWidgets.QComboBox()
@@ -214,10 +213,24 @@ class ModelPage(QtWidgets.QWizardPage):
         form.addRow("Device", self.device_combo)
         self.grid_combo.currentIndexChanged.connect(self._grid_changed)
         self.arch_combo.currentIndexChanged.connect(self._grid_changed)
+        self.arch_combo.currentIndexChanged.connect(
+            lambda _i: self._apply_defaults("3d" if self.arch_combo.currentData() == "resnet3d"
+                                            else "2.5d"))
         self.spacing_edit.textChanged.connect(lambda _t: self.completeChanged.emit())
         self.shape_edit.textChanged.connect(lambda _t: self.completeChanged.emit())
         self.lr_edit.textChanged.connect(lambda _t: self.completeChanged.emit())
         self._grid_changed()
+
+    def _apply_defaults(self, mode: str) -> None:
+        """The values ``bodyage train`` would use (one source: training.presets)."""
+        from bodyage_core.training.presets import defaults_for
+
+        d = defaults_for(mode)
+        self.loss_combo.setCurrentIndex(self.loss_combo.findData(d.train["loss"]))
+        self.width_spin.setValue(d.width_cpu)
+        self.epochs_spin.setValue(d.train["epochs"])
+        self.batch_spin.setValue(d.train["batch_size"])
+        self.lr_edit.setText(f"{d.train['lr']:g}")
 
     def _grid_changed(self) -> None:
         custom = self.grid_combo.currentData() == "custom"
@@ -570,8 +583,7 @@ def _fmt_seconds(s: float) -> str:
 def _train(s: dict[str, Any], reporter) -> str:
     """The worker's job: train run ``s['run']`` with its own workspace connection."""
     from bodyage_core.cohort import Workspace
-    from bodyage_core.training.augment import AugmentConfig
-    from bodyage_core.training.trainer import TrainConfig
+    from bodyage_core.training.presets import train_config
     from bodyage_core.training.workflow import make_spec, train_workspace
 
     if not s.get("workspace") or s["workspace"] == "None":
@@ -581,14 +593,9 @@ def _train(s: dict[str, Any], reporter) -> str:
         grid = s["grid"] if s["grid"] in ("default", "full") else None
         spec = make_spec(ws, s["arch"], grid=grid, spacing=s.get("spacing"),
                          shape=s.get("shape"), image_hw=s["image_hw"])
-        tcfg: dict[str, Any] = {"epochs": s["epochs"], "batch_size": s["batch_size"],
-                                "lr": s["lr"], "loss": s["loss"], "device": s["device"],
-                                "seed": s["seed"]}
-        if s["arch"] != "resnet3d":
-            tcfg["scheduler"] = "step"
-        if not s["augment"]:
-            tcfg["augment"] = AugmentConfig(0, 0, 0, 0, 0, 0, False)
-        cfg = TrainConfig(**tcfg)
+        cfg = train_config(spec.mode, augment=s["augment"], epochs=s["epochs"],
+                           batch_size=s["batch_size"], lr=s["lr"], loss=s["loss"],
+                           device=s["device"], seed=s["seed"])
         model = {"arch": s["arch"]}
         if s["arch"] == "resnet3d":
             model["width"] = s["width"]

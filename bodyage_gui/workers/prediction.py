@@ -154,7 +154,7 @@ def predict_subject(request: PredictionRequest,
     """
     import torch
 
-    from bodyage_core.models.ensemble import AgeRun
+    from bodyage_core.inference.ensemble import AgeRun
 
     rep = ensure_reporter(reporter)
     t0 = time.perf_counter()

@@ -1,0 +1,52 @@
+"""Batched forward passes of one network over arrays or a dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bodyage_core.inference.device import autocast, is_oom, to_device
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+
+
+@torch.no_grad()
+def predict_arrays(model: nn.Module, dataset: Any, indices: np.ndarray | None = None,
+                   batch_size: int = 16, device: torch.device | str = "cpu", amp: bool = True,
+                   reporter: ProgressReporter | None = None,
+                   stage: str = "predict") -> np.ndarray:
+    """Raw network outputs ``(N, 2)`` (standardised mu, log-variance) for an array batch
+    ``(N, C, ...)`` or anything with ``batch(indices)`` and ``len`` (a training dataset);
+    halves the batch on out-of-memory."""
+    dev = torch.device(device) if isinstance(device, str) else device
+    model.eval()
+    if isinstance(dataset, np.ndarray):
+        arr = dataset
+        get = lambda idx: arr[idx]  # noqa: E731
+        n = len(arr)
+    else:
+        get = dataset.batch
+        n = len(dataset)
+    idx_all = np.arange(n) if indices is None else np.asarray(indices)
+    out = np.zeros((len(idx_all), 2), dtype=np.float64)
+    rep = ensure_reporter(reporter)
+    pos, bs = 0, max(1, batch_size)
+    while pos < len(idx_all):
+        sel = idx_all[pos:pos + bs]
+        try:
+            with autocast(dev, amp):
+                y = model(to_device(get(sel), dev))
+        except Exception as exc:
+            if is_oom(exc) and bs > 1:
+                bs = max(1, bs // 2)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                rep.update(stage, pos, len(idx_all), f"out of memory: batch size now {bs}")
+                continue
+            raise
+        out[pos:pos + len(sel)] = y.float().cpu().numpy()
+        pos += len(sel)
+        rep.update(stage, pos, len(idx_all))
+    return out
