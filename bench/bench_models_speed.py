@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bodyage_core.atomic import write_json  # noqa: E402
-from bodyage_core.models import build_model  # noqa: E402
-from bodyage_core.training.losses import get_loss  # noqa: E402
 from bodyage_core.inference.device import autocast as _autocast  # noqa: E402
 from bodyage_core.inference.device import prepare_model as _prepare_model  # noqa: E402
 from bodyage_core.inference.device import to_device as _to_device  # noqa: E402
+from bodyage_core.models import build_model  # noqa: E402
+from bodyage_core.training.losses import get_loss  # noqa: E402
 
 GRIDS = {"default": (185, 87, 112), "full": (370, 174, 224)}
 REFERENCE_S_PER_SUBJECT = {"resnet3d": 0.286, "resnet2d": 0.024, "vgg2d": 0.024}

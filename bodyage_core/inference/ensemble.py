@@ -108,6 +108,7 @@ class AgeRun:
         path = self.run_dir / m["file"]
         if self.kind == "model":
             from bodyage_core.inference.bundle import verify_file
+
             from bodyage_core.inference.weights import load_safetensors
 
             verify_file(path, m["sha256"])
