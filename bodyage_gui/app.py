@@ -52,10 +52,15 @@ def run_viewer(state: ViewerState | None = None, workspace: str | Path | None = 
     win.resize(*size)
     if workspace is not None:
         win.open_workspace(workspace, wait=screenshot is not None)
-    if session is not None:
-        win.restore_session(session)
+    session_ok = win.restore_session(session) if session is not None else True
     win.show()
     if screenshot is not None:
+        for text in win.warnings:
+            print(f"bodyage gui: {text}", file=sys.stderr)
+        if not session_ok:
+            print(f"bodyage gui: error: {win.last_error}", file=sys.stderr)
+            win.close()
+            return 2
         for _ in range(5):
             app.processEvents()
         ok = win.save_screenshot(screenshot, whole_window=whole_window)

@@ -96,6 +96,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self.settings = settings or QtCore.QSettings(strings.ORG_NAME, "viewer")
         self.last_error: str | None = None
         self.errors: list[str] = []
+        self.warnings: list[str] = []
         self.error_box: QtWidgets.QMessageBox | None = None
         self.workspace: Any = None
         self.current_subject: str | None = None
@@ -230,6 +231,21 @@ class QtMainWindow(QtWidgets.QMainWindow):
                 self.error_box.close()
             box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Warning, strings.ERROR_TITLE,
                                         msg, QtWidgets.QMessageBox.StandardButton.Ok, self)
+            box.setWindowModality(_Qt.WindowModality.WindowModal)
+            box.open()  # non-blocking
+            self.error_box = box
+
+    def report_warning(self, message: str) -> None:
+        """Something was done, but not all of it (a session with values that did not fit):
+        kept in ``warnings``, shown in the status bar and a non-blocking dialog."""
+        self.warnings.append(message)
+        self.statusBar().showMessage(message.replace("\n", "; "), 15000)
+        if self.show_dialogs:
+            if self.error_box is not None:
+                self.error_box.close()
+            box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Icon.Information,
+                                        strings.APP_NAME, message,
+                                        QtWidgets.QMessageBox.StandardButton.Ok, self)
             box.setWindowModality(_Qt.WindowModality.WindowModal)
             box.open()  # non-blocking
             self.error_box = box
@@ -528,11 +544,16 @@ class QtMainWindow(QtWidgets.QMainWindow):
                                 hint="choose a .json file saved with File > Save session") \
                     from exc
             try:
-                self.state.restore(d, loader=_session_loader, relative_to=path.parent)
+                problems = self.state.restore(d, loader=_session_loader,
+                                              relative_to=path.parent)
             except (KeyError, ValueError, TypeError) as exc:  # files changed since the save
                 raise LoadError(f"the session does not match its files any more ({exc})",
                                 path=path, hint="open the images again and save a new "
                                 "session") from exc
+            except BodyageError as exc:
+                if exc.path is not None:
+                    raise
+                raise LoadError(str(exc), path=path) from exc
             # the restored files are in their own space; back to atlas space when the session
             # was saved there for the subject open now
             saved_in_atlas = self.state.space.wanted
@@ -542,6 +563,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self.state.space.wanted = False
             self.scheduler.flush()
             self.statusBar().showMessage(f"session restored: {path}", 5000)
+            if problems:
+                self.report_warning(f"session {path.name}: restored; skipped what did not "
+                                    "fit:\n" + "\n".join(problems))
             if saved_in_atlas and self.atlas_link is not None:
                 self.set_display_space(atlas_space.ATLAS, wait=True)
             return True
