@@ -99,7 +99,8 @@ def _require(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise LoadError("image not found", path=path,
-                        hint="check the path recorded in the cohort (bodyage info WORKSPACE)")
+                        hint="check the image path recorded for the subject in the cohort "
+                             "(re-import it if the file moved)")
     return path
 
 

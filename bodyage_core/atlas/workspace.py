@@ -81,15 +81,26 @@ def atlas_groups(ws, by: Sequence[str] = DEFAULT_BY, only: Sequence[str] | None 
                  ) -> tuple[dict[str, list], list[str]]:
     """``({group: [Subject...]}, [ids without a group])`` of the cohort."""
     from bodyage_core.cohort.workspace import safe_name
+    from bodyage_core.names import fold_key
 
     groups: dict[str, list] = {}
     missing: list[str] = []
+    raw_of: dict[str, str] = {}      # folder key -> the group value it came from
     for s in ws.db.subjects():
         g = group_name(s, by)
         if g is None:
             missing.append(s.subject_id)
             continue
-        groups.setdefault(safe_name(g), []).append(s)
+        name = safe_name(g)
+        other = raw_of.setdefault(fold_key(name), g)
+        if other != g:
+            # two values made one folder name ('Guys Hospital' / 'Guys_Hospital'): refuse
+            # rather than average two groups into one atlas
+            raise CohortError(f"atlas groups {other!r} and {g!r} (by {'+'.join(by)}) would "
+                              f"share the folder atlases/{name}", ws.root / "cohort.sqlite",
+                              "make the values differ in letters or digits (re-import the "
+                              "CSV) or group by other columns")
+        groups.setdefault(name, []).append(s)
     if only:
         unknown = [g for g in only if g not in groups]
         if unknown:

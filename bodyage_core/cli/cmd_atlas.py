@@ -28,6 +28,8 @@ def register(sub) -> None:
                    help="smallest group that gets an atlas (default 3)")
     b.add_argument("--method", choices=("demons", "bspline", "affine"), help="deformable method")
     b.add_argument("--config", help="JSON file of registration options")
+    b.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
     b.set_defaults(func=run_build)
     m = asub.add_parser("maps", help="population maps of a run's Grad-CAMs per group")
     m.add_argument("workspace")

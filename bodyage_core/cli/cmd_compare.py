@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--permutations", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,6 @@
-"""``bodyage info FILE``: what an image file holds (shape, spacing, orientation, values...)."""
+"""``bodyage info FILE``: what an image file holds (shape, spacing, orientation, values...),
+with the load-time quality flags (non-finite voxels counted and set to 0, constant image, fewer
+than 4 slices, missing DICOM slices) as ``warning`` lines."""
 
 from __future__ import annotations
 
@@ -70,6 +72,10 @@ def run(args) -> int:
         ("dtype", facts["dtype"]),
         ("value range", "empty" if rng is None else f"{rng[0]:.6g} .. {rng[1]:.6g}"),
     ]
+    if prov.get("nonfinite_voxels") is not None:
+        n = int(prov["nonfinite_voxels"])
+        lines.append(("non-finite voxels", f"{n:,}" + (" (NaN/inf, shown and used as 0)"
+                                                       if n else "")))
     if "n_labels" in facts:
         lines.append(("labels", f"{facts['n_labels']} non-zero: "
                                 f"{_fmt(facts['labels'][:30], ', ')}"))
@@ -79,6 +85,8 @@ def run(args) -> int:
                 "series_description"):
         if prov.get(key) not in (None, ""):
             lines.append((key.replace("_", " "), str(prov[key])))
+    for flag in prov.get("qc") or []:
+        lines.append(("warning", f"{flag.get('message')} [{flag.get('flag')}]"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")

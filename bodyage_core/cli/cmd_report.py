@@ -14,6 +14,8 @@ def register(sub) -> None:
     p.add_argument("workspace")
     p.add_argument("--run", required=True)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
     p.set_defaults(func=run)
 
 

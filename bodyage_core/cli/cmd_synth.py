@@ -30,6 +30,8 @@ def register(sub) -> None:
                    help="regenerate subjects that exist / change the settings of a workspace")
     p.add_argument("--no-register", action="store_true",
                    help="write the files and participants.csv only, not the cohort index")
+    p.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
     p.set_defaults(func=run)
 
 

@@ -16,7 +16,8 @@ SCHEDULER_ENV = "BODYAGE_SCHEDULER"
 
 
 def add_engine_arguments(p) -> None:
-    """``--scheduler --workers --retries --connect-timeout --wait`` on a sub-command parser."""
+    """``--scheduler --workers --retries --connect-timeout --wait --dashboard-address`` on a
+    sub-command parser."""
     g = p.add_argument_group("cohort scale (per-subject tasks on Dask; docs/CLUSTER.md)")
     g.add_argument("--scheduler", default=None, metavar="WHERE",
                    help="local (default: a Dask LocalCluster on this machine), "
@@ -31,6 +32,10 @@ def add_engine_arguments(p) -> None:
                    help="seconds to reach a tcp:// scheduler (default 10)")
     g.add_argument("--wait", action="store_true", dest="wait_lock",
                    help="if another run holds the workspace, wait for it instead of refusing")
+    g.add_argument("--dashboard-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where the local cluster's Dask dashboard listens (default "
+                        "127.0.0.1:0: this machine only, a free port; its task names carry "
+                        "subject ids): e.g. 127.0.0.1:8787, :8787 for every interface, none")
 
 
 def engine_options(args) -> EngineOptions:
@@ -40,7 +45,9 @@ def engine_options(args) -> EngineOptions:
         workers = 1     # one GPU: one worker (several GPUs: see docs/CLUSTER.md, dask-cuda)
     return EngineOptions(scheduler=scheduler, workers=workers, retries=args.retries,
                          connect_timeout=args.connect_timeout,
-                         wait_lock=args.wait_lock).validate()
+                         wait_lock=args.wait_lock,
+                         dashboard_address=getattr(args, "dashboard_address",
+                                                   "127.0.0.1:0")).validate()
 
 
 def _uses_gpu(device: str | None) -> bool:

@@ -87,6 +87,10 @@ class EngineOptions:
     min_cluster_jobs
         With ``"local"``, fewer unfinished jobs than this run in-process: starting worker
         processes would cost more than it saves (default 2: one subject never starts a cluster).
+    dashboard_address
+        Where the local cluster's Dask dashboard listens (default ``127.0.0.1:0``: this machine
+        only, any free port; task names carry subject ids). ``:8787`` or ``0.0.0.0:8787`` opens
+        it to the network (``--dashboard-address``); ``none`` turns it off.
     """
 
     scheduler: str = "local"
@@ -100,6 +104,7 @@ class EngineOptions:
     max_in_flight: int | None = None
     min_cluster_jobs: int = 2
     silence_logs: int = logging.ERROR
+    dashboard_address: str = "127.0.0.1:0"
 
     def validate(self) -> EngineOptions:
         s = (self.scheduler or "local").strip()
@@ -114,6 +119,16 @@ class EngineOptions:
             raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
         if self.connect_timeout <= 0:
             raise ConfigError("--connect-timeout must be positive")
+        addr = (self.dashboard_address or "").strip()
+        if addr.lower() in ("none", "off", "no", ""):
+            self.dashboard_address = None
+        else:
+            host, sep, port = addr.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ConfigError(f"--dashboard-address {addr!r} is not HOST:PORT",
+                                  hint="e.g. 127.0.0.1:8787 (this machine), :8787 (every "
+                                       "interface) or none")
+            self.dashboard_address = addr
         return self
 
     @property
@@ -184,8 +199,10 @@ class Engine:
 
     def start(self) -> None:
         if self._use_lock and self.lock is None:
+            # reentrant: the CLI dispatcher holds the workspace for the whole command already
             self.lock = WorkspaceLock(self.ws.root, self.command, wait=self.options.wait_lock,
-                                      timeout=self.options.lock_timeout).acquire()
+                                      timeout=self.options.lock_timeout,
+                                      reentrant=True).acquire()
         try:
             # a remote scheduler is checked at once; a local cluster starts when needed
             if not self.options.is_sync and self.options.scheduler != "local" \
@@ -235,7 +252,8 @@ class Engine:
                 try:
                     self.cluster = LocalCluster(
                         n_workers=n, threads_per_worker=opts.threads_per_worker,
-                        processes=opts.processes, dashboard_address=":0",
+                        processes=opts.processes,
+                        dashboard_address=opts.dashboard_address,
                         silence_logs=opts.silence_logs, **extra)
                 except (OSError, RuntimeError, TimeoutError, asyncio.TimeoutError) as err:
                     raise BodyageError(

@@ -1,4 +1,14 @@
-"""One batch run per workspace: an advisory lock file ``<workspace>/.bodyage.lock``.
+"""One writer per workspace: an advisory lock file ``<workspace>/.bodyage.lock``.
+
+Every command that writes a workspace holds it for its whole run: ``synth``, ``import``,
+``exclude``, ``train``, ``predict``, ``explain``, ``register``, ``atlas build``, ``atlas maps``,
+``compare`` and ``report`` (the CLI dispatcher, :mod:`bodyage_core.cli.main`, takes it before the
+command starts; the Dask stages' :class:`~bodyage_core.cluster.engine.Engine` joins it), and the
+viewer's training wizard while it trains. The lock is exclusive: a second writer is refused
+with the holder's pid, host, command and start time (or queues behind it with ``--wait``), so
+a second ``train --resume`` cannot publish over a run being trained and ``train --overwrite``
+cannot replace a run that ``explain`` is reading. Commands that only read (``info``, the
+viewer browsing a workspace) take no lock.
 
 The holder keeps the file open with an exclusive ``flock`` and writes who it is (pid, host,
 command, start time) into it. The kernel drops the lock when the holder's process ends, however it
@@ -21,13 +31,20 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bodyage_core.errors import BodyageError
 
 LOCK_NAME = ".bodyage.lock"
+
+# (lock path, thread) -> how many WorkspaceLocks of this thread hold it (re-entrant joins)
+_HELD: dict[tuple[str, int], int] = {}
+_HELD_LOCK = threading.Lock()
 
 
 class WorkspaceLockedError(BodyageError):
@@ -65,8 +82,10 @@ class WorkspaceLock:
     """
 
     def __init__(self, root: str | Path, command: str | None = None, wait: bool = False,
-                 timeout: float | None = None, poll: float = 0.5):
+                 timeout: float | None = None, poll: float = 0.5, reentrant: bool = False):
         self.root = Path(root)
+        self.reentrant = reentrant
+        self._joined = False
         self.path = self.root / LOCK_NAME
         if command is None:
             command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
@@ -79,7 +98,10 @@ class WorkspaceLock:
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._joined
+
+    def _key(self) -> tuple[str, int]:
+        return (os.path.abspath(self.path), threading.get_ident())
 
     def read(self) -> dict[str, Any]:
         """What the lock file says about its (last) holder; {} when empty or unreadable."""
@@ -94,8 +116,16 @@ class WorkspaceLock:
         return info if isinstance(info, dict) else {}
 
     def acquire(self) -> WorkspaceLock:
-        if self._fd is not None:
+        if self._fd is not None or self._joined:
             return self
+        if self.reentrant:
+            with _HELD_LOCK:
+                if self._key() in _HELD:
+                    # this thread already holds the workspace (the CLI took it for the
+                    # command): join it instead of refusing ourselves
+                    _HELD[self._key()] += 1
+                    self._joined = True
+                    return self
         if not self.root.is_dir():
             raise BodyageError("workspace folder not found", self.root,
                                "check the path or create the workspace first")
@@ -133,14 +163,28 @@ class WorkspaceLock:
             self.stale = describe_holder(previous)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "started": time.time(), "active": True}
-        self._write_fd(fd, info)
+        try:
+            self._write_fd(fd, info)
+        except OSError as err:   # a full disk or a read-only file: the flock itself holds
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EBADF):
+                os.close(fd)
+                raise
         self._fd = fd
+        with _HELD_LOCK:
+            _HELD[self._key()] = _HELD.get(self._key(), 0) + 1
         return self
 
     def release(self) -> None:
+        if self._joined:
+            self._joined = False
+            with _HELD_LOCK:
+                _HELD[self._key()] = _HELD.get(self._key(), 1) - 1
+            return
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        with _HELD_LOCK:
+            _HELD.pop(self._key(), None)
         try:
             info = self._read_fd(fd)
             info["active"] = False
@@ -182,3 +226,15 @@ class WorkspaceLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextmanager
+def workspace_writer(root: str | Path, command: str | None = None, wait: bool = False,
+                     timeout: float | None = None) -> Iterator[WorkspaceLock]:
+    """Hold the workspace lock of ``root`` for a block (joining it when this thread holds it
+    already): ``with workspace_writer(ws.root, "bodyage gui: training wizard"): ...``."""
+    lock = WorkspaceLock(root, command, wait=wait, timeout=timeout, reentrant=True).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()

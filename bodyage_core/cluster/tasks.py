@@ -40,6 +40,7 @@ import numpy as np
 
 from bodyage_core.atomic import write_json, write_text
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.names import check_name
 
 # -- jobs and tasks -------------------------------------------------------------------------
 
@@ -273,15 +274,18 @@ class Stage:
 
 
 def predict_one(root: str, run: str, device: str, subject) -> dict[str, Any]:
-    """Worker: predict one subject with run ``run``; writes
-    ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
+    """Worker: predict one subject with run ``run``
+    (:func:`bodyage_core.inference.subject.predict_subject` on the subject's cached model-grid
+    input); writes ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
+    from bodyage_core.inference.subject import predict_subject
     from bodyage_core.training.data import cached_input
 
     ws = _Paths(root)
     ar = cached_run(ws.model_dir(run), device)
     arr = cached_input(ws, subject, ar.spec)
-    pred = ar.predict(arr[None], [subject.subject_id])
-    row = pred.rows({subject.subject_id: subject.age})[0]
+    pred = predict_subject(ar, subject_id=subject.subject_id, age=subject.age,
+                           model_input=arr)
+    row = pred.row()
     row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
     target = ws.subject_dir(subject.subject_id, create=True) / f"prediction_{run}.json"
     with writing(target):
@@ -299,7 +303,7 @@ class PredictStage(Stage):
     def __init__(self, run: str, subject_ids: Sequence[str] | None = None,
                  device: str = "auto", overwrite: bool = False,
                  csv_path: str | Path | None = None):
-        self.run = run
+        self.run = check_name(run, "run name")
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.device = device
         self.overwrite = overwrite
@@ -348,7 +352,8 @@ class PredictStage(Stage):
         out = Path(self.csv_path) if self.csv_path else \
             ws.reports_dir / f"predictions_{self.run}.csv"
         with writing(out):
-            write_text(out, predictions_csv(rows))
+            # a --csv the user named may lie anywhere; the default one stays in the workspace
+            write_text(out, predictions_csv(rows), within=None if self.csv_path else ws.root)
         self.csv_written = out
         summary.rows = rows
 
@@ -388,14 +393,14 @@ class ExplainStage(Stage):
             raise ConfigError(f"unknown explanation method {method!r}; use "
                               f"{' or '.join(METHODS)}")
         check_variant(method, variant)
-        self.run = run
+        self.run = check_name(run, "run name")
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.method, self.layer, self.variant, self.device = method, layer, variant, device
         self.overwrite = overwrite
         self.occlusion = (occlusion_patch, occlusion_stride, occlusion_baseline)
         self.batch_size = batch_size
         self.save_members = save_members
-        self.kind = kind or map_kind(method, run, variant)
+        self.kind = check_name(kind or map_kind(method, run, variant), "map kind")
         self.no_prediction: list[str] = []
 
     def describe(self) -> str:
@@ -482,8 +487,8 @@ class RegisterStage(Stage):
 
     def __init__(self, group: str | None = None, subject: str | None = None,
                  registration=None, force: bool = False):
-        self.group = group
-        self.subject = subject
+        self.group = None if group is None else check_name(group, "atlas group")
+        self.subject = None if subject is None else check_name(subject, "subject id")
         self.registration = registration.to_dict() if registration is not None else None
         self.force = force
         self._infos: dict[str, dict[str, Any]] = {}
@@ -569,9 +574,9 @@ class WarpStage(Stage):
 
     def __init__(self, run: str, groups: Sequence[str] | None = None,
                  kinds: Sequence[str] | None = None):
-        self.run = run
-        self.groups = list(groups) if groups else None
-        self.kinds = list(kinds) if kinds else None
+        self.run = check_name(run, "run name")
+        self.groups = [check_name(g, "atlas group") for g in groups] if groups else None
+        self.kinds = [check_name(k, "map kind") for k in kinds] if kinds else None
 
     def describe(self) -> str:
         return f"warp {(self.kinds or [f'gradcam_{self.run}'])[0]}"

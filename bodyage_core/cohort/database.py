@@ -12,18 +12,28 @@ Tables (schema version in ``PRAGMA user_version``):
 * ``tasks``       per-subject stage bookkeeping (done / failed with error, attempts, seconds,
                   worker) so batch stages are resumable and idempotent (schema 2 added
                   ``seconds`` and ``worker``; see :mod:`bodyage_core.cluster`).
+* ``exclusions``  subjects left out of training (``bodyage exclude``, ``import`` with an
+                  ``excluded`` column): id -> reason. Created on first use, outside the schema
+                  versions (an older bodyage ignores it and still opens the workspace); a
+                  database without it has no exclusions.
 
 Every write happens in one transaction: an exception (or a crash) in the middle of an import
 leaves the database exactly as it was. The database runs in WAL mode with a busy timeout so
 several readers and one writer at a time coexist (viewer open while a stage runs).
 Transactions nest: a :meth:`CohortDB.transaction` opened inside another one (same thread) joins
 it, so a stage result and its ``tasks`` row are committed together or not at all.
+
+SQLite errors become one-line :class:`~bodyage_core.errors.CohortError` s that say what happened
+(:func:`sqlite_error`): a read-only workspace, a full disk, a lock held too long or an I/O error
+is reported as such, and only a file that is not a database is called damaged.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -109,6 +119,15 @@ ALTER TABLE tasks ADD COLUMN worker TEXT;
 CREATE INDEX tasks_status ON tasks(stage, key, status);
 """
 
+# Not a schema version: created on first use (see the module docstring).
+_EXCLUSIONS = """
+CREATE TABLE IF NOT EXISTS exclusions (
+    subject_id TEXT PRIMARY KEY REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    reason TEXT NOT NULL,
+    updated REAL NOT NULL
+)
+"""
+
 # version -> SQL that brings a database from version-1 to version. Add new versions here; never
 # edit an old one (databases in the field were made with it).
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
@@ -138,6 +157,8 @@ class Subject:
     site: str | None = None
     images: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: why the subject is left out of training (None: it is not)
+    excluded: str | None = None
 
     @property
     def group(self) -> str | None:
@@ -150,7 +171,7 @@ class Subject:
         return {
             "subject_id": self.subject_id, "age": self.age, "sex": self.sex, "bmi": self.bmi,
             "bmi_group": self.bmi_group, "site": self.site, "images": dict(self.images),
-            "meta": dict(self.meta),
+            "meta": dict(self.meta), "excluded": self.excluded,
         }
 
 
@@ -183,11 +204,16 @@ class CohortDB:
                     raise CohortError("the cohort index is empty (no schema)", path,
                                       "delete it and import the cohort again")
             conn.execute("PRAGMA journal_mode = WAL")
+        except CohortError:
+            raise
         except sqlite3.DatabaseError as err:
-            raise CohortError(f"not a readable SQLite cohort index ({err})", path,
-                              "restore it from a backup or re-import the cohort") from None
+            raise sqlite_error(err, path, "open") from None
         db = cls(path, conn)
-        db._migrate(version)
+        try:
+            db._migrate(version)
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            raise sqlite_error(err, path, "update") from None
         return db
 
     def _migrate(self, version: int) -> None:
@@ -233,18 +259,39 @@ class CohortDB:
                     break
                 except sqlite3.OperationalError as err:
                     if ("locked" not in str(err) and "busy" not in str(err)) or attempt == 49:
-                        raise
+                        raise sqlite_error(err, self.path) from None
                     time.sleep(0.1)
             self._tx_depth = 1
             try:
                 yield cur
+            except _SYSTEM_ERRORS as err:
+                if not _is_system_error(err):
+                    self._rollback(cur)
+                    raise
+                self._rollback(cur)
+                raise sqlite_error(err, self.path) from None
             except BaseException:
-                cur.execute("ROLLBACK")
+                self._rollback(cur)
                 raise
             else:
-                cur.execute("COMMIT")
+                try:
+                    cur.execute("COMMIT")
+                except _SYSTEM_ERRORS as err:
+                    self._rollback(cur)
+                    if not _is_system_error(err):
+                        raise
+                    raise sqlite_error(err, self.path) from None
             finally:
                 self._tx_depth = 0
+
+    @staticmethod
+    def _rollback(cur: sqlite3.Cursor) -> None:
+        """Roll back, never masking the error that caused it (a full disk can fail this too;
+        SQLite then rolls back itself when the connection closes)."""
+        try:
+            cur.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     # -- subjects -----------------------------------------------------------------------------
     def add_subjects(self, records: Iterable[dict[str, Any] | Subject]) -> int:
@@ -257,6 +304,7 @@ class CohortDB:
         now = time.time()
         subject_rows = []
         image_rows = []
+        flags: list[tuple[str, str | None]] = []
         seen: set[str] = set()
         for rec in records:
             d = rec.to_dict() if isinstance(rec, Subject) else dict(rec)
@@ -273,6 +321,8 @@ class CohortDB:
                                  json.dumps(d.get("meta") or {}, default=str), now))
             for kind, p in (d.get("images") or {}).items():
                 image_rows.append((sid, kind, str(p)))
+            if "excluded" in d:
+                flags.append((sid, d["excluded"]))
         with self.transaction() as cur:
             cur.executemany(
                 "INSERT INTO subjects (subject_id, age, sex, bmi, bmi_group, site, meta, created)"
@@ -283,7 +333,45 @@ class CohortDB:
             cur.executemany(
                 "INSERT INTO images (subject_id, kind, path) VALUES (?, ?, ?)"
                 " ON CONFLICT(subject_id, kind) DO UPDATE SET path=excluded.path", image_rows)
+            if flags:
+                self._write_exclusions(cur, flags)
         return len(subject_rows)
+
+    # -- exclusions from training ------------------------------------------------------------
+    def _write_exclusions(self, cur: sqlite3.Cursor, flags: Iterable[tuple[str, str | None]]
+                          ) -> None:
+        cur.execute(_EXCLUSIONS)
+        now = time.time()
+        for sid, reason in flags:
+            if reason:
+                cur.execute("INSERT OR REPLACE INTO exclusions (subject_id, reason, updated)"
+                            " VALUES (?, ?, ?)", (sid, str(reason), now))
+            else:
+                cur.execute("DELETE FROM exclusions WHERE subject_id = ?", (sid,))
+
+    def set_excluded(self, subject_ids: Iterable[str], reason: str | None) -> int:
+        """Flag subjects as left out of training (``reason``: why, one line) or, with
+        ``reason=None``, include them again; one transaction. Unknown ids are a CohortError."""
+        ids = [str(i) for i in subject_ids]
+        known = set(self._ages(set(ids)))
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise CohortError(f"no subject(s) {', '.join(unknown[:5])} in the cohort", self.path,
+                              "check the ids (`bodyage exclude WORKSPACE --list` lists the "
+                              "excluded ones)")
+        with self.transaction() as cur:
+            self._write_exclusions(cur, [(i, reason) for i in ids])
+        return len(ids)
+
+    def excluded(self) -> dict[str, str]:
+        """``{subject_id: reason}`` of the subjects left out of training."""
+        try:
+            return {r[0]: r[1] for r in self._conn.execute(
+                "SELECT subject_id, reason FROM exclusions ORDER BY subject_id")}
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return {}
+            raise sqlite_error(err, self.path) from None
 
     def subject_ids(self) -> list[str]:
         return [r[0] for r in self._conn.execute(
@@ -310,14 +398,17 @@ class CohortDB:
         images: dict[str, dict[str, str]] = {}
         for r in self._conn.execute("SELECT subject_id, kind, path FROM images"):
             images.setdefault(r[0], {})[r[1]] = r[2]
+        excluded = self.excluded()
         out = [Subject(r["subject_id"], r["age"], r["sex"], r["bmi"], r["bmi_group"], r["site"],
-                       images.get(r["subject_id"], {}), json.loads(r["meta"])) for r in rows]
+                       images.get(r["subject_id"], {}), json.loads(r["meta"]),
+                       excluded.get(r["subject_id"])) for r in rows]
         if ids is not None:
             wanted = {str(i) for i in ids}
             missing = wanted - {s.subject_id for s in out}
             if missing:
                 raise CohortError(f"no subject(s) {', '.join(sorted(missing)[:5])} in the cohort",
-                                  self.path, "check the ids with `bodyage info WORKSPACE`")
+                                  self.path, "check the ids in the workspace's participants "
+                                             "(the viewer's subject list)")
             out = [s for s in out if s.subject_id in wanted]
         return out
 
@@ -511,6 +602,62 @@ class CohortDB:
             sql += " AND key = ?"
             params.append(key)
         return {r[0]: int(r[1]) for r in self._conn.execute(sql + " GROUP BY status", params)}
+
+
+_SYSTEM_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def _is_system_error(err: BaseException) -> bool:
+    """An error of the file or the system (read-only, full, locked, I/O, damaged), not of the
+    statement (IntegrityError, ProgrammingError: a bug, keeps its traceback)."""
+    return type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def sqlite_error(err: BaseException, path: str | Path, action: str = "write") -> CohortError:
+    """One line for an SQLite error on ``cohort.sqlite``: what happened and what to do.
+
+    Only a file that is not a database (``file is not a database``, ``malformed``) is called
+    damaged; a read-only file or folder, a full disk, a lock held by another process and an I/O
+    error say so, and never advise restoring or re-importing a healthy index.
+    """
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    low = text.lower()
+    p = Path(path)
+    if "readonly" in low or "read-only" in low or "read only" in low or             (action != "write" and "unable to open" in low and not _writable(p)):
+        return CohortError(f"the cohort index is read-only ({text}); nothing was changed", p,
+                           "the database is not damaged: make the workspace folder and "
+                           "cohort.sqlite writable (or run on a writable copy)")
+    if "full" in low or "no space" in low:
+        return CohortError(f"the disk holding the cohort index is full ({text}); the last "
+                           "change was rolled back", p,
+                           "free space on that disk and run the command again (the database "
+                           "is not damaged)")
+    if "locked" in low or "busy" in low:
+        return CohortError(f"the cohort index is locked by another process ({text})", p,
+                           "wait for the other bodyage command or viewer to finish its write, "
+                           "then try again")
+    if "disk i/o" in low or "ioerr" in low:
+        return CohortError(f"input/output error on the cohort index ({text})", p,
+                           "check the disk or network file system, then try again; do not "
+                           "delete the database")
+    if "unable to open" in low:
+        return CohortError(f"cannot open the cohort index ({text})", p,
+                           "check that the workspace folder exists and is readable and writable")
+    if type(err) is sqlite3.DatabaseError or "not a database" in low or "malformed" in low:
+        return CohortError(f"not a readable SQLite cohort index ({text})", p,
+                           "the file is damaged: restore it from a backup or re-import the "
+                           "cohort")
+    return CohortError(f"cannot {action} the cohort index ({text})", p,
+                       "check the disk and the workspace's permissions, then try again")
+
+
+def _writable(path: Path) -> bool:
+    try:
+        if path.exists() and not os.access(path, os.W_OK):
+            return False
+        return os.access(path.parent, os.W_OK)
+    except OSError as err:
+        return err.errno != errno.EROFS
 
 
 def normalise_sex(value: Any) -> str | None:

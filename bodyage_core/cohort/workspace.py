@@ -6,6 +6,19 @@
       models/<run>/        config.json, member_<k>.pt, normalisation, bias correction, metrics
       atlases/<group>/     template, population maps, statistics
       reports/             evaluation tables and plots
+
+Folder names are the names themselves: subject ids, run names and atlas group names follow the
+one name rule of :mod:`bodyage_core.names` (checked where they enter and again by
+:meth:`Workspace.subject_dir`, :meth:`~Workspace.model_dir`, :meth:`~Workspace.atlas_dir`), so
+two different names never share a folder and none leads out of the workspace.
+
+Training selection (``bodyage train --exclude``): :attr:`Workspace.train_exclude` holds ids
+left out of training for this session in addition to the subjects flagged ``excluded`` in the
+cohort (:meth:`CohortDB.set_excluded <bodyage_core.cohort.database.CohortDB.set_excluded>`);
+:attr:`Workspace.input_failures` collects the subjects whose input could not be prepared while
+building training records (``{id: one-line error}``; they are recorded failed and skipped, see
+:func:`bodyage_core.training.data.records_from_workspace`), whose progress goes to
+:attr:`Workspace.progress` when set.
 """
 
 from __future__ import annotations
@@ -15,14 +28,26 @@ from pathlib import Path
 
 from bodyage_core.cohort.database import CohortDB
 from bodyage_core.errors import CohortError
+from bodyage_core.names import check_name, is_valid_name
 
 DB_NAME = "cohort.sqlite"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(name: str) -> str:
-    """A file-system-safe folder name for a subject id, run or group (no separators)."""
-    cleaned = _SAFE.sub("_", str(name)).strip("._")
+    """A folder name for a value derived from data (an atlas group built from a CSV column).
+
+    A valid name (:func:`bodyage_core.names.check_name`) is returned unchanged, so distinct
+    valid names stay distinct. Anything else is sanitised (runs of other characters become
+    ``_``, leading/trailing ``._`` are stripped), which can map two values onto one name:
+    callers that sanitise several values must check for that (the atlas grouping refuses two
+    groups with one folder name). Subject ids and run names are never sanitised: they must be
+    valid names.
+    """
+    text = str(name)
+    if is_valid_name(text):
+        return text
+    cleaned = _SAFE.sub("_", text).strip("._")[:128]
     if not cleaned:
         raise CohortError(f"{name!r} cannot be used as a folder name", hint="use letters/digits")
     return cleaned
@@ -37,6 +62,12 @@ class Workspace:
     def __init__(self, root: Path, db: CohortDB):
         self.root = root
         self.db = db
+        #: ids left out of training in this session (``bodyage train --exclude``)
+        self.train_exclude: set[str] = set()
+        #: subjects whose model input failed while building training records: id -> error
+        self.input_failures: dict[str, str] = {}
+        #: progress reporter for work done on the workspace's behalf (preparing training inputs)
+        self.progress = None
 
     @classmethod
     def create(cls, path: str | Path) -> Workspace:
@@ -63,16 +94,19 @@ class Workspace:
 
     # -- paths --------------------------------------------------------------------------------
     def subject_dir(self, subject_id: str, create: bool = False) -> Path:
-        p = self.root / "subjects" / safe_name(subject_id)
+        """``subjects/<id>/``; a ConfigError for an id that breaks the name rule."""
+        p = self.root / "subjects" / check_name(str(subject_id), "subject id")
         if create:
             p.mkdir(parents=True, exist_ok=True)
         return p
 
     def model_dir(self, run: str) -> Path:
-        return self.root / "models" / safe_name(run)
+        """``models/<run>/``; a ConfigError for a run name that breaks the name rule."""
+        return self.root / "models" / check_name(str(run), "run name")
 
     def atlas_dir(self, group: str) -> Path:
-        return self.root / "atlases" / safe_name(group)
+        """``atlases/<group>/``; a ConfigError for a group name that breaks the name rule."""
+        return self.root / "atlases" / check_name(str(group), "atlas group")
 
     @property
     def reports_dir(self) -> Path:

@@ -15,10 +15,18 @@ oblique acquisition keeps its rotation), data ``(C, Z, Y, X)`` float32 (integers
 ``load_labels``), affine voxel ``(x, y, z)`` -> RAS mm, and ``provenance['orientation']`` holds the
 file's own axis letters (e.g. ``'PSR'``). Every failure a user can cause is a
 :class:`~bodyage_core.errors.LoadError` naming the path and the fix.
+
+Garbage images (:mod:`bodyage_core.qc.image_checks`): an intensity image's NaN / inf voxels are
+counted (``provenance["nonfinite_voxels"]``), set to 0 and flagged in ``provenance["qc"]``
+(``{"flag", "message"}`` dicts), as are a constant image and fewer than 4 voxels along an axis;
+a header claiming an absurd size is refused before anything is allocated, a NaN or singular
+affine is refused at load, a corrupt UK Biobank zip member is a LoadError naming the zip.
 """
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,8 @@ from bodyage_core.errors import LoadError
 from bodyage_core.io.dicom import load_dicom_series, parse_age, parse_sex
 from bodyage_core.io.itk import ITK_SUFFIXES, load_itk
 from bodyage_core.io.nifti import is_nifti, load_nifti, write_nifti
-from bodyage_core.io.ukbb import load_ukbb_zip
+from bodyage_core.io.ukbb import load_ukbb_zip as _load_ukbb_zip
+from bodyage_core.qc.image_checks import scan_loaded
 from bodyage_core.volume import Volume
 
 __all__ = [
@@ -59,6 +68,18 @@ def detect_format(path: str | Path) -> str:
         return "dicom"
     raise LoadError(f"unknown image format {path.suffix or '(no extension)'!r}", path,
                     f"bodyage reads {SUPPORTED}")
+
+
+def load_ukbb_zip(path: str | Path, *args: Any, **kwargs: Any) -> Volume:
+    """:func:`bodyage_core.io.ukbb.load_ukbb_zip`, with a corrupt member (a ``zlib.error``
+    while inflating it) reported as a LoadError naming the zip, and the QC scan of
+    :func:`load_volume`."""
+    try:
+        vol = _load_ukbb_zip(path, *args, **kwargs)
+    except (zlib.error, zipfile.BadZipFile, EOFError) as err:
+        raise LoadError(f"a member of the zip cannot be decompressed ({type(err).__name__}: "
+                        f"{err})", path, "the zip is corrupt; fetch it again") from None
+    return scan_loaded(vol)
 
 
 def _has_dicm_magic(path: Path) -> bool:
@@ -121,7 +142,7 @@ def load_volume(path: str | Path, channels: tuple[str, ...] | list[str] | str | 
         vol = load_itk(path)
     else:
         vol = load_dicom_series(path, **options)
-    return _apply_channels(vol, channels, path)
+    return scan_loaded(_apply_channels(vol, channels, path))
 
 
 def load_channels(paths: Mapping[str, str | Path]) -> Volume:
@@ -157,6 +178,15 @@ def load_channels(paths: Mapping[str, str | Path]) -> Volume:
         parts.update(zip(names, v.data))
     prov = dict(vols[0].provenance)
     prov["paths"] = {name: str(p) for name, p in paths.items()}
+    if len(vols) > 1:   # every file's QC flags, named by its channel(s)
+        flags = []
+        for names, v in zip(by_file.values(), vols):
+            for f in v.provenance.get("qc") or []:
+                flags.append({"flag": f["flag"],
+                              "message": f"{'/'.join(names)}: {f['message']}"})
+        prov["qc"] = flags
+        prov["nonfinite_voxels"] = sum(int(v.provenance.get("nonfinite_voxels") or 0)
+                                       for v in vols)
     meta: dict[str, Any] = {}
     for v in vols:
         meta.update(v.metadata)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as nio
 
+from bodyage_core.qc.image_checks import check_affine
 from bodyage_core.volume import Volume, orientation_letters
 
 #: Flip x and y: turns an LPS (DICOM/ITK) affine into an RAS one and back.
@@ -56,6 +57,7 @@ def xyz_to_volume_data(data_xyz: np.ndarray) -> np.ndarray:
 def make_volume(data_xyz: np.ndarray, affine_ras: np.ndarray, channels: tuple[str, ...],
                 provenance: dict[str, Any], metadata: dict[str, Any] | None = None) -> Volume:
     """Reorient to canonical RAS and wrap as a Volume; records the file's own orientation."""
+    check_affine(affine_ras, provenance.get("path"))
     prov = dict(provenance)
     prov.setdefault("orientation", orientation_letters(affine_ras))
     data_xyz, affine = canonical_xyz(data_xyz, affine_ras)

@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 
 from bodyage_core.errors import LoadError
 from bodyage_core.io._geometry import LPS_TO_RAS, make_volume
+from bodyage_core.qc.image_checks import check_allocation
 from bodyage_core.volume import Volume
 
 _SKIP_NAMES = {"dicomdir", "manifest.csv", "manifest.cvs"}
@@ -99,12 +100,41 @@ def read_folder(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         if ds is not None:
             out.append((f, ds))
     if not out:
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if f.parent == folder or f.name.startswith(".") or f.name.lower() in _SKIP_NAMES:
-                continue
+        for f in _nested_files(folder):
             ds = read_dataset(f, f)
             if ds is not None:
                 out.append((f, ds))
+    return out
+
+
+#: How far below a folder the DICOM search looks (levels, files looked at): a slip such as
+#: ``bodyage info /`` must not walk the whole file system.
+SEARCH_DEPTH = 3
+SEARCH_FILES = 20000
+
+
+def _nested_files(folder: Path) -> list[Path]:
+    """Files in the sub-folders of ``folder``, at most :data:`SEARCH_DEPTH` levels down and
+    :data:`SEARCH_FILES` files (a LoadError past that: the folder is not a series folder)."""
+    import os
+
+    out: list[Path] = []
+    base = len(folder.parts)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        depth = len(here.parts) - base
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) \
+            if depth < SEARCH_DEPTH else []
+        if depth == 0:
+            continue
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower() in _SKIP_NAMES:
+                continue
+            out.append(here / name)
+            if len(out) > SEARCH_FILES:
+                raise LoadError(f"no DICOM slices directly in the folder, and more than "
+                                f"{SEARCH_FILES} files below it: not a DICOM series folder",
+                                folder, "pass the folder that holds the slices of one series")
     return out
 
 
@@ -227,6 +257,8 @@ def stack_series(datasets: Sequence[pydicom.Dataset], names: Sequence[Any], wher
     """Sorted slices as an index-order ``(X, Y, Z)`` float32 array + RAS affine + info."""
     order, aff_lps, info = stack_geometry(datasets, where)
     first = datasets[0]
+    check_allocation((len(datasets), int(first.Rows), int(first.Columns)), 8, where,
+                     "the DICOM headers")
     data = np.empty((len(datasets), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for k, i in enumerate(order):
         data[k] = _slice_pixels(datasets[i], names[i])
@@ -271,6 +303,10 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None,
     path = Path(path)
     if not path.exists():
         raise LoadError("file or folder not found", path, "check the path")
+    if path.is_dir() and (path / "cohort.sqlite").is_file():
+        raise LoadError("this folder is a bodyage workspace, not an image", path,
+                        "give one image file or DICOM series folder; open a workspace with "
+                        "`bodyage gui WORKSPACE`")
     if path.is_file():
         ds = read_dataset(path, path)
         if ds is None:
@@ -314,4 +350,10 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None,
         "modality": str(first.get("Modality", "") or ""),
         **info,
     }
+    if info.get("resampled_to_uniform_step"):
+        from bodyage_core.qc.image_checks import add_flag
+
+        add_flag(prov, "dicom_gaps", f"slice positions of {len(datasets)} slices are not "
+                                     "evenly spaced (a slice missing?); resampled to a uniform "
+                                     f"{info['slice_step']:g} mm step")
     return make_volume(xyz, affine, ("image",), prov, subject_metadata(first))

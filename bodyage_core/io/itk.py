@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from bodyage_core.errors import LoadError
 from bodyage_core.io._geometry import make_volume, sitk_affine_ras
 from bodyage_core.io.nifti import smallest_int_dtype
+from bodyage_core.qc.image_checks import check_allocation
 from bodyage_core.volume import Volume
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -23,7 +24,12 @@ def read_sitk(path: Path):
     if not path.exists():
         raise LoadError("file not found", path, "check the path")
     try:
-        return sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()     # the header alone: refuse an absurd size first
+        size = list(reader.GetSize()) + [reader.GetNumberOfComponents()]
+        check_allocation(size, 8 + 4, path)
+        return reader.Execute()
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "rror" in ln), first[-1] if first else "")

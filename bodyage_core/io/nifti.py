@@ -23,6 +23,7 @@ import numpy as np
 from bodyage_core.atomic import atomic_path
 from bodyage_core.errors import LoadError
 from bodyage_core.io._geometry import make_volume
+from bodyage_core.qc.image_checks import check_affine, check_allocation
 from bodyage_core.volume import Volume
 
 _EXT_CODE = 6  # NIfTI "comment" extension
@@ -47,6 +48,13 @@ def _open(path: Path) -> nib.Nifti1Image:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise LoadError(f"not a NIfTI image ({type(img).__name__})", path,
                         "convert it to .nii.gz") from None
+    # the header's claims, before any voxel is read: an absurd size is one line, not a
+    # MemoryError (float32 result + the on-disk copy)
+    try:
+        itemsize = int(img.header.get_data_dtype().itemsize)
+    except (TypeError, ValueError):
+        itemsize = 8
+    check_allocation(img.shape, 4 + itemsize, path)
     if len(img.shape) not in (3, 4):
         if len(img.shape) == 5 and img.shape[3] == 1:
             pass
@@ -84,6 +92,7 @@ def _best_affine(img, extra: dict[str, Any]) -> tuple[np.ndarray, str]:
     sform_code = int(hdr["sform_code"])
     qform_code = int(hdr["qform_code"])
     source = "sform" if sform_code > 0 else ("qform" if qform_code > 0 else "pixdim")
+    check_affine(affine, img.get_filename())
     saved = extra.get("affine")
     if saved is not None:
         saved = np.asarray(saved, dtype=np.float64)

@@ -29,6 +29,11 @@ on every write). ``max_bytes=0`` disables the disk cache (every load prepares th
 
 The limit is read from ``BODYAGE_CACHE_SIZE`` (``20GB``, ``500MB``, ``none``) when set, else from
 ``cache/settings.json``, else there is none.
+
+The cache is an optimisation, never a reason to fail: a write that fails (disk full, read-only
+or unwritable cache folder, a file-size limit) is counted in ``stats.write_errors``, the prepared
+array is returned all the same, and after the first such failure the cache stops trying to
+write for the rest of the process (one warning on stderr says so).
 """
 
 from __future__ import annotations
@@ -154,6 +159,7 @@ class CacheStats:
     writes: int = 0
     evicted: int = 0
     evicted_bytes: int = 0
+    write_errors: int = 0      # failed writes (disk full, read-only): served without the cache
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -187,6 +193,7 @@ class PreprocessCache:
         self.stats = CacheStats()
         self._total: int | None = None     # running estimate of the bytes under root
         self._lock = threading.Lock()
+        self.write_disabled: str | None = None   # why writes stopped (None: they did not)
 
     @classmethod
     def for_workspace(cls, ws_root: str | Path, spec) -> PreprocessCache:
@@ -203,8 +210,16 @@ class PreprocessCache:
 
     # -- paths ---------------------------------------------------------------------------------
     def path(self, subject_id: str) -> Path:
-        name = _SAFE.sub("_", str(subject_id)).strip("._") or "subject"
-        return self.dir / f"{name}.npy"
+        """``<key>/<id>.npy``: the id itself when it is a valid name (subject ids are), else a
+        sanitised name with a digest of the id, so two ids never share a file."""
+        from bodyage_core.names import is_valid_name
+
+        sid = str(subject_id)
+        if is_valid_name(sid):
+            return self.dir / f"{sid}.npy"
+        name = _SAFE.sub("_", sid).strip("._")[:64] or "subject"
+        digest = hashlib.sha1(sid.encode()).hexdigest()[:8]
+        return self.dir / f"{name}.{digest}.npy"
 
     @staticmethod
     def _meta_path(npy: Path) -> Path:
@@ -275,8 +290,22 @@ class PreprocessCache:
             return arr
         self.stats.misses += 1
         arr = compute()
-        self.store(subject_id, sources, arr)
+        if self.write_disabled is None:
+            try:
+                self.store(subject_id, sources, arr)
+            except OSError as err:
+                self._write_failed(err)
         return arr
+
+    def _write_failed(self, err: OSError) -> None:
+        """A failed cache write: go on without the cache, say so once."""
+        import sys
+
+        self.stats.write_errors += 1
+        why = err.strerror or str(err) or type(err).__name__
+        self.write_disabled = f"{why} ({err.filename or self.dir})"
+        print(f"warning: the input cache cannot be written ({self.write_disabled}); going on "
+              "without it (inputs are prepared each time they are needed)", file=sys.stderr)
 
     @staticmethod
     def _touch(npy: Path, mtime_ns: int) -> None:

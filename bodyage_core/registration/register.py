@@ -20,6 +20,7 @@ returns non-finite values, folds space, or ends with poor overlap is returned wi
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -62,6 +63,19 @@ class QualityThresholds:
     max_affine_det: float = 2.5
     max_displacement_mm: float = 120.0
     min_label_dice: float | None = None
+
+
+def _as_tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(float(v))
 
 
 @dataclass
@@ -116,8 +130,33 @@ class RegistrationConfig:
             raise ConfigError("bspline_shrink and bspline_sigmas need one entry per level")
         if len(self.affine_shrink) != len(self.affine_sigmas):
             raise ConfigError("affine_shrink and affine_sigmas need one entry per level")
-        if not 0 < self.sampling_percentage <= 1:
+        if not _number(self.sampling_percentage) or not 0 < self.sampling_percentage <= 1:
             raise ConfigError("sampling_percentage must be in (0, 1]")
+        for name in ("affine_iterations", "bspline_iterations", "invert_iterations",
+                     "demons_iterations"):
+            for v in _as_tuple(getattr(self, name)):
+                if not _integer(v) or v < 0:
+                    raise ConfigError(f"{name} must be whole numbers >= 0, got "
+                                      f"{getattr(self, name)!r}")
+        for name in ("affine_shrink", "bspline_shrink", "demons_shrink", "invert_shrink",
+                     "demons_chunk"):
+            for v in _as_tuple(getattr(self, name)):
+                if not _integer(v) or v < 1:
+                    raise ConfigError(f"{name} must be whole numbers >= 1, got "
+                                      f"{getattr(self, name)!r}")
+        for name in ("affine_sigmas", "bspline_sigmas", "demons_sigma", "demons_update_sigma"):
+            for v in _as_tuple(getattr(self, name)):
+                if not _number(v) or v < 0:
+                    raise ConfigError(f"{name} must be finite numbers >= 0, got "
+                                      f"{getattr(self, name)!r}")
+        if not _number(self.bspline_mesh_mm) or self.bspline_mesh_mm <= 0:
+            raise ConfigError(f"bspline_mesh_mm must be a positive number, got "
+                              f"{self.bspline_mesh_mm!r}")
+        if not isinstance(self.channel_weights, dict) or not all(
+                _number(w) and w >= 0 for w in self.channel_weights.values()):
+            raise ConfigError("channel_weights must map channel names to numbers >= 0")
+        if self.threads is not None and (not _integer(self.threads) or self.threads < 1):
+            raise ConfigError(f"threads must be a whole number >= 1, got {self.threads!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,9 +174,16 @@ class RegistrationConfig:
         for k, v in list(d.items()):
             if isinstance(v, list):
                 d[k] = tuple(v)
-        cfg = cls(**d)
+        try:
+            cfg = cls(**d)
+        except TypeError as err:
+            raise ConfigError(f"bad registration options ({err})") from None
         if th is not None:
-            cfg.thresholds = th if isinstance(th, QualityThresholds) else QualityThresholds(**th)
+            try:
+                cfg.thresholds = th if isinstance(th, QualityThresholds) \
+                    else QualityThresholds(**th)
+            except TypeError as err:
+                raise ConfigError(f"bad registration quality thresholds ({err})") from None
         return cfg.validate()
 
 

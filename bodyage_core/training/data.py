@@ -166,32 +166,130 @@ def cache_path(ws, subject_id: str, spec: InputSpec) -> Path:
     return input_cache(ws, spec).path(subject_id)
 
 
+def checked_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
+    """:func:`load_subject_volume`, then :func:`bodyage_core.qc.image_checks.check_model_input`:
+    an empty, constant, too thin or bodiless image is a BodyageError naming the subject (a
+    model would give it a confident age)."""
+    from bodyage_core.qc.image_checks import check_model_input
+
+    vol = load_subject_volume(ws, subject, kinds)
+    check_model_input(vol, f"subject {subject.subject_id}")
+    return vol
+
+
 def cached_input(ws, subject, spec: InputSpec) -> np.ndarray:
     """The model-grid input of a workspace subject, from ``cache/<grid-hash>/<id>.npy`` when
-    its source files are unchanged (size and mtime), else prepared and stored atomically
-    (within the workspace's cache size limit)."""
+    its source files are unchanged (size and mtime), else loaded, checked
+    (:func:`checked_subject_volume`), prepared and stored atomically (within the workspace's
+    cache size limit; a failed cache write only means no cache)."""
     sources = subject_sources(ws, subject, spec.channels)
     return input_cache(ws, spec).get(
         subject.subject_id, sources,
-        lambda: prepare_input(load_subject_volume(ws, subject, spec.channels), spec),
+        lambda: prepare_input(checked_subject_volume(ws, subject, spec.channels), spec),
         shape=spec.array_shape)
 
 
+#: ``tasks`` stage under which subjects whose training input failed are recorded (key: the
+#: input spec's hash).
+INPUT_STAGE = "train_input"
+
+
 def records_from_workspace(ws, spec: InputSpec, subject_ids: Sequence[str] | None = None,
-                           require_age: bool = True) -> list[SubjectRecord]:
+                           require_age: bool = True, exclude: Sequence[str] | None = None,
+                           skip_failed: bool | None = None,
+                           reporter: ProgressReporter | None = None) -> list[SubjectRecord]:
     """Records of the workspace's subjects (all, or ``subject_ids``) that have the images
-    ``spec.channels``; inputs are loaded lazily through the ``.npy`` cache."""
+    ``spec.channels``; inputs are loaded lazily through the ``.npy`` cache.
+
+    The cohort a run trains on (``subject_ids`` None and ``require_age``) is selected:
+
+    * left out: the subjects flagged excluded in the cohort (``bodyage exclude``, an
+      ``excluded`` import column) and those in ``ws.train_exclude`` (``train --exclude``), or
+      the ids in ``exclude`` when given;
+    * ``skip_failed`` (default: True for that cohort, False otherwise): every input is prepared
+      once now, through the cache. A subject whose input fails (an unreadable image, one that
+      :func:`checked_subject_volume` refuses) is recorded ``failed`` with its one-line error in
+      the ``tasks`` table (stage :data:`INPUT_STAGE`, key ``spec.hash``) and in
+      ``ws.input_failures``, and left out: one bad image does not stop a training run. When no
+      subject's input can be prepared, the first error is raised.
+
+    ``reporter`` (default ``ws.progress`` when set) sees one ``load`` update per subject.
+    """
+    selecting = subject_ids is None and require_age
     subjects = ws.db.subjects(list(subject_ids)) if subject_ids else ws.db.subjects()
     if subject_ids:
         found = {s.subject_id for s in subjects}
         unknown = [s for s in subject_ids if s not in found]
         if unknown:
             raise CohortError(f"unknown subject(s): {', '.join(unknown[:5])}",
-                              hint="see `bodyage info WORKSPACE` for the subject ids")
+                              hint="check the ids against the cohort (the viewer's subject "
+                                   "list, or reports/ of a run)")
+    if selecting:
+        if exclude is not None:
+            leave = {str(i) for i in exclude}
+        else:
+            leave = {s.subject_id for s in subjects if s.excluded} | set(
+                getattr(ws, "train_exclude", ()) or ())
+        subjects = [s for s in subjects if s.subject_id not in leave]
     records = []
     for s in subjects:
         if require_age and s.age is None:
             continue
         records.append(SubjectRecord(s.subject_id, (lambda s=s: cached_input(ws, s, spec)),
                                      s.age, s.sex, s.bmi_group, s.site, s.bmi))
+    if skip_failed is None:
+        skip_failed = selecting
+    if skip_failed and records:
+        records = _drop_failing(ws, spec, records, {s.subject_id: s for s in subjects},
+                                reporter or getattr(ws, "progress", None))
     return records
+
+
+def _drop_failing(ws, spec: InputSpec, records: list[SubjectRecord], subjects: dict,
+                  reporter: ProgressReporter | None) -> list[SubjectRecord]:
+    """Prepare every record's input once; record and drop the ones that fail."""
+    from bodyage_core.errors import Cancelled
+
+    rep = ensure_reporter(reporter)
+    failures: dict[str, str] = {}
+    kept = []
+    for i, r in enumerate(records):
+        try:
+            cached_input(ws, subjects[r.subject_id], spec)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except BodyageError as err:
+            failures[r.subject_id] = str(err)
+        except Exception as err:  # noqa: BLE001 - a reader's own failure: name it, go on
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            failures[r.subject_id] = f"cannot load the input ({type(err).__name__}: {text})"
+        else:
+            kept.append(r)
+        rep.update("load", i + 1, len(records), r.subject_id, failed=len(failures))
+    if hasattr(ws, "input_failures"):
+        ws.input_failures.update(failures)
+    _record_failures(ws, spec, failures, [r.subject_id for r in kept])
+    if not kept:
+        sid, msg = next(iter(failures.items()))
+        raise CohortError(f"no subject's input could be prepared ({len(failures)} failed; "
+                          f"the first, {sid}: {msg})", ws.root,
+                          "fix the images (check them with `bodyage import --check`) or "
+                          "choose other --channels")
+    return kept
+
+
+def _record_failures(ws, spec: InputSpec, failures: dict[str, str], ok: list[str]) -> None:
+    """Failed inputs as ``tasks`` rows (rank 0 only under torchrun; a database that cannot be
+    written does not stop training: the failures are still in ``ws.input_failures``)."""
+    if ws.db is None or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    try:
+        with ws.db.transaction():
+            for sid, msg in failures.items():
+                ws.db.finish_task(INPUT_STAGE, spec.hash, sid, "failed", msg, attempts=1)
+            old = ws.db.tasks(INPUT_STAGE, spec.hash)
+            fixed = [sid for sid in ok if old.get(sid, {}).get("status") == "failed"]
+            if fixed:
+                ws.db.mark_tasks(INPUT_STAGE, spec.hash, fixed, "done")
+    except BodyageError:
+        pass
