@@ -183,7 +183,11 @@ def _faded_lut32(name: str, a255: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SliceLayer:
-    """One layer's 2D slice and display settings, for :func:`composite_bgra32`."""
+    """One layer's 2D slice and display settings, for :func:`composite_bgra32`.
+
+    ``lut`` (``(256, 4)`` RGBA uint8) replaces the colour map's table: a label layer drawn
+    with its own label colours passes its slot slice (:func:`label_slots`) with
+    ``cmap='labels'`` and its table."""
 
     array: np.ndarray
     cmap: str = "grey"
@@ -191,6 +195,44 @@ class SliceLayer:
     vmax: float = 1.0
     threshold: float | None = None
     opacity: float = 1.0
+    lut: np.ndarray | None = None
+
+
+def label_slots(ids: np.ndarray, slots: np.ndarray, outline: bool = False) -> np.ndarray:
+    """A 2D slice of label ids as LUT slots (uint8; 0 not drawn) through ``slots[id]``
+    (NaN, negative and unknown ids give 0); with ``outline`` only each region's boundary
+    (pixels with a 4-neighbour of another slot, or on the slice edge) is kept."""
+    a = np.asarray(ids)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a, nan=0.0)
+    idx = a.astype(np.int64, copy=False)
+    out = np.zeros(idx.shape, np.uint8)
+    ok = (idx > 0) & (idx < slots.size)
+    out[ok] = slots[idx[ok]]
+    if outline and out.size:
+        inner = np.zeros(out.shape, bool)
+        c = out[1:-1, 1:-1]
+        inner[1:-1, 1:-1] = ((c == out[:-2, 1:-1]) & (c == out[2:, 1:-1])
+                             & (c == out[1:-1, :-2]) & (c == out[1:-1, 2:]))
+        out[inner] = 0
+    return out
+
+
+def _layer_tables(lay: SliceLayer, name: str, a255: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The uint32 table (faded over black when the layer is at the bottom and not opaque) and
+    the byte table of a layer."""
+    if lay.lut is None:
+        table = _LUT32[name] if a255 == 255 else _faded_lut32(name, a255)
+        return table, _LUT32_BYTES[name]
+    rgba = np.asarray(lay.lut, np.uint8)
+    raw = _bgra32(rgba)
+    if a255 == 255:
+        table = raw
+    else:
+        rgb = ((rgba[:, :3].astype(np.uint16) * a255 + 127) // 255).astype(np.uint8)
+        table = _bgra32(np.concatenate([rgb, np.full((_LUT_SIZE, 1), 255, np.uint8)], axis=1))
+    return table, raw.view(np.uint8).reshape(_LUT_SIZE, 4)
 
 
 def lut_index(array: np.ndarray, cmap: str, vmin: float = 0.0, vmax: float = 1.0
@@ -257,14 +299,13 @@ def composite_bgra32(layers: Sequence[SliceLayer], shape: tuple[int, int],
             continue
         arr = np.asarray(lay.array)
         mask = visible_mask(arr, name, lay.threshold)
+        table, src_table = _layer_tables(lay, name, a255)
         if not drawn:
-            table = _LUT32[name] if a255 == 255 else _faded_lut32(name, a255)
             np.take(table, lut_index(arr, name, lay.vmin, lay.vmax), out=out, mode="clip")
             if mask is not None:
                 out[~mask] = _OPAQUE_BLACK
             drawn = True
             continue
-        src_table = _LUT32_BYTES[name]
         dst_bytes = out.view(np.uint8).reshape(rows * cols, 4)
         if mask is None or mask.sum() > (rows * cols) // 2:
             src = np.take(src_table, lut_index(arr, name, lay.vmin, lay.vmax).ravel(), axis=0,

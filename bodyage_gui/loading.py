@@ -80,23 +80,6 @@ def load_for_viewer(path: str | Path, labels: bool = False) -> Volume:
     return loader(path)
 
 
-def looks_like_labels(path: str | Path) -> bool:
-    """Heuristic from the file name (``labels``, ``seg``, ``mask``)."""
-    name = Path(path).name.lower()
-    return any(k in name for k in ("label", "seg", "mask", "aseg", "parc"))
-
-
-def label_names_for(path: str | Path | None) -> dict[int, str] | None:
-    """Organ names for a label layer read from ``path``: the default (organ) names (None) for
-    an organ label map (``labels``, ``organ`` in the name, as in a workspace), none (``{}``)
-    for other masks and segmentations, whose values mean something else (an age-effect mask,
-    a FreeSurfer ``aseg``): their readout shows the value, not a wrong organ."""
-    if path is None:
-        return None
-    name = Path(path).name.lower()
-    return None if any(k in name for k in ("label", "organ")) else {}
-
-
 def _load_nifti_fallback(path: Path, labels: bool) -> Volume:
     import nibabel as nib
 

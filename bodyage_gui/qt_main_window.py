@@ -42,11 +42,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from bodyage_core import display
 from bodyage_core.atomic import write_bytes, write_json
 from bodyage_core.errors import BodyageError, CohortError, LoadError
+from bodyage_core.labels import looks_like_label_map
 from bodyage_core.viewer import PLANES, ViewerState, atlas_space
+from bodyage_core.viewer.files import add_map, read_map
 from bodyage_core.viewer.space import DisplaySpace
 from bodyage_core.volume import Volume
 from bodyage_gui import bindings, strings
-from bodyage_gui.loading import label_names_for, load_for_viewer, load_many, looks_like_labels
+from bodyage_gui.loading import load_for_viewer, load_many
 from bodyage_gui.panels.qt_analysis import install_analysis
 from bodyage_gui.panels.qt_layer_panel import QtLayerPanel
 from bodyage_gui.panels.qt_readout_panel import QtReadoutPanel
@@ -447,7 +449,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if not paths:
             return False
         all_paths = paths + overlays
-        flags = [False] * len(paths) + [looks_like_labels(p) for p in overlays]
+        flags = [False] * len(paths) + [looks_like_label_map(p) for p in overlays]
         conv, layout = self.state.convention, self.state.layout
 
         fut = self._io_pool.submit(_build_trial, all_paths, flags, len(paths), conv, layout,
@@ -490,10 +492,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         for i, (p, v) in enumerate(vols):
             target.add_layer(v, path=p, kind="image" if i == 0 else None)
         for p, v in ovs:
-            is_labels = v.data.dtype.kind in "iub"
-            target.add_layer(v, path=p, threshold=threshold,
-                             kind="labels" if is_labels else "overlay",
-                             label_names=label_names_for(p) if is_labels else None)
+            add_map(target, v, p, threshold)
 
     def _replace_layers(self, trial: ViewerState, keep_cursor: bool = False) -> None:
         """Move the layers of a fully built state into ``self.state`` (views keep following)."""
@@ -508,11 +507,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
         def do():
             if self.state.base_layer is None:
                 raise BodyageError("open an image before adding an overlay", path=path)
-            vol = load_for_viewer(path, labels=looks_like_labels(path))
-            is_labels = vol.data.dtype.kind in "iub"
-            self.state.add_layer(vol, path=path, threshold=threshold, colormap=colormap,
-                                 kind="labels" if is_labels else "overlay",
-                                 label_names=label_names_for(path) if is_labels else None)
+            add_map(self.state, read_map(path, load_for_viewer), path, threshold, colormap)
             self._add_recent("recent_files", str(path))
             return True
 
@@ -1148,7 +1143,7 @@ def _session_loader(path: str) -> Volume:
     """A session's file. A workspace subject's water image comes back with its fat image
     (``water.nii.gz`` + ``fat.nii.gz`` beside it, as the viewer shows a subject), so a
     session saved on a subject restores its ``water``/``fat`` channel."""
-    vol = load_for_viewer(path, labels=looks_like_labels(path))
+    vol = load_for_viewer(path, labels=looks_like_label_map(path))
     p = Path(path)
     if p.name.startswith("water.") and vol.data.shape[0] == 1:
         fat_path = p.with_name("fat." + p.name[len("water."):])

@@ -1,6 +1,8 @@
 """Regression test from the QA pass: a mask or segmentation that is not the organ label map
 (an age-effect mask, an aseg) is not read out with the synthetic organ names (the readout said
-"age_mask: 3 (visceral_fat)" inside a thigh muscle); an organ label map still is."""
+"age_mask: 3 (visceral_fat)" inside a thigh muscle); an organ label map still is — from the
+table recorded beside it, as the synthetic cohort writes it (issue 14 item 1: names come only
+from the map or a table beside it)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6 import QtCore  # noqa: E402
 
+from bodyage_core.labels import synthetic_table, write_sidecar  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
 
@@ -33,6 +36,7 @@ def test_only_organ_label_maps_get_organ_names(qtbot, tmp_path, via):
     ints = np.full(shape, 3, np.int16)
     mask = _save(ints, tmp_path / "age_mask.nii.gz")
     labels = _save(ints, tmp_path / "labels.nii.gz")
+    write_sidecar(labels, synthetic_table())        # what `bodyage synth` writes beside it
     if via == "add_overlay":
         assert win.open_files([image]), win.last_error
         assert win.add_overlay(mask) and win.add_overlay(labels), win.last_error

@@ -3,7 +3,8 @@
 
 The command line parses into the same :class:`~bodyage_core.viewer.ViewerState` the
 session file restores (FSLeyes style): the first file is the image, the others and every
-``--overlay`` are layers on top, ``--threshold`` applies to the overlays. The GUI package is
+``--overlay`` are layers on top (read as File > Add overlay reads them:
+:mod:`bodyage_core.viewer.files`), ``--threshold`` applies to the overlays. The GUI package is
 imported only when the command runs, so ``bodyage_core`` stays Qt-free.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from bodyage_core.errors import ConfigError
 from bodyage_core.viewer import CONVENTIONS, LAYOUTS, ViewerState
+from bodyage_core.viewer.files import add_map, read_map
 
 
 def register(sub) -> None:
@@ -42,7 +44,7 @@ def register(sub) -> None:
 def state_from_args(args) -> tuple[ViewerState, Path | None]:
     """Build the ViewerState the command line describes; returns it and the workspace (if the
     single input is a workspace folder)."""
-    from bodyage_core.io import load_labels, load_volume
+    from bodyage_core.io import load_volume
 
     state = ViewerState(convention=args.convention, layout=args.layout)
     inputs = [Path(p) for p in args.inputs]
@@ -53,12 +55,10 @@ def state_from_args(args) -> tuple[ViewerState, Path | None]:
     if args.overlay and not inputs and workspace is None:
         raise ConfigError("--overlay needs an image to lie on", hint="give the image file first")
     for i, path in enumerate(inputs + [Path(p) for p in args.overlay]):
-        is_overlay = i > 0
-        labels = is_overlay and any(k in path.name.lower() for k in ("label", "seg", "mask"))
-        vol = load_labels(path) if labels else load_volume(path)
-        state.add_layer(vol, path=path, kind="image" if i == 0 else None,
-                        threshold=args.threshold if is_overlay else None,
-                        colormap=args.colormap if is_overlay and not labels else None)
+        if i == 0:
+            state.add_layer(load_volume(path), path=path, kind="image")
+        else:  # the same rule as File > Add overlay
+            add_map(state, read_map(path), path, args.threshold, args.colormap)
     return state, workspace
 
 

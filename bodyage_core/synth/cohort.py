@@ -6,7 +6,8 @@ Layout written (paths relative to the workspace root)::
     participants.csv                   subject_id, age, sex, bmi, bmi_group, site
     subjects/<id>/water.nii.gz         Dixon water (integer values stored as uint16, no scaling)
     subjects/<id>/fat.nii.gz           Dixon fat (same)
-    subjects/<id>/labels.nii.gz        uint8 organ ids (bodyage_core.synth.anatomy.LABELS)
+    subjects/<id>/labels.nii.gz        uint8 organ ids (bodyage_core.labels.synthetic.LABELS)
+    subjects/<id>/labels.json          the organ table beside them (id -> name), for viewers
     subjects/<id>/age_mask.nii.gz      uint8 age-effect ids (bodyage_core.synth.effects.EFFECTS)
     subjects/<id>/truth.json           all subject parameters and realised effect values
 
@@ -219,6 +220,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
             if not overwrite and all(f.exists() for f in files.values()) and \
                     _truth_matches(files["truth"], cfg):
                 truth = json.loads(files["truth"].read_text())
+                _write_label_table(files["labels"])
                 pending.append(subject_record(p, root, sdir, truth))
                 rep.update("synth", k + 1, n, message=f"{p.subject_id} (exists)")
                 continue
@@ -226,6 +228,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
             sdir.mkdir(parents=True, exist_ok=True)
             for kind in IMAGE_KINDS:
                 save_nifti(getattr(subj, kind), files[kind], dtype=DISK_DTYPES.get(kind))
+            _write_label_table(files["labels"], force=True)
             truth = dict(subj.truth)
             truth["settings"] = {k2: cfg[k2] for k2 in ("version", "seed", "grid", "effects",
                                                           "balanced")}
@@ -243,6 +246,16 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
                 if all(f.exists() for f in subject_files(root / "subjects" / q.subject_id).values())]
         write_participants_csv(root / CSV_NAME, done)
     return ids
+
+
+def _write_label_table(labels_path: Path, force: bool = False) -> None:
+    """The organ table beside a subject's label map (``labels.json``), so that any viewer
+    reads the organ names from the map's own table."""
+    from bodyage_core.labels import synthetic_table, write_sidecar
+    from bodyage_core.labels.tables import sidecar_candidates
+
+    if force or not sidecar_candidates(labels_path)[0].exists():
+        write_sidecar(labels_path, synthetic_table())
 
 
 def _truth_matches(path: Path, cfg: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from bodyage_core import display
 from bodyage_core.errors import LoadError
+from bodyage_core.labels import find_label_table
 from bodyage_core.viewer.geometry import fmt_box, world_bounds
 from bodyage_core.viewer.layers import Layer, default_display, default_kind
 from bodyage_core.volume import Volume
@@ -54,13 +55,20 @@ class LayerListMixin:
                   threshold: float | None = None, opacity: float | None = None,
                   visible: bool = True, channel: str | None = None,
                   path: str | Path | None = None,
-                  label_names: dict[int, str] | None = None) -> Layer:
+                  label_names: dict[int, str] | None = None,
+                  label_colors: dict[int, tuple[int, int, int]] | None = None,
+                  hidden_labels: Any = (), outline: bool = False,
+                  label_source: str | None = None) -> Layer:
         """Add a volume as a layer on top and return it.
 
         The first layer becomes the base (its grid defines the views; the cursor goes to its
         centre). ``kind`` defaults to ``'image'`` for the first layer, ``'labels'`` for an
         integer volume and ``'overlay'`` otherwise. Default colour maps: grey (image), heat
         (overlay; ``bwr`` with a symmetric range when the map has clearly signed values), labels.
+
+        A label map's names (and colours) come from ``label_names`` / ``label_colors`` when
+        given, else from the map's own table (:func:`bodyage_core.labels.find_label_table` on
+        ``path``: its header, a table beside it), else it shows numbers only.
 
         Raises
         ------
@@ -79,10 +87,17 @@ class LayerListMixin:
                                                   display_range)
         if opacity is None:
             opacity = 1.0 if kind == "image" or not self.layers else 0.7
-        if label_names is None and kind == "labels":
-            label_names = self._default_label_names()
+        if kind == "labels" and label_names is None:
+            table = find_label_table(path) if path is not None else None
+            if table is not None:
+                label_names = table.names
+                label_colors = {**table.colors, **(label_colors or {})}
+                label_source = table.source if label_source is None else label_source
+            else:
+                label_names = dict(self.label_names)
         layer = Layer(volume, name, kind, colormap, opacity, display_range[0], display_range[1],
-                      threshold, visible, ch, None if path is None else str(path), label_names)
+                      threshold, visible, ch, None if path is None else str(path), label_names,
+                      label_colors, hidden_labels, outline, label_source or "")
         layer.resampled = self._base is not None and not volume.same_grid(self._base.volume)
         layer._listeners.append(self._on_layer_changed)
         self.layers.append(layer)
@@ -214,8 +229,3 @@ class LayerListMixin:
                 path=path,
                 hint="open the map that belongs to this subject, or the subject in the map's "
                      "space (atlas space)")
-
-    def _default_label_names(self) -> dict[int, str]:
-        from bodyage_core.labels import SYNTHETIC_LABELS
-
-        return self.label_names or {int(k): str(v) for k, v in SYNTHETIC_LABELS.items()}

@@ -15,7 +15,9 @@ from bodyage_core.volume import Volume
 KINDS = ("image", "overlay", "labels")
 
 _DISPLAY_KEYS = ("name", "colormap", "opacity", "vmin", "vmax", "threshold", "visible",
-                 "channel")
+                 "channel", "label_colors", "hidden_labels", "outline")
+#: the display settings only label layers have (and only their sessions carry)
+LABEL_KEYS = ("label_colors", "hidden_labels", "outline")
 _layer_ids = itertools.count(1)
 _MISSING = object()
 
@@ -24,15 +26,21 @@ class Layer:
     """One volume shown in the viewer, with its display settings.
 
     Setting a display attribute (``colormap, opacity, vmin, vmax, threshold, visible, channel,
-    name``) notifies the owning state (``layer_changed``). Use :meth:`set` to change several at
-    once with one notification.
+    name``; for label maps ``label_colors`` {id: (r, g, b)}, ``hidden_labels`` (ids not drawn)
+    and ``outline`` (draw only each label's boundary)) notifies the owning state
+    (``layer_changed``). Use :meth:`set` to change several at once with one notification.
+
+    ``label_names`` (id -> name) and ``label_source`` (where they came from, in words; empty
+    when the map has no table and shows numbers only) belong to the map, not to its display.
     """
 
     def __init__(self, volume: Volume, name: str, kind: str = "image", colormap: str = "grey",
                  opacity: float = 1.0, vmin: float = 0.0, vmax: float = 1.0,
                  threshold: float | None = None, visible: bool = True,
                  channel: str | None = None, path: str | None = None,
-                 label_names: dict[int, str] | None = None):
+                 label_names: dict[int, str] | None = None,
+                 label_colors: dict[int, tuple[int, int, int]] | None = None,
+                 hidden_labels: Any = (), outline: bool = False, label_source: str = ""):
         object.__setattr__(self, "_listeners", [])
         if kind not in KINDS:
             raise ValueError(f"layer kind must be one of {KINDS}, got {kind!r}")
@@ -41,7 +49,9 @@ class Layer:
         self.kind = kind
         self.path = None if path is None else str(path)
         self.label_names = dict(label_names) if label_names else {}
+        self.label_source = str(label_source or "")
         self.resampled = False  # True when shown resampled onto the base grid
+        self._label_style: tuple | None = None  # (key, slot map, LUT) of the last draw
         with self._silent():
             self.name = name
             self.colormap = display.canonical_name(colormap)
@@ -51,6 +61,9 @@ class Layer:
             self.threshold = None if threshold is None else float(threshold)
             self.visible = bool(visible)
             self.channel = channel if channel is not None else volume.channels[0]
+            self.label_colors = label_colors or {}
+            self.hidden_labels = hidden_labels
+            self.outline = outline
 
     # notification plumbing
     @contextmanager
@@ -108,6 +121,13 @@ class Layer:
                 raise KeyError(f"layer {self.__dict__.get('name')!r} has no channel {value!r}; "
                                f"channels: {vol.channels}")
             return value
+        if key == "label_colors":
+            return {int(k): tuple(int(min(max(int(c), 0), 255)) for c in rgb[:3])
+                    for k, rgb in dict(value or {}).items()}
+        if key == "hidden_labels":
+            return frozenset(int(v) for v in (value or ()))
+        if key == "outline":
+            return bool(value)
         return value
 
     # conveniences
@@ -126,11 +146,50 @@ class Layer:
 
     def settings(self) -> dict[str, Any]:
         """Display settings and provenance as JSON-able values (no pixels)."""
-        return {
+        out = {
             "name": self.name, "path": self.path, "kind": self.kind, "colormap": self.colormap,
             "opacity": self.opacity, "display_range": [self.vmin, self.vmax],
             "threshold": self.threshold, "visible": self.visible, "channel": self.channel,
         }
+        if self.kind == "labels":
+            out["label_colors"] = {str(k): list(v) for k, v in sorted(self.label_colors.items())}
+            out["hidden_labels"] = sorted(self.hidden_labels)
+            out["outline"] = self.outline
+        return out
+
+    def label_style(self) -> tuple[tuple, np.ndarray, np.ndarray]:
+        """How a label map is drawn: ``(key, slots, lut)``. ``slots[id]`` is the LUT entry of
+        label ``id`` (uint8; 0 = not drawn: background and hidden labels), ``lut`` the
+        ``(256, 4)`` RGBA table with the layer's label colours (the default label colours for
+        the rest); ``key`` changes whenever the drawing does. Cached per setting."""
+        key = (tuple(sorted(self.label_colors.items())), self.hidden_labels)
+        if self._label_style is not None and self._label_style[0] == key:
+            return self._label_style
+        data = self.volume.channel(self.channel)
+        top = int(np.nanmax(data)) if data.size else 0
+        ids = set(self.label_names) | set(self.label_colors)
+        top = max([top, *ids]) if ids else top
+        top = max(top, 0)
+        default = display.lut("labels")
+        idx = np.arange(top + 1)
+        if top <= 255:
+            slots = idx.astype(np.uint8)
+        else:  # more ids than LUT entries: the ids present, in order, cycle through 1..255
+            present = np.unique(np.asarray(data, np.int64))
+            present = present[present > 0]
+            slots = np.zeros(top + 1, np.uint8)
+            slots[present] = (np.arange(present.size) % 255 + 1).astype(np.uint8)
+        slots[0] = 0
+        lut = np.zeros((256, 4), np.uint8)
+        for i in np.flatnonzero(slots):
+            s = slots[i]
+            rgb = self.label_colors.get(int(i))
+            lut[s] = (*rgb, 255) if rgb is not None else default[(i - 1) % 255 + 1]
+        for i in self.hidden_labels:
+            if 0 < i <= top:
+                slots[i] = 0
+        self._label_style = (key, slots, lut)
+        return self._label_style
 
     def __repr__(self) -> str:
         return (f"Layer({self.name!r}, kind={self.kind}, cmap={self.colormap}, "

@@ -27,7 +27,7 @@ from bodyage_core.errors import BodyageError
 from bodyage_core.viewer.camera import LAYOUTS, ZOOM_RANGE, ViewSettings
 from bodyage_core.viewer.geometry import CONVENTIONS, PLANES
 from bodyage_core.viewer.layers import KINDS, Layer
-from bodyage_core.viewer.space import ATLAS, SPACES, SUBJECT, DisplaySpace
+from bodyage_core.viewer.space import ATLAS, SPACES, SUBJECT, DisplaySpace, label_display
 from bodyage_core.volume import Volume
 
 SESSION_VERSION = 2
@@ -108,6 +108,26 @@ def _display_range(v: Any) -> list[float]:
     return [lo, hi]
 
 
+def _label_colors(v: Any) -> dict[str, list[int]]:
+    if not isinstance(v, dict):
+        raise _Odd("a table of label id -> [r, g, b]")
+    out = {}
+    for k, rgb in v.items():
+        if not (isinstance(k, str) and k.lstrip("-").isdigit()) or not isinstance(
+                rgb, (list, tuple)) or len(rgb) != 3 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in rgb):
+            raise _Odd("a table of label id -> [r, g, b] (0-255)")
+        out[k] = list(rgb)
+    return out
+
+
+def _label_ids(v: Any) -> list[int]:
+    if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                          for i in v):
+        raise _Odd("a list of label ids")
+    return list(v)
+
+
 def _zoom(v: Any) -> float:
     return _between(*ZOOM_RANGE)(v)
 
@@ -122,7 +142,8 @@ LAYER_SCHEMA: dict[str, Callable[[Any], Any]] = {
     "name": _text, "path": _optional(_text), "kind": _choice(KINDS), "colormap": _colormap,
     "opacity": _between(0.0, 1.0), "display_range": _display_range,
     "threshold": _optional(_number), "visible": _flag, "channel": _text, "base": _flag,
-    "active": _flag,
+    "active": _flag, "label_colors": _label_colors, "hidden_labels": _label_ids,
+    "outline": _flag,
 }
 VIEW_SCHEMA: dict[str, Callable[[Any], Any]] = {"zoom": _zoom, "pan": _numbers(2)}
 
@@ -300,7 +321,7 @@ class SessionMixin:
             made[i] = new.add_layer(vol, s.get("name"), s.get("kind"), s.get("colormap"),
                                     tuple(rng) if rng else None, s.get("threshold"),
                                     s.get("opacity"), s.get("visible", True),
-                                    s.get("channel"), path)
+                                    s.get("channel"), path, **label_display(s))
         # swap contents in place so everyone connected to self.events keeps following
         for lay in self.layers:
             lay._listeners.clear()

@@ -18,7 +18,8 @@ from bodyage_core.volume import Volume
 SUBJECT, ATLAS = "subject", "atlas"
 SPACES = (SUBJECT, ATLAS)
 #: The display settings a layer keeps when it goes from one space to the other.
-CARRIED_KEYS = ("colormap", "opacity", "display_range", "threshold", "visible", "channel")
+CARRIED_KEYS = ("colormap", "opacity", "display_range", "threshold", "visible", "channel",
+                "label_colors", "hidden_labels", "outline")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class LayerSpec:
     label_names: dict[int, str] = field(default_factory=dict)
     base: bool = False
     active: bool = False
+    label_source: str = ""
 
     @property
     def name(self) -> str:
@@ -38,7 +40,7 @@ class LayerSpec:
     def copy(self) -> LayerSpec:
         """The same layer with its settings and label names copied (the volume shared)."""
         return LayerSpec(self.volume, dict(self.settings), dict(self.label_names), self.base,
-                         self.active)
+                         self.active, self.label_source)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class DisplaySpace:
 def snapshot(state: Any) -> list[LayerSpec]:
     """The layers of a ViewerState as specs (volumes shared, settings copied)."""
     return [LayerSpec(lay.volume, dict(lay.settings()), dict(lay.label_names),
-                      lay is state.base_layer, lay is state.active_layer)
+                      lay is state.base_layer, lay is state.active_layer, lay.label_source)
             for lay in state.layers]
 
 
@@ -96,9 +98,22 @@ def carry_settings(specs: list[LayerSpec], state: Any,
         if cur is None:
             continue
         for k in keys:
-            if k == "channel" and cur.get(k) not in s.volume.channels:
+            if k not in cur or k == "channel" and cur.get(k) not in s.volume.channels:
                 continue
             s.settings[k] = cur[k]
+
+
+def label_display(settings: dict[str, Any]) -> dict[str, Any]:
+    """The label display settings of a layer's settings dict (``Layer.settings()`` or a
+    session's), as :meth:`~bodyage_core.viewer.ViewerState.add_layer` arguments."""
+    out: dict[str, Any] = {}
+    if settings.get("label_colors"):
+        out["label_colors"] = {int(k): tuple(v) for k, v in settings["label_colors"].items()}
+    if settings.get("hidden_labels"):
+        out["hidden_labels"] = settings["hidden_labels"]
+    if settings.get("outline"):
+        out["outline"] = True
+    return out
 
 
 def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
@@ -116,7 +131,9 @@ def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
                                tuple(rng) if rng else None, s.get("threshold"),
                                s.get("opacity"), bool(s.get("visible", True)),
                                s.get("channel") if s.get("channel") in specs[i].volume.channels
-                               else None, s.get("path"), specs[i].label_names or None)
+                               else None, s.get("path"), specs[i].label_names or None,
+                               label_source=specs[i].label_source or None,
+                               **label_display(s))
     st.layers = [made[i] for i in range(len(specs))]
     active = next((made[i] for i in range(len(specs)) if specs[i].active), None)
     st.set_active_layer(active or st.layers[-1])

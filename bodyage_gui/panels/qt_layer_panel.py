@@ -1,5 +1,6 @@
 """Layer list and display settings of the selected layer (colour map, opacity, display range,
-threshold, visibility) plus the water/fat channel switch. Writes only through the state."""
+threshold, visibility; for a label map its labels: :mod:`.qt_label_table`) plus the water/fat
+channel switch. Writes only through the state."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from PySide6 import QtCore, QtWidgets
 
 from bodyage_core import display
 from bodyage_core.viewer import Layer, ViewerState
+from bodyage_gui.panels.qt_label_table import QtLabelTable
 
 _Qt = QtCore.Qt
 
@@ -38,6 +40,11 @@ class QtLayerPanel(QtWidgets.QWidget):
         self.threshold_spin = _spin()
         self.visible_check = QtWidgets.QCheckBox("visible")
         self.remove_button = QtWidgets.QPushButton("Remove layer")
+        #: the labels of a label layer (names, colours, visibility, outline)
+        self.labels_box = QtLabelTable()
+        self.label_table = self.labels_box.table
+        self.outline_check = self.labels_box.outline_check
+        self.labels_box.setVisible(False)
 
         form = QtWidgets.QFormLayout()
         form.addRow("channel", self.channel_combo)
@@ -52,6 +59,7 @@ class QtLayerPanel(QtWidgets.QWidget):
         lay.addWidget(self.space_check)
         lay.addWidget(self.layer_list)
         lay.addLayout(form)
+        lay.addWidget(self.labels_box, 1)
         lay.addStretch(1)
 
         self.layer_list.currentRowChanged.connect(self._row_selected)
@@ -140,6 +148,8 @@ class QtLayerPanel(QtWidgets.QWidget):
                   self.threshold_check, self.threshold_spin, self.visible_check,
                   self.remove_button):
             w.setEnabled(enabled)
+        self.labels_box.setVisible(layer is not None and layer.kind == "labels")
+        self.labels_box.show_layer(layer)
         if layer is None:
             return
         self.cmap_combo.setCurrentText(layer.colormap)

@@ -291,14 +291,22 @@ class QtSliceView(QtWidgets.QWidget):
         # move within the slice (a crosshair drag) is a cache hit that fetches nothing
         k = state.slice_index(self.plane)
         visible = [lay for lay in state.layers if lay.visible]
+        styles = {lay.id: lay.label_style() for lay in visible if lay.kind == "labels"}
         key = (id(state.base_layer), state.convention, k,
                *((lay.id, id(lay.volume), lay.channel, lay.colormap, lay.vmin, lay.vmax,
-                  lay.threshold, lay.opacity) for lay in visible))
+                  lay.threshold, lay.opacity, lay.outline,
+                  styles[lay.id][0] if lay.id in styles else None) for lay in visible))
         if key != self._composite_key:
             # one contiguous copy per slice (sagittal cuts are strided), then integer LUT work
             items = []
             for lay in visible:
                 sl = state.slice_for_view(lay, self.plane)
+                if lay.id in styles:  # label colours, hidden labels, outline
+                    _, slots, lut = styles[lay.id]
+                    items.append(display.SliceLayer(
+                        display.label_slots(sl.array, slots, lay.outline), "labels",
+                        opacity=lay.opacity, lut=lut))
+                    continue
                 items.append(display.SliceLayer(np.ascontiguousarray(sl.array), lay.colormap,
                                                 lay.vmin, lay.vmax, lay.threshold, lay.opacity))
             w, h = geom.extent_mm
