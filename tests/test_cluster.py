@@ -70,11 +70,22 @@ def _threads(n=2, **kw) -> EngineOptions:
 
 # -- stages: results, idempotence, one writer ------------------------------------------------
 
-def test_predict_stage_matches_batch_predict_and_is_idempotent(ws_path):
-    from bodyage_core.training.workflow import predict_workspace
+def _batch_predict(ws, run):
+    """Every subject's prediction in one batched call of the loaded ensemble."""
+    import numpy as np
 
+    from bodyage_core.inference.ensemble import AgeRun
+    from bodyage_core.training.data import records_from_workspace
+
+    ar = AgeRun(ws.model_dir(run), device="cpu")
+    recs = records_from_workspace(ws, ar.spec, require_age=False)
+    pred = ar.predict(np.stack([r.loader() for r in recs]), [r.subject_id for r in recs])
+    return pred.rows({r.subject_id: r.age for r in recs})
+
+
+def test_predict_stage_matches_batch_predict_and_is_idempotent(ws_path):
     with Workspace.open(ws_path) as ws:
-        batch, _ = predict_workspace(ws, "r", device="cpu")
+        batch = _batch_predict(ws, "r")
         expected = {r["subject_id"]: r for r in batch}
         with Engine(ws, _threads(2)) as eng:
             s1 = eng.run(PredictStage("r", device="cpu"))

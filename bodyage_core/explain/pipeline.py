@@ -34,9 +34,7 @@ import numpy as np
 
 from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, ConfigError
-from bodyage_core.explain.gradcam import gradcam, gradient_x_input
-from bodyage_core.explain.occlusion import occlusion_map
-from bodyage_core.explain.space import map_to_subject_space, save_map
+from bodyage_core.explain.space import save_map
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -103,22 +101,11 @@ def model_grid_input(volume: Volume, spec) -> Volume:
 
 
 def subject_grid(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """``(shape_zyx, affine)`` of the subject's original image file: for NIfTI the file's own
-    voxel grid (read from the header); otherwise the grid the loader returns."""
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")) and path.is_file():
-        import nibabel as nib
+    """``(shape_zyx, affine)`` of the subject's original image file
+    (:func:`bodyage_core.io.header.image_grid`)."""
+    from bodyage_core.io.header import image_grid
 
-        try:
-            img = nib.load(str(path))
-            shape = tuple(int(s) for s in img.shape[:3])
-            return (shape[2], shape[1], shape[0]), np.asarray(img.affine, float)
-        except Exception as err:  # noqa: BLE001 - any header problem is a load error
-            raise BodyageError(f"cannot read the image header ({err})", path=path) from err
-    from bodyage_core.io import load_volume
-
-    vol = load_volume(path)
-    return vol.shape, vol.affine
+    return image_grid(path)
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -211,96 +198,69 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                     guard=None, body_only: bool = True) -> dict[str, Any]:
     """One subject's map, its members' maps (``save_members``) and the JSON sidecar, written
     atomically into ``subjects/<id>/``; the database is not touched (callers record the result,
-    so a Dask worker can run this).
+    so a Dask worker can run this). The map is computed by
+    :func:`bodyage_core.inference.subject.predict_subject`, the prediction every command uses,
+    with the members that give the subject its prediction.
 
-    ``age_run`` is the loaded run ``run``, ``models`` its members. ``guard(path)`` is an
-    optional context manager around each file write (the cluster engine's names the file in
-    disk errors). ``body_only`` zeroes the map outside the body (:func:`model_grid_body`):
-    Grad-CAM's coarse cells and the zero padding at the volume's edges otherwise put spurious
-    evidence in the air around the body, which population maps then average in.
+    ``age_run`` is the loaded run ``run`` (``models``, its members, is kept for callers that
+    pass them; the run holds them). ``guard(path)`` is an optional context manager around each
+    file write (the cluster engine's names the file in disk errors). ``body_only`` zeroes the
+    map outside the body (:func:`~bodyage_core.inference.subject.model_grid_body`).
 
     Returns ``{"path": relative path of the map, "member_files": [...]}``."""
     import contextlib
 
+    from bodyage_core.inference.subject import MapRequest, predict_subject
     from bodyage_core.training.data import load_subject_volume
 
     guard = guard or (lambda _path: contextlib.nullcontext())
     spec = age_run.spec
     sid = subject.subject_id
-    member_folds = [m.get("fold") for m in age_run.members]
-    member_std = [float(m.get("target_std", 1.0)) for m in age_run.members]
-    fold = age_run.fold_of(sid)
-    sel = [k for k, f in enumerate(member_folds) if fold is not None and f == fold]
-    sel = sel or list(range(len(models)))
-    nets, stds = [models[k] for k in sel], [member_std[k] for k in sel]
     vol = load_subject_volume(ws, subject, spec.channels)
-    mg = model_grid_input(vol, spec)
-    x = mg.data[None]
-    if method == "gradcam":
-        res = gradcam(nets, x, layer=layer, variant=variant, target_std=stds)
-    elif method == "gradxinput":
-        res = gradient_x_input(nets, x, variant=variant, target_std=stds)
-    else:
-        res = occlusion_map(nets, x, patch=occlusion_patch, stride=occlusion_stride,
-                            baseline=occlusion_baseline, batch_size=batch_size,
-                            target_std=stds, reporter=reporter)
-    body = model_grid_body(x[0]) if body_only else None
     src = ws.resolve(subject.images[spec.channels[0]])
-    shape, affine = subject_grid(src)
+    options = {"patch": occlusion_patch, "stride": occlusion_stride,
+               "baseline": occlusion_baseline, "batch_size": batch_size,
+               "members": save_members}
+    req = MapRequest(method, variant if method != "occlusion" else "signed", layer, options)
+    pred = predict_subject(age_run, vol, subject_id=sid, age=subject.age, maps=[req],
+                           target_grid=subject_grid(src), body_only=body_only,
+                           reporter=reporter)
+    info = pred.map_info[req.key]
     target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
     with guard(target):
-        save_map(map_to_subject_space(_masked(res.mean[0], body), mg.affine, (shape, affine)),
-                 target, description=f"bodyage {kind}")
+        save_map(pred.maps[req.key], target, description=f"bodyage {kind}")
     member_files = []
-    if save_members:
-        for j, k in enumerate(sel):
-            mp = target.with_name(f"{kind}_member{k}.nii.gz")
-            with guard(mp):
-                save_map(map_to_subject_space(_masked(res.members[j, 0], body), mg.affine,
-                                              (shape, affine)),
-                         mp, description=f"bodyage {kind} member {k}")
-            member_files.append(ws.relative(mp))
-    mu_years = [float(res.mu[j, 0]) * member_std[k]
-                + float(age_run.members[k].get("target_mean", 0.0)) for j, k in enumerate(sel)]
+    for k, mp_vol in zip(pred.members_used, info["member_maps"]):
+        mp = target.with_name(f"{kind}_member{k}.nii.gz")
+        with guard(mp):
+            save_map(mp_vol, mp, description=f"bodyage {kind} member {k}")
+        member_files.append(ws.relative(mp))
     sidecar = target.with_name(f"{kind}.json")
     with guard(sidecar):
         write_json(sidecar, {
             "kind": kind, "run": run, "method": method,
             "layer": layer if method == "gradcam" else None,
             "variant": variant if method != "occlusion" else "signed",
-            "members": sel, "member_files": member_files, "fold": fold,
-            "member_mu_years": mu_years,
-            "units": {"gradcam": "(d age / d activation) x activation, years",
-                      "gradxinput": "(d age / d input) x input, years"}.get(
-                          method, "change of predicted age, years"),
+            "members": pred.members_used, "member_files": member_files, "fold": pred.fold,
+            "member_mu_years": pred.member_mu,
+            "units": info["units"],
             "sign": ("relu: evidence that raises the predicted age" if
                      method != "occlusion" and variant == "relu" else
                      "abs: magnitude (either direction)" if variant == "abs" else
                      "positive = evidence for older, negative = for younger"),
-            "occlusion": res.info if method == "occlusion" else None,
-            "subject_image": ws.relative(src), "model_grid_affine": mg.affine,
-            "model_grid_shape_zyx": list(mg.shape), "body_only": bool(body_only),
+            "occlusion": info["occlusion"],
+            "subject_image": ws.relative(src), "model_grid_affine": pred.model_grid_affine,
+            "model_grid_shape_zyx": list(spec.shape_zyx), "body_only": bool(body_only),
+            "qc": pred.qc,
         })
     return {"path": ws.relative(target), "member_files": member_files}
 
 
 def model_grid_body(x: np.ndarray, dilate: int = 1) -> np.ndarray:
-    """Body mask of a model-grid input ``(C, Z, Y, X)``: Otsu on the sum of the channels
-    (invariant to the input normalisation), largest component, holes filled, dilated by
-    ``dilate`` voxels so the skin keeps its evidence."""
-    from scipy import ndimage
+    """The body mask maps are kept inside (:func:`bodyage_core.inference.subject.model_grid_body`)."""
+    from bodyage_core.inference.subject import model_grid_body as body
 
-    from bodyage_core.preprocess.grid import body_mask
-
-    mask = body_mask(np.asarray(x, dtype=np.float32).sum(axis=0))
-    if not mask.any():
-        return np.ones(mask.shape, bool)
-    mask = ndimage.binary_fill_holes(mask)
-    return ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
-
-
-def _masked(m: np.ndarray, body: np.ndarray | None) -> np.ndarray:
-    return m if body is None else np.where(body, m, 0).astype(m.dtype, copy=False)
+    return body(x, dilate)
 
 
 def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,

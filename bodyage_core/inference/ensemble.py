@@ -82,6 +82,7 @@ class AgeRun:
                                path=self.run_dir, hint="finish it with `bodyage train --resume`")
         self.name = self.config.get("run", self.run_dir.name)
         self.card: dict[str, Any] | None = None
+        self.sha: str | None = None
         self.members: list[dict[str, Any]] = list(self.config["members"])
         self.bias = read_json(self.run_dir / "bias_correction.json")
         self.calibration = read_json(self.run_dir / "calibration.json")
@@ -89,11 +90,12 @@ class AgeRun:
         self.splits = read_json(sp) if sp.exists() else {"folds": {}}
 
     def _init_bundle(self) -> None:
-        from bodyage_core.inference.bundle import read_card
+        from bodyage_core.inference.bundle import card_sha, read_card
 
         self.kind = "model"
         card = read_card(self.run_dir)
         self.card = card
+        self.sha = card_sha(self.run_dir)
         self.name = card["name"]
         self.config = {"model": card["architecture"], "input": card["input"],
                        "train": card.get("training", {}), "tta": card.get("tta", [])}
@@ -108,7 +110,6 @@ class AgeRun:
         path = self.run_dir / m["file"]
         if self.kind == "model":
             from bodyage_core.inference.bundle import verify_file
-
             from bodyage_core.inference.weights import load_safetensors
 
             verify_file(path, m["sha256"])

@@ -1,15 +1,13 @@
-"""Workspace-level entry points behind ``bodyage train`` and ``bodyage predict``."""
+"""Workspace-level entry point behind ``bodyage train`` (prediction: :mod:`bodyage_core.inference`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bodyage_core.atomic import write_text
 from bodyage_core.errors import BodyageError, Cancelled, CohortError, ConfigError
 from bodyage_core.models.factory import is_3d, model_config
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -18,7 +16,7 @@ from bodyage_core.training.data import (
     load_subject_volume,
     records_from_workspace,
 )
-from bodyage_core.training.run import RunResult, predictions_csv, train_run
+from bodyage_core.training.run import RunResult, train_run
 from bodyage_core.training.trainer import TrainConfig
 
 #: Named model grids (spacing z, y, x in mm; shape z, y, x): half and full UK Biobank
@@ -149,51 +147,3 @@ def _register(ws, run, mcfg, spec, train, folds, members) -> None:
 def _set_status(ws, run: str, status: str) -> None:
     if any(r["run_id"] == run for r in ws.db.runs()):
         ws.db.set_run_status(run, status)
-
-
-def predict_workspace(ws, run: str, subject_ids: Sequence[str] | None = None,
-                      batch_size: int = 8, device: str = "auto", chunk: int = 32,
-                      csv_path: str | Path | None = None,
-                      reporter: ProgressReporter | None = None) -> tuple[list[dict], Path]:
-    """Predict subjects (all, or ``subject_ids``) with run ``run``; store the rows in
-    ``cohort.sqlite`` (``predictions`` table: fold, split, members, mean, sigma, corrected, gap)
-    and write ``reports/predictions_<run>.csv``. Subjects the run held out in training get their
-    out-of-fold prediction."""
-    from bodyage_core.inference.ensemble import AgeRun
-
-    rep = ensure_reporter(reporter)
-    ar = AgeRun(ws.model_dir(run), device=device)
-    records = records_from_workspace(ws, ar.spec, subject_ids, require_age=False)
-    if not records:
-        raise CohortError("no subjects to predict", ws.root, "import subjects first")
-    missing = []
-    subjects = {s.subject_id: s for s in ws.db.subjects([r.subject_id for r in records])}
-    for r in records:
-        if any(c not in subjects[r.subject_id].images for c in ar.spec.channels):
-            missing.append(r.subject_id)
-    if missing:
-        raise CohortError(f"{len(missing)} subject(s) lack the run's image(s) "
-                          f"{list(ar.spec.channels)}: {', '.join(missing[:5])}", ws.root,
-                          "import them or predict other subjects (--subject)")
-    rows: list[dict] = []
-    ages = {r.subject_id: r.age for r in records}
-    for start in range(0, len(records), chunk):
-        part = records[start:start + chunk]
-        arrays = []
-        for j, r in enumerate(part):
-            arrays.append(r.loader())
-            rep.update("prepare", start + j + 1, len(records), r.subject_id)
-        pred = ar.predict(np.stack(arrays), [r.subject_id for r in part], batch_size)
-        rows += pred.rows(ages)
-        rep.update("predict", start + len(part), len(records))
-    for r in rows:
-        subj = subjects[r["subject_id"]]
-        r.update(sex=subj.sex, bmi_group=subj.bmi_group, site=subj.site)
-    if not any(x["run_id"] == run for x in ws.db.runs()):
-        ws.db.add_run(run, ar.model_config.get("arch"), {"model": ar.model_config,
-                                                          "input": ar.spec.to_dict()},
-                      status="complete")
-    ws.db.add_predictions(run, rows)
-    out = Path(csv_path) if csv_path else ws.reports_dir / f"predictions_{run}.csv"
-    write_text(out, predictions_csv(rows))
-    return rows, out

@@ -6,25 +6,21 @@ returns a :class:`PredictionResult` holding plain numbers and in-memory maps; th
 panel runs it in a :class:`~bodyage_gui.workers.qt_worker.QtWorker` so that model loading and
 compute happen off the main thread and only the result crosses to it.
 
-What it computes, for a workspace subject (``subject`` given) it reproduces
-:func:`bodyage_core.training.workflow.predict_workspace` and
-:func:`bodyage_core.explain.pipeline.explain_subjects` for that subject: a subject the run held out
-in a cross-validation fold gets its out-of-fold prediction (that fold's members, calibration and
-bias correction) and the Grad-CAM of the same members; any other subject (or a plain file opened
-without a workspace) gets all members and the global fits. Maps are resampled to the grid of the
-subject image (the viewer's base layer) and keep raw values: (d age / d activation) x
-activation, in years.
+What it computes is the core's one prediction
+(:func:`bodyage_core.inference.subject.predict_subject`, as ``bodyage predict`` and ``bodyage
+explain``): a subject the run held out in a cross-validation fold gets its out-of-fold prediction
+(that fold's members, calibration and bias correction) and the Grad-CAM of the same members; any
+other subject (or a plain file opened without a workspace) gets all members and the global fits.
+Maps are resampled to the grid of the subject image (the viewer's base layer) and keep raw
+values: (d age / d activation) x activation, in years.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bodyage_core.errors import BodyageError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -64,9 +60,9 @@ class PredictionRequest:
     store
         Write the prediction into ``cohort.sqlite`` (``predictions`` table) when the subject is
         a workspace subject and ``run_id`` a run of that workspace: the same rows
-        (:meth:`~bodyage_core.models.ensemble.Predictions.rows`) and the same
-        :meth:`~bodyage_core.cohort.database.CohortDB.add_predictions` as ``bodyage predict``
-        (:func:`bodyage_core.training.workflow.predict_workspace`). Written last, from the
+        (:meth:`~bodyage_core.inference.subject.SubjectPrediction.row`) and the same
+        :meth:`~bodyage_core.cohort.database.CohortDB.add_predictions` as ``bodyage predict``.
+        Written last, from the
         worker thread over its own connection, so a cancelled prediction writes nothing.
     """
 
@@ -116,45 +112,36 @@ class PredictionResult:
     seconds: float = 0.0
     #: the row written to ``cohort.sqlite`` (None when not stored)
     stored_row: dict[str, Any] | None = None
+    #: QC flags of the input and the model's envelope (``{"flag", "message", "severity"}``)
+    qc: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def raw_gap(self) -> float | None:
         return None if self.age is None else self.mean - self.age
 
 
-def _select_channels(volume: Volume, channels: Sequence[str], source: str) -> Volume:
-    """The run's channels from a volume: by name, else by position when the count matches."""
-    if all(c in volume.channels for c in channels):
-        data = np.stack([volume.channel(c) for c in channels])
-    elif volume.n_channels == len(channels):
-        data = np.asarray(volume.data)
-    else:
-        raise BodyageError(
-            f"the image has channel(s) {list(volume.channels)} but the run needs "
-            f"{list(channels)}", path=source,
-            hint="open the image with all the run's channels (e.g. water and fat together) "
-                 "or choose a run trained on this kind of image")
-    return Volume(np.asarray(data, dtype=np.float32), volume.affine, tuple(channels),
-                  dict(volume.provenance), dict(volume.metadata))
-
-
 def predict_subject(request: PredictionRequest,
                     reporter: ProgressReporter | None = None) -> PredictionResult:
-    """Predict one subject's age with an ensemble run and compute its Grad-CAM maps.
+    """Predict one subject's age with an ensemble (a workspace run or a model bundle) and
+    compute its Grad-CAM maps, through the core's one prediction function
+    (:func:`bodyage_core.inference.subject.predict_subject`).
 
     Runs in a worker thread: touches no Qt object. Progress stages: ``load`` (run and image),
-    ``predict`` (one unit per member), ``gradcam`` (one unit per member and variant),
-    ``resample``. Cancelling (through the reporter) stops at the next of these points and
-    raises :class:`~bodyage_core.errors.Cancelled`.
+    ``prepare``, ``predict`` (one unit per member), ``explain`` (one unit per map).
+    Cancelling (through the reporter) stops at the next of these points and raises
+    :class:`~bodyage_core.errors.Cancelled`.
 
     Raises
     ------
     BodyageError
-        A missing or incomplete run, an image without the run's channels, a run on another grid.
+        A missing or incomplete run, an image without the run's channels, a scan outside the
+        model's envelope.
     """
     import torch
 
     from bodyage_core.inference.ensemble import AgeRun
+    from bodyage_core.inference.subject import MapRequest
+    from bodyage_core.inference.subject import predict_subject as core_predict
 
     rep = ensure_reporter(reporter)
     t0 = time.perf_counter()
@@ -162,84 +149,50 @@ def predict_subject(request: PredictionRequest,
     if request.torch_threads:
         torch.set_num_threads(max(1, int(request.torch_threads)))
     try:
-        rep.update("load", 0, 3, "reading the run")
+        rep.update("load", 0, 2, "reading the model")
         run_dir = Path(request.run_dir)
         if not run_dir.is_dir():
             raise BodyageError("no such run folder", path=run_dir,
                                hint="train a run (Analysis > Train) or choose another run")
         age_run = AgeRun(run_dir, device=request.device)
         spec = age_run.spec
-        models = age_run.load_members()
-        rep.update("load", 1, 3, "reading the image")
+        age_run.load_members()
+        rep.update("load", 1, 2, "reading the image")
         if request.workspace is not None and request.subject is not None:
             from bodyage_core.training.data import load_subject_volume
 
             vol = load_subject_volume(request.workspace, request.subject, spec.channels)
             oof = True
         elif request.volume is not None:
-            vol = _select_channels(request.volume, spec.channels,
-                                   str(request.volume.provenance.get("path", request.subject_id)))
+            vol = request.volume
             oof = False
         else:
             raise BodyageError("nothing to predict: open a subject or an image first")
-        rep.update("load", 2, 3, "preparing the model input")
+        rep.update("load", 2, 2)
         notes: list[str] = []
-        mg = None
-        if spec.mode == "3d":
-            from bodyage_core.explain.pipeline import model_grid_input
-
-            mg = model_grid_input(vol, spec)
-            x = np.asarray(mg.data, dtype=np.float32)[None]
-        else:
-            from bodyage_core.training.data import prepare_input
-
-            x = prepare_input(vol, spec)[None]
+        maps = []
+        if request.gradcam and spec.mode == "3d":
+            maps = [MapRequest("gradcam", "relu", request.layer),
+                    MapRequest("gradcam", "signed", request.layer)]
+        elif spec.mode != "3d":
             notes.append("2.5D run: its maps live on the projection images; no 3D Grad-CAM")
-        rep.update("load", 3, 3)
-
-        pred = age_run.predict(x, [request.subject_id], reporter=rep, out_of_fold=oof)
-        rows = pred.rows({request.subject_id: request.age})
-        mu = pred.member_mu[0]
-        used = [int(k) for k in np.flatnonzero(np.isfinite(mu))]
-        age = request.age
-        corrected = float(pred.corrected[0])
+        pred = core_predict(age_run, vol, subject_id=request.subject_id, age=request.age,
+                            out_of_fold=oof, maps=maps, target_grid=(vol.shape, vol.affine),
+                            reporter=rep)
+        notes += [f["message"] for f in pred.qc]
         result = PredictionResult(
             subject_id=request.subject_id, run=age_run.name, run_dir=run_dir,
-            mean=float(pred.mean[0]), sigma=float(pred.sigma[0]), corrected=corrected,
-            age=None if age is None else float(age),
-            gap=None if age is None else corrected - float(age),
-            member_mu=[float(mu[k]) for k in used],
-            member_sigma=[float(pred.member_sigma[0][k]) for k in used],
-            members_used=used, fold=pred.fold[0] if pred.fold else None,
-            split=pred.split[0] if pred.split else "new", notes=notes)
-
-        if request.gradcam and mg is not None:
-            from bodyage_core.explain.gradcam import gradcam
-            from bodyage_core.explain.space import map_to_subject_space
-
-            std = [float(age_run.members[k].get("target_std", 1.0)) for k in used]
-            n_steps = 2 * len(used)
-            maps = {}
-            step = 0
-            for variant in ("relu", "signed"):
-                acc = None
-                for j, k in enumerate(used):
-                    rep.update("gradcam", step, n_steps, f"{variant} member {j + 1}/{len(used)}")
-                    res = gradcam(models[k], x, layer=request.layer, variant=variant,
-                                  target_std=std[j])
-                    acc = res.mean[0] if acc is None else acc + res.mean[0]
-                    step += 1
-                maps[variant] = acc / len(used)
-            rep.update("gradcam", n_steps, n_steps)
-            rep.update("resample", 0, 2)
-            target = (vol.shape, vol.affine)
-            cam = map_to_subject_space(maps["relu"], mg.affine, target)
-            rep.update("resample", 1, 2)
-            signed = map_to_subject_space(maps["signed"], mg.affine, target)
-            rep.update("resample", 2, 2)
-            prov = {"run": age_run.name, "subject": request.subject_id, "layer": request.layer,
-                    "members": used, "units": "(d age / d activation) x activation, years"}
-            result.gradcam = Volume(cam.data, cam.affine, ("gradcam",), dict(prov, variant="relu"))
+            mean=pred.mean, sigma=pred.sigma, corrected=pred.corrected, age=pred.age,
+            gap=pred.gap, member_mu=pred.member_mu, member_sigma=pred.member_sigma,
+            members_used=pred.members_used, fold=pred.fold, split=pred.split, notes=notes,
+            qc=pred.qc)
+        if maps:
+            prov = {"run": age_run.name, "subject": request.subject_id,
+                    "layer": request.layer, "members": pred.members_used,
+                    "units": "(d age / d activation) x activation, years"}
+            cam, signed = pred.maps["gradcam:relu"], pred.maps["gradcam:signed"]
+            result.gradcam = Volume(cam.data, cam.affine, ("gradcam",),
+                                    dict(prov, variant="relu"))
             result.gradcam_signed = Volume(signed.data, signed.affine, ("gradcam_signed",),
                                            dict(prov, variant="signed"))
             result.layer = request.layer
@@ -248,7 +201,7 @@ def predict_subject(request: PredictionRequest,
             result.gradcam_signed_settings = gradcam_display(result.gradcam_signed, signed=True)
         if _should_store(request):
             rep.update("store", 0, 1, "writing the prediction to cohort.sqlite")
-            result.stored_row = store_prediction(request.workspace, request.run_id, rows[0],
+            result.stored_row = store_prediction(request.workspace, request.run_id, pred.row(),
                                                  request.subject)
             rep.update("store", 1, 1)
         result.seconds = time.perf_counter() - t0
@@ -266,8 +219,8 @@ def _should_store(request: PredictionRequest) -> bool:
 def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None
                      ) -> dict[str, Any] | None:
     """Write one prediction row into the workspace's ``cohort.sqlite`` as ``bodyage predict``
-    does (:func:`bodyage_core.training.workflow.predict_workspace`: the subject's sex, BMI
-    group and site added to the row, then ``CohortDB.add_predictions``). Opens its own
+    does (the cluster stage's predict: the subject's sex, BMI group and site added to the row, then
+    ``CohortDB.add_predictions``). Opens its own
     connection (callable from a worker thread; the database is in WAL mode); returns the row
     as stored (with ``gap``), or None when ``run_id`` is not a run of the workspace."""
     from bodyage_core.cohort.database import CohortDB
@@ -288,9 +241,9 @@ def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None
 
 #: Modules the prediction imports lazily (torch's import alone holds the GIL for ~0.5 s).
 WARM_UP_MODULES = ("torch", "scipy.ndimage", "bodyage_core.io", "bodyage_core.models.factory",
-                   "bodyage_core.models.ensemble", "bodyage_core.training.data",
-                   "bodyage_core.training.trainer", "bodyage_core.explain.gradcam",
-                   "bodyage_core.explain.space", "bodyage_core.explain.pipeline")
+                   "bodyage_core.models.ensemble", "bodyage_core.inference.ensemble",
+                   "bodyage_core.inference.subject", "bodyage_core.training.data",
+                   "bodyage_core.explain.gradcam", "bodyage_core.explain.space")
 
 
 def warm_up_imports() -> float:

@@ -1,0 +1,259 @@
+"""Predict (and explain) one subject: the one function every caller uses.
+
+``bodyage predict`` on files, the workspace stage (:mod:`bodyage_core.cluster.tasks`),
+``bodyage explain`` and the viewer's Predict all call :func:`predict_subject`: input checks and
+the model's envelope, the model input with its grid's affine, the ensemble's prediction
+(out-of-fold for a subject a run held out), and, when asked, importance maps back in the
+subject's space.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bodyage_core.errors import BodyageError
+from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.volume import Volume
+
+#: z of the two-sided 95 % interval.
+Z95 = 1.959964
+
+#: Map methods: ``"gradcam"`` (at ``layer``), ``"gradxinput"``, ``"occlusion"``; variants
+#: ``relu`` / ``signed`` (gradient x input also ``abs``).
+MAP_UNITS = {"gradcam": "(d age / d activation) x activation, years",
+             "gradxinput": "(d age / d input) x input, years",
+             "occlusion": "change of predicted age, years"}
+
+
+@dataclass
+class MapRequest:
+    """One importance map to compute: method, variant and (Grad-CAM) layer; options for
+    occlusion (patch, stride, baseline, batch size)."""
+
+    method: str = "gradcam"
+    variant: str = "relu"
+    layer: str = "layer3"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}:{self.variant}"
+
+
+@dataclass
+class SubjectPrediction:
+    """One subject's prediction (years) and, when asked, its maps in subject space."""
+
+    subject_id: str
+    model: str                         # run or model name
+    model_kind: str                    # "run" | "model"
+    model_version: str | None
+    model_sha: str | None
+    mean: float                        # raw ensemble mean
+    sigma: float                       # calibrated predictive SD (1 SD) of the raw mean
+    corrected: float                   # bias-corrected age
+    age: float | None
+    member_mu: list[float]
+    member_sigma: list[float]
+    members_used: list[int]
+    fold: int | None
+    split: str
+    qc: list[dict[str, str]] = field(default_factory=list)
+    maps: dict[str, Volume] = field(default_factory=dict)
+    map_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_grid_affine: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.age is None else self.corrected - self.age
+
+    @property
+    def raw_gap(self) -> float | None:
+        return None if self.age is None else self.mean - self.age
+
+    @property
+    def interval95(self) -> tuple[float, float]:
+        """The 95 % interval around the corrected age: corrected +- 1.96 sigma."""
+        return (self.corrected - Z95 * self.sigma, self.corrected + Z95 * self.sigma)
+
+    def row(self) -> dict[str, Any]:
+        """The prediction row (the shape ``CohortDB.add_predictions`` and the CSVs take)."""
+        r: dict[str, Any] = {
+            "subject_id": self.subject_id, "fold": self.fold, "split": self.split,
+            "members": [{"mu": m, "sigma": s} for m, s in zip(self.member_mu,
+                                                              self.member_sigma)],
+            "mean": self.mean, "sigma": self.sigma, "corrected": self.corrected,
+        }
+        if self.age is not None:
+            r["age"] = self.age
+            r["gap"] = self.gap
+        if self.qc:
+            r["qc"] = [dict(f) for f in self.qc]
+        return r
+
+
+def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
+                    age: float | None = None, model_input: np.ndarray | None = None,
+                    out_of_fold: bool = True, maps: Sequence[MapRequest] = (),
+                    target_grid: tuple[tuple[int, int, int], np.ndarray] | None = None,
+                    body_only: bool = True, check: bool = True,
+                    reporter: ProgressReporter | None = None) -> SubjectPrediction:
+    """Predict one subject with ``run`` (a loaded :class:`~bodyage_core.inference.ensemble.
+    AgeRun`, from a workspace run or a model bundle).
+
+    Parameters
+    ----------
+    volume
+        The subject's images (any channels; the model's are picked by name). None when
+        ``model_input`` is given (a cached model-grid array: no maps then).
+    subject_id, age
+        The subject (a run's held-out subject gets its out-of-fold prediction when
+        ``out_of_fold``) and its chronological age when known.
+    maps
+        Importance maps to compute with the members that made the prediction, returned in
+        subject space (``target_grid``: ``(shape_zyx, affine)``, default the volume's grid),
+        zeroed outside the body when ``body_only``.
+    check
+        Refuse what no model can give an age for (empty, constant, non-finite, too thin, no
+        body) and scans outside the model's envelope (another contrast or body region); the
+        warnings are kept in ``qc``.
+    """
+    from bodyage_core.inference.envelope import check_envelope, match_channels, refusals
+
+    rep = ensure_reporter(reporter)
+    t0 = time.perf_counter()
+    qc: list[dict[str, str]] = []
+    mi = None
+    spec = run.spec
+    what = f"subject {subject_id}"
+    if model_input is None:
+        if volume is None:
+            raise BodyageError("nothing to predict: give an image or a model input")
+        where = volume.provenance.get("path") or volume.provenance.get("paths")
+        vol, flags = match_channels(volume, tuple(spec.channels))
+        if vol is None:
+            raise BodyageError(f"{what}: {flags[0]['message']}", path=_one_path(where),
+                               hint="give the image(s) this model was trained on, or another "
+                                    "model (`bodyage models list`)")
+        qc += flags
+        if check:
+            from bodyage_core.qc.image_checks import check_model_input
+
+            qc += [dict(f, severity=f.get("severity", "warning"))
+                   for f in check_model_input(vol, what)]
+            env = check_envelope(vol, run.card, age)
+            bad = refusals(env)
+            if bad:
+                raise BodyageError(f"{what}: outside the model's envelope: "
+                                   + "; ".join(f["message"] for f in bad),
+                                   path=_one_path(where),
+                                   hint="use a model made for this kind of scan "
+                                        "(`bodyage models list`)")
+            qc += env
+        rep.update("prepare", 0, 1, "model input")
+        from bodyage_core.preprocess.spec import prepare_model_input
+
+        mi = prepare_model_input(vol, spec)
+        x = mi.array
+        rep.update("prepare", 1, 1)
+    else:
+        x = np.asarray(model_input, dtype=np.float32)
+        if check and not np.all(np.isfinite(x)):
+            raise BodyageError(f"{what}: the model input holds NaN or inf",
+                               hint="rebuild the input cache (delete WORKSPACE/cache)")
+    members = run.members_for(subject_id, out_of_fold)
+    pred = run.predict(x[None], [subject_id], reporter=rep, out_of_fold=out_of_fold)
+    mu = pred.member_mu[0]
+    card = run.card or {}
+    res = SubjectPrediction(
+        subject_id=subject_id, model=run.name, model_kind=run.kind,
+        model_version=card.get("version"), model_sha=getattr(run, "sha", None),
+        mean=float(pred.mean[0]), sigma=float(pred.sigma[0]),
+        corrected=float(pred.corrected[0]), age=None if age is None else float(age),
+        member_mu=[float(mu[k]) for k in members],
+        member_sigma=[float(pred.member_sigma[0][k]) for k in members],
+        members_used=members, fold=pred.fold[0] if pred.fold else None,
+        split=pred.split[0] if pred.split else "new", qc=qc)
+    if maps:
+        if mi is None or spec.mode != "3d":
+            raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",
+                               hint="2.5D models explain on their projection images")
+        res.model_grid_affine = mi.affine
+        grid = target_grid or (volume.shape, volume.affine)
+        _add_maps(run, res, x, mi.affine, maps, grid, body_only, rep)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _one_path(where):
+    if isinstance(where, dict):
+        return next(iter(where.values()), None)
+    return where
+
+
+def _add_maps(run, res: SubjectPrediction, x: np.ndarray, affine: np.ndarray,
+              maps: Sequence[MapRequest], grid, body_only: bool, rep: ProgressReporter) -> None:
+    from bodyage_core.explain.gradcam import gradcam, gradient_x_input
+    from bodyage_core.explain.occlusion import occlusion_map
+    from bodyage_core.explain.space import map_to_subject_space
+
+    nets = [run.load_members()[k] for k in res.members_used]
+    stds = [float(run.members[k].get("target_std", 1.0)) for k in res.members_used]
+    body = model_grid_body(x) if body_only else None
+    xb = x[None]
+    for i, req in enumerate(maps):
+        rep.update("explain", i, len(maps), f"{req.method} {req.variant}")
+        if req.method == "gradcam":
+            out = gradcam(nets, xb, layer=req.layer, variant=req.variant, target_std=stds)
+        elif req.method == "gradxinput":
+            out = gradient_x_input(nets, xb, variant=req.variant, target_std=stds)
+        elif req.method == "occlusion":
+            o = req.options
+            out = occlusion_map(nets, xb, patch=o.get("patch", 8), stride=o.get("stride"),
+                                baseline=o.get("baseline", "zero"),
+                                batch_size=o.get("batch_size", 8), target_std=stds)
+        else:
+            raise BodyageError(f"unknown map method {req.method!r}")
+        mean = _masked(out.mean[0], body)
+        vol = map_to_subject_space(mean, affine, grid)
+        members = [map_to_subject_space(_masked(out.members[j, 0], body), affine, grid)
+                   for j in range(len(nets))] if req.options.get("members") else []
+        res.maps[req.key] = Volume(vol.data, vol.affine, (req.key.replace(":", "_"),),
+                                   {"units": MAP_UNITS[req.method], "method": req.method,
+                                    "variant": req.variant, "model": res.model,
+                                    "members": res.members_used})
+        res.map_info[req.key] = {
+            "method": req.method, "variant": req.variant if req.method != "occlusion"
+            else "signed", "layer": req.layer if req.method == "gradcam" else None,
+            "units": MAP_UNITS[req.method], "members": res.members_used,
+            "occlusion": out.info if req.method == "occlusion" else None,
+            "member_maps": members, "body_only": body is not None,
+            "member_mu_model": [float(out.mu[j, 0]) for j in range(len(nets))]}
+    rep.update("explain", len(maps), len(maps))
+
+
+def model_grid_body(x: np.ndarray, dilate: int = 1) -> np.ndarray:
+    """Body mask of a model-grid input ``(C, Z, Y, X)``: Otsu on the sum of the channels
+    (invariant to the input normalisation), largest component, holes filled, dilated by
+    ``dilate`` voxels so the skin keeps its evidence. Grad-CAM's coarse cells and the zero
+    padding at the volume's edges otherwise put spurious evidence in the air around the body,
+    which population maps then average in."""
+    from scipy import ndimage
+
+    from bodyage_core.preprocess.grid import body_mask
+
+    mask = body_mask(np.asarray(x, dtype=np.float32).sum(axis=0))
+    if not mask.any():
+        return np.ones(mask.shape, bool)
+    mask = ndimage.binary_fill_holes(mask)
+    return ndimage.binary_dilation(mask, iterations=dilate) if dilate else mask
+
+
+def _masked(m: np.ndarray, body: np.ndarray | None) -> np.ndarray:
+    return m if body is None else np.where(body, m, 0).astype(m.dtype, copy=False)
