@@ -433,8 +433,11 @@ class QtMainWindow(QtWidgets.QMainWindow):
         vals = "  ".join(f"{v['layer']}={'-' if v['value'] is None else _short(v['value'])}"
                          for v in r["values"])
         organ = f"  [{r['organ']}]" if r["organ"] else ""
+        # the file's own index (nibabel / FSLeyes / ITK-SNAP) when the image is a file
+        voxel = (f"voxel i,j,k {r['file_voxel_xyz']}" if r["file_voxel_xyz"] is not None
+                 else f"voxel x,y,z {r['voxel_xyz']}")
         self.statusBar().showMessage(
-            f"RAS {x:.1f}, {y:.1f}, {z:.1f} mm   voxel x,y,z {r['voxel_xyz']}   {vals}{organ}")
+            f"RAS {x:.1f}, {y:.1f}, {z:.1f} mm   {voxel}   {vals}{organ}")
 
     # -- files -----------------------------------------------------------------------------------------
     def open_files(self, paths: Sequence[str | Path], overlays: Sequence[str | Path] = (),
