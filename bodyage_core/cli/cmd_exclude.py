@@ -23,7 +23,11 @@ def register(sub) -> None:
     g.add_argument("--list", action="store_true", help="list the excluded subjects")
     p.add_argument("--wait", action="store_true", dest="wait_lock",
                    help="if another run holds the workspace, wait for it instead of refusing")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, writes_workspace=_writes)
+
+
+def _writes(args) -> bool:
+    return not args.list        # --list only reads: no lock
 
 
 def run(args) -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+from bodyage_core.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -87,6 +90,12 @@ def register(sub) -> None:
                    help="size limit of the model-grid input cache WORKSPACE/cache/ (e.g. "
                         "20GB, 500MB; 0 = no disk cache; 'none' = no limit); remembered for "
                         "later runs and predictions")
+    p.add_argument("--exclude", nargs="+", default=None, metavar="ID",
+                   help="leave these subjects out of this run (on top of those flagged with "
+                        "`bodyage exclude`); a subject whose image cannot be loaded is left out "
+                        "and reported anyway")
+    p.add_argument("--wait", action="store_true", dest="wait_lock",
+                   help="if another run holds the workspace, wait for it instead of refusing")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run")
     g.add_argument("--overwrite", action="store_true",
@@ -105,9 +114,13 @@ def run(args: argparse.Namespace) -> int:
         torchrun_env,
     )
 
+    check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     ws = Workspace.open(args.workspace)
+    if args.exclude:
+        ws.db.subjects(args.exclude)            # unknown ids: one clear line
+        ws.train_exclude = set(args.exclude)
     limit = None
     if args.cache_size is not None:
         from bodyage_core.preprocess.cache import parse_size, set_workspace_limit
@@ -123,17 +136,59 @@ def run(args: argparse.Namespace) -> int:
         set_workspace_limit(ws.root, limit)
     if dist is not None:
         dist.barrier()
+    reporter = TerminalProgress() if dist is None or dist.is_main else NullProgress()
+    ws.progress = reporter
     try:
-        return _train(args, ws, dist, TerminalProgress() if dist is None or dist.is_main
-                      else NullProgress())
+        return _train(args, ws, dist, reporter)
+    except ValueError as err:
+        if "Expected more than 1 value per channel" not in str(err):
+            raise
+        # BatchNorm on a batch of one subject: too few subjects per fold for this batch size
+        raise ConfigError(
+            f"a training batch held a single subject, which batch normalisation cannot train "
+            f"on ({ws.db.count() - len(ws.db.excluded())} subject(s) in {max(args.folds, 1)} "
+            "fold(s) leave too few per fold)",
+            hint="add subjects, use fewer --folds, or --norm group") from None
     finally:
         if dist is not None:
             dist.close()
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Numbers a run cannot train with are one clear line (argparse reads 'nan' and '-3')."""
+    def finite(name, value, low=None, low_ok=True, high=None):
+        if value is None:
+            return
+        bad = not math.isfinite(value) or (low is not None and (value < low if low_ok
+                                                                  else value <= low)) \
+            or (high is not None and value >= high)
+        if bad:
+            rng = (f" > {low:g}" if not low_ok else f" >= {low:g}") if low is not None else ""
+            rng += f" and < {high:g}" if high is not None else ""
+            raise ConfigError(f"--{name} must be a finite number{rng}, got {value!r}")
+
+    finite("lr", args.lr, 0.0, low_ok=False)
+    finite("warmup", args.warmup, 0.0)
+    finite("weight-decay", args.weight_decay, 0.0)
+    finite("val-fraction", args.val_fraction, 0.0, low_ok=False, high=1.0)
+    finite("test-fraction", args.test_fraction, 0.0, low_ok=False, high=1.0)
+    for name in ("epochs", "batch_size", "accumulate", "members", "folds", "threads"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if args.early_stopping is not None and args.early_stopping < 0:
+        raise ConfigError(f"--early-stopping must be 0 (off) or more, got "
+                          f"{args.early_stopping}")
+    for name in ("spacing", "shape", "image_size"):
+        v = getattr(args, name, None)
+        if v is not None and not all(math.isfinite(x) and x > 0 for x in v):
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive numbers, got "
+                              f"{' '.join(str(x) for x in v)}")
+
+
 def _train(args, ws, dist, reporter) -> int:
-    from bodyage_core.training.presets import defaults_for, train_config
     from bodyage_core.inference.device import resolve_device
+    from bodyage_core.training.presets import defaults_for, train_config
     from bodyage_core.training.workflow import make_spec, train_workspace
 
     spec = make_spec(ws, args.model, args.channels, args.grid, args.spacing, args.shape,
@@ -172,6 +227,14 @@ def _train(args, ws, dist, reporter) -> int:
     if fallbacks:
         print("bias correction not inverted in full (the model tracks age weakly): "
               + "; ".join(fallbacks))
+    left_out = ws.db.excluded()
+    left_out.update({sid: "--exclude" for sid in ws.train_exclude})
+    if left_out:
+        print(f"left out {len(left_out)} excluded subject(s): "
+              + ", ".join(f"{k} ({v})" for k, v in list(left_out.items())[:5])
+              + (" ..." if len(left_out) > 5 else ""))
+    for sid, msg in ws.input_failures.items():
+        print(f"failed {sid} (left out of the run): {msg}")
     return 0
 
 

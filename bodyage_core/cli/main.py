@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             where = Path(getattr(args, "workspace", None) or ".") / "cohort.sqlite"
             print(f"bodyage {name}: error: {sqlite_error(err, where)}", file=sys.stderr)
             return 2
+        except RuntimeError as err:
+            if not _is_write_failure(err):
+                raise
+            print(f"bodyage {name}: error: writing a file failed ({_first_line(err)}) — the "
+                  "disk is probably full or a file-size limit was reached: free space and run "
+                  "the same command again", file=sys.stderr)
+            return 2
         except MemoryError:
             print(f"bodyage {name}: error: out of memory — use a smaller grid or batch "
                   "(--batch-size), fewer --workers, or a machine with more memory",
@@ -158,10 +165,34 @@ def describe_os_error(err: OSError) -> str:
     return f"{text}{where}"
 
 
+#: What torch's file writer says when a write fails (a full disk, EFBIG): it raises a
+#: RuntimeError, not an OSError.
+_TORCH_WRITE_FAILURES = ("iostream error", "unexpected pos", "PytorchStreamWriter failed",
+                         "file write failed")
+
+
+def _is_write_failure(err: RuntimeError) -> bool:
+    text = str(err)
+    chain = [err, err.__cause__, err.__context__]
+    return any(k in text for k in _TORCH_WRITE_FAILURES) or any(
+        isinstance(e, RuntimeError) and any(k in str(e) for k in _TORCH_WRITE_FAILURES)
+        for e in chain[1:] if e is not None)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 # -- the workspace lock ------------------------------------------------------------------------
 
 def writes_workspace(args: argparse.Namespace) -> bool:
+    """Whether the command writes ``args.workspace``: the parser default ``writes_workspace``
+    (a bool, or a function of the parsed args, e.g. ``exclude --list`` only reads), else
+    :data:`WRITES_WORKSPACE`."""
     flag = getattr(args, "writes_workspace", None)
+    if callable(flag):
+        flag = flag(args)
     if flag is None:
         flag = args.command in WRITES_WORKSPACE
     return bool(flag) and bool(getattr(args, "workspace", None))
@@ -264,11 +295,7 @@ def _set_run_status(root: Path, run: str, status: str) -> None:
     except (BodyageError, OSError, sqlite3.Error):
         return
     try:
-        with db.transaction() as cur:
-            cur.execute("UPDATE runs SET status = ? WHERE run_id = ? AND status = 'training'",
-                        (status, run))
-    except (BodyageError, OSError, sqlite3.Error):
-        pass               # a full disk or read-only index: the error itself is reported
+        db.end_run(run, status)
     finally:
         db.close()
 

@@ -134,6 +134,12 @@ class WorkspaceLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
+                if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise BodyageError(f"the workspace is read-only ({err.strerror}): a "
+                                       "command that writes it cannot run; nothing was "
+                                       "changed", self.path,
+                                       "make the workspace writable, or run on a writable "
+                                       "copy (reading it still works)") from None
                 raise BodyageError(f"cannot create the workspace lock file ({err.strerror})",
                                    self.path, "make the workspace writable") from None
             try:

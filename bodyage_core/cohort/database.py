@@ -181,6 +181,8 @@ class CohortDB:
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self._conn = conn
+        #: opened read-only because the file or its folder cannot be written
+        self.read_only = False
         self._tx_lock = threading.RLock()
         self._tx_depth = 0
 
@@ -191,30 +193,60 @@ class CohortDB:
         if not path.exists() and not create:
             raise CohortError("no cohort index here", path,
                               "create a workspace with `bodyage import` or `bodyage synth`")
+        read_only = False
         try:
-            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0 and create is False:
-                tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-                if not tables:
-                    raise CohortError("the cohort index is empty (no schema)", path,
-                                      "delete it and import the cohort again")
-            conn.execute("PRAGMA journal_mode = WAL")
+            try:
+                conn, version = cls._connect(path, create)
+            except sqlite3.OperationalError as err:
+                if create or _writable(path) or not _read_only_error(err):
+                    raise
+                # a read-only workspace (a read-only mount, no write permission): open it for
+                # reading; a write then fails with a clear "read-only" line
+                conn, version = cls._connect(path, create, read_only=True)
+                read_only = True
         except CohortError:
             raise
         except sqlite3.DatabaseError as err:
             raise sqlite_error(err, path, "open") from None
         db = cls(path, conn)
+        db.read_only = read_only
         try:
             db._migrate(version)
-        except sqlite3.DatabaseError as err:
+        except BaseException:
             conn.close()
-            raise sqlite_error(err, path, "update") from None
+            raise
         return db
+
+    @staticmethod
+    def _connect(path: Path, create: bool, read_only: bool = False
+                 ) -> tuple[sqlite3.Connection, int]:
+        if read_only:
+            # immutable: SQLite may not create the -shm file of a WAL database here; nothing
+            # can write a read-only file system or file meanwhile
+            uri = f"{path.resolve().as_uri()}?mode=ro" + \
+                ("" if os.access(path.parent, os.W_OK) else "&immutable=1")
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and create is False:
+                tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'"
+                                      ).fetchall()
+                if not tables:
+                    raise CohortError("the cohort index is empty (no schema)", path,
+                                      "delete it and import the cohort again")
+            if not read_only:
+                conn.execute("PRAGMA journal_mode = WAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn, version
 
     def _migrate(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -440,6 +472,19 @@ class CohortDB:
         with self.transaction() as cur:
             cur.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
+    def end_run(self, run_id: str, status: str) -> bool:
+        """Mark a run that is still ``training`` as ended (``failed`` / ``interrupted``).
+
+        Never raises: called while another error is on its way (a full disk, a read-only
+        index), which must not be masked. Returns whether the row was changed."""
+        try:
+            with self.transaction() as cur:
+                cur.execute("UPDATE runs SET status = ? WHERE run_id = ? AND "
+                            "status = 'training'", (status, run_id))
+                return cur.rowcount > 0
+        except (CohortError, sqlite3.Error, OSError):
+            return False
+
     def runs(self) -> list[dict[str, Any]]:
         return [{"run_id": r["run_id"], "model": r["model"], "config": json.loads(r["config"]),
                  "status": r["status"], "created": r["created"]}
@@ -649,6 +694,11 @@ def sqlite_error(err: BaseException, path: str | Path, action: str = "write") ->
                            "cohort")
     return CohortError(f"cannot {action} the cohort index ({text})", p,
                        "check the disk and the workspace's permissions, then try again")
+
+
+def _read_only_error(err: BaseException) -> bool:
+    low = str(err).lower()
+    return any(w in low for w in ("readonly", "read-only", "read only", "unable to open"))
 
 
 def _writable(path: Path) -> bool:

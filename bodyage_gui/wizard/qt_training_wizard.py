@@ -26,6 +26,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.names import is_valid_name
 from bodyage_gui.workers import analysis_strings as text
 from bodyage_gui.workers.qt_worker import QtWorker
 
@@ -145,7 +146,7 @@ class CohortPage(QtWidgets.QWizardPage):
 
     def isComplete(self) -> bool:  # noqa: N802
         run = self.run_edit.text().strip()
-        ok_name = bool(run) and re.fullmatch(r"[A-Za-z0-9_.\-]+", run) is not None
+        ok_name = is_valid_name(run)     # the one name rule (bodyage_core.names)
         if self.run_exists() and not self.overwrite_check.isChecked():
             self.cohort_label.setText(text.WIZARD_RUN_EXISTS.format(run=run))
             return False
@@ -582,25 +583,45 @@ def _fmt_seconds(s: float) -> str:
 
 def _train(s: dict[str, Any], reporter) -> str:
     """The worker's job: train run ``s['run']`` with its own workspace connection."""
+    from bodyage_core.cluster.lock import workspace_writer
     from bodyage_core.cohort import Workspace
-    from bodyage_core.training.presets import train_config
-    from bodyage_core.training.workflow import make_spec, train_workspace
+    from bodyage_core.errors import Cancelled
+    from bodyage_core.names import check_name
 
     if not s.get("workspace") or s["workspace"] == "None":
         raise ConfigError(text.WIZARD_NO_WORKSPACE)
+    check_name(s.get("run") or "", "run name")
     reporter.update("prepare", 0, 1, "opening the workspace")
-    with Workspace.open(s["workspace"]) as ws:
-        grid = s["grid"] if s["grid"] in ("default", "full") else None
-        spec = make_spec(ws, s["arch"], grid=grid, spacing=s.get("spacing"),
-                         shape=s.get("shape"), image_hw=s["image_hw"])
-        cfg = train_config(spec.mode, augment=s["augment"], epochs=s["epochs"],
-                           batch_size=s["batch_size"], lr=s["lr"], loss=s["loss"],
-                           device=s["device"], seed=s["seed"])
-        model = {"arch": s["arch"]}
-        if s["arch"] == "resnet3d":
-            model["width"] = s["width"]
-        reporter.update("prepare", 1, 1, "loading the cohort")
-        train_workspace(ws, s["run"], spec, model, cfg, folds=s["folds"], members=s["members"],
-                        split_method=s["split_method"], seed=s["seed"],
-                        overwrite=s["overwrite"], reporter=reporter)
+    # the workspace lock, as `bodyage train` holds it: a second trainer (or a CLI command
+    # writing the workspace) is refused naming the holder, and this one is refused while
+    # another holds it
+    with Workspace.open(s["workspace"]) as ws, \
+            workspace_writer(ws.root, f"bodyage gui: training wizard (run {s['run']})"):
+        ws.progress = reporter
+        try:
+            _train_locked(ws, s, reporter)
+        except BaseException as exc:
+            ws.db.end_run(s["run"], "interrupted" if isinstance(exc, (Cancelled,
+                                                                      KeyboardInterrupt))
+                          else "failed")
+            raise
     return s["run"]
+
+
+def _train_locked(ws, s: dict[str, Any], reporter) -> None:
+    from bodyage_core.training.presets import train_config
+    from bodyage_core.training.workflow import make_spec, train_workspace
+
+    grid = s["grid"] if s["grid"] in ("default", "full") else None
+    spec = make_spec(ws, s["arch"], grid=grid, spacing=s.get("spacing"),
+                     shape=s.get("shape"), image_hw=s["image_hw"])
+    cfg = train_config(spec.mode, augment=s["augment"], epochs=s["epochs"],
+                       batch_size=s["batch_size"], lr=s["lr"], loss=s["loss"],
+                       device=s["device"], seed=s["seed"])
+    model = {"arch": s["arch"]}
+    if s["arch"] == "resnet3d":
+        model["width"] = s["width"]
+    reporter.update("prepare", 1, 1, "loading the cohort")
+    train_workspace(ws, s["run"], spec, model, cfg, folds=s["folds"], members=s["members"],
+                    split_method=s["split_method"], seed=s["seed"],
+                    overwrite=s["overwrite"], reporter=reporter)
