@@ -42,7 +42,7 @@ from bodyage_core.errors import BodyageError, Cancelled
 # Order is the order shown by ``bodyage --help``.
 COMMANDS = (
     "demo", "synth", "import", "exclude", "info", "train", "predict", "explain", "register",
-    "atlas", "compare", "report", "gui",
+    "atlas", "compare", "report", "models", "export", "gui",
 )
 
 #: Commands that write their ``workspace`` argument (the lock is taken for them).

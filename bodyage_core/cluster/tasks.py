@@ -273,7 +273,8 @@ class Stage:
 # -- predict ---------------------------------------------------------------------------------
 
 
-def predict_one(root: str, run: str, device: str, subject) -> dict[str, Any]:
+def predict_one(root: str, run: str, device: str, subject,
+                model_dir: str | None = None) -> dict[str, Any]:
     """Worker: predict one subject with run ``run``
     (:func:`bodyage_core.inference.subject.predict_subject` on the subject's cached model-grid
     input); writes ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
@@ -281,7 +282,7 @@ def predict_one(root: str, run: str, device: str, subject) -> dict[str, Any]:
     from bodyage_core.training.data import cached_input
 
     ws = _Paths(root)
-    ar = cached_run(ws.model_dir(run), device)
+    ar = cached_run(model_dir or ws.model_dir(run), device)
     arr = cached_input(ws, subject, ar.spec)
     pred = predict_subject(ar, subject_id=subject.subject_id, age=subject.age,
                            model_input=arr)
@@ -302,8 +303,10 @@ class PredictStage(Stage):
 
     def __init__(self, run: str, subject_ids: Sequence[str] | None = None,
                  device: str = "auto", overwrite: bool = False,
-                 csv_path: str | Path | None = None):
+                 csv_path: str | Path | None = None, model_dir: str | Path | None = None):
         self.run = check_name(run, "run name")
+        #: a model bundle to predict with instead of the workspace's run ``run`` (its name)
+        self.model_dir = None if model_dir is None else str(model_dir)
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.device = device
         self.overwrite = overwrite
@@ -319,7 +322,7 @@ class PredictStage(Stage):
 
         # a damaged run fails here, once, not on every subject; loaded through the tasks'
         # cache, so that tasks run in this thread (in-process) need not load it again
-        ar = cached_run(ws.model_dir(self.run), "cpu")
+        ar = cached_run(self.model_dir or ws.model_dir(self.run), "cpu")
         subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
         if not subjects:
             raise CohortError("no subjects to predict", ws.root, "import subjects first")
@@ -337,7 +340,8 @@ class PredictStage(Stage):
     def task(self, ws, job) -> SubjectTask:
         return SubjectTask(predict_one, {"root": str(ws.root), "run": self.run,
                                          "device": self.device,
-                                         "subject": job.payload["subject"]},
+                                         "subject": job.payload["subject"],
+                                         "model_dir": self.model_dir},
                            folder=str(ws.subject_dir(job.subject_id)))
 
     def record(self, ws, job, out) -> None:

@@ -1,0 +1,227 @@
+"""Model bundles and prediction on files: ``bodyage export``, ``bodyage models``, ``bodyage
+predict FILE|FOLDER --model``; a tampered weight file and a pickle payload are refused (and the
+payload does not run); the envelope refuses scans of another contrast or body region."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bodyage_core.cli.main import main
+from bodyage_core.errors import BodyageError
+from bodyage_core.inference.bundle import find_model, read_card, verify_model
+from bodyage_core.inference.ensemble import AgeRun
+from bodyage_core.io import load_channels, load_volume
+from bodyage_core.preprocess.spec import prepare_input
+
+torch.set_num_threads(1)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+IXI = DATA / "ixi_t1_2mm" / "t1" / "IXI013-HH-1212_T1.nii.gz"
+FAST = ["--width", "4", "--epochs", "2", "--device", "cpu", "--threads", "1",
+        "--batch-size", "4", "--folds", "2"]
+
+
+@pytest.fixture(scope="module")
+def wb(tmp_path_factory):
+    """A tiny synthetic whole-body (water + fat) workspace, a run and its export."""
+    root = tmp_path_factory.mktemp("wb")
+    ws = root / "ws"
+    assert main(["synth", str(ws), "--n", "12", "--grid", "16,16,20"]) == 0
+    assert main(["train", str(ws), "--run", "r", *FAST]) == 0
+    assert main(["export", str(ws), "--run", "r", str(root / "m32"), "--name", "wb-tiny",
+                 "--float32"]) == 0
+    assert main(["export", str(ws), "--run", "r", str(root / "m16"), "--name", "wb-tiny"]) == 0
+    return root
+
+
+def _subject_files(ws: Path, sid: str) -> dict[str, Path]:
+    d = ws / "subjects" / sid
+    return {"water": d / "water.nii.gz", "fat": d / "fat.nii.gz"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_export_writes_a_verified_card(wb):
+    card = read_card(wb / "m32")
+    for key in ("architecture", "input", "preprocessing", "channels", "contrast",
+                "training_cohort", "metrics", "bias_correction", "calibration", "envelope",
+                "intended_use", "licence", "members"):
+        assert key in card, key
+    assert card["training_cohort"]["n"] == 12
+    assert set(card["training_cohort"]["sex"]) == {"F", "M"}
+    assert card["envelope"]["channels"] == ["water", "fat"]
+    assert card["envelope"]["field_of_view_xyz_mm"]["min"][2] > 900     # neck to knee, mm
+    assert len(card["members"]) == 2 and all(len(m["sha256"]) == 64 for m in card["members"])
+    assert not list((wb / "m32").glob("*.pt"))                          # no pickles shipped
+    lines = verify_model(wb / "m32")
+    assert any("2 member network(s) load" in line for line in lines)
+    # float16 weights are half the size
+    s32 = (wb / "m32" / "member_0.safetensors").stat().st_size
+    s16 = (wb / "m16" / "member_0.safetensors").stat().st_size
+    assert 0.4 < s16 / s32 < 0.6
+
+
+def test_predict_files_gives_the_runs_own_prediction(wb, tmp_path, capsys):
+    ws = wb / "ws"
+    sids = ["synth000_00003", "synth000_00010"]
+    out = tmp_path / "p.csv"
+    assert main(["predict", *[str(ws / "subjects" / s) for s in sids], "--model",
+                 str(wb / "m32"), "--csv", str(out), "--explain",
+                 "--ages", str(ws / "participants.csv")]) == 0
+    rows = {r["id"]: r for r in _rows(out)}
+    run = AgeRun(ws / "models" / "r")
+    ages = {r["subject_id"]: float(r["age"]) for r in csv.DictReader(
+        (ws / "participants.csv").open())}
+    for sid in sids:
+        x = prepare_input(load_channels(_subject_files(ws, sid)), run.spec)
+        want = run.predict(x[None], ["new"], out_of_fold=False)
+        r = rows[sid]
+        assert r["status"] == "ok"
+        assert float(r["predicted_age"]) == pytest.approx(want.corrected[0], abs=0.011)
+        assert float(r["predicted_age_raw"]) == pytest.approx(want.mean[0], abs=0.011)
+        assert float(r["sigma"]) == pytest.approx(want.sigma[0], abs=0.011)
+        lo, hi = float(r["ci95_low"]), float(r["ci95_high"])
+        assert lo == pytest.approx(want.corrected[0] - 1.96 * want.sigma[0], abs=0.03)
+        assert hi == pytest.approx(want.corrected[0] + 1.96 * want.sigma[0], abs=0.03)
+        assert float(r["chronological_age"]) == pytest.approx(ages[sid], abs=0.01)
+        assert float(r["gap"]) == pytest.approx(want.corrected[0] - ages[sid], abs=0.02)
+        assert r["model"] == "wb-tiny" and r["model_version"] == "1.0.0"
+        assert len(r["model_sha"]) == 12
+        assert Path(r["qc_png"]).stat().st_size > 5000
+        m = load_volume(r["map"])
+        assert m.shape == load_volume(_subject_files(ws, sid)["water"]).shape
+    # float16 weights: the same ages within a few hundredths of a year
+    out16 = tmp_path / "p16.csv"
+    assert main(["predict", str(ws / "subjects" / sids[0]), "--model", str(wb / "m16"),
+                 "--csv", str(out16), "--no-qc-png"]) == 0
+    r16 = _rows(out16)[0]
+    assert float(r16["predicted_age"]) == pytest.approx(float(rows[sids[0]]["predicted_age"]),
+                                                        abs=0.1)
+
+
+def test_workspace_predict_with_a_model(wb, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(wb / "ws", ws)
+    assert main(["predict", str(ws), "--model", str(wb / "m32"), "--device", "cpu",
+                 "--scheduler", "none"]) == 0
+    from bodyage_core.cohort import Workspace
+
+    with Workspace.open(ws) as w:
+        rows = w.db.predictions("wb-tiny")
+    assert len(rows) == 12 and {r["split"] for r in rows} == {"new"}
+
+
+def test_tampered_weights_are_refused(wb, tmp_path, capsys):
+    m = tmp_path / "m"
+    shutil.copytree(wb / "m32", m)
+    f = m / "member_1.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 0xFF                                    # one byte of one weight
+    f.write_bytes(bytes(data))
+    assert main(["models", "verify", str(m)]) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "member_1.safetensors" in err
+    assert len(err.strip().splitlines()) == 1
+    scan = wb / "ws" / "subjects" / "synth000_00001"
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(scan), "--model", str(m), "--csv", str(out)]) == 1
+    row = _rows(out)[0]
+    assert row["status"] == "failed" and "checksum mismatch" in row["message"]
+    (m / "member_0.safetensors").unlink()
+    assert main(["models", "verify", str(m)]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+class _Payload:
+    """Pickles to a call of os.system: what a hostile model file would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_in_a_run_is_refused_and_does_not_run(wb, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    shutil.copytree(wb / "ws", ws)
+    marker = tmp_path / "PAYLOAD_RAN"
+    member = ws / "models" / "r" / "member_0.pt"
+    good = torch.load(member, weights_only=True)
+    good["info"] = _Payload(marker)
+    torch.save(good, member)
+    assert not marker.exists()
+    rc = main(["predict", str(ws), "--run", "r", "--device", "cpu", "--scheduler", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refused" in err and "member_0.pt" in err
+    assert not marker.exists()
+    # the same file as a training checkpoint: --resume refuses it too
+    from bodyage_core.inference.weights import load_torch_file
+
+    with pytest.raises(BodyageError, match="refused"):
+        load_torch_file(member, what="training checkpoint")
+    assert not marker.exists()
+
+
+def test_envelope_refuses_another_contrast_and_body_region(wb, tmp_path):
+    ws = wb / "ws"
+    # the whole-body model is given one image (a brain T1 would be one image too)
+    one = tmp_path / "one.nii.gz"
+    shutil.copy(_subject_files(ws, "synth000_00002")["water"], one)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(one), "--model", str(wb / "m32"), "--csv", str(out)]) == 1
+    row = _rows(out)[0]
+    assert row["status"] == "refused" and "water and fat" in row["message"]
+    if IXI.exists():
+        assert main(["predict", str(IXI), "--model", str(wb / "m32"), "--csv", str(out)]) == 1
+        assert _rows(out)[0]["status"] == "refused"
+    # a single-image model (trained on small T1 cubes) refuses a water/fat pair, and a scan
+    # of another field of view
+    t1 = tmp_path / "t1ws"
+    from tests.test_training_cli import _make_ws
+
+    _make_ws(t1, list(np.linspace(20, 80, 10)))
+    assert main(["train", str(t1), "--run", "b", "--spacing", "4", "4", "4", "--shape", "12",
+                 "12", "12", *FAST]) == 0
+    assert main(["export", str(t1), "--run", "b", str(tmp_path / "brain")]) == 0
+    card = read_card(tmp_path / "brain")
+    assert card["contrast"] == "T1-weighted MRI"
+    assert main(["predict", str(ws / "subjects" / "synth000_00002"), "--model",
+                 str(tmp_path / "brain"), "--csv", str(out)]) == 1
+    row = _rows(out)[0]
+    assert row["status"] == "refused" and "T1" in row["message"]
+    if IXI.exists():                                   # 240 mm head vs 40 mm training cubes
+        assert main(["predict", str(IXI), "--model", str(tmp_path / "brain"), "--csv",
+                     str(out)]) == 1
+        row = _rows(out)[0]
+        assert row["status"] == "refused" and "field of view" in row["message"]
+    ok = t1 / "subjects" / "sub03" / "t1.nii.gz"
+    assert main(["predict", str(ok), "--model", str(tmp_path / "brain"), "--csv",
+                 str(out)]) == 0
+    assert "channels_assumed" in _rows(out)[0]["qc_flags"]
+
+
+def test_models_list_show_and_names(wb, tmp_path, capsys, monkeypatch):
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    shutil.copytree(wb / "m16", shelf / "wb-tiny")
+    monkeypatch.setenv("BODYAGE_MODEL_PATH", str(shelf))
+    assert find_model("wb-tiny") == shelf / "wb-tiny"
+    assert main(["models", "list"]) == 0
+    assert "wb-tiny" in capsys.readouterr().out
+    assert main(["models", "show", "wb-tiny"]) == 0
+    assert "trained on" in capsys.readouterr().out
+    assert main(["models", "show", "wb-tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "wb-tiny"
+    assert main(["models", "verify", "no-such-model"]) == 2
+    assert "no model named" in capsys.readouterr().err
+    assert main(["models", "verify", "../escape"]) == 2
