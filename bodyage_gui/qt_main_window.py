@@ -46,6 +46,7 @@ from bodyage_core.labels import looks_like_label_map
 from bodyage_core.viewer import PLANES, ViewerState, atlas_space
 from bodyage_core.viewer.files import add_map, read_map
 from bodyage_core.viewer.space import DisplaySpace
+from bodyage_core.viewer.windowing import default_image_range
 from bodyage_core.volume import Volume
 from bodyage_gui import bindings, strings
 from bodyage_gui.loading import load_for_viewer, load_many
@@ -182,8 +183,12 @@ class QtMainWindow(QtWidgets.QMainWindow):
         prediction panel room for its result (not squeezed into a scroll area)."""
         docks = [self.panel_docks.get(t) for t in ("Layers", "Cursor", "Prediction")]
         if all(d is not None and d.isVisible() for d in docks):
-            self.resizeDocks(docks, [self.layer_panel.minimumSizeHint().height() + 40, 110,
-                                     max(300, self.height() // 2)], _Qt.Orientation.Vertical)
+            # the layer controls what they need, within what leaves the prediction panel 300 px
+            # (they scroll below that); the prediction panel the rest
+            room = sum(d.height() for d in docks)
+            layers = max(120, min(self.layer_panel.preferred_height() + 40, room - 110 - 310))
+            self.resizeDocks(docks, [layers, 110, max(310, room - layers - 110)],
+                             _Qt.Orientation.Vertical)
 
     def showEvent(self, ev):  # noqa: N802
         super().showEvent(ev)
@@ -1013,7 +1018,7 @@ class QtMainWindow(QtWidgets.QMainWindow):
                         "display_range": (0.0, float(mx))}
             overlays.append((name, path, v, kind, disp))
         return {"image_path": image_path, "image": vol, "overlays": overlays,
-                "image_range": display.robust_range(vol.data[0], 1.0, 99.5)}
+                "image_range": default_image_range(vol)}
 
     # -- recent files / settings ---------------------------------------------------------------------------
     def _add_recent(self, key: str, value: str) -> None:

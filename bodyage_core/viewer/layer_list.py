@@ -84,7 +84,7 @@ class LayerListMixin:
             self._check_overlap(volume, name, path)
         ch = channel if channel is not None else volume.channels[0]
         colormap, display_range = default_display(volume.channel(ch), kind, colormap,
-                                                  display_range)
+                                                  display_range, volume, ch)
         if opacity is None:
             opacity = 1.0 if kind == "image" or not self.layers else 0.7
         if kind == "labels" and label_names is None:

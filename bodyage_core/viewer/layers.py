@@ -213,11 +213,13 @@ def default_kind(volume: Volume, first: bool) -> str:
 
 
 def default_display(arr: np.ndarray, kind: str, colormap: str | None,
-                    display_range: tuple[float, float] | None
+                    display_range: tuple[float, float] | None,
+                    volume: Volume | None = None, channel: str | None = None
                     ) -> tuple[str, tuple[float, float]]:
     """The colour map and display range a new layer gets where none is given.
 
-    Grey for an image (1-99.5 % of its values), the label colours for a label map (0 to the
+    Grey for an image (1-99.5 % of its values; a CT the soft-tissue window, see
+    :func:`bodyage_core.viewer.windowing.default_image_range`), the label colours for a label map (0 to the
     largest id), and for an overlay heat over the range of its non-zero values, or ``bwr`` with
     a symmetric range when the map has clearly signed values.
     """
@@ -247,6 +249,10 @@ def default_display(arr: np.ndarray, kind: str, colormap: str | None,
             # heat maps are mostly zero: take the range of the non-zero values, from 0
             lo, hi = display.robust_range(nonzero(), 0.5, 99.5)
             display_range = (min(0.0, lo), hi)
+        elif volume is not None:
+            from bodyage_core.viewer.windowing import default_image_range
+
+            display_range = default_image_range(volume, channel)
         else:
             display_range = display.robust_range(arr, 1.0, 99.5)
     return colormap, display_range

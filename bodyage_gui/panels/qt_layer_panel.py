@@ -1,6 +1,6 @@
 """Layer list and display settings of the selected layer (colour map, opacity, display range,
-threshold, visibility; for a label map its labels: :mod:`.qt_label_table`) plus the water/fat
-channel switch. Writes only through the state."""
+threshold, visibility; window presets, width / level and a histogram: :mod:`.qt_contrast`;
+for a label map its labels: :mod:`.qt_label_table`) plus the water/fat channel switch. Writes only through the state."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from PySide6 import QtCore, QtWidgets
 
 from bodyage_core import display
 from bodyage_core.viewer import Layer, ViewerState
+from bodyage_gui.panels.qt_contrast import QtContrastPanel
 from bodyage_gui.panels.qt_label_table import QtLabelTable
 
 _Qt = QtCore.Qt
@@ -26,7 +27,7 @@ class QtLayerPanel(QtWidgets.QWidget):
         self.space_check = QtWidgets.QCheckBox("atlas space")
         self.space_check.setEnabled(False)
         self.layer_list = QtWidgets.QListWidget()
-        self.layer_list.setMaximumHeight(120)
+        self.layer_list.setMaximumHeight(84)
         self.channel_combo = QtWidgets.QComboBox()
         self.channel_combo.setToolTip("Channel shown (water / fat)")
         self.cmap_combo = QtWidgets.QComboBox()
@@ -45,6 +46,9 @@ class QtLayerPanel(QtWidgets.QWidget):
         self.label_table = self.labels_box.table
         self.outline_check = self.labels_box.outline_check
         self.labels_box.setVisible(False)
+        #: presets, window width / level and the histogram of an image or overlay layer
+        self.contrast = QtContrastPanel()
+        self.contrast.setVisible(False)
 
         form = QtWidgets.QFormLayout()
         form.addRow("channel", self.channel_combo)
@@ -54,13 +58,25 @@ class QtLayerPanel(QtWidgets.QWidget):
         form.addRow("max", self.vmax_spin)
         form.addRow(self.threshold_check, self.threshold_spin)
         form.addRow(self.visible_check, self.remove_button)
-        lay = QtWidgets.QVBoxLayout(self)
+        body = QtWidgets.QWidget()
+        lay = QtWidgets.QVBoxLayout(body)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.space_check)
         lay.addWidget(self.layer_list)
         lay.addLayout(form)
+        lay.addWidget(self.contrast)
         lay.addWidget(self.labels_box, 1)
         lay.addStretch(1)
+        # the settings scroll when the dock is short rather than squeezing the docks below
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(body)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(_Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QtWidgets.QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self._body = body
 
         self.layer_list.currentRowChanged.connect(self._row_selected)
         self.layer_list.itemChanged.connect(self._item_checked)
@@ -81,6 +97,10 @@ class QtLayerPanel(QtWidgets.QWidget):
         for e, fn in self._subs:
             e.connect(fn)
         self.refresh_list()
+
+    def preferred_height(self) -> int:
+        """The height that shows every control without scrolling."""
+        return self._body.sizeHint().height()
 
     def disconnect_state(self) -> None:
         """Stop following the state (call before dropping the widget)."""
@@ -150,6 +170,8 @@ class QtLayerPanel(QtWidgets.QWidget):
             w.setEnabled(enabled)
         self.labels_box.setVisible(layer is not None and layer.kind == "labels")
         self.labels_box.show_layer(layer)
+        self.contrast.setVisible(layer is not None and layer.kind != "labels")
+        self.contrast.show_layer(layer, self.state)
         if layer is None:
             return
         self.cmap_combo.setCurrentText(layer.colormap)
