@@ -14,7 +14,9 @@ viewer model:
 ``readout``         what is under the cursor
 ``space``           the display space (subject / atlas) and layer specs
 ``atlas_space``     finding a subject's atlas space, warping its layers, mapping points
-``session``         the session file (:meth:`ViewerState.to_dict` / ``restore``)
+``session``         the session file (:meth:`ViewerState.to_dict` / ``restore``), its schema
+``windowing``       default window (CT soft tissue), presets, window/level, histogram
+``files``           opening a map file on top (command line and File > Add overlay)
 ``state``           :class:`ViewerState`, assembled from the parts above
 ==================  ===========================================================================
 
