@@ -140,8 +140,10 @@ class QtContrastPanel(QtWidgets.QWidget):
             self.preset_combo.setCurrentText(matching_preset(lay) or chosen or CUSTOM)
             modality, why = guess_modality(lay.volume, lay.channel) if lay.kind == "image" \
                 else (None, "")
-            self.modality_label.setText(f"{modality}, from the {why}" if modality else
-                                        "window: 1-99.5 % of the values by default")
+            self.modality_label.setText(
+                f"{modality}, from the {why}" if modality else
+                "window: 1-99.5 % of the values by default" if lay.kind == "image" else
+                "window: the range of the map's non-zero values by default")
             width, level = window_of(lay.vmin, lay.vmax)
             step = float(f"{max(width, 1e-6) / 100:.1g}")
             for sp in (self.width_spin, self.level_spin):
