@@ -178,6 +178,7 @@ def test_interrupted_run_resumes(tmp_path, capsys):
             "--device", "cpu", "--spacing", "4", "4", "4", "--shape", "12", "12", "12",
             "--batch-size", "4", "--no-augment", "--loss", "l1", "--early-stopping", "10",
             "--scheduler", "plateau", "--keep", "best", "--warmup", "0", "--weight-decay", "0",
+            "--bias-correction", "full",
             "--lr", "0.0001"]   # TrainConfig's own defaults, which the interrupted run used
     assert main(base) == 2
     assert "--resume" in capsys.readouterr().err

@@ -50,3 +50,37 @@ def predict_arrays(model: nn.Module, dataset: Any, indices: np.ndarray | None = 
         pos += len(sel)
         rep.update(stage, pos, len(idx_all))
     return out
+
+
+class _Flipped:
+    """A left-right mirrored view of a dataset or array batch (the x axis, last)."""
+
+    def __init__(self, data: Any):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, idx) -> np.ndarray:
+        b = self.data[idx] if isinstance(self.data, np.ndarray) else self.data.batch(idx)
+        return np.ascontiguousarray(b[..., ::-1])
+
+
+def predict_tta(model: nn.Module, dataset: Any, tta: tuple[str, ...] | list[str] = (),
+                indices: np.ndarray | None = None, batch_size: int = 16,
+                device: torch.device | str = "cpu", amp: bool = True,
+                reporter: ProgressReporter | None = None, stage: str = "predict") -> np.ndarray:
+    """:func:`predict_arrays`, averaged over the test-time augmentations ``tta`` (``"flip_x"``:
+    the input and its left-right mirror image): mu is the mean, the log-variance that of the
+    mean variance (the log-variance clamped to the loss's range first)."""
+    from bodyage_core.training.losses import LOGVAR_RANGE
+
+    outs = [predict_arrays(model, dataset, indices, batch_size, device, amp, reporter, stage)]
+    if "flip_x" in tta:
+        outs.append(predict_arrays(model, _Flipped(dataset), indices, batch_size, device, amp,
+                                   reporter, stage))
+    if len(outs) == 1:
+        return outs[0]
+    mu = np.mean([o[:, 0] for o in outs], axis=0)
+    var = np.mean([np.exp(np.clip(o[:, 1], *LOGVAR_RANGE)) for o in outs], axis=0)
+    return np.stack([mu, np.log(var)], axis=1)

@@ -35,6 +35,8 @@ from bodyage_core.progress import ProgressReporter, ensure_reporter
 #: Test-time augmentations a model may ask for: ``"flip_x"`` averages each member's output on
 #: the input and on its left-right mirror image.
 TTA = ("flip_x",)
+#: The cohort template of a model that aligns its inputs (``InputSpec.align == "template"``).
+TEMPLATE_NAME = "template.nii.gz"
 
 
 class AgeRun:
@@ -55,6 +57,8 @@ class AgeRun:
         else:
             self._init_run()
         self.spec = InputSpec.from_dict(self.config["input"])
+        if self.spec.align == "template":
+            self.spec.template = self._load_template()
         self.model_config = dict(self.config["model"])
         if not self.members:
             raise BodyageError("the model has no members", path=self.run_dir)
@@ -103,6 +107,25 @@ class AgeRun:
         self.bias = card["bias_correction"]
         self.calibration = card["calibration"]
         self.splits = {"folds": {}}
+
+    def _load_template(self):
+        """The cohort template the model aligns its inputs to (``template.nii.gz``; a bundle's
+        is checked against the card's sha256 first)."""
+        from bodyage_core.io import load_volume
+
+        path = self.run_dir / TEMPLATE_NAME
+        if self.kind == "model":
+            from bodyage_core.inference.bundle import verify_file
+
+            want = {f["file"]: f["sha256"] for f in (self.card or {}).get("files", [])}
+            if TEMPLATE_NAME not in want:
+                raise BodyageError(f"the model aligns its input but its card lists no "
+                                   f"{TEMPLATE_NAME}", path=self.run_dir)
+            verify_file(path, want[TEMPLATE_NAME])
+        elif not path.is_file():
+            raise BodyageError(f"the run aligns its input but has no {TEMPLATE_NAME}",
+                               path=self.run_dir, hint="train the run again (--overwrite)")
+        return load_volume(path)
 
     # -- members ---------------------------------------------------------------------------
     def _member_state(self, m: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -172,7 +195,7 @@ class AgeRun:
                        members: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(mu, var)`` in years, each ``(K, N)``, of every member on ``arrays`` (members not
         in ``members``, when given, are NaN)."""
-        from bodyage_core.inference.batch import predict_arrays
+        from bodyage_core.inference.batch import predict_tta
         from bodyage_core.inference.device import resolve_device
         from bodyage_core.training.losses import LOGVAR_RANGE
 
@@ -184,16 +207,14 @@ class AgeRun:
         mu = np.full((len(models), n), np.nan)
         var = np.zeros((len(models), n))
         x = np.asarray(arrays, dtype=np.float32)
-        views = [x] + ([np.ascontiguousarray(x[..., ::-1])] if "flip_x" in self.tta else [])
         wanted = range(len(models)) if members is None else list(members)
         for step, k in enumerate(wanted):
             net, m = models[k], self.members[k]
-            outs = [predict_arrays(net, v, None, batch_size, dev) for v in views]
+            out = predict_tta(net, x, self.tta, None, batch_size, dev)
             std = float(m["target_std"])
-            mu[k] = np.mean([o[:, 0] for o in outs], axis=0) * std + float(m["target_mean"])
+            mu[k] = out[:, 0] * std + float(m["target_mean"])
             if self.uses_variance:
-                v_k = [np.exp(np.clip(o[:, 1], *LOGVAR_RANGE)) for o in outs]
-                var[k] = np.mean(v_k, axis=0) * std ** 2
+                var[k] = np.exp(np.clip(out[:, 1], *LOGVAR_RANGE)) * std ** 2
             rep.update("predict", step + 1, len(wanted), f"member {step + 1}/{len(wanted)}")
         return mu, var
 

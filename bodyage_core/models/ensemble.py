@@ -125,13 +125,37 @@ def fit_bias_correction(ages: Sequence[float], predicted: Sequence[float],
 #: noise of every prediction (a model that tracks age weakly: corrected ages far outside the
 #: human range), so the ``"full"`` policy falls back to the leave-one-out shrink.
 MIN_FULL_SLOPE = 0.5
-BIAS_METHODS = ("full", "loo")
+BIAS_METHODS = ("auto", "full", "loo")
+#: ``auto`` keeps the full inverse while its leave-one-out validation MAE is at most this much
+#: above the raw prediction's (the price of an age-independent gap); beyond, the loo shrink.
+AUTO_MAX_MAE_RATIO = 1.05
+
+
+def loo_mae_full(ages: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Leave-one-out MAE on validation subjects of the raw prediction and of the full inverse
+    fit (refitted without each left-out subject)."""
+    age = np.asarray(ages, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    ok = np.isfinite(age) & np.isfinite(p)
+    age, p = age[ok], p[ok]
+    n = len(age)
+    raw = float(np.mean(np.abs(p - age))) if n else float("nan")
+    errs = []
+    for i in range(n):
+        keep = np.arange(n) != i
+        fit = _linear_fit(age[keep], p[keep])
+        c = p[i] if fit is None else (p[i] - fit[1]) / fit[0]
+        errs.append(abs(c - age[i]))
+    return raw, float(np.mean(errs)) if errs else float("nan")
 
 
 def fit_bias_policy(ages: Sequence[float], predicted: Sequence[float],
                     method: str = "full") -> dict[str, Any]:
     """The bias correction a run stores (``TrainConfig.bias_correction``).
 
+    ``"auto"`` (the default of ``bodyage train``): the full inverse when its leave-one-out MAE
+    on the validation subjects is within :data:`AUTO_MAX_MAE_RATIO` of the raw prediction's,
+    else the leave-one-out shrink; ``"chosen"`` and ``"why"`` say which and why.
     ``"full"``: the inverse of the validation fit (:func:`fit_bias_correction`, DESIGN.md), so
     the gap does not depend on age, unless the fitted slope is below :data:`MIN_FULL_SLOPE`;
     then the leave-one-out shrink, with ``"fallback"`` saying why. ``"loo"``: always the
@@ -142,12 +166,29 @@ def fit_bias_policy(ages: Sequence[float], predicted: Sequence[float],
     if method == "loo":
         return fit_bias_correction(ages, predicted, shrink="loo")
     fit = fit_bias_correction(ages, predicted)
-    if "identity_reason" in fit or fit["a"] >= MIN_FULL_SLOPE:
+    if "identity_reason" in fit:
+        return fit
+    if fit["a"] < MIN_FULL_SLOPE:
+        loo = fit_bias_correction(ages, predicted, shrink="loo")
+        loo["fallback"] = (f"validation slope {fit['a']:.2f} < {MIN_FULL_SLOPE}: the full "
+                           f"inverse would multiply the noise by {1 / fit['a']:.1f}; shrunk by "
+                           "leave-one-out MAE instead")
+        loo["chosen"] = "loo"
+        return loo
+    if method == "full":
+        return fit
+    raw, full = loo_mae_full(ages, predicted)
+    if full <= AUTO_MAX_MAE_RATIO * raw:
+        fit.update(chosen="full", loo_mae_raw=raw, loo_mae_full=full,
+                   why=f"full inverse: leave-one-out validation MAE {full:.2f} vs raw "
+                       f"{raw:.2f} (within {100 * (AUTO_MAX_MAE_RATIO - 1):.0f} %), and the "
+                       "gap does not depend on age")
         return fit
     loo = fit_bias_correction(ages, predicted, shrink="loo")
-    loo["fallback"] = (f"validation slope {fit['a']:.2f} < {MIN_FULL_SLOPE}: the full inverse "
-                       f"would multiply the noise by {1 / fit['a']:.1f}; shrunk by "
-                       "leave-one-out MAE instead")
+    loo.update(chosen="loo", loo_mae_raw=raw, loo_mae_full=full,
+               why=f"shrunk by leave-one-out MAE: the full inverse raised the validation MAE "
+                   f"from {raw:.2f} to {full:.2f} (more than "
+                   f"{100 * (AUTO_MAX_MAE_RATIO - 1):.0f} %)")
     return loo
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,14 @@ class InputSpec:
     normalise: str = "foreground_mean"
     image_hw: tuple[int, int] = (256, 256)
     projection: str = "langner"
+    #: ``"template"``: every input is first affine-aligned to the run's cohort template
+    #: (:mod:`bodyage_core.preprocess.align`, identified by ``template_sha256``) and the model
+    #: grid is cut from the template's centre; ``"none"``: the body is centred.
+    align: str = "none"
+    template_sha256: str | None = None
+    #: the template itself while a run or model is in use (never serialised: the run and the
+    #: model keep it as ``template.nii.gz``)
+    template: Volume | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -69,6 +77,9 @@ class InputSpec:
                               hint=f"use one of {', '.join(PROJECTIONS)}")
         if self.mode == "3d":
             self.projection = "langner"
+        if self.align not in ("none", "template"):
+            raise ConfigError(f"unknown input alignment {self.align!r}",
+                              hint="use none or template")
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -78,14 +89,16 @@ class InputSpec:
         return (len(self.channels), *self.image_hw)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "template"}
         if self.mode != "2.5d" or self.projection == "legacy":
             del d["projection"]  # 3D, and legacy 2.5D runs: the dict (and hash) as before
+        if self.align == "none":          # runs without alignment: the dict (and hash) as before
+            del d["align"], d["template_sha256"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "template"}
         if kw.get("mode") == "2.5d" and "projection" not in kw:
             kw["projection"] = "legacy"  # recorded before the field existed
         return cls(**kw)
@@ -114,10 +127,14 @@ class ModelInput:
         return Volume(self.array, self.affine, tuple(self.spec.channels), {"model_grid": True})
 
 
-def prepare_model_input(volume: Volume, spec: InputSpec) -> ModelInput:
+def prepare_model_input(volume: Volume, spec: InputSpec,
+                        template: Volume | None = None) -> ModelInput:
     """Bring a multi-channel :class:`Volume` onto the model grid of ``spec``.
 
-    Resample to ``spacing_zyx`` with the body centred and crop/pad to ``shape_zyx``
+    With ``spec.align == "template"`` the image is first affine-aligned to ``template`` (the
+    run's cohort template, :func:`~bodyage_core.preprocess.align.align_to_template`) and the
+    grid is cut from the template's centre; otherwise the body is centred. Then: resample to
+    ``spacing_zyx`` and crop/pad to ``shape_zyx``
     (:func:`~bodyage_core.preprocess.model_input.prepare_for_model`), normalise every channel
     (``spec.normalise``); for 2.5D, lay the coronal and sagittal mean-intensity projections
     side by side in the spec's layout (:func:`projections_for_spec`). Returns the input with
@@ -131,8 +148,21 @@ def prepare_model_input(volume: Volume, spec: InputSpec) -> ModelInput:
                            f"{list(spec.channels)}", path=volume.provenance.get("path"))
     vol = volume.with_data(np.stack([volume.channel(c) for c in spec.channels]),
                            channels=spec.channels)
+    centre = "body"
+    template = template if template is not None else spec.template
+    if spec.align == "template":
+        from bodyage_core.preprocess.align import align_to_template, template_sha
+
+        if template is None:
+            raise BodyageError("this model aligns its input to a cohort template, and none "
+                               "was given", hint="load the model with its template.nii.gz")
+        if spec.template_sha256 and template_sha(template) != spec.template_sha256:
+            raise BodyageError("the alignment template is not the one the model was trained "
+                               "with", hint="use the template.nii.gz of the model's folder")
+        vol = align_to_template(vol, template)
+        centre = "image"
     grid = ModelGrid(spacing_xyz=tuple(spec.spacing_zyx[::-1]), shape_zyx=spec.shape_zyx,
-                     channels=spec.channels, normalisation={"method": "none"})
+                     channels=spec.channels, normalisation={"method": "none"}, centre=centre)
     on_grid = prepare_for_model(vol, grid, return_volume=True)
     out = np.stack([_normalise(ch, spec.normalise) for ch in np.asarray(on_grid.data)])
     if spec.mode == "2.5d":
@@ -144,9 +174,10 @@ def prepare_model_input(volume: Volume, spec: InputSpec) -> ModelInput:
     return ModelInput(out, np.asarray(on_grid.affine, dtype=float), spec)
 
 
-def prepare_input(volume: Volume, spec: InputSpec) -> np.ndarray:
+def prepare_input(volume: Volume, spec: InputSpec,
+                  template: Volume | None = None) -> np.ndarray:
     """The model input alone: float32 ``spec.array_shape`` (:func:`prepare_model_input`)."""
-    return prepare_model_input(volume, spec).array
+    return prepare_model_input(volume, spec, template).array
 
 
 def normalise_foreground_mean(a: np.ndarray) -> np.ndarray:

@@ -29,6 +29,8 @@ import numpy as np
 
 from bodyage_core.atomic import atomic_path, write_json, write_text
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
+from bodyage_core.inference.batch import predict_tta
+from bodyage_core.inference.ensemble import TEMPLATE_NAME
 from bodyage_core.models.ensemble import (
     MEMBER_FORMAT,
     MIN_FULL_SLOPE,
@@ -48,7 +50,6 @@ from bodyage_core.training.splits import make_folds, split_indices
 from bodyage_core.training.trainer import (
     TrainConfig,
     Trainer,
-    predict_arrays,
     resolve_device,
     seed_everything,
 )
@@ -202,6 +203,8 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         "subjects": n, "created": time.time(),
         "members": [{"file": f"member_{p['index']}.pt", "fold": p["fold"], "seed": p["seed"]}
                     for p in plan],
+        "tta": list(train.tta),
+        "files": [TEMPLATE_NAME] if spec.align == "template" else [],
     }
     split_info = {
         "method": split_method,
@@ -217,6 +220,13 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
     if ctx.is_main:
         try:
             _start_run(work, config, train, resume, split_info, _on_start)
+            if spec.align == "template":
+                from bodyage_core.io import save_volume
+
+                if spec.template is None:
+                    raise ConfigError("an aligned input spec without its template",
+                                      hint="make the spec with make_spec(..., align='template')")
+                save_volume(spec.template, work / TEMPLATE_NAME)
         except Exception as exc:  # noqa: BLE001
             err = exc
     ctx.agree(err)   # the barrier after which every rank sees the run folder
@@ -382,8 +392,8 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
 
         out = sharded_predict(net, ds, None, ctx, train.eval_batch_size, device, train.amp)
     elif writer:
-        out = predict_arrays(net, ds, None, train.eval_batch_size, device, train.amp,
-                             stage="predict")
+        out = predict_tta(net, ds, train.tta, None, train.eval_batch_size, device, train.amp,
+                          stage="predict")
     return info, (out if writer else None), digest
 
 
@@ -450,11 +460,16 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
                     + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
                        f"slope a is below {MIN_FULL_SLOPE}, the leave-one-out shrink below; "
                        "'fallback' says so)"
-                       if train.bias_correction == "full" else
+                       if train.bias_correction in ("full", "auto") else
                        "predicted = a_full * age + b_full, shrunk towards the raw prediction "
                        "by 'shrink' chosen by leave-one-out MAE on those subjects; "
                        "corrected = (predicted - b) / a with the effective a, b"))
     bias["method"] = train.bias_correction
+    # the validation predictions every fit above was made on (to check or refit a policy)
+    write_json(work / "validation_predictions.json", {
+        "subject_id": [ids[i] for i in v_idx], "age": ages[v_idx].tolist(),
+        "fold_held_out": fold_of[v_idx].tolist(), "mean": v_mean.tolist(),
+        "variance": v_var.tolist()})
     calib["note"] = ("calibrated variance = scale * ensemble variance + floor, both fitted by "
                      "the Gaussian NLL of validation errors (pooled as for the bias fit)")
 

@@ -70,6 +70,9 @@ class TrainConfig:
                                    # "best" makes the validation predictions (which bias
                                    # correction and variance calibration are fitted on)
                                    # optimistic; "last" keeps them honest
+    tta: list[str] = field(default_factory=list)  # test-time augmentation the run predicts
+                                   # with (validation fits included): "flip_x" averages each
+                                   # member over the input and its left-right mirror
     bias_correction: str = "full"  # full: corrected = (pred - b) / a as fitted on validation,
                                    # so the gap does not depend on age there (what comparing
                                    # accelerated and decelerated agers needs; below slope 0.5
@@ -89,6 +92,9 @@ class TrainConfig:
         if self.bias_correction not in BIAS_METHODS:
             raise ConfigError(f"unknown --bias-correction {self.bias_correction!r}",
                               hint=f"use one of {', '.join(BIAS_METHODS)}")
+        self.tta = list(self.tta or [])
+        if set(self.tta) - {"flip_x"}:
+            raise ConfigError(f"unknown test-time augmentation {self.tta}", hint="use flip_x")
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("epochs, batch size and accumulation must be at least 1")
 

@@ -51,9 +51,14 @@ def default_channels(ws, subjects=None) -> tuple[str, ...]:
 def make_spec(ws, arch: str = "resnet3d", channels: Sequence[str] | None = None,
               grid: str | None = None, spacing: Sequence[float] | None = None,
               shape: Sequence[int] | None = None, image_hw: Sequence[int] = (256, 256),
-              normalise: str = "foreground_mean") -> InputSpec:
+              normalise: str = "foreground_mean", align: str = "none",
+              reporter: ProgressReporter | None = None) -> InputSpec:
     """The input config of a new run. Without ``grid``/``shape`` the grid is derived from the
-    first subject: its field of view at ``spacing`` (default: twice its voxel size)."""
+    first subject: its field of view at ``spacing`` (default: twice its voxel size).
+
+    ``align="template"``: the cohort's template is built (or read from the workspace cache,
+    :func:`alignment_template`) and travels with the spec; the grid then covers the template's
+    box at ``spacing`` (default twice the template's voxel size)."""
     subjects = ws.db.subjects()
     chans = tuple(channels) if channels else default_channels(ws, subjects)
     mode = "3d" if is_3d(model_config({"arch": arch})) else "2.5d"
@@ -63,19 +68,70 @@ def make_spec(ws, arch: str = "resnet3d", channels: Sequence[str] | None = None,
         sp, sh = GRIDS[grid]
         spacing = spacing or sp
         shape = shape or sh
+    template = None
+    if align == "template":
+        template = alignment_template(ws, chans, reporter)
     if shape is None or spacing is None:
-        with_imgs = [s for s in subjects if all(c in s.images for c in chans)]
-        if not with_imgs:
-            raise CohortError(f"no subject has the images {list(chans)}", ws.root,
-                              "import them or choose --channels")
-        vol = load_subject_volume(ws, with_imgs[0], chans)
+        if template is not None:
+            vol = template
+        else:
+            with_imgs = [s for s in subjects if all(c in s.images for c in chans)]
+            if not with_imgs:
+                raise CohortError(f"no subject has the images {list(chans)}", ws.root,
+                                  "import them or choose --channels")
+            vol = load_subject_volume(ws, with_imgs[0], chans)
         if spacing is None:
             spacing = tuple(2.0 * s for s in vol.spacing_zyx)
         if shape is None:
             extent = [n * s for n, s in zip(vol.shape, vol.spacing_zyx)]
-            shape = tuple(max(8, int(math.ceil(e / sp))) for e, sp in zip(extent, spacing))
-    return InputSpec(channels=chans, mode=mode, spacing_zyx=tuple(spacing),
-                     shape_zyx=tuple(shape), normalise=normalise, image_hw=tuple(image_hw))
+            shape = tuple(max(8, int(math.ceil(e / sp - 1e-6)))
+                          for e, sp in zip(extent, spacing))
+    spec = InputSpec(channels=chans, mode=mode, spacing_zyx=tuple(spacing),
+                     shape_zyx=tuple(shape), normalise=normalise, image_hw=tuple(image_hw),
+                     align=align)
+    if template is not None:
+        from bodyage_core.preprocess.align import template_sha
+
+        spec.template = template
+        spec.template_sha256 = template_sha(template)
+    return spec
+
+
+def alignment_template(ws, channels: Sequence[str], reporter: ProgressReporter | None = None,
+                       rounds: int = 2):
+    """The cohort template of the workspace's subjects that have ``channels`` and are not
+    excluded (built from the first channel's images only: no ages), cached as
+    ``cache/templates/<key>.nii.gz`` (the key names the subjects, their image files' sizes and
+    times, and the settings), so a resumed or repeated run reuses it."""
+    import hashlib
+    import json
+
+    from bodyage_core.io import load_volume, save_volume
+    from bodyage_core.preprocess.align import build_template
+
+    rep = ensure_reporter(reporter)
+    subjects = [s for s in ws.db.subjects() if all(c in s.images for c in channels)
+                and not getattr(s, "excluded", False)]
+    if len(subjects) < 2:
+        raise CohortError(f"a cohort template needs at least 2 subjects with {list(channels)}",
+                          ws.root, "import more subjects or train without --align")
+    key_items = []
+    for s in subjects:
+        p = ws.resolve(s.images[channels[0]])
+        st = p.stat()
+        key_items.append([s.subject_id, str(p), st.st_size, int(st.st_mtime)])
+    key = hashlib.sha1(json.dumps([key_items, rounds, "v1"]).encode()).hexdigest()[:16]
+    path = ws.root / "cache" / "templates" / f"{channels[0]}_{key}.nii.gz"
+    if path.is_file():
+        rep.update("align", 1, 1, f"cohort template {path.name} (cached)")
+        return load_volume(path)
+    vols = []
+    for i, s in enumerate(subjects):
+        vols.append(load_volume(ws.resolve(s.images[channels[0]])))
+        rep.update("load", i + 1, len(subjects), s.subject_id)
+    template = build_template(vols, rounds=rounds, reporter=rep)
+    save_volume(template, path)
+    return load_volume(path)
 
 
 def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
