@@ -2,6 +2,12 @@
 and a UK Biobank-style 6-station Dixon zip (water + fat), plus writing .nii.gz and the two
 model-input preparations (3D model grid, Langner 2.5D projections) of that volume.
 
+The zips are stitched with the default settings (docs/UKBB.md: the seeds' grid, 4 end slices
+trimmed, 8-slice blend cap, overlap intensity correction, fat/water swap test). The phantom is on
+the UK Biobank grid (2.23214293 mm in-plane, as the real stations); a second zip has the real
+protocol's layout (per-station matrices shifted in y, the breath-hold stations at 4.5 mm, which
+are interpolated onto the 3 mm grid).
+
 Reports the median wall time over a few repeats and the peak Python-heap memory of one extra
 (untimed) run measured with tracemalloc (numpy buffers included). Writes
 ``bench/results/load.json``.
@@ -24,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, print_table, time_repeats, write_results  # noqa: E402
 
 from bodyage_core.io import load_volume, save_volume  # noqa: E402
-from bodyage_core.io.ukbb_fake import write_dicom_series, write_ukbb_zip  # noqa: E402
+from bodyage_core.io.ukbb_fake import (  # noqa: E402
+    real_layout,
+    write_dicom_series,
+    write_ukbb_zip,
+)
+from bodyage_core.io.ukbb_stitch import UKBB_SPACING_XYZ  # noqa: E402
 from bodyage_core.preprocess import (  # noqa: E402
     ModelGrid,
     prepare_for_model,
@@ -33,7 +44,7 @@ from bodyage_core.preprocess import (  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 
 SHAPE_XYZ = (224, 174, 370)  # Langner's fused UK Biobank grid
-SPACING_XYZ = (2.232, 2.232, 3.0)
+SPACING_XYZ = UKBB_SPACING_XYZ  # 2.23214293 x 2.23214293 x 3.0 mm (the seeds' 2.232 x 2.232 x 3)
 
 
 def phantom() -> Volume:
@@ -91,6 +102,14 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("load UKB zip (6 stations, water+fat)",
                             lambda: load_volume(z, channels=("water", "fat")),
                             max(2, args.repeats // 2)))
+        zr = tmp / "1000001_20201_2_0.zip"
+        write_ukbb_zip(vol, zr, **real_layout(SHAPE_XYZ[2], SHAPE_XYZ[1], overlap=6))
+        rows.append(measure("load UKB zip, real layout (per-station matrices, 4.5 mm stations)",
+                            lambda: load_volume(zr, channels=("water", "fat")),
+                            max(2, args.repeats // 2)))
+        stitched = load_volume(z, channels=("water", "fat"))
+        ukb = {"shape_zyx": list(stitched.shape), "grid": stitched.provenance["grid"],
+               "qc": stitched.provenance["qc"]}
         grid = ModelGrid((4.464, 4.464, 6.0), (185, 87, 112))
         rows.append(measure("prepare_for_model (2 ch -> 185x87x112 @ 4.464/4.464/6 mm)",
                             lambda: prepare_for_model(vol, grid), max(2, args.repeats // 2)))
@@ -100,13 +119,14 @@ def main(argv: list[str] | None = None) -> None:
         sizes = {"nii_mb": round(nii.stat().st_size / 2**20, 1),
                  "nii_gz_mb": round(niigz.stat().st_size / 2**20, 1),
                  "dicom_mb": round(sum(f.stat().st_size for f in dcm.iterdir()) / 2**20, 1),
-                 "ukb_zip_mb": round(z.stat().st_size / 2**20, 1)}
+                 "ukb_zip_mb": round(z.stat().st_size / 2**20, 1),
+                 "ukb_zip_real_layout_mb": round(zr.stat().st_size / 2**20, 1)}
     print_table(rows)
     print("load average (1 min) before/after:", round(load_before[0], 2),
           round(os.getloadavg()[0], 2), "on", os.cpu_count(), "cores")
     print("file sizes (MB):", sizes, "| process peak RSS:", round(peak_rss_mb()), "MB")
     out = write_results("load", rows, {"shape_xyz": SHAPE_XYZ, "spacing_xyz": SPACING_XYZ,
-                                       "file_sizes_mb": sizes,
+                                       "file_sizes_mb": sizes, "ukb_stitched": ukb,
                                        "process_peak_rss_mb": round(peak_rss_mb(), 1),
                                        "load_average_before_after": [
                                            round(load_before[0], 2),
