@@ -1,4 +1,4 @@
-"""``bodyage atlas build|maps``: group templates and population importance maps.
+"""``bodyage atlas build|maps|install``: group templates and population importance maps.
 
 ``atlas maps`` first warps every registered subject's map into its atlas as per-subject tasks
 (bodyage_core.cluster; ``--scheduler`` picks where), then averages them in this process."""
@@ -56,6 +56,14 @@ def register(sub) -> None:
     g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
     add_engine_arguments(m)
     m.set_defaults(func=run_maps)
+    i = asub.add_parser("install", help="install a shipped atlas (one per group) into the "
+                                        "workspace, to register subjects to it directly")
+    i.add_argument("workspace")
+    i.add_argument("name", nargs="?", default="wholebody-synthetic",
+                   help="shipped atlas (default wholebody-synthetic: one per sex, made from "
+                        "40 synthetic subjects at 8.9 x 8.9 x 12 mm)")
+    i.add_argument("--overwrite", action="store_true")
+    i.set_defaults(func=run_install)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -71,6 +79,18 @@ def _kind_tag(kind: str | None, run: str) -> str:
     """Output name of a map kind: the run for its Grad-CAMs (the published maps), else the
     kind itself (``population_gradxinput_signed_<run>_...``)."""
     return run if kind in (None, f"gradcam_{run}") else kind
+
+
+def run_install(args) -> int:
+    from bodyage_core.atlas.shipped import install_atlas
+    from bodyage_core.cohort import Workspace
+
+    with Workspace.open(args.workspace) as ws:
+        groups = install_atlas(ws, args.name, overwrite=args.overwrite)
+    print(f"installed atlas {args.name} for group(s) {', '.join(groups)} in "
+          f"{args.workspace}/atlases; register the subjects with `bodyage register "
+          f"{args.workspace}`")
+    return 0
 
 
 def run_build(args) -> int:

@@ -40,6 +40,7 @@ import numpy as np
 
 from bodyage_core.atomic import write_json, write_text
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.inference.bundle import run_source
 from bodyage_core.names import check_name
 
 # -- jobs and tasks -------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def predict_one(root: str, run: str, device: str, subject,
     from bodyage_core.training.data import cached_input
 
     ws = _Paths(root)
-    ar = cached_run(model_dir or ws.model_dir(run), device)
+    ar = cached_run(model_dir or run_source(ws, run), device)
     arr = cached_input(ws, subject, ar.spec)
     pred = predict_subject(ar, subject_id=subject.subject_id, age=subject.age,
                            model_input=arr)
@@ -322,7 +323,7 @@ class PredictStage(Stage):
 
         # a damaged run fails here, once, not on every subject; loaded through the tasks'
         # cache, so that tasks run in this thread (in-process) need not load it again
-        ar = cached_run(self.model_dir or ws.model_dir(self.run), "cpu")
+        ar = cached_run(self.model_dir or run_source(ws, self.run), "cpu")
         subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
         if not subjects:
             raise CohortError("no subjects to predict", ws.root, "import subjects first")
@@ -373,7 +374,7 @@ def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str
     worker)."""
     from bodyage_core.explain.pipeline import explain_subject
 
-    age_run = cached_run(_Paths(root).model_dir(run), device)
+    age_run = cached_run(run_source(_Paths(root), run), device)
     return explain_subject(_Paths(root), run, age_run, age_run.load_members(), subject, kind,
                            method=method, layer=layer, variant=variant,
                            occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
@@ -415,7 +416,7 @@ class ExplainStage(Stage):
         from bodyage_core.inference.ensemble import AgeRun
         from bodyage_core.volume import Volume
 
-        age_run = AgeRun(ws.model_dir(self.run), device="cpu")
+        age_run = AgeRun(run_source(ws, self.run), device="cpu")
         if age_run.spec.mode != "3d":
             model_grid_input(Volume(np.zeros((1, 1, 1, 1)), np.eye(4)), age_run.spec)
         if self.method == "gradcam":
@@ -423,7 +424,7 @@ class ExplainStage(Stage):
 
             # an unknown layer fails here, once, not on every subject (through the tasks'
             # cache, as for predict)
-            resolve_layer(cached_run(ws.model_dir(self.run), "cpu").load_members()[0],
+            resolve_layer(cached_run(run_source(ws, self.run), "cpu").load_members()[0],
                           self.layer)
         subjects = ws.db.subjects(self.subject_ids) if self.subject_ids else ws.db.subjects()
         if not subjects:

@@ -106,23 +106,42 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str,
 
 
 def report_run(ws, run: str, with_baselines: bool = True,
-               reporter: ProgressReporter | None = None) -> dict[str, Path]:
-    """Evaluate run ``run`` of workspace ``ws`` on its out-of-fold predictions (the rows
-    ``bodyage train`` stored, read from ``oof_predictions.csv``) with baselines on the same
-    folds; writes into ``ws.reports_dir``."""
+               reporter: ProgressReporter | None = None, folds: int = 5) -> dict[str, Path]:
+    """Evaluate ``run`` on workspace ``ws``; writes into ``ws.reports_dir``.
+
+    A run trained in this workspace is evaluated on its out-of-fold predictions (the rows
+    ``bodyage train`` stored, ``oof_predictions.csv``) with the baselines on the same folds. A
+    model bundle (a shipped or exported model, used with ``predict WS --model NAME``) never saw
+    these subjects: it is evaluated on its stored predictions of every subject, against
+    baselines cross-validated on this cohort (``folds``-fold, stratified), i.e. baselines that
+    had the advantage of training on these very subjects' cohort."""
+    from bodyage_core.inference.bundle import run_source
     from bodyage_core.inference.ensemble import AgeRun
     from bodyage_core.training.data import AgeDataset, records_from_workspace
 
     rep = ensure_reporter(reporter)
-    run_dir = ws.model_dir(run)
+    run_dir = run_source(ws, run)
     ar = AgeRun(run_dir)
-    rows = read_predictions_csv(run_dir / "oof_predictions.csv")
+    if ar.kind == "model":
+        rows = [r for r in ws.db.predictions(run) if r.get("age") is not None]
+        if not rows:
+            raise BodyageError(f"no stored predictions of model {run!r} with an age",
+                               path=ws.root, hint=f"run `bodyage predict WORKSPACE --model "
+                                                  f"{run}` first")
+    else:
+        rows = read_predictions_csv(run_dir / "oof_predictions.csv")
     baselines = None
     if with_baselines:
         ids = [r["subject_id"] for r in rows]
         recs = records_from_workspace(ws, ar.spec, ids)
         ds = AgeDataset(recs, cache=False)
-        fold_of = np.array([ar.fold_of(r.subject_id) for r in recs], dtype=int)
+        if ar.kind == "model":
+            from bodyage_core.training.splits import make_folds
+
+            fold_of = make_folds(min(folds, len(recs)), ds.ages, ds.column("sex"),
+                                 ds.column("bmi_group"), None, "stratified", 0)
+        else:
+            fold_of = np.array([ar.fold_of(r.subject_id) for r in recs], dtype=int)
         baselines = compute_baselines(ds, fold_of, rep)
     return write_report(rows, ws.reports_dir, run, baselines, rep)
 

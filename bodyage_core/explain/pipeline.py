@@ -35,6 +35,7 @@ import numpy as np
 from bodyage_core.atomic import write_json
 from bodyage_core.errors import BodyageError, ConfigError
 from bodyage_core.explain.space import save_map
+from bodyage_core.inference.bundle import run_source
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -268,7 +269,7 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
              kind, t0) -> ExplainSummary:
     from bodyage_core.inference.ensemble import AgeRun
 
-    age_run = AgeRun(ws.model_dir(run), device=device)
+    age_run = AgeRun(run_source(ws, run), device=device)
     spec = age_run.spec
     if spec.mode != "3d":
         model_grid_input(Volume(np.zeros((1, 1, 1, 1)), np.eye(4)), spec)  # raises the 2.5D error
@@ -334,7 +335,7 @@ def sanity_report(workspace, run: str, subject_id: str | None = None, layer: str
     own = not isinstance(workspace, Workspace)
     ws = Workspace.open(workspace) if own else workspace
     try:
-        age_run = AgeRun(ws.model_dir(run), device=device)
+        age_run = AgeRun(run_source(ws, run), device=device)
         subjects = ws.db.subjects([subject_id]) if subject_id else ws.db.subjects()
         if not subjects:
             raise BodyageError("the workspace has no subjects", path=ws.root)

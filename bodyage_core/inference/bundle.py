@@ -345,9 +345,10 @@ def _cohort_and_envelope(run, ws) -> tuple[dict[str, Any], dict[str, Any]]:
             shape, affine = _header_grid(ws.resolve(s.images[spec.channels[0]]))
         except Exception:  # noqa: BLE001 - a subject whose header cannot be read adds nothing
             continue
-        sp = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)     # x, y, z
-        vox.append(sp)
-        fov.append(np.asarray(shape[::-1]) * sp)                      # x, y, z mm
+        from bodyage_core.inference.envelope import world_extent, world_voxel
+
+        vox.append(world_voxel(affine))                               # world x, y, z mm
+        fov.append(world_extent(shape, affine))
     if fov:
         fov_a, vox_a = np.array(fov), np.array(vox)
         env["field_of_view_xyz_mm"] = {"min": fov_a.min(0).round(1).tolist(),
@@ -361,3 +362,17 @@ def _header_grid(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     from bodyage_core.io.header import image_grid
 
     return image_grid(path)
+
+
+def run_source(ws, run: str) -> Path:
+    """Where the ensemble called ``run`` in workspace ``ws`` lives: the workspace's own run
+    folder (``models/<run>/``) when there is one, else the model bundle of that name
+    (:func:`find_model`), so that a shipped model used with ``predict WS --model NAME`` is then
+    ``--run NAME`` for explain, report, atlas maps and the viewer."""
+    own = ws.model_dir(run)
+    if own.exists():
+        return own
+    try:
+        return find_model(run)
+    except BodyageError:
+        return own                     # the run's own error (no config.json) names the folder

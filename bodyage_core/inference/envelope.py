@@ -25,6 +25,20 @@ WARN_FOV = 1.15
 CT_FRACTION = 0.05
 
 
+def world_extent(shape_zyx, affine) -> np.ndarray:
+    """Extent in mm along the world axes x, y, z (R, A, S) of a grid of ``shape_zyx`` voxels
+    with ``affine`` (voxel (x, y, z) -> mm), whatever the order its index axes are stored in."""
+    n = np.asarray(tuple(shape_zyx)[::-1], dtype=float)             # index x, y, z
+    return np.abs(np.asarray(affine, dtype=float)[:3, :3]) @ n
+
+
+def world_voxel(affine) -> np.ndarray:
+    """Voxel size in mm along the world axes x, y, z (for an oblique grid, the largest
+    contribution of any index axis)."""
+    a = np.abs(np.asarray(affine, dtype=float)[:3, :3])
+    return a.max(axis=1)
+
+
 def flag(name: str, message: str, severity: str = "warning") -> dict[str, str]:
     return {"flag": name, "message": message, "severity": severity}
 
@@ -45,7 +59,7 @@ def match_channels(volume: Volume, channels: tuple[str, ...]) -> tuple[Volume | 
                      dict(volume.metadata))
         what = " and ".join(need)
         return vol, [flag("channels_assumed", f"the scan's {len(have)} unnamed image(s) were "
-                                              f"taken as {what}, as the model needs")]
+                                              f"taken as {what}, as the model needs", "info")]
     want = _contrast_words(need)
     got = (f"{len(have)} image(s) named {', '.join(have)}" if named else
            f"{len(have)} image(s)")
@@ -73,8 +87,8 @@ def check_envelope(volume: Volume, card_or_spec: dict[str, Any] | None,
                                        "Hounsfield units has; the model is for MRI", "refuse"))
     env = (card_or_spec or {}).get("envelope") or {}
     fov_env = env.get("field_of_view_xyz_mm")
-    spacing = np.asarray(volume.spacing, dtype=float)                     # x, y, z
-    fov = np.asarray(volume.shape[::-1], dtype=float) * spacing           # x, y, z mm
+    spacing = world_voxel(volume.affine)                                  # x, y, z mm
+    fov = world_extent(volume.shape, volume.affine)                      # x, y, z mm
     if fov_env:
         lo, hi = np.asarray(fov_env["min"], float), np.asarray(fov_env["max"], float)
         axis = "head-foot (z)"
