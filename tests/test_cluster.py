@@ -255,7 +255,7 @@ def _mount_full_tmpfs(folder: Path) -> bool:
     for p in keep.iterdir():
         if p.is_file():
             shutil.copy2(p, folder / p.name)
-    with open(folder / "filler", "wb") as fh:
+    with open(folder / "filler", "wb", buffering=0) as fh:   # nothing left to flush on close
         try:
             while True:
                 fh.write(b"\0" * 65536)

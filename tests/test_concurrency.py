@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bodyage_core.cli.main import main
-from bodyage_core.cluster.lock import WorkspaceLock, WorkspaceLockedError, workspace_writer
+from bodyage_core.cluster.lock import WorkspaceLock, WorkspaceLockedError
 from bodyage_core.cohort import Workspace
 
 PY = sys.executable
@@ -229,6 +229,8 @@ def test_readers_take_no_lock(trained, capsys):
 
 def test_the_lock_joins_within_one_thread_and_refuses_another_thread(trained):
     import threading
+
+    from bodyage_core.cluster.lock import workspace_writer
 
     with workspace_writer(trained, "bodyage test") as outer:
         with workspace_writer(trained, "bodyage inner") as inner:     # the Engine's case

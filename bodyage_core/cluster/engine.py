@@ -431,8 +431,11 @@ class Engine:
                     self._record_ok(stage, job, result, attempt, summary)
                     break
             except BaseException:
-                ws.db.mark_tasks(stage.name, job.key, [job.subject_id], "cancelled",
-                                 "interrupted", only_status=("running",))
+                try:
+                    ws.db.mark_tasks(stage.name, job.key, [job.subject_id], "cancelled",
+                                     "interrupted", only_status=("running",))
+                except Exception:  # noqa: BLE001 - a full disk / read-only index: never mask
+                    pass            # the error on its way (the next run redoes 'running' rows)
                 raise
             n_done += 1
             rep.update(stage.name, n_done, len(jobs), job.subject_id,

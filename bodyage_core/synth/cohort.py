@@ -31,6 +31,7 @@ import numpy as np
 
 from bodyage_core.atomic import write_bytes, write_json, write_text
 from bodyage_core.errors import CohortError
+from bodyage_core.names import check_name
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.synth.effects import AgeEffects
 from bodyage_core.synth.params import SubjectParams, sample_subject
@@ -210,7 +211,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
 
     all_params = cohort_params(cfg["n"], seed, eff, 0, balanced)
     todo = all_params[start:start + n]
-    ids = [p.subject_id for p in todo]
+    ids = [check_name(p.subject_id, "subject id") for p in todo]
     pending: list[dict[str, Any]] = []
     rep.update("synth", 0, n, message="generating")
     try:
