@@ -171,15 +171,15 @@ def switch_to_atlas(app, win, root: Path, paths: dict[str, Path], repeats: int =
             ws.db.set_registration(sid, "G", "ok", forward=ws.relative(folder))
             ws.db.set_image(sid, "to_atlas_G", ws.relative(folder))
     assert win.open_subject(win.current_subject, wait=True), win.last_error
-    win._reset_space(win.current_subject)
+    win.space_switch.reset(win.current_subject)
     times, cpu = [], []
     for _ in range(repeats):
-        win._atlas_cache = None
+        win.space_switch.clear_cache()
         assert win.set_display_space("subject")
         app.processEvents()
         t0 = time.perf_counter()
         assert win.set_display_space("atlas"), win.last_error
-        fut = win._pending_space[1]
+        fut = win.space_switch.load.future
         fut.exception(300)
         c0 = time.thread_time()
         assert win.wait_for_space(), win.last_error
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             timer.start()
             win.open_files([paths["water"], paths["fat"]], wait=False)
             t_end = time.perf_counter() + 30
-            while win._pending_files is not None and time.perf_counter() < t_end:
+            while win.files.load.pending and time.perf_counter() < t_end:
                 app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 5)
             timer.stop()
             gaps = np.diff(ticks) if len(ticks) > 1 else np.array([0.0])

@@ -16,7 +16,7 @@ ZOOM_STEP = 1.2
 
 @dataclass(frozen=True)
 class Gesture:
-    """``kind``: 'wheel' | 'click' | 'drag'; ``button``: 'left' | 'right' | 'middle' | None;
+    """``kind``: 'wheel' | 'click' | 'double' (double click) | 'drag'; ``button``: 'left' | 'right' | 'middle' | None;
     ``modifiers``: a frozenset of 'shift', 'ctrl', 'alt'."""
 
     kind: str
@@ -39,6 +39,7 @@ MOUSE_BINDINGS: dict[Gesture, str] = {
     _g("drag", "middle"): "pan",
     _g("drag", "left", "shift"): "pan",
     _g("drag", "left", "ctrl"): "window_level",
+    _g("double", "left"): "maximise",
 }
 
 #: key name (Qt's QKeySequence text) -> action name, for the slice views
@@ -65,6 +66,19 @@ WINDOW_KEYS: dict[str, str] = {
     "Ctrl+T": "train",
     "F5": "toggle_convention",
     "F6": "toggle_atlas_space",
+    "Ctrl+D": "open_dicom",
+    "Ctrl+1": "layout_grid",
+    "Ctrl+2": "layout_row",
+    "Ctrl+3": "layout_axial",
+    "Ctrl+4": "layout_coronal",
+    "Ctrl+5": "layout_sagittal",
+    "Ctrl+6": "layout_3d",
+    "Ctrl+7": "layout_lightbox",
+    "Ctrl+I": "toggle_interpolation",
+    "Ctrl+M": "tool_ruler",
+    "Ctrl+B": "tool_box",
+    "Ctrl+E": "tool_ellipse",
+    "Esc": "tool_none",
 }
 
 ACTION_HELP: dict[str, str] = {
@@ -83,6 +97,17 @@ ACTION_HELP: dict[str, str] = {
     "toggle_convention": "radiological / neurological convention",
     "toggle_atlas_space": "subject space / atlas space of the subject's group (needs its "
                           "registration)",
+    "maximise": "this view alone / back to the layout before",
+    "open_dicom": "browse a DICOM folder (patients, studies, series)",
+    "layout_grid": "layout: three planes and 3D", "layout_row": "layout: three planes in a row",
+    "layout_axial": "layout: axial alone", "layout_coronal": "layout: coronal alone",
+    "layout_sagittal": "layout: sagittal alone", "layout_3d": "layout: 3D alone",
+    "layout_lightbox": "layout: lightbox (mosaic of one plane)",
+    "toggle_interpolation": "nearest / linear interpolation (display only)",
+    "tool_ruler": "ruler: left-drag measures a distance (mm)",
+    "tool_box": "box region: left-drag draws it; statistics in the Measurements panel",
+    "tool_ellipse": "ellipse region: left-drag draws it; statistics in the Measurements panel",
+    "tool_none": "back to moving the cursor with the left button",
 }
 
 
@@ -97,14 +122,15 @@ def mouse_action(kind: str, button: str | None, modifiers: frozenset[str] | set[
     g = Gesture(kind, button, frozenset(modifiers))
     if g in MOUSE_BINDINGS:
         return MOUSE_BINDINGS[g]
-    if kind == "click":
+    if kind in ("click", "double"):
         return MOUSE_BINDINGS.get(Gesture(kind, button, frozenset()))
     return None
 
 
 def describe(g: Gesture) -> str:
     mods = "+".join(m.capitalize() for m in sorted(g.modifiers))
-    what = {"wheel": "wheel", "click": f"{g.button} click", "drag": f"{g.button} drag"}[g.kind]
+    what = {"wheel": "wheel", "click": f"{g.button} click", "drag": f"{g.button} drag",
+            "double": f"{g.button} double-click"}[g.kind]
     return f"{mods}+{what}" if mods else what
 
 

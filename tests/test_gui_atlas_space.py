@@ -247,7 +247,7 @@ def test_population_map_warped_back_onto_the_subject(qtbot, window, workspace):
     assert sum(x.name.startswith("population") for x in win.state.layers) == 1
     # background path
     assert win.set_display_space("subject")
-    with qtbot.waitSignal(win._task_ready, timeout=30_000):
+    with qtbot.waitSignal(win.space_switch.population_load.finished, timeout=30_000):
         assert win.population_action.isEnabled()
         win.population_action.trigger()
     assert win.state.layers[-1].name.startswith("population_r1_all (F_healthy")

@@ -86,7 +86,12 @@ def test_predict_shows_values_overlays_and_keeps_loop_ticking(qtbot, window, tin
     sid = win.current_subject
     stored = {p["subject_id"]: p for p in win.workspace.db.predictions(RUN)}[sid]
     n_layers = len(win.state.layers)
-    assert panel.member_plot.isHidden()    # no empty axes before a prediction (QA pass)
+    # before Predict the panel shows the subject's stored prediction of the run (issue 14
+    # item 2: it showed nothing), with its members
+    assert panel.values_text()["subject"] == sid
+    assert "stored in cohort.sqlite" in panel.values_text()["run"]
+    assert f"{stored['mean']:.1f} ± {stored['sigma']:.1f}" in panel.values_text()["raw"]
+    assert not panel.member_plot.isHidden()
     meter = StallMeter(5)
     meter.start()
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS) as blocker:
@@ -199,7 +204,7 @@ def test_plain_files_predicted_with_a_run_folder(qtbot, settings, tiny_ws):
     assert win.open_files([water, fat]) and win.workspace is None
     panel = tools.prediction_panel
     assert panel.run_names() == []
-    assert not panel.predict() and "no trained run" in win.last_error
+    assert panel.selected().kind == "auto"      # without a workspace: the model that fits
     panel.add_run_folder(tiny_ws / "models" / RUN)
     with qtbot.waitSignal(panel.prediction_finished, timeout=WAIT_MS) as blocker:
         assert panel.predict()
@@ -219,7 +224,10 @@ def test_subject_changed_while_predicting_adds_no_overlay(qtbot, window):
         assert panel.predict()
         assert win.open_subject(ids[2], wait=True)      # the user moves on meanwhile
     assert blocker.args[0].subject_id == ids[0]
-    assert panel.values_text()["subject"] == ids[0]     # the numbers say whose they are
+    # the panel follows the subject on screen: ids[2]'s stored prediction, not ids[0]'s
+    # (issue 14 item 2: it kept showing the previous subject's age)
+    assert panel.values_text()["subject"] == ids[2]
+    assert "another subject" in panel.status_label.text()
     assert not any(lay.name.startswith("gradcam") and lay.kind == "overlay" and
                    lay.volume.provenance.get("subject") for lay in win.state.layers)
     assert "another image" in panel.map_label.text()

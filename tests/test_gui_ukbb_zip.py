@@ -31,7 +31,7 @@ def test_streamed_subject_shows_its_water_and_fat(qtbot, tmp_path):
     win = QtMainWindow(show_dialogs=False, enable_3d=False, restore_settings=False)
     qtbot.addWidget(win)
     assert win.open_workspace(tmp_path / "ws", wait=True), win.last_error
-    shown = win._load_subject_payload("1000001")["image"]
+    shown = win.navigator.load_payload("1000001")["image"]
     ref = load_volume(zip_path, channels=("water", "fat"))
     assert shown.channels == ("water", "fat")
     np.testing.assert_allclose(shown.channel("fat"), ref.channel("fat"))

@@ -243,7 +243,7 @@ def test_session_round_trip_between_windows(qtbot, tmp_path, settings):
     assert w2.slice_views["axial"].isVisibleTo(w2) and not w2.volume_view.isVisibleTo(w2)
     assert w2.slice_views["axial"].letters()["left"] == "L"
     # recent files and settings remembered through QSettings
-    assert str(img.resolve()) in w1._recent("recent_files")
+    assert str(img.resolve()) in w1.recent.items("recent_files")
     w1.close()
     w3 = QtMainWindow(show_dialogs=False, settings=settings, enable_3d=False)
     qtbot.addWidget(w3)

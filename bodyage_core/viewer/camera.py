@@ -12,7 +12,7 @@ import numpy as np
 from bodyage_core.errors import BodyageError
 from bodyage_core.viewer.geometry import CONVENTIONS, PLANES
 
-LAYOUTS = ("grid", "row", "axial", "coronal", "sagittal", "3d")
+LAYOUTS = ("grid", "row", "axial", "coronal", "sagittal", "3d", "lightbox")
 ZOOM_RANGE = (0.25, 40.0)
 
 

@@ -61,10 +61,14 @@ class ViewerEvents:
     * ``view_changed(plane: str)`` — zoom / pan of one view
     * ``layout_changed(layout: str)``
     * ``space_changed(space: str)`` — the display space (``'subject'`` / ``'atlas'``)
+    * ``interpolation_changed(mode: str)`` — ``'nearest'`` / ``'linear'`` drawing
+    * ``lightbox_changed(settings: LightboxSettings)`` — plane, tiles, slice spacing
+    * ``measurements_changed()`` — a ruler or region added, changed or removed
     """
 
     NAMES = ("cursor_changed", "convention_changed", "layers_changed", "layer_changed",
-             "active_layer_changed", "view_changed", "layout_changed", "space_changed")
+             "active_layer_changed", "view_changed", "layout_changed", "space_changed",
+             "interpolation_changed", "lightbox_changed", "measurements_changed")
 
     def __init__(self):
         for n in self.NAMES:

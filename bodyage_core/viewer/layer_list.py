@@ -131,6 +131,7 @@ class LayerListMixin:
         for lay in self.layers:
             lay._listeners.clear()
         self.layers.clear()
+        self.clear_measurements()
         self._base = None
         self._active = None
         self._geom_cache.clear()
@@ -196,6 +197,7 @@ class LayerListMixin:
                 self._base.volume)
         other.layers = []
         other._base = other._active = None
+        self.clear_measurements()         # drawn on the old image
         self._geom_cache.clear()
         self._resample_cache.clear()
         self.events.layers_changed.emit()

@@ -27,6 +27,7 @@ from bodyage_core.errors import BodyageError
 from bodyage_core.viewer.camera import LAYOUTS, ZOOM_RANGE, ViewSettings
 from bodyage_core.viewer.geometry import CONVENTIONS, PLANES
 from bodyage_core.viewer.layers import KINDS, Layer
+from bodyage_core.viewer.lightbox import INTERPOLATIONS, LightboxSettings
 from bodyage_core.viewer.space import ATLAS, SPACES, SUBJECT, DisplaySpace, label_display
 from bodyage_core.volume import Volume
 
@@ -132,11 +133,22 @@ def _zoom(v: Any) -> float:
     return _between(*ZOOM_RANGE)(v)
 
 
+def _lightbox(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _Odd("a table of plane, rows, columns and spacing")
+    try:
+        return LightboxSettings(**{k: v[k] for k in ("plane", "rows", "columns", "spacing")
+                                   if k in v}).checked().to_dict()
+    except (BodyageError, TypeError, ValueError) as exc:
+        raise _Odd("a lightbox of 1-100 tiles over a plane") from exc
+
+
 #: field -> check; a check returns the clean value or raises ``_Odd(what was expected)``.
 TOP_SCHEMA: dict[str, Callable[[Any], Any]] = {
     "convention": _choice(CONVENTIONS), "layout": _choice(LAYOUTS),
     "cursor_mm": _numbers(3), "space": _choice(SPACES), "atlas_group": _optional(_text),
     "workspace": _optional(_text), "subject": _optional(_text),
+    "interpolation": _choice(INTERPOLATIONS), "lightbox": _lightbox,
 }
 LAYER_SCHEMA: dict[str, Callable[[Any], Any]] = {
     "name": _text, "path": _optional(_text), "kind": _choice(KINDS), "colormap": _colormap,
@@ -273,6 +285,8 @@ class SessionMixin:
             "cursor_mm": [float(v) for v in self._cursor],
             "views": self._views_dict(),
             "layers": layers,
+            "interpolation": self._interpolation,
+            "lightbox": self.lightbox.to_dict(),
         }
 
     @classmethod
@@ -323,6 +337,7 @@ class SessionMixin:
                                     s.get("opacity"), s.get("visible", True),
                                     s.get("channel"), path, **label_display(s))
         # swap contents in place so everyone connected to self.events keeps following
+        self.clear_measurements()
         for lay in self.layers:
             lay._listeners.clear()
         self.layers = [made[i] for i in range(len(loaded))]
@@ -339,6 +354,9 @@ class SessionMixin:
         for p in PLANES:
             v = d["views"].get(p, {})
             self.views[p] = ViewSettings(v.get("zoom", 1.0), tuple(v.get("pan", (0.0, 0.0))))
+        self._interpolation = d.get("interpolation", self._interpolation)
+        if "lightbox" in d:
+            self.lightbox = LightboxSettings(**d["lightbox"])
         self.set_space(DisplaySpace(wanted=d.get("space") == ATLAS, group=d.get("atlas_group"),
                                     atlas_layer_settings=self.space.atlas_layer_settings))
         self.events.layers_changed.emit()
@@ -347,6 +365,8 @@ class SessionMixin:
         for p in PLANES:
             self.events.view_changed.emit(p)
         self.events.active_layer_changed.emit(self._active)
+        self.events.interpolation_changed.emit(self._interpolation)
+        self.events.lightbox_changed.emit(self.lightbox)
         cur = d.get("cursor_mm")
         self._cursor = np.array([np.nan] * 3)
         self.set_cursor(cur if cur is not None else self._centre(self._base.volume))

@@ -10,7 +10,8 @@ nothing: every view follows the same cursor. The same object is the session file
 
 Each concern lives in its own module as one part (mixin) of the class: layers
 (:mod:`.layer_list`), cursor (:mod:`.cursor`), convention / layout / zoom (:mod:`.camera`),
-slicing (:mod:`.slicing`), readout (:mod:`.readout`), display space (:mod:`.space`) and
+slicing (:mod:`.slicing`), readout (:mod:`.readout`), display space (:mod:`.space`),
+interpolation and lightbox (:mod:`.lightbox`), rulers and regions (:mod:`.measure`) and
 sessions (:mod:`.session`). This module only holds the state's fields.
 """
 
@@ -24,6 +25,8 @@ from bodyage_core.viewer.events import ViewerEvents
 from bodyage_core.viewer.geometry import CONVENTIONS, PLANES, PlaneGeometry
 from bodyage_core.viewer.layer_list import LayerListMixin
 from bodyage_core.viewer.layers import Layer
+from bodyage_core.viewer.lightbox import DisplayOptionsMixin, LightboxSettings
+from bodyage_core.viewer.measure import MeasureMixin
 from bodyage_core.viewer.readout import ReadoutMixin
 from bodyage_core.viewer.session import SessionMixin
 from bodyage_core.viewer.slicing import SlicingMixin
@@ -31,7 +34,7 @@ from bodyage_core.viewer.space import DisplaySpace, SpaceMixin
 
 
 class ViewerState(LayerListMixin, CursorMixin, CameraMixin, SlicingMixin, ReadoutMixin,
-                  SpaceMixin, SessionMixin):
+                  SpaceMixin, DisplayOptionsMixin, MeasureMixin, SessionMixin):
     """Everything the viewer shows, evented and Qt-free.
 
     Examples
@@ -54,6 +57,9 @@ class ViewerState(LayerListMixin, CursorMixin, CameraMixin, SlicingMixin, Readou
         self.link_views = True
         self.label_names: dict[int, str] = {}
         self.space = DisplaySpace()
+        self._interpolation = "nearest"
+        self.lightbox = LightboxSettings()
+        self.measurements = []
         self._geom_cache: dict[tuple[str, str, int], PlaneGeometry] = {}
         self._cursor_voxel_cache: tuple | None = None
         self._resample_cache: dict[tuple, np.ndarray] = {}

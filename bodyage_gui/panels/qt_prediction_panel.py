@@ -1,36 +1,54 @@
-"""The prediction panel: ensemble inference and Grad-CAM of the open subject in the background.
+"""The prediction panel: the age of the subject on screen, and Predict in the background.
+
+What predicts is chosen in the run box (:mod:`bodyage_gui.panels.qt_model_choice`):
+**Automatic** (the model found by name — shipped, ``BODYAGE_MODEL_PATH``, the user's folder —
+whose channels and envelope fit the scan, or a one-line reason per model why none does), a
+workspace run, a model bundle, or a run / model folder.
 
 "Predict" (Analysis menu, Ctrl+P) starts :func:`bodyage_gui.workers.prediction.predict_subject`
-in a :class:`~bodyage_gui.workers.qt_worker.QtWorker`: the run is loaded and the networks run in
-the worker thread; the panel shows a progress bar and a Cancel button and the window stays
-responsive. Only the result crosses to the main thread: the panel then shows the predicted age
-+- sigma (raw and bias-corrected), the chronological age, the age gap and every member's
-prediction, and adds the Grad-CAM (ReLU, ``heat``) and the signed Grad-CAM (``bwr``, hidden) as
-overlay layers of the viewer. For a workspace subject predicted with one of the workspace's
-runs, the prediction (run, members, mean, sigma, bias-corrected age, gap) is also written to
-``cohort.sqlite`` as ``bodyage predict`` writes it (by the worker thread, last, so a cancelled
-run writes nothing) and the subject browser's row shows it. Finishing while the viewer shows
-atlas space, the maps wait until it is back in the subject's space. A failure (missing run,
-image without the run's channels) goes to ``window.report_error`` and the viewer state is not
-touched; so does a cancelled run.
+in a :class:`~bodyage_gui.workers.qt_worker.QtWorker`: the model is loaded and the networks run
+in the worker thread; the panel shows a progress bar and a Cancel button and the window stays
+responsive. Only the result crosses to the main thread: the panel shows the predicted age ± sigma
+(1 SD) raw and bias-corrected, the 95 % interval, the chronological age, the gap, every member
+and the QC flags (:mod:`~bodyage_gui.panels.qt_prediction_result`), and puts the Grad-CAM
+(ReLU, ``heat``) and the signed Grad-CAM (``bwr``, hidden) on the viewer in place of any map of
+the same name (never a second copy). For a workspace subject predicted with one of the
+workspace's runs the prediction is also written to ``cohort.sqlite`` (by the worker, last, so a
+cancelled run writes nothing) and the subject browser's row shows it.
+
+**The panel follows the subject on screen.** When another subject or image is shown, the
+numbers go at once: the stored prediction of the selected run for that subject (read from
+``cohort.sqlite``), else one computed for it in this window, else nothing and a note to press
+Predict. A prediction that finishes after the user moved on (PgDown) is kept for its subject
+(and stored, where it is stored) but not shown over another subject, and its maps are not
+added. Finishing while the viewer shows atlas space, the maps wait until it is back in the
+subject's space. A failure goes to ``window.report_error`` and the viewer state is not touched;
+so does a cancelled run.
 
 The panel needs a *window* offering the main window's hook points: ``state``, ``workspace``,
 ``current_subject``, ``add_overlay_volume(volume, name, **display)``, ``report_error(err)`` and
-optionally the signals ``workspace_changed`` / ``subject_changed`` / ``space_changed``, the
+optionally the signals ``workspace_changed`` / ``display_changed`` / ``space_changed``, the
 attribute ``display_space`` and the method ``prediction_stored(subject_id, row)``.
 """
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.volume import Volume
+from bodyage_core.viewer.scan import model_input_volume, scan_volume
+from bodyage_gui.panels.qt_model_choice import (
+    ModelChoice,
+    QtModelChoice,
+    complete_runs,
+    default_run,
+)
+from bodyage_gui.panels.qt_prediction_result import QtPredictionResult, ShownPrediction
 from bodyage_gui.workers import analysis_strings as text
 from bodyage_gui.workers.prediction import (
     PredictionRequest,
@@ -40,32 +58,39 @@ from bodyage_gui.workers.prediction import (
 )
 from bodyage_gui.workers.qt_worker import QtWorker
 
+__all__ = ["QtPredictionPanel", "complete_runs", "default_run"]
+
 _Qt = QtCore.Qt
-_FOLDER_ITEM = "folder:"
+#: predictions computed in this window, kept per displayed subject / image and model
+_KEEP_COMPUTED = 32
 
 
-def complete_runs(ws) -> list[str]:
-    """Names of the workspace's complete runs that exist on disk, oldest first."""
-    if ws is None:
-        return []
-    out = []
-    for r in ws.db.runs():
-        if r.get("status") == "complete" and (ws.model_dir(r["run_id"]) / "config.json").exists():
-            out.append(r["run_id"])
-    return out
+def model_channels(model_dir: Path) -> tuple[str, ...]:
+    """The input channels of a run folder (``config.json``) or a bundle (``model.json``),
+    read without loading the networks; raises BodyageError when it is neither."""
+    for name in ("model.json", "config.json"):
+        p = Path(model_dir) / name
+        if p.is_file():
+            try:
+                return tuple(json.loads(p.read_text())["input"]["channels"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise BodyageError(f"damaged {name} ({exc})", path=p,
+                                   hint="train or export the model again") from None
+    raise BodyageError("not a trained run or model (no config.json or model.json)",
+                       path=model_dir, hint="train it (Analysis > Train model...) or choose "
+                                            "another run or model folder")
 
 
-def default_run(ws, runs: list[str]) -> str | None:
-    """The run the viewer shows by default: the one with the latest predictions, else the
-    newest complete run."""
-    if not runs:
+def _header_age(volume: Any) -> float | None:
+    age = (volume.metadata or {}).get("age")
+    try:
+        return None if age is None else float(age)
+    except (TypeError, ValueError):
         return None
-    latest = ws.db.latest_run() if ws is not None else None
-    return latest if latest in runs else runs[-1]
 
 
 class QtPredictionPanel(QtWidgets.QWidget):
-    """Predict the open subject with a chosen run (see the module docstring).
+    """Predict the open subject with a chosen model (see the module docstring).
 
     Parameters
     ----------
@@ -98,20 +123,25 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self.result: PredictionResult | None = None
         self.layers: list[Any] = []          # the overlay layers this panel added last
         self._request_base: Any = None       # base volume when the prediction started
-        self._folder_runs: list[Path] = []
+        self._request_key: Any = None        # the displayed subject / image it is for
+        self._request_choice: str | None = None
+        self._request_label = ""
+        self._shown_volume: Any = None
         self._pending_result: PredictionResult | None = None
+        self._maps_waiting: PredictionResult | None = None  # finished in atlas space
+        self._shown_key: Any = None
+        #: (display key, run box data) -> (volume kept alive, ShownPrediction)
+        self._computed: OrderedDict[tuple, tuple[Any, ShownPrediction]] = OrderedDict()
+        #: why Automatic chose the model of the last prediction
+        self.auto_reason = ""
 
-        self.run_combo = QtWidgets.QComboBox()
-        self.run_combo.setToolTip("trained run used for the prediction (models/<run>/)")
-        self.run_combo.setSizeAdjustPolicy(
-            QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.run_combo.setMinimumContentsLength(12)
-        self.folder_button = QtWidgets.QPushButton("Folder...")
-        self.folder_button.setToolTip("predict with a run folder (models/<run>/), e.g. for an "
-                                      "image opened without a workspace")
-        self.folder_button.clicked.connect(self._ask_run_folder)
+        self.choice = QtModelChoice()
+        self.run_combo = self.choice.combo
+        self.folder_button = self.choice.folder_button
+        self.choice.folder_chosen.connect(self.add_run_folder)
+        self.choice.changed.connect(self._on_choice_changed)
         self.predict_button = QtWidgets.QPushButton("Predict")
-        self.predict_button.setToolTip("ensemble prediction and Grad-CAM of the open subject "
+        self.predict_button.setToolTip("predicted age and Grad-CAM of the subject on screen "
                                        "(Ctrl+P)")
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button = QtWidgets.QPushButton("Cancel")
@@ -124,176 +154,207 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self.status_label = QtWidgets.QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setStyleSheet("color: #666;")
-
-        self.values: dict[str, QtWidgets.QLabel] = {}
-        form = QtWidgets.QFormLayout()
-        form.setLabelAlignment(_Qt.AlignmentFlag.AlignRight)
-        for key, label in (("subject", "Subject"), ("run", "Run"),
-                           ("raw", "Predicted (raw)"), ("corrected", "Bias-corrected"),
-                           ("age", "Chronological"), ("gap", "Age gap"),
-                           ("members", "Members")):
-            lab = QtWidgets.QLabel("–")
-            lab.setTextInteractionFlags(_Qt.TextInteractionFlag.TextSelectableByMouse)
-            self.values[key] = lab
-            form.addRow(label, lab)
-        self.values["corrected"].setStyleSheet("font-weight: bold;")
-
-        self.member_plot = pg.PlotWidget()
-        self.member_plot.setBackground("w")
-        self.member_plot.setMinimumHeight(130)
-        self.member_plot.setMaximumHeight(180)
-        self.member_plot.setMouseEnabled(False, False)
-        self.member_plot.hideButtons()
-        pi = self.member_plot.getPlotItem()
-        pi.setLabel("bottom", "member")
-        pi.setLabel("left", "age (y)")
-        pi.setTitle("ensemble members: mu ± sigma", size="8pt")
-        self.member_plot.setToolTip("each member's predicted age mu ± sigma; solid line: the "
-                                    "ensemble mean; dashed line: chronological age")
-        # no empty axes before there is a prediction: shown with the first result
-        self.member_plot.setVisible(False)
-        self.member_points = pg.ScatterPlotItem(size=8, brush=pg.mkBrush(40, 90, 200),
-                                                pen=pg.mkPen("k"))
-        self.member_errors = pg.ErrorBarItem(pen=pg.mkPen(40, 90, 200), beam=0.2)
-        self.mean_line = pg.InfiniteLine(angle=0, pen=pg.mkPen((40, 90, 200), width=1))
-        self.age_line = pg.InfiniteLine(angle=0, pen=pg.mkPen((0, 0, 0), width=1,
-                                                              style=_Qt.PenStyle.DashLine))
-        for item in (self.member_errors, self.member_points, self.mean_line, self.age_line):
-            pi.addItem(item)
-        self.mean_line.hide()
-        self.age_line.hide()
+        self.result_view = QtPredictionResult()
+        self.values = self.result_view.values
+        self.member_plot = self.result_view.member_plot
+        self.member_points = self.result_view.member_points
         self.map_label = QtWidgets.QLabel("")
         self.map_label.setWordWrap(True)
 
-        run_row = QtWidgets.QHBoxLayout()
-        run_row.addWidget(QtWidgets.QLabel("Run"))
-        run_row.addWidget(self.run_combo, 1)
-        run_row.addWidget(self.folder_button)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.cancel_button)
         lay = QtWidgets.QVBoxLayout(self)
-        lay.addLayout(run_row)
+        lay.addWidget(self.choice)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
         lay.addWidget(self.status_label)
-        lay.addLayout(form)
-        lay.addWidget(self.member_plot)
+        lay.addWidget(self.result_view)
         lay.addWidget(self.map_label)
         lay.addStretch(1)
 
-        self._maps_waiting: PredictionResult | None = None  # finished in atlas space
-        for sig_name, slot in (("workspace_changed", lambda _ws: self.refresh_runs()),
-                               ("space_changed", self._on_space_changed)):
+        for sig_name, slot in (("workspace_changed", self._workspace_changed),
+                               ("space_changed", self._on_space_changed),
+                               ("display_changed", self.follow_display)):
             sig = getattr(window, sig_name, None)
             if sig is not None:
                 sig.connect(slot)
         self.refresh_runs()
 
-    # -- runs --------------------------------------------------------------------------------------
+    # -- runs and models ------------------------------------------------------------------------
     @property
     def workspace(self):
         return getattr(self.window, "workspace", None)
 
     def refresh_runs(self, select: str | None = None) -> None:
-        """Re-read the workspace's complete runs (and keep chosen run folders); select
-        ``select`` (a run name) or the default run."""
-        current = self.run_combo.currentData()
-        ws = self.workspace
-        runs = complete_runs(ws)
-        self.run_combo.blockSignals(True)
-        self.run_combo.clear()
-        for r in runs:
-            self.run_combo.addItem(r, r)
-        for p in self._folder_runs:
-            self.run_combo.addItem(f"{p.name} (folder)", _FOLDER_ITEM + str(p))
-        want = select if select is not None else (
-            current if current is not None and self.run_combo.findData(current) >= 0
-            else default_run(ws, runs))
-        idx = self.run_combo.findData(want) if want is not None else -1
-        if idx < 0 and self.run_combo.count():
-            idx = 0
-        self.run_combo.setCurrentIndex(idx)
-        self.run_combo.blockSignals(False)
+        """Re-read the workspace's runs and the models found by name (keep chosen folders);
+        select ``select`` (a run name, or an item's data) or keep / choose the default."""
+        self.choice.refresh(self.workspace, select)
         self.runs_changed.emit()
 
+    def _workspace_changed(self, ws) -> None:
+        """Another workspace: its default run (the one with the latest predictions), else
+        Automatic."""
+        runs = complete_runs(ws)
+        self.refresh_runs(select=default_run(ws, runs) or self.run_combo.currentData())
+
     def add_run_folder(self, path: str | Path) -> None:
-        """Offer a run folder (``models/<run>/``) in the combo and select it."""
-        p = Path(path)
-        if p not in self._folder_runs:
-            self._folder_runs.append(p)
-        self.refresh_runs(select=_FOLDER_ITEM + str(p))
+        """Offer a run folder (``models/<run>/``) or a model folder and select it."""
+        self.choice.add_folder(path, self.workspace)
 
     def run_names(self) -> list[str]:
-        return [self.run_combo.itemText(i) for i in range(self.run_combo.count())]
+        """The workspace's runs in the run box."""
+        return self.choice.names("run")
+
+    def model_names(self) -> list[str]:
+        """The models found by name in the run box (e.g. ``wholebody-synthetic 1.0.0
+        (shipped)``)."""
+        return self.choice.names("model")
 
     def select_run(self, run: str) -> bool:
-        idx = self.run_combo.findData(run)
-        if idx >= 0:
-            self.run_combo.setCurrentIndex(idx)
-        return idx >= 0
+        return self.choice.select(run)
+
+    def select_model(self, name: str) -> bool:
+        return self.choice.select_model(name)
+
+    def select_auto(self) -> bool:
+        from bodyage_gui.panels.qt_model_choice import AUTO
+
+        return self.choice.select(AUTO)
+
+    def selected(self) -> ModelChoice | None:
+        return self.choice.current(self.workspace)
 
     def selected_run_dir(self) -> Path | None:
-        data = self.run_combo.currentData()
-        if data is None:
-            return None
-        if str(data).startswith(_FOLDER_ITEM):
-            return Path(str(data)[len(_FOLDER_ITEM):])
+        c = self.selected()
+        return None if c is None else c.path
+
+    def _on_choice_changed(self) -> None:
+        self._shown_key = None          # another model: show its prediction of this subject
+        self.follow_display()
+
+    # -- following the display ------------------------------------------------------------------
+    def display_key(self) -> Any:
+        """Who is on screen: ``('subject', id)`` for a workspace subject (in its own or in
+        atlas space), ``('image', id(base volume))`` for files, None for nothing."""
+        sid = getattr(self.window, "current_subject", None)
+        if sid and self.workspace is not None:
+            return ("subject", sid)
+        base = self.window.state.base_layer
+        return None if base is None else ("image", id(base.volume))
+
+    def follow_display(self, *_: Any) -> None:
+        """Show the age of what is on screen now (see the module docstring); nothing stale."""
+        key = self.display_key()
+        if key == self._shown_key:
+            return
+        self._shown_key = key
+        base = self.window.state.base_layer
+        self._shown_volume = None if base is None else base.volume   # keeps its id unique
+        if key is None:
+            self.result_view.clear()
+            return
+        kept = self._computed.get((key, self.run_combo.currentData()))
+        if kept is not None:
+            self.result_view.show_prediction(kept[1])
+            return
+        stored = self._stored(key)
+        if stored is not None:
+            self.result_view.show_prediction(stored)
+            return
+        who = key[1] if key[0] == "subject" else base.name
+        self.result_view.clear(text.NO_PREDICTION_YET.format(subject=who))
+
+    def _stored(self, key: Any) -> ShownPrediction | None:
+        """The stored prediction of the selected run (a model: its name; Automatic: the run
+        the workspace shows by default) for the subject on screen."""
         ws = self.workspace
-        return ws.model_dir(str(data)) if ws is not None else None
+        if ws is None or key[0] != "subject":
+            return None
+        c = self.selected()
+        run_id = c.run_id if c is not None else None
+        if c is not None and c.kind == "auto":
+            run_id = ws.db.latest_run()
+        if not run_id:
+            return None
+        try:
+            rows = ws.db.predictions(run_id, subject_id=key[1])
+        except Exception:  # noqa: BLE001 - a damaged or locked index: show nothing
+            return None
+        return ShownPrediction.from_row(rows[0], run_id) if rows else None
 
-    def _ask_run_folder(self) -> None:
-        path = QtWidgets.QFileDialog.getExistingDirectory(self, text.RUN_FOLDER_FILTER)
-        if path:
-            self.add_run_folder(path)
+    def _keep(self, key: Any, data: Any, shown: ShownPrediction, volume: Any) -> None:
+        self._computed[(key, data)] = (volume, shown)
+        self._computed.move_to_end((key, data))
+        while len(self._computed) > _KEEP_COMPUTED:
+            self._computed.popitem(last=False)
 
-    # -- prediction ----------------------------------------------------------------------------------
+    # -- prediction -----------------------------------------------------------------------------
     def is_running(self) -> bool:
         """A prediction is computing, or its maps are about to be added."""
         return self.worker is not None or self._pending_result is not None
 
-    def build_request(self) -> PredictionRequest:
-        """What to predict now (read on the main thread); raises BodyageError when nothing can
-        be predicted."""
+    def _resolve(self, choice: ModelChoice, age: float | None) -> tuple[Path, str]:
+        """The model folder of a choice and its label; Automatic picks the model that fits."""
+        if choice.kind == "auto":
+            from bodyage_core.inference.bundle import read_card
+            from bodyage_core.inference.files import choose_model
+
+            vol = scan_volume(self.window.state)
+            model_dir, reason = choose_model(vol, age)
+            self.auto_reason = reason
+            card = read_card(model_dir)
+            return Path(model_dir), f"{card['name']} {card['version']}"
+        if choice.path is None:
+            raise BodyageError(text.NO_RUN)
+        if choice.kind == "model":
+            from bodyage_core.inference.bundle import read_card
+
+            card = read_card(choice.path)
+            return choice.path, f"{card['name']} {card['version']}"
+        return choice.path, choice.name
+
+    def build_request(self) -> tuple[PredictionRequest, str]:
+        """What to predict now and the model's label (read on the main thread); raises
+        BodyageError when nothing can be predicted."""
         state = self.window.state
         base = state.base_layer
         if base is None:
             raise BodyageError(text.NO_SUBJECT)
-        run_dir = self.selected_run_dir()
-        if run_dir is None:
+        choice = self.selected()
+        if choice is None:
             raise BodyageError(text.NO_RUN)
-        if not (run_dir / "config.json").exists():
-            raise BodyageError("not a trained run (no config.json)", path=run_dir,
-                               hint="train it (Analysis > Train model...) or choose another "
-                                    "run folder")
         ws = self.workspace
         sid = getattr(self.window, "current_subject", None)
-        if ws is not None and sid:
-            subj = ws.db.get_subject(sid)
-            data = self.run_combo.currentData()
-            run_id = None if str(data).startswith(_FOLDER_ITEM) else str(data)
+        subj = ws.db.get_subject(sid) if ws is not None and sid else None
+        # a plain scan's chronological age: its header's (DICOM PatientAge), when kept
+        age = subj.age if subj is not None else _header_age(base.volume)
+        run_dir, label = self._resolve(choice, age)
+        channels = model_channels(run_dir)
+        if subj is not None:
             return PredictionRequest(run_dir=run_dir, subject_id=sid, workspace=ws,
                                      subject=subj, age=subj.age, device=self.device,
-                                     torch_threads=self.torch_threads, run_id=run_id)
-        from bodyage_core.inference.ensemble import AgeRun
-
-        channels = tuple(AgeRun(run_dir).spec.channels)
+                                     torch_threads=self.torch_threads,
+                                     run_id=choice.run_id), label
         return PredictionRequest(run_dir=run_dir, subject_id=base.name,
-                                 volume=_image_volume(state, channels), device=self.device,
-                                 torch_threads=self.torch_threads)
+                                 volume=model_input_volume(state, channels), age=age,
+                                 device=self.device, torch_threads=self.torch_threads), label
 
     def predict(self) -> bool:
-        """Start predicting the open subject in the background. Returns False (after
+        """Start predicting the subject on screen in the background. Returns False (after
         reporting why) when it cannot start."""
         if self.is_running():
             self.status_label.setText(text.BUSY)
             return False
         try:
-            request = self.build_request()
+            request, label = self.build_request()
         except BodyageError as err:
             self._report(err)
             return False
         self._request_base = self.window.state.base_layer.volume
+        self._request_key = self.display_key()
+        self._request_choice = self.run_combo.currentData()
+        self._request_label = label
         worker = QtWorker(lambda rep: predict_subject(request, rep), parent=self)
         worker.progress_changed.connect(self._on_progress)
         worker.finished.connect(self._on_finished)
@@ -304,8 +365,9 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
-        self.status_label.setText(f"predicting {request.subject_id} with "
-                                  f"{request.run_dir.name} ...")
+        why = f" (automatic: {self.auto_reason})" if str(self._request_choice).startswith(
+            "auto:") else ""
+        self.status_label.setText(f"predicting {request.subject_id} with {label}{why} ...")
         self.prediction_started.emit(request.subject_id)
         worker.start()
         return True
@@ -332,15 +394,22 @@ class QtPredictionPanel(QtWidgets.QWidget):
     def _on_finished(self, result: PredictionResult) -> None:
         self.result = result
         self.progress.setValue(100)
-        self._show_values(result)
-        self.status_label.setText(f"{result.subject_id}: done in {result.seconds:.1f} s")
-        self._pending_result = result
+        shown = ShownPrediction.from_result(result, self._request_label)
+        self._keep(self._request_key, self._request_choice, shown, self._request_base)
+        here = self._request_key == self.display_key()
+        if here:
+            self._shown_key = self._request_key
+            self.result_view.show_prediction(shown)
+        msg = f"{result.subject_id}: done in {result.seconds:.1f} s"
         if result.stored_row is not None:
-            self.status_label.setText(f"{result.subject_id}: done in {result.seconds:.1f} s; "
-                                      f"stored in cohort.sqlite (run {result.run})")
+            msg += f"; stored in cohort.sqlite (run {result.run})"
             stored = getattr(self.window, "prediction_stored", None)
             if stored is not None:
                 stored(result.subject_id, result.stored_row)
+        if not here:
+            msg += text.FINISHED_FOR_OTHER
+        self.status_label.setText(msg)
+        self._pending_result = result
         QtCore.QTimer.singleShot(self.MAPS_DELAY_MS, self._finish_maps)
 
     def _finish_maps(self) -> None:
@@ -395,65 +464,26 @@ class QtPredictionPanel(QtWidgets.QWidget):
         else:
             self.status_label.setText(str(err))
 
-    # -- results -------------------------------------------------------------------------------------
-    def _show_values(self, r: PredictionResult) -> None:
-        v = self.values
-        v["subject"].setText(r.subject_id)
-        v["run"].setText(f"{r.run}" + (f"  (fold {r.fold + 1}, out of fold)" if r.fold is not None
-                                       else ""))
-        v["raw"].setText(f"{r.mean:.1f} ± {r.sigma:.1f} y")
-        v["corrected"].setText(f"{r.corrected:.1f} ± {r.sigma:.1f} y")
-        v["age"].setText("–" if r.age is None else f"{r.age:.1f} y")
-        if r.gap is None:
-            v["gap"].setText("– (no chronological age)")
-        else:
-            v["gap"].setText(f"{r.gap:+.1f} y corrected  ({r.raw_gap:+.1f} y raw)")
-        spread = float(np.std(r.member_mu)) if len(r.member_mu) > 1 else 0.0
-        v["members"].setText(f"{len(r.member_mu)}: " +
-                             ", ".join(f"{m:.1f}" for m in r.member_mu) +
-                             (f"  (sd {spread:.1f} y)" if len(r.member_mu) > 1 else ""))
-        x = np.arange(1, len(r.member_mu) + 1, dtype=float)
-        mu = np.asarray(r.member_mu, float)
-        sd = np.nan_to_num(np.asarray(r.member_sigma, float))
-        self.member_points.setData(x=x, y=mu)
-        self.member_plot.setVisible(True)
-        self.member_errors.setData(x=x, y=mu, height=2 * sd)
-        self.mean_line.setValue(r.mean)
-        self.mean_line.show()
-        if r.age is not None:
-            self.age_line.setValue(r.age)
-            self.age_line.show()
-        else:
-            self.age_line.hide()
-        ys = [*mu - sd, *mu + sd, r.mean] + ([r.age] if r.age is not None else [])
-        lo, hi = float(np.nanmin(ys)), float(np.nanmax(ys))
-        pad = max(1.0, 0.15 * (hi - lo))
-        self.member_plot.setXRange(0.5, len(mu) + 0.5, padding=0)
-        step = max(1, len(mu) // 10)
-        self.member_plot.getPlotItem().getAxis("bottom").setTicks(
-            [[(float(i), str(i)) for i in range(1, len(mu) + 1, step)]])
-        self.member_plot.setYRange(lo - pad, hi + pad, padding=0)
-
+    # -- results ---------------------------------------------------------------------------------
     def values_text(self) -> dict[str, str]:
-        return {k: lab.text() for k, lab in self.values.items()}
+        return self.result_view.values_text()
 
     def _add_maps(self, r: PredictionResult) -> None:
-        """Replace this panel's previous overlays by the new Grad-CAM maps (ReLU shown, signed
-        hidden); on error nothing stays half-added."""
+        """Put the new Grad-CAM maps (ReLU shown, signed hidden) in place of this panel's
+        previous overlays and of any map of the same name (a stored map of the same run
+        opened with the subject): one layer each, never a second copy. On error nothing stays
+        half-added."""
         state = self.window.state
-        for lay in self.layers:
-            if lay in state.layers:
+        names = (f"gradcam_signed_{r.run}", f"gradcam_{r.run}")
+        for lay in list(state.layers):
+            if lay in self.layers or (lay.kind == "overlay" and lay.name in names):
                 state.remove_layer(lay)
         self.layers = []
-        name = f"gradcam_{r.run}"
         added = []
         for vol, nm, signed, disp in (
-                (r.gradcam_signed, f"gradcam_signed_{r.run}", True, r.gradcam_signed_settings),
-                (r.gradcam, name, False, r.gradcam_settings)):
+                (r.gradcam_signed, names[0], True, r.gradcam_signed_settings),
+                (r.gradcam, names[1], False, r.gradcam_settings)):
             disp = disp or gradcam_display(vol, signed=signed)
-            for lay in list(state.layers):     # the stored map of the same run, if shown
-                if lay.name == nm and lay.kind == "overlay":
-                    lay.visible = False
             lay = self.window.add_overlay_volume(vol, nm, visible=not signed, **disp)
             if lay is None:
                 for a in added:
@@ -466,25 +496,3 @@ class QtPredictionPanel(QtWidgets.QWidget):
             f"Overlays: {added[-1].name} (Grad-CAM {r.layer}, ReLU, heat, transparent below "
             f"{added[-1].threshold:.3g}) and {added[0].name} (signed: red older, blue younger; "
             "hidden — tick it in Layers). Raw values, years.")
-
-
-def _image_volume(state, channels: tuple[str, ...]) -> Volume:
-    """The input for a run from what the viewer shows (no workspace): the base image when it
-    has the run's channels (by name, or by count), else the layers on the base grid named like
-    the run's channels (a ``water`` and a ``fat`` file opened together)."""
-    base = state.base_layer
-    bv = base.volume
-    if all(c in bv.channels for c in channels) or bv.n_channels == len(channels):
-        return bv
-    by_name = {}
-    for lay in state.layers:
-        if lay.kind == "labels" or not lay.volume.same_grid(bv):
-            continue
-        for c in channels:
-            if c not in by_name and (lay.name == c or c in lay.volume.channels):
-                by_name[c] = lay.volume.channel(c) if c in lay.volume.channels \
-                    else lay.volume.data[0]
-    if all(c in by_name for c in channels):
-        return Volume(np.stack([by_name[c] for c in channels]), bv.affine, tuple(channels),
-                      dict(bv.provenance), dict(bv.metadata))
-    return bv  # predict_subject explains what is missing

@@ -39,7 +39,17 @@ class QtReadoutPanel(QtWidgets.QLabel):
         for e in self._events:
             e.disconnect(self.refresh)
 
+    def needed_height(self) -> int:
+        """Pixels that show every line of the readout without clipping."""
+        lines = max(3, self.text().count("\n") + 1)
+        return lines * self.fontMetrics().lineSpacing() + 2 * self.margin() + 8
+
     def refresh(self, *_):
         text = self.state.readout_text()
+        lines = text.count("\n")
         self.setText(text)
+        if lines != getattr(self, "_lines", None):
+            self._lines = lines
+            # every line shown: the dock may not squeeze the readout below its text
+            self.setMinimumHeight(self.needed_height())
         self.setToolTip(text)  # the whole readout where a narrow dock clips a line

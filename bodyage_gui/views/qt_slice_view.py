@@ -18,6 +18,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core import display
 from bodyage_core.viewer import Layer, ViewerState
+from bodyage_core.viewer.compose import composite_key, composite_slice
 from bodyage_gui import bindings
 from bodyage_gui.redraw import RedrawScheduler
 
@@ -26,26 +27,52 @@ _Qt = QtCore.Qt
 
 class _CrosshairLine(QtWidgets.QGraphicsLineItem):
     """One crosshair line (a C++ ``QGraphicsLineItem`` with a cosmetic pen: no Python in the
-    paint path), spanning far beyond the slice. ``value()`` is its position in display mm."""
+    paint path) across the slice, from one edge of the image to the other (not into the black
+    margins). ``value()`` is its position in display mm.
 
-    SPAN = 1.0e5
+    Its bounding rectangle is widened by :data:`PAD_PX` screen pixels: with a cosmetic pen Qt
+    computes it from the pen width in *item* units (mm), which, zoomed out, is narrower than
+    the one pixel drawn, so a moved line left pixels behind (ghost segments) wherever nothing
+    else repainted them."""
+
+    PAD_PX = 3.0
 
     def __init__(self, vertical: bool):
         super().__init__()
         self.vertical = vertical
         self._value = 0.0
+        self._extent = (1.0, 1.0)
+        self._pixel_mm = 1.0
         pen = QtGui.QPen(QtGui.QColor(0, 220, 90, 200))
         pen.setCosmetic(True)
         pen.setWidth(1)
         self.setPen(pen)
         self.set_value(0.0)
 
+    def set_extent(self, width_mm: float, height_mm: float) -> None:
+        """The slice's size in display mm: the line spans it."""
+        self._extent = (float(width_mm), float(height_mm))
+        self.set_value(self._value)
+
     def set_value(self, v: float) -> None:
         self._value = float(v)
+        w, h = self._extent
+        self.prepareGeometryChange()
         if self.vertical:
-            self.setLine(self._value, -self.SPAN, self._value, self.SPAN)
+            self.setLine(self._value, 0.0, self._value, h)
         else:
-            self.setLine(-self.SPAN, self._value, self.SPAN, self._value)
+            self.setLine(0.0, self._value, w, self._value)
+
+    def set_pixel_mm(self, mm: float) -> None:
+        """Millimetres per screen pixel now (the pad of the bounding rectangle)."""
+        if mm > 0 and mm != self._pixel_mm:
+            self.prepareGeometryChange()
+            self._pixel_mm = float(mm)
+
+    def boundingRect(self):  # noqa: N802
+        pad = self.PAD_PX * self._pixel_mm
+        return super().boundingRect().adjusted(-pad, -pad, pad, pad)
+
 
     def value(self) -> float:
         return self._value
@@ -79,14 +106,23 @@ class _SliceViewBox(pg.ViewBox):
     def mouseClickEvent(self, ev):  # noqa: N802 (Qt naming)
         ev.accept()
         p = self.mapToView(ev.pos())
-        self._owner.gesture("click", qt_button(ev.button()), qt_modifiers(ev.modifiers()),
-                            (p.x(), p.y()))
+        self._owner.gesture("double" if ev.double() else "click", qt_button(ev.button()),
+                            qt_modifiers(ev.modifiers()), (p.x(), p.y()))
+
+    def hoverEvent(self, ev):  # noqa: N802
+        if ev.isExit():
+            self._owner.hover(None)
+            return
+        p = self.mapToView(ev.pos())
+        self._owner.hover((p.x(), p.y()))
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802
         ev.accept()
         if ev.isStart():
             self._drag_action = bindings.mouse_action(
                 "drag", qt_button(ev.button()), qt_modifiers(ev.modifiers()))
+            if self._drag_action == "set_cursor" and self._owner.tool is not None:
+                self._drag_action = "tool"       # a ruler or region is being drawn
         p = self.mapToView(ev.pos())
         delta_px = ev.pos() - ev.lastPos()
         total_px = ev.pos() - ev.buttonDownPos()
@@ -110,6 +146,8 @@ class _CompositeImageItem(QtWidgets.QGraphicsItem):
         self._buffer: np.ndarray | None = None
         self._qimage: QtGui.QImage | None = None
         self._rect = QtCore.QRectF()
+        #: draw with bilinear smoothing (the state's ``interpolation == 'linear'``)
+        self.smooth = False
 
     def set_image(self, bgra: np.ndarray, rect: QtCore.QRectF) -> None:
         """``bgra``: ``(rows, cols)`` uint32 ``0xFFRRGGBB`` (QImage RGB32), or ``(rows, cols,
@@ -141,6 +179,7 @@ class _CompositeImageItem(QtWidgets.QGraphicsItem):
 
     def paint(self, painter, option, widget=None):
         if self._qimage is not None:
+            painter.setRenderHint(QtGui.QPainter.RenderHint.SmoothPixmapTransform, self.smooth)
             painter.drawImage(self._rect, self._qimage)
 
 
@@ -168,6 +207,9 @@ class _GraphicsView(pg.GraphicsView):
 class QtSliceView(QtWidgets.QWidget):
     """A linked 2D view of ``plane`` following ``state``.
 
+    Signals: ``maximise_requested(plane)`` on a double click, ``hovered(object)`` with the
+    world point (RAS mm) under the mouse, or None when it leaves the view.
+
     Parameters
     ----------
     state
@@ -178,11 +220,16 @@ class QtSliceView(QtWidgets.QWidget):
         Shared redraw scheduler (one per window); a private one when None.
     """
 
+    maximise_requested = QtCore.Signal(str)
+    hovered = QtCore.Signal(object)
+
     def __init__(self, state: ViewerState, plane: str, scheduler: RedrawScheduler | None = None,
                  parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.state = state
         self.plane = plane
+        #: the tool drawing with the left button (a ruler or region), or None: the cursor
+        self.tool = None
         self.scheduler = scheduler or RedrawScheduler(parent=self)
         self.graphics_view = _GraphicsView(self)
         self.view_box = _SliceViewBox(self)
@@ -200,6 +247,9 @@ class QtSliceView(QtWidgets.QWidget):
             line.setZValue(1000)
             self.view_box.addItem(line, ignoreBounds=True)
         self.show_crosshair = True
+        from bodyage_gui.tools.overlay_items import MeasurementItems
+
+        self.measurement_items = MeasurementItems(self)
         self.letter_labels = {side: self._make_label(side) for side in
                               ("left", "right", "top", "bottom")}
         self.info_label = self._make_label("info")
@@ -213,6 +263,9 @@ class QtSliceView(QtWidgets.QWidget):
         ev.layer_changed.connect(self._on_layer)
         ev.convention_changed.connect(self._on_convention)
         ev.view_changed.connect(self._on_view)
+        ev.interpolation_changed.connect(self._on_interpolation)
+        ev.measurements_changed.connect(self._on_measurements)
+        self.image_item.smooth = state.interpolation == "linear"
         self.mark_dirty()
 
     # -- state -> view ---------------------------------------------------------------------------
@@ -221,7 +274,9 @@ class QtSliceView(QtWidgets.QWidget):
         for e, fn in ((ev.cursor_changed, self._on_cursor), (ev.layers_changed, self._on_layers),
                       (ev.layer_changed, self._on_layer),
                       (ev.convention_changed, self._on_convention),
-                      (ev.view_changed, self._on_view)):
+                      (ev.view_changed, self._on_view),
+                      (ev.interpolation_changed, self._on_interpolation),
+                      (ev.measurements_changed, self._on_measurements)):
             e.disconnect(fn)
 
     def disconnect_state(self) -> None:
@@ -244,6 +299,13 @@ class QtSliceView(QtWidgets.QWidget):
         if plane == self.plane:
             self.mark_dirty("range")
 
+    def _on_interpolation(self, mode: str):
+        self.image_item.smooth = mode == "linear"
+        self.image_item.update()
+
+    def _on_measurements(self):
+        self.mark_dirty("measure")
+
     def mark_dirty(self, *what: str) -> None:
         """Ask for a redraw of ``what`` (all when empty) at the next frame."""
         self._dirty.update(what or ("layers", "slice", "cursor", "range", "letters"))
@@ -263,6 +325,7 @@ class QtSliceView(QtWidgets.QWidget):
                 self.info_label.setText("")
                 self.h_line.hide()
                 self.v_line.hide()
+                self.measurement_items.clear()
                 return
             if "layers" in dirty:
                 self._sync_items()
@@ -276,6 +339,8 @@ class QtSliceView(QtWidgets.QWidget):
                 self._update_range()
             if "letters" in dirty:
                 self._update_letters()
+            if dirty & {"measure", "slice", "layers"}:
+                self.measurement_items.update()
             self.n_redraws += 1
         except Exception:
             self._dirty |= dirty
@@ -287,31 +352,14 @@ class QtSliceView(QtWidgets.QWidget):
     def _update_images(self):
         state = self.state
         geom = state.geometry(self.plane)
-        # every layer is cut at the base grid's slice index, so the key needs no slice: a cursor
-        # move within the slice (a crosshair drag) is a cache hit that fetches nothing
         k = state.slice_index(self.plane)
-        visible = [lay for lay in state.layers if lay.visible]
-        styles = {lay.id: lay.label_style() for lay in visible if lay.kind == "labels"}
-        key = (id(state.base_layer), state.convention, k,
-               *((lay.id, id(lay.volume), lay.channel, lay.colormap, lay.vmin, lay.vmax,
-                  lay.threshold, lay.opacity, lay.outline,
-                  styles[lay.id][0] if lay.id in styles else None) for lay in visible))
+        key = composite_key(state, self.plane, k)
         if key != self._composite_key:
-            # one contiguous copy per slice (sagittal cuts are strided), then integer LUT work
-            items = []
-            for lay in visible:
-                sl = state.slice_for_view(lay, self.plane)
-                if lay.id in styles:  # label colours, hidden labels, outline
-                    _, slots, lut = styles[lay.id]
-                    items.append(display.SliceLayer(
-                        display.label_slots(sl.array, slots, lay.outline), "labels",
-                        opacity=lay.opacity, lut=lut))
-                    continue
-                items.append(display.SliceLayer(np.ascontiguousarray(sl.array), lay.colormap,
-                                                lay.vmin, lay.vmax, lay.threshold, lay.opacity))
             w, h = geom.extent_mm
-            self.image_item.set_image(display.composite_bgra32(items, geom.shape),
+            self.image_item.set_image(composite_slice(state, self.plane),
                                       QtCore.QRectF(0.0, 0.0, w, h))
+            for line in (self.h_line, self.v_line):
+                line.set_extent(w, h)
             self._composite_key = key
             oblique = " (oblique: nearest axes)" if state.base_layer.volume.is_oblique else ""
             text = f"{self.plane} {k} [0..{geom.n_slices - 1}]{oblique}"
@@ -323,6 +371,9 @@ class QtSliceView(QtWidgets.QWidget):
                     self._place_labels()
 
     def _update_crosshair(self):
+        px = self.view_box.viewPixelSize()
+        for line in (self.h_line, self.v_line):
+            line.set_pixel_mm(max(abs(px[0]), abs(px[1])))
         u, v = self.state.world_to_display(self.plane, self.state.cursor)
         self.v_line.set_value(u)
         self.h_line.set_value(v)
@@ -336,6 +387,7 @@ class QtSliceView(QtWidgets.QWidget):
         cx, cy = w / 2 + vs.pan[0], h / 2 + vs.pan[1]
         hw, hh = w / (2 * vs.zoom), h / (2 * vs.zoom)
         self.view_box.setRange(xRange=(cx - hw, cx + hw), yRange=(cy - hh, cy + hh), padding=0)
+        self._update_crosshair()
 
     def _update_letters(self):
         letters = self.state.geometry(self.plane).letters
@@ -384,16 +436,34 @@ class QtSliceView(QtWidgets.QWidget):
                 pos_mm: tuple[float, float]) -> str | None:
         """Run the action bound to a click; returns its name."""
         action = bindings.mouse_action(kind, button, modifiers)
-        if action == "set_cursor" and self.state.base_layer is not None:
+        if self.state.base_layer is None:
+            return action
+        if action == "set_cursor" and self.tool is None:
             self.state.set_cursor(self.state.display_to_world(self.plane, *pos_mm))
+        elif action == "maximise":
+            self.maximise_requested.emit(self.plane)
         return action
+
+    def hover(self, pos_mm: tuple[float, float] | None) -> None:
+        """The mouse is over ``pos_mm`` (display mm), or left the view (None)."""
+        if pos_mm is None or self.state.base_layer is None:
+            self.hovered.emit(None)
+            return
+        w, h = self.state.geometry(self.plane).extent_mm
+        if not (0.0 <= pos_mm[0] <= w and 0.0 <= pos_mm[1] <= h):
+            self.hovered.emit(None)      # over the black margin: nothing under the mouse
+            return
+        self.hovered.emit(self.state.display_to_world(self.plane, *pos_mm))
 
     def run_drag(self, action: str | None, pos_mm, delta_px, total_px, start: bool,
                  finish: bool) -> None:
         state = self.state
         if action is None or state.base_layer is None:
             return
-        if action == "set_cursor":
+        if action == "tool":
+            if self.tool is not None:
+                self.tool.drag(self, state.display_to_world(self.plane, *pos_mm), start, finish)
+        elif action == "set_cursor":
             state.set_cursor(state.display_to_world(self.plane, *pos_mm))
         elif action == "pan":
             px, py = self.view_box.viewPixelSize()

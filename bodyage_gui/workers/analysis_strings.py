@@ -11,7 +11,7 @@ NO_SUBJECT = "open a subject (or an image) before predicting"
 BUSY = "a prediction is already running — wait for it or press Cancel"
 SUBJECT_CHANGED = "the viewer shows another image now; the maps were not added as overlays"
 CANCELLED = "prediction cancelled; nothing changed"
-RUN_FOLDER_FILTER = "run folder (models/<run>/ with config.json)"
+RUN_FOLDER_FILTER = "run folder (models/<run>/ with config.json) or model folder (model.json)"
 NO_WORKSPACE = "open a workspace (File > Open workspace) to see the cohort"
 NO_PREDICTIONS = ("run {run!r} has no stored predictions — run `bodyage predict WORKSPACE "
                   "--run {run}`")
@@ -51,3 +51,13 @@ WIZARD_RUN_EXISTS = "a run named {run!r} exists — choose another name or tick 
 AXIS_PREDICTED = {"raw": "predicted age, raw (y)",
                   "corrected": "predicted age, bias-corrected (y)"}
 AXIS_CHRONOLOGICAL = "chronological age (y)"
+
+AUTO_MODEL = "Automatic: the model that fits the scan"
+AUTO_MODEL_TIP = ("the first model found by name (shipped in resources/models, "
+                  "BODYAGE_MODEL_PATH, your model folder) whose channels and envelope (contrast, "
+                  "body region, field of view, voxel size, ages) accept the scan on screen")
+RUN_BOX_TIP = ("what predicts: Automatic (the model that fits the scan), a run of the open "
+               "workspace (models/<run>/), a model found by name or a folder")
+NO_PREDICTION_YET = "no prediction of {subject} with this model yet — press Predict (Ctrl+P)"
+FINISHED_FOR_OTHER = (" — the viewer shows another subject now: its result is kept for it "
+                      "(shown when you go back)")
