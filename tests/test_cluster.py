@@ -32,7 +32,7 @@ from bodyage_core.cluster import (
     WorkspaceLock,
     WorkspaceLockedError,
 )
-from bodyage_core.cohort import Workspace
+from bodyage_core.cohort import SCHEMA_VERSION, Workspace
 from bodyage_core.errors import BodyageError
 
 PY = sys.executable
@@ -384,7 +384,7 @@ def test_concurrent_writers_lose_no_update(ws_path):
         rows = ws.db.tasks("race", "k")
         assert sum(r["attempts"] for r in rows.values()) == 4 * 60   # every increment kept
         assert len(ws.db.tasks("race", "k2")) == 2 * 60
-        assert ws.db.schema_version == 2
+        assert ws.db.schema_version == SCHEMA_VERSION
 
 
 # -- Ctrl+C: cancel futures, close the cluster, DB consistent, exit 130 ----------------------
@@ -446,9 +446,9 @@ def test_schema_1_workspace_is_migrated_for_task_timings(tmp_path):
     con.commit()
     con.close()
     db = CohortDB.open(path)
-    assert db.schema_version == 2
+    assert db.schema_version == SCHEMA_VERSION
     db.finish_task("explain", "gradcam_r", "s1", "done", attempts=1, seconds=1.5, worker="w")
     row = db.tasks("explain", "gradcam_r")["s1"]
     assert row["attempts"] == 2 and row["seconds"] == 1.5 and row["worker"] == "w"
     db.close()
-    assert CohortDB.open(path).schema_version == 2      # opening again changes nothing
+    assert CohortDB.open(path).schema_version == SCHEMA_VERSION      # opening again changes nothing

@@ -225,3 +225,54 @@ def test_models_list_show_and_names(wb, tmp_path, capsys, monkeypatch):
     assert main(["models", "verify", "no-such-model"]) == 2
     assert "no model named" in capsys.readouterr().err
     assert main(["models", "verify", "../escape"]) == 2
+
+
+# -- the shipped models ---------------------------------------------------------------------
+
+def _shipped():
+    from bodyage_core.inference.bundle import list_models
+
+    return {m["name"]: m for m in list_models() if m["where"] == "shipped"}
+
+
+def test_shipped_models_verify_and_predict_a_file(tmp_path):
+    """Every shipped model loads, verifies and predicts a file without a workspace: the
+    whole-body model a synthetic subject it never saw, the brain model a real IXI brain."""
+    shipped = _shipped()
+    assert {"wholebody-synthetic", "brain-t1-ixi"} <= set(shipped)
+    total = sum(p.stat().st_size for m in shipped.values() for p in m["dir"].iterdir()
+                if p.suffix == ".safetensors")
+    assert total <= 25e6                                           # weights fit the repository
+    for m in shipped.values():
+        assert any("load" in line for line in verify_model(m["dir"]))
+    ws = tmp_path / "ws"
+    assert main(["synth", str(ws), "--n", "2", "--seed", "99"]) == 0
+    out = tmp_path / "wb.csv"
+    assert main(["predict", str(ws / "subjects"), "--model", "wholebody-synthetic",
+                 "--ages", str(ws / "participants.csv"), "--csv", str(out),
+                 "--no-qc-png"]) == 0
+    for r in _rows(out):
+        assert r["status"] == "ok" and abs(float(r["gap"])) < 12
+        assert 0 < float(r["qc_score"]) < 3
+    if IXI.exists():
+        out = tmp_path / "ixi.csv"
+        assert main(["predict", str(IXI), "--csv", str(out), "--no-qc-png", "--ages",
+                     str(IXI.parents[1] / "participants.csv")]) == 0   # the model is chosen
+        r = _rows(out)[0]
+        assert r["model"] == "brain-t1-ixi" and abs(float(r["gap"])) < 20
+
+
+def test_shipped_model_flags_a_fat_water_swap(tmp_path):
+    """The QC score: water and fat given the wrong way round are unlike every training image."""
+    from bodyage_core.inference.subject import predict_subject
+
+    run = AgeRun(_shipped()["wholebody-synthetic"]["dir"])
+    ws = tmp_path / "ws"
+    assert main(["synth", str(ws), "--n", "1", "--seed", "98"]) == 0
+    vol = load_channels(_subject_files(ws, "synth098_00000"))
+    clean = predict_subject(run, vol, subject_id="clean", out_of_fold=False)
+    swapped = predict_subject(run, vol.with_data(vol.data[::-1].copy()), subject_id="swap",
+                              out_of_fold=False)
+    assert clean.qc_score < 1.5 and "unlike_training" not in {f["flag"] for f in clean.qc}
+    assert swapped.qc_score > 3 and swapped.qc_percentile == 1.0
+    assert "unlike_training" in {f["flag"] for f in swapped.qc}

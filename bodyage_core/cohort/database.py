@@ -45,7 +45,7 @@ from typing import Any
 
 from bodyage_core.errors import CohortError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BMI_GROUPS = ("healthy", "overweight", "obese")
 
 _SCHEMA_V1 = """
@@ -119,6 +119,12 @@ ALTER TABLE tasks ADD COLUMN worker TEXT;
 CREATE INDEX tasks_status ON tasks(stage, key, status);
 """
 
+# Schema 3: the QC flags (input checks, the model's envelope) and the QC score of a prediction.
+_SCHEMA_V3 = """
+ALTER TABLE predictions ADD COLUMN qc TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE predictions ADD COLUMN qc_score REAL;
+"""
+
 # Not a schema version: created on first use (see the module docstring).
 _EXCLUSIONS = """
 CREATE TABLE IF NOT EXISTS exclusions (
@@ -130,7 +136,7 @@ CREATE TABLE IF NOT EXISTS exclusions (
 
 # version -> SQL that brings a database from version-1 to version. Add new versions here; never
 # edit an old one (databases in the field were made with it).
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 TASK_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -494,7 +500,8 @@ class CohortDB:
         """Insert or replace predictions of ``run_id`` in one transaction.
 
         Each row: ``subject_id, mean, sigma`` and optionally ``fold, split, members`` (list of
-        ``{"mu":..., "sigma":...}`` per ensemble member), ``corrected`` and ``gap``. When ``gap``
+        ``{"mu":..., "sigma":...}`` per ensemble member), ``corrected``, ``gap``, ``qc`` (the
+        QC flags, ``{"flag", "message", "severity"}``) and ``qc_score``. When ``gap``
         is missing it is computed as (corrected, else mean) minus the subject's age.
         """
         rows = list(rows)
@@ -513,12 +520,13 @@ class CohortDB:
                 gap = None if ref is None else ref - ages[sid]
             data.append((run_id, sid, row.get("fold"), row.get("split"),
                          json.dumps(row.get("members") or [], default=float), mean,
-                         _float_or_none(row.get("sigma")), corrected, gap, now))
+                         _float_or_none(row.get("sigma")), corrected, gap, now,
+                         json.dumps(row.get("qc") or []), _float_or_none(row.get("qc_score"))))
         with self.transaction() as cur:
             cur.executemany(
                 "INSERT OR REPLACE INTO predictions (run_id, subject_id, fold, split, members,"
-                " mean, sigma, corrected, gap, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                data)
+                " mean, sigma, corrected, gap, created, qc, qc_score)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
         return len(data)
 
     def _ages(self, ids: set[str]) -> dict[str, float | None]:
@@ -555,6 +563,7 @@ class CohortDB:
         for r in self._conn.execute(sql, params):
             d = dict(r)
             d["members"] = json.loads(d["members"])
+            d["qc"] = json.loads(d.get("qc") or "[]")
             out.append(d)
         return out
 

@@ -207,7 +207,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = N
         fname = f"member_{k}.safetensors"
         sha = save_safetensors(run.member_state(k), work / fname,
                                dtype=_torch_dtype(float16),
-                               metadata={"model": name, "member": str(k)})
+                               # one key: safetensors writes a metadata map in no set
+                               # order, and a shipped file must be byte-for-byte repeatable
+                               metadata={"bodyage": f"{name} member {k}"})
         members.append({"file": fname, "sha256": sha, "bytes": (work / fname).stat().st_size,
                         "fold": m.get("fold"), "seed": m.get("seed"),
                         "target_mean": float(m["target_mean"]),

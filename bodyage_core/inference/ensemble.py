@@ -127,6 +127,26 @@ class AgeRun:
                                path=self.run_dir, hint="train the run again (--overwrite)")
         return load_volume(path)
 
+    @property
+    def qc_stats(self) -> dict[str, Any] | None:
+        """The reference of the QC score (:mod:`bodyage_core.inference.ood`), None when the
+        model has none (runs trained before it existed)."""
+        if not hasattr(self, "_qc"):
+            from bodyage_core.inference import ood
+
+            path = self.run_dir / ood.FILE
+            self._qc = None
+            if path.is_file():
+                if self.kind == "model":
+                    from bodyage_core.inference.bundle import verify_file
+
+                    want = {f["file"]: f["sha256"] for f in (self.card or {}).get("files", [])}
+                    if ood.FILE not in want:
+                        return None
+                    verify_file(path, want[ood.FILE])
+                self._qc = ood.load(path)
+        return self._qc
+
     # -- members ---------------------------------------------------------------------------
     def _member_state(self, m: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(model_config, state_dict)`` of one member, read without running code."""

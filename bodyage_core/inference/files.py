@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 #: File names that are label maps or masks, not scans (skipped in folders).
 NOT_SCANS = re.compile(r"(label|labels|seg|mask|gradcam|gradxinput|occlusion)", re.I)
 CSV_COLUMNS = ("id", "status", "predicted_age", "predicted_age_raw", "sigma", "ci95_low",
-               "ci95_high", "chronological_age", "gap", "raw_gap", "qc_flags", "model",
+               "ci95_high", "chronological_age", "gap", "raw_gap", "qc_score", "qc_flags", "model",
                "model_version", "model_sha", "path", "map", "qc_png", "seconds", "message")
 
 
@@ -280,6 +280,7 @@ def _row_values(pred, run) -> dict[str, Any]:
     return {"predicted_age": pred.corrected, "predicted_age_raw": pred.mean,
             "sigma": pred.sigma, "ci95_low": lo, "ci95_high": hi,
             "chronological_age": pred.age, "gap": pred.gap, "raw_gap": pred.raw_gap,
+            "qc_score": pred.qc_score,
             "qc_flags": "; ".join(f"{f['flag']}: {f['message']}" for f in pred.qc),
             "model": run.name, "model_version": card.get("version", ""),
             "model_sha": (run.sha or "")[:12]}

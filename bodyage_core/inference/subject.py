@@ -67,6 +67,10 @@ class SubjectPrediction:
     maps: dict[str, Volume] = field(default_factory=dict)
     map_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_grid_affine: np.ndarray | None = None
+    #: how unlike the model's training images the input is (1 = typical) and the share of
+    #: the model's validation subjects below it (None: the model has no QC reference)
+    qc_score: float | None = None
+    qc_percentile: float | None = None
     seconds: float = 0.0
 
     @property
@@ -95,6 +99,9 @@ class SubjectPrediction:
             r["gap"] = self.gap
         if self.qc:
             r["qc"] = [dict(f) for f in self.qc]
+        if self.qc_score is not None:
+            r["qc_score"] = self.qc_score
+            r["qc_percentile"] = self.qc_percentile
         return r
 
 
@@ -180,6 +187,14 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
         member_sigma=[float(pred.member_sigma[0][k]) for k in members],
         members_used=members, fold=pred.fold[0] if pred.fold else None,
         split=pred.split[0] if pred.split else "new", qc=qc)
+    stats = run.qc_stats if check else None
+    if stats is not None and len(stats["members"]) == run.n_members:
+        from bodyage_core.inference import ood
+
+        res.qc_score, res.qc_percentile = ood.score(run.load_members(), stats, x, members)
+        f = ood.flag_for(res.qc_score, res.qc_percentile, stats.get("n", 0))
+        if f is not None:
+            res.qc.append(f)
     if maps:
         if mi is None or spec.mode != "3d":
             raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",

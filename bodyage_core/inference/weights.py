@@ -92,3 +92,21 @@ def load_safetensors(path: str | Path, what: str = "weights file") -> dict[str, 
         raise BodyageError(f"{what} is damaged or not safetensors ({exc})", path=path,
                            hint="copy or export the model again") from None
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def save_torch_file(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically. torch's writer reports a full disk or a file-size limit as a
+    ``RuntimeError`` ("file write failed", "unexpected pos"...); it is raised as the ``OSError``
+    it is, naming the target, so the command says "disk full" in one line."""
+    import errno
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:
+        msg = str(exc).lower()
+        if any(k in msg for k in ("write", "unexpected pos", "iostream", "file")):
+            raise OSError(errno.ENOSPC, f"could not write ({exc})".splitlines()[0],
+                          str(path)) from exc
+        raise

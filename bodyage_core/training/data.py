@@ -255,7 +255,7 @@ def _drop_failing(ws, spec: InputSpec, records: list[SubjectRecord], subjects: d
     kept = []
     for i, r in enumerate(records):
         try:
-            cached_input(ws, subjects[r.subject_id], spec)
+            arr = cached_input(ws, subjects[r.subject_id], spec)
         except (Cancelled, KeyboardInterrupt):
             raise
         except BodyageError as err:
@@ -264,7 +264,7 @@ def _drop_failing(ws, spec: InputSpec, records: list[SubjectRecord], subjects: d
             text = str(err).strip().splitlines()[0] if str(err).strip() else ""
             failures[r.subject_id] = f"cannot load the input ({type(err).__name__}: {text})"
         else:
-            kept.append(r)
+            kept.append(_first_from(r, arr))
         rep.update("load", i + 1, len(records), r.subject_id, failed=len(failures))
     if hasattr(ws, "input_failures"):
         ws.input_failures.update(failures)
@@ -276,6 +276,19 @@ def _drop_failing(ws, spec: InputSpec, records: list[SubjectRecord], subjects: d
                           "fix the images (check them with `bodyage import --check`) or "
                           "choose other --channels")
     return kept
+
+
+def _first_from(record: SubjectRecord, arr: np.ndarray) -> SubjectRecord:
+    """The record with a loader that hands out the array just prepared once (the check must
+    not cost a second read of every input), then loads as before."""
+    held = [arr]
+    loader = record.loader
+
+    def load() -> np.ndarray:
+        return held.pop() if held else loader()
+
+    record.loader = load
+    return record
 
 
 def _record_failures(ws, spec: InputSpec, failures: dict[str, str], ok: list[str]) -> None:

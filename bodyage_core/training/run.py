@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bodyage_core.atomic import atomic_path, write_json, write_text
+from bodyage_core.atomic import write_json, write_text
 from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.inference.batch import predict_tta
 from bodyage_core.inference.ensemble import TEMPLATE_NAME
@@ -337,7 +337,6 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
     Returns the member's info, its raw outputs ``(n, 2)`` (None on ranks that do not write)
     and, when trained with ddp, this rank's parameter digest.
     """
-    import torch
 
     k = p["index"]
     writer = not ctx.ddp or ctx.is_main
@@ -384,8 +383,9 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
                        "state_dict": {k2: v.detach().cpu() for k2, v in
                                       net.state_dict().items()},
                        "input": spec.to_dict(), "info": info}
-            with atomic_path(member_path) as tmp:
-                torch.save(payload, tmp)
+            from bodyage_core.inference.weights import save_torch_file
+
+            save_torch_file(payload, member_path)
     net = net.to(device)
     if ctx.ddp and not exists:     # all ranks hold the weights: share the prediction out
         from bodyage_core.training.trainer import sharded_predict
@@ -506,6 +506,8 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
                                 "target_std": m["target_std"]} for m in member_info}})
     write_text(work / "oof_predictions.csv", predictions_csv(oof))
     write_json(work / "metrics.json", metrics)
+    if _fit_qc(work, plan, config, ds, val_sets, fold_of):
+        config["files"] = [*config.get("files", []), "ood.safetensors"]
     config["members"] = member_info
     config["status"] = "complete"
     config["finished"] = time.time()
@@ -513,6 +515,30 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     _publish(work, run_dir)
     return RunResult(run_dir, oof, metrics)
+
+
+def _fit_qc(work: Path, plan, config: dict[str, Any], ds: AgeDataset,
+            val_sets: dict[int, np.ndarray], fold_of: np.ndarray) -> bool:
+    """Fit the QC score's reference (:mod:`bodyage_core.inference.ood`) on the subjects each
+    member never trained on; writes ``ood.safetensors``. False (no score) for a network
+    without a regression head or too few unseen subjects."""
+    from bodyage_core.inference import ood
+    from bodyage_core.inference.weights import load_torch_file
+
+    nets, unseen = [], []
+    for p, m in zip(plan, config["members"]):
+        idx = np.union1d(val_sets[p["fold"]], np.where(fold_of == p["fold"])[0])
+        if len(idx) < 5:
+            return False
+        net = build_model(dict(config["model"], weights=None))
+        net.load_state_dict(load_torch_file(work / m["file"], what="ensemble member")
+                            ["state_dict"])
+        if getattr(net, "head", None) is None:
+            return False
+        nets.append(net.eval())
+        unseen.append(idx)
+    ood.save(ood.fit(nets, ds.batch, unseen), work / ood.FILE)
+    return True
 
 
 def _publish(work: Path, run_dir: Path) -> None:

@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bodyage_core.atomic import atomic_path
 from bodyage_core.errors import BodyageError, ConfigError
 from bodyage_core.inference.batch import predict_arrays
 from bodyage_core.inference.device import autocast as _autocast
 from bodyage_core.inference.device import is_oom, resolve_device
 from bodyage_core.inference.device import prepare_model as _prepare_model
 from bodyage_core.inference.device import to_device as _to_device
-from bodyage_core.inference.weights import load_torch_file
+from bodyage_core.inference.weights import load_torch_file, save_torch_file
 from bodyage_core.models.ensemble import BIAS_METHODS
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.training.augment import AugmentConfig, augment_batch
@@ -234,8 +233,7 @@ class Trainer:
             "scaler": self.scaler.to_dict(),
             "config": self.config.to_dict(),
         }
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save(payload, tmp)
+        save_torch_file(payload, self.checkpoint)
         self.events.fire(Events.CHECKPOINT_SAVED, self.state)
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:

@@ -75,11 +75,21 @@ def make_spec(ws, arch: str = "resnet3d", channels: Sequence[str] | None = None,
         if template is not None:
             vol = template
         else:
-            with_imgs = [s for s in subjects if all(c in s.images for c in chans)]
+            leave = set(getattr(ws, "train_exclude", ()) or ())
+            with_imgs = [s for s in subjects if all(c in s.images for c in chans)
+                         and not s.excluded and s.subject_id not in leave]
             if not with_imgs:
                 raise CohortError(f"no subject has the images {list(chans)}", ws.root,
                                   "import them or choose --channels")
-            vol = load_subject_volume(ws, with_imgs[0], chans)
+            vol, first_err = None, None
+            for subj in with_imgs[:20]:       # the first subject whose images load
+                try:
+                    vol = load_subject_volume(ws, subj, chans)
+                    break
+                except BodyageError as err:
+                    first_err = first_err or err
+            if vol is None:
+                raise first_err
         if spacing is None:
             spacing = tuple(2.0 * s for s in vol.spacing_zyx)
         if shape is None:
@@ -148,7 +158,8 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
     """
     rep = ensure_reporter(reporter)
     main_rank = dist is None or dist.is_main
-    all_subjects = ws.db.subjects()
+    leave = set(getattr(ws, "train_exclude", ()) or ())
+    all_subjects = [s for s in ws.db.subjects() if not s.excluded and s.subject_id not in leave]
     if not all_subjects:
         raise CohortError("the cohort is empty", ws.root,
                           "import subjects first (`bodyage import` or `bodyage synth`)")
@@ -162,7 +173,7 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
         raise CohortError(f"{len(missing)} subject(s) lack the image(s) {list(spec.channels)}: "
                           f"{', '.join(missing[:5])}", ws.root,
                           "import the images or choose other --channels")
-    records = records_from_workspace(ws, spec)
+    records = records_from_workspace(ws, spec, reporter=rep)
     run_dir = ws.model_dir(run)
     mcfg = model_config(model)
     started = False
@@ -203,3 +214,36 @@ def _register(ws, run, mcfg, spec, train, folds, members) -> None:
 def _set_status(ws, run: str, status: str) -> None:
     if any(r["run_id"] == run for r in ws.db.runs()):
         ws.db.set_run_status(run, status)
+
+
+def add_qc_reference(ws, run: str) -> int:
+    """Fit (again) the QC score's reference of a finished run of ``ws`` on the subjects each
+    member never trained on (its fold's validation and held-out subjects), as training now
+    does; for runs trained before it. Returns the number of reference subjects."""
+    import json
+
+    from bodyage_core.atomic import write_json
+    from bodyage_core.inference import ood
+    from bodyage_core.inference.ensemble import AgeRun
+    from bodyage_core.training.data import AgeDataset
+
+    run_dir = ws.model_dir(run)
+    ar = AgeRun(run_dir)
+    records = records_from_workspace(ws, ar.spec, require_age=False)
+    pos = {r.subject_id: i for i, r in enumerate(records)}
+    ds = AgeDataset(records)
+    folds = ar.splits.get("folds", {})
+    val = ar.splits.get("val", {})
+    unseen = []
+    for m in ar.members:
+        f = m.get("fold")
+        ids = [s for s, ff in folds.items() if ff == f] + list(val.get(str(f), []))
+        unseen.append(np.array(sorted({pos[s] for s in ids if s in pos}), dtype=int))
+    stats = ood.fit(ar.load_members(), ds.batch, unseen)
+    ood.save(stats, run_dir / ood.FILE)
+    cfg_path = run_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if ood.FILE not in cfg.get("files", []):
+        cfg["files"] = [*cfg.get("files", []), ood.FILE]
+        write_json(cfg_path, cfg)
+    return int(stats["n"])
