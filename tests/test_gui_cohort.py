@@ -78,6 +78,7 @@ def test_scatter_raw_corrected_and_click_opens_subject(qtbot, window):
 def test_threshold_selection_counts_and_highlights(qtbot, window):
     win, panel = window
     gaps = {p["subject_id"]: p["gap"] for p in win.workspace.db.predictions(RUN)}
+    panel.set_rule(threshold=3.0)                  # groups by a gap in years
     for thr in (0.0, 2.0, 5.0, 1000.0):
         with qtbot.waitSignal(panel.selection_changed, timeout=2000) as blocker:
             panel.threshold_spin.setValue(thr + 0.1)

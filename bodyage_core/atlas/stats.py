@@ -101,6 +101,23 @@ def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | 
     return out
 
 
+def describe_gap_rule(threshold: float | tuple[float, float] | None = None,
+                      quantile: float | None = None) -> str:
+    """The rule :func:`gap_classes` applies, in words: the one definition of accelerated and
+    decelerated agers, shown wherever the groups are used (cohort panel, population maps,
+    comparison)."""
+    if threshold is not None:
+        if isinstance(threshold, (tuple, list)):
+            lo, hi = float(threshold[0]), float(threshold[1])
+            return (f"accelerated: bias-corrected gap >= {hi:+g} y; decelerated: "
+                    f"<= {lo:+g} y")
+        t = float(threshold)
+        return f"accelerated: bias-corrected gap >= +{t:g} y; decelerated: <= -{t:g} y"
+    q = 100 * (0.25 if quantile is None else float(quantile))
+    return (f"accelerated: top {q:g} % of bias-corrected gaps; decelerated: bottom {q:g} % "
+            "(of the cohort's)")
+
+
 def _tstat(sa, qa, sb, qb, na, nb, eps):
     ma, mb = sa / na, sb / nb
     va = np.maximum(qa - sa * ma, 0.0) / max(na - 1, 1)

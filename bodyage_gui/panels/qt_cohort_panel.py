@@ -4,16 +4,14 @@ their population maps, the region summary and the subgroup MAE table.
 * A pyqtgraph scatter plot of predicted (raw or bias-corrected, a toggle; the axis says which)
   against chronological age, one colour per group (sex x BMI group), with the identity line.
   Clicking a point opens that subject in the viewer (``window.open_subject``).
-* Accelerated / decelerated agers: bias-corrected gap at or above ``+threshold`` / at or below
-  ``-threshold`` years (a spin box); their points are ringed (red / blue) and counted.
-* "Population maps ...": the accelerated and decelerated population maps of a group and their
-  difference side by side in three linked slice views (one cursor) over the group's atlas
-  template, from what :func:`bodyage_core.atlas.workspace.build_population_maps` and
-  :func:`~bodyage_core.atlas.workspace.compare_gap_groups` wrote under ``atlases/<group>/``,
-  and, where the group has one, the age trend of its maps (``population_<tag>_age_trend``,
-  of the signed gradient x input maps when there, else of the Grad-CAM maps) as a fourth
-  linked view; a group with only the age trend shows that view alone; a clear message when
-  none of them is there yet.
+* Accelerated / decelerated agers by the one rule (:func:`bodyage_core.atlas.stats.
+  gap_classes`, said in words by :func:`~bodyage_core.atlas.stats.describe_gap_rule`): the
+  top / bottom quantile of bias-corrected gaps or a gap beyond ± years; by default the rule the
+  run's population maps were built with (else the atlas module's default, the quartile). Their
+  points are ringed (red / blue) and counted, and the rule is said beside the counts.
+* "Population maps ...": :class:`~bodyage_gui.panels.qt_population_maps.QtGapMapsDialog`
+  (the accelerated, decelerated and difference maps and the age trend in linked views, each
+  statistical map with its n, test, significant voxels and smallest p).
 * Tables: the region summary (``reports/regions_<run>.csv``, else the per-group CSVs) and the
   MAE per sex x BMI group (:func:`bodyage_core.evaluation.subgroup_table` on the run's stored
   predictions) beside the predict-the-cohort-mean baseline.
@@ -22,17 +20,21 @@ their population maps, the region summary and the subgroup MAE table.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6 import QtCore, QtWidgets
 
 from bodyage_core.errors import BodyageError, CohortError
-from bodyage_core.viewer import PLANES, ViewerState
-from bodyage_core.volume import Volume
+from bodyage_gui.panels.qt_population_maps import (  # noqa: F401 (re-exported)
+    QtGapMapsDialog,
+    age_trend_file,
+    gap_map_groups,
+    maps_rule,
+    population_map_groups,
+)
 from bodyage_gui.workers import analysis_strings as text
 
 _Qt = QtCore.Qt
@@ -52,7 +54,8 @@ def group_of(row: dict[str, Any]) -> str:
     return f"{sex}_{bmi}" if sex and bmi else "unknown"
 
 
-def gap_classes(rows: list[dict[str, Any]], threshold: float) -> dict[str, list[str]]:
+def gap_classes(rows: list[dict[str, Any]], threshold: float | None,
+                quantile: float | None = None) -> dict[str, list[str]]:
     """Subject ids with bias-corrected gap ``>= threshold`` (accelerated), ``<= -threshold``
     (decelerated) and the rest (aligned), by the atlas module's own rule
     (:func:`bodyage_core.atlas.stats.gap_classes`); subjects without a gap are left out."""
@@ -60,7 +63,9 @@ def gap_classes(rows: list[dict[str, Any]], threshold: float) -> dict[str, list[
 
     rows = [r for r in rows if r.get("gap") is not None and np.isfinite(r["gap"])]
     out: dict[str, list[str]] = {"accelerated": [], "decelerated": [], "aligned": []}
-    for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], float(threshold))):
+    thr = None if threshold is None else float(threshold)
+    for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], thr,
+                                           None if thr is not None else quantile)):
         if c is not None:
             out[c].append(r["subject_id"])
     return out
@@ -106,45 +111,6 @@ def read_region_rows(ws, run: str) -> list[dict[str, str]]:
     return rows
 
 
-def gap_map_groups(ws, run: str) -> list[str]:
-    """Atlas groups that have both the accelerated and the decelerated population map of
-    ``run``."""
-    root = Path(ws.root) / "atlases"
-    if not root.is_dir():
-        return []
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if all((d / f"population_{run}_{c}_mean.nii.gz").exists()
-               for c in ("accelerated", "decelerated")):
-            out.append(d.name)
-    return out
-
-
-def age_trend_file(ws, group: str, run: str) -> tuple[Path, str, str] | None:
-    """The age trend map of ``run`` in atlas ``group`` as ``(path, tag, source)``: of the
-    signed gradient x input maps (``population_gradxinput_signed_<run>_age_trend.nii.gz``,
-    the one the age trend is best read from) when there, else of the Grad-CAM maps
-    (``population_<run>_age_trend.nii.gz``); ``None`` when neither exists."""
-    adir = ws.atlas_dir(group)
-    for tag, source in text.AGE_TREND_SOURCES:
-        tag = tag.format(run=run)
-        path = adir / f"population_{tag}_age_trend.nii.gz"
-        if path.exists():
-            return path, tag, source
-    return None
-
-
-def population_map_groups(ws, run: str) -> list[str]:
-    """Atlas groups with something for the maps dialog: both gap-class maps of ``run``
-    (:func:`gap_map_groups`) or an age trend (:func:`age_trend_file`)."""
-    root = Path(ws.root) / "atlases"
-    if not root.is_dir():
-        return []
-    gap = set(gap_map_groups(ws, run))
-    return [d.name for d in sorted(p for p in root.iterdir() if p.is_dir())
-            if d.name in gap or age_trend_file(ws, d.name, run) is not None]
-
-
 class QtCohortPanel(QtWidgets.QWidget):
     """See the module docstring.
 
@@ -185,6 +151,24 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.threshold_spin.setToolTip("accelerated: bias-corrected gap at or above +threshold; "
                                        "decelerated: at or below -threshold")
         self.threshold_spin.valueChanged.connect(lambda _v: self._select())
+        # the one definition of the groups (bodyage_core.atlas.stats.gap_classes): the top /
+        # bottom quantile (the atlas module's default) or a gap in years; by default the rule
+        # the run's population maps were built with
+        self.rule_combo = QtWidgets.QComboBox()
+        self.rule_combo.addItem("top / bottom", "quantile")
+        self.rule_combo.addItem("gap beyond ±", "threshold")
+        self.rule_combo.setToolTip("how accelerated and decelerated agers are chosen")
+        self.quantile_spin = QtWidgets.QDoubleSpinBox()
+        self.quantile_spin.setRange(1.0, 50.0)
+        self.quantile_spin.setDecimals(0)
+        self.quantile_spin.setValue(25.0)
+        self.quantile_spin.setSuffix(" %")
+        self.quantile_spin.setToolTip("accelerated: the top fraction of bias-corrected gaps; "
+                                      "decelerated: the bottom fraction")
+        self.quantile_spin.valueChanged.connect(lambda _v: self._select())
+        self.rule_combo.currentIndexChanged.connect(lambda _i: self._rule_changed())
+        self._maps_rule: tuple | None = None
+        self.threshold_spin.setVisible(False)
         self.count_label = QtWidgets.QLabel("")
         self.count_label.setWordWrap(True)  # a narrow dock wraps it, not the views
         self.maps_button = QtWidgets.QPushButton("Population maps...")
@@ -237,9 +221,12 @@ class QtCohortPanel(QtWidgets.QWidget):
         top.addWidget(self.run_combo, 0, 1)
         top.addWidget(QtWidgets.QLabel("Predicted"), 0, 2)
         top.addWidget(self.mode_combo, 0, 3)
-        top.addWidget(QtWidgets.QLabel("Gap threshold ±"), 1, 0, 1, 2,
-                      _Qt.AlignmentFlag.AlignRight)
-        top.addWidget(self.threshold_spin, 1, 2)
+        rule = QtWidgets.QHBoxLayout()
+        rule.addWidget(QtWidgets.QLabel("Groups"))
+        rule.addWidget(self.rule_combo)
+        rule.addWidget(self.quantile_spin)
+        rule.addWidget(self.threshold_spin)
+        top.addLayout(rule, 1, 0, 1, 3)
         top.addWidget(self.maps_button, 1, 3)
         top.setColumnStretch(1, 1)
         split = QtWidgets.QSplitter(_Qt.Orientation.Vertical)
@@ -297,6 +284,11 @@ class QtCohortPanel(QtWidgets.QWidget):
         """Re-read the run's predictions and redraw everything."""
         ws, run = self.workspace, self.run
         self.rows = []
+        rule = maps_rule(ws, run) if ws is not None and run else None
+        if rule != self._maps_rule:     # the groups the run's population maps were built with
+            self._maps_rule = rule
+            if rule is not None:
+                self.set_rule(*rule)
         if ws is None:
             self.message.setText(text.NO_WORKSPACE)
         elif run is None:
@@ -352,9 +344,51 @@ class QtCohortPanel(QtWidgets.QWidget):
         return (f"{data}\nage {x:.1f}, predicted {y:.1f}"
                 + (f"\ngap {gap:+.1f} y" if gap is not None else "") + "\nclick to open")
 
+    @property
+    def rule(self) -> tuple[float | None, float | None]:
+        """``(threshold, quantile)`` of the groups now (one of them None)."""
+        if self.rule_combo.currentData() == "threshold":
+            return float(self.threshold_spin.value()), None
+        return None, float(self.quantile_spin.value()) / 100.0
+
+    def set_rule(self, threshold: float | None = None, quantile: float | None = None) -> None:
+        """Choose the groups by a gap ``threshold`` (years) or the top / bottom
+        ``quantile``."""
+        for w in (self.rule_combo, self.threshold_spin, self.quantile_spin):
+            w.blockSignals(True)
+        if threshold is not None:
+            self.rule_combo.setCurrentIndex(self.rule_combo.findData("threshold"))
+            self.threshold_spin.setValue(float(threshold))
+        else:
+            self.rule_combo.setCurrentIndex(self.rule_combo.findData("quantile"))
+            self.quantile_spin.setValue(100.0 * (0.25 if quantile is None else quantile))
+        for w in (self.rule_combo, self.threshold_spin, self.quantile_spin):
+            w.blockSignals(False)
+        self._rule_changed()
+
+    def _rule_changed(self) -> None:
+        by_years = self.rule_combo.currentData() == "threshold"
+        self.threshold_spin.setVisible(by_years)
+        self.quantile_spin.setVisible(not by_years)
+        self._select()
+
+    def rule_text(self) -> str:
+        """The rule in words, and whether the run's population maps used it."""
+        from bodyage_core.atlas.stats import describe_gap_rule
+
+        thr, q = self.rule
+        out = describe_gap_rule(thr, q)
+        if self._maps_rule is not None:
+            m_thr, m_q = self._maps_rule
+            same = (thr is not None and m_thr is not None and abs(thr - m_thr) < 1e-9) or \
+                (thr is None and m_thr is None and abs(q - (m_q or 0.25)) < 1e-9)
+            out += ("; " + text.GAP_RULE_MAPS if same else
+                    "; " + text.GAP_RULE_OTHER.format(rule=describe_gap_rule(m_thr, m_q)))
+        return out
+
     def _select(self) -> None:
-        thr = float(self.threshold_spin.value())
-        self.classes = gap_classes(self.rows, thr)
+        thr, q = self.rule
+        self.classes = gap_classes(self.rows, thr, q)
         acc, dec = set(self.classes["accelerated"]), set(self.classes["decelerated"])
         if len(self.scatter.data):
             pens, sizes = [], []
@@ -374,7 +408,7 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.count_label.setText(
             f"<span style='color:#dc0000'>accelerated {len(acc)}</span> · "
             f"<span style='color:#005aff'>decelerated {len(dec)}</span> · aligned {n_al}"
-            f"  (bias-corrected gap beyond ±{thr:g} y)")
+            f"  ({self.rule_text()})")
         self.selection_changed.emit(len(acc), len(dec))
 
     def _on_points_clicked(self, _item, points, _ev=None) -> None:
@@ -500,250 +534,3 @@ def _fill_table(table: QtWidgets.QTableWidget, rows: list[dict[str, Any]],
             table.setItem(i, j, item)
     table.resizeColumnsToContents()
     table.setSortingEnabled(True)
-
-
-# -- the three linked map views ---------------------------------------------------------------------
-
-class QtGapMapsDialog(QtWidgets.QDialog):
-    """Accelerated, decelerated and difference population maps of one atlas group over its
-    template, and the age trend of the group's maps when it has one (:func:`age_trend_file`),
-    in slice views that share one cursor (click in one, all follow) and one display
-    convention. A group with an age trend but no gap-class maps shows the age trend alone.
-
-    Each view follows its own :class:`ViewerState` (same template base, a different map);
-    a cursor or convention change in one is written to the others, so they stay linked.
-    """
-
-    def __init__(self, ws, run: str, groups: list[str], group: str | None = None,
-                 parent: QtWidgets.QWidget | None = None):
-        super().__init__(parent)
-        self.ws = ws
-        self.run = run
-        self.setModal(False)
-        self.resize(1100, 520)
-        self.states: dict[str, ViewerState] = {}
-        self.views: list[QtWidgets.QWidget] = []
-        self._syncing = False
-        self.group_combo = QtWidgets.QComboBox()
-        self.group_combo.addItems(groups)
-        self.plane_combo = QtWidgets.QComboBox()
-        self.plane_combo.addItems(list(PLANES))
-        self.plane_combo.setCurrentText("coronal")
-        self.info = QtWidgets.QLabel("")
-        self.info.setWordWrap(True)
-        self.info.setTextFormat(_Qt.TextFormat.PlainText)
-        #: the age trend shown (``path``, ``tag``, ``source``, ``n``, ``p_threshold``), or None
-        self.age_trend: dict[str, Any] | None = None
-        top = QtWidgets.QHBoxLayout()
-        top.addWidget(QtWidgets.QLabel("Group"))
-        top.addWidget(self.group_combo)
-        top.addWidget(QtWidgets.QLabel("Plane"))
-        top.addWidget(self.plane_combo)
-        top.addStretch(1)
-        self.grid = QtWidgets.QGridLayout()
-        lay = QtWidgets.QVBoxLayout(self)
-        lay.addLayout(top)
-        lay.addWidget(self.info)
-        lay.addLayout(self.grid, 1)
-        self.group_combo.currentTextChanged.connect(self.load_group)
-        self.plane_combo.currentTextChanged.connect(lambda _p: self._build_views())
-        self.load_group(group if group in groups else groups[0])
-        if group in groups:
-            self.group_combo.setCurrentText(group)
-        if len(self.states) != 3:  # the age trend alone, or beside the three gap views
-            self.resize(600 if len(self.states) == 1 else 1400, 560)
-
-    def load_group(self, group: str) -> None:
-        """Read the template and the maps of ``group`` (all before showing any)."""
-        from bodyage_gui.loading import load_for_viewer
-
-        adir = self.ws.atlas_dir(group)
-        template = load_for_viewer(adir / "template.nii.gz") if (
-            adir / "template.nii.gz").exists() else None
-        maps: dict[str, tuple[str, Volume, dict[str, Any]]] = {}
-        info_parts = []
-        has_gap = group in gap_map_groups(self.ws, self.run)
-        if has_gap:
-            info_parts.append(self._gap_maps(adir, group, maps))
-        trend = age_trend_file(self.ws, group, self.run)
-        self.age_trend = None
-        if trend is not None:
-            info_parts.append(self._age_trend_map(adir, trend, maps))
-        if not has_gap:
-            info_parts.append(text.NO_GAP_MAPS_GROUP.format(run=self.run, group=group))
-        states = {}
-        for title, (name, vol, disp) in maps.items():
-            st = ViewerState()
-            if template is not None:
-                st.add_layer(template, "template", kind="image")
-            st.add_layer(vol, name, kind="overlay", opacity=0.75, **disp)
-            states[title] = st
-        self._disconnect()
-        self.states = states
-        for st in states.values():
-            st.events.cursor_changed.connect(lambda c, src=st: self._sync_cursor(src, c))
-            st.events.convention_changed.connect(lambda c, src=st: self._sync_convention(src, c))
-        title = text.GAP_MAPS_TITLE if has_gap else text.AGE_TREND_MAPS_TITLE
-        self.setWindowTitle(title.format(group=group, run=self.run))
-        self.info.setText(" ".join(info_parts) + (text.LINKED_VIEWS if len(states) > 1 else ""))
-        self._build_views()
-
-    def _gap_maps(self, adir: Path, group: str,
-                  maps: dict[str, tuple[str, Volume, dict[str, Any]]]) -> str:
-        """Add the accelerated, decelerated and difference maps to ``maps``; their caption."""
-        from bodyage_gui.loading import load_for_viewer
-
-        stem = f"population_{self.run}"
-        acc = load_for_viewer(adir / f"{stem}_accelerated_mean.nii.gz")
-        dec = load_for_viewer(adir / f"{stem}_decelerated_mean.nii.gz")
-        diff_path = adir / f"compare_{self.run}_accelerated_vs_decelerated_diff.nii.gz"
-        computed = not diff_path.exists()
-        diff = (Volume(acc.data - dec.data, acc.affine, ("diff",)) if computed
-                else load_for_viewer(diff_path))
-        info = _read_json(adir / f"{stem}.json")
-        subs = info.get("subgroups", {})
-        n_acc = subs.get("accelerated", {}).get("n", "?")
-        n_dec = subs.get("decelerated", {}).get("n", "?")
-        thr = info.get("gap_threshold")
-        q = info.get("gap_quantile")
-        q = 0.25 if thr is None and q is None else q   # the atlas module's default
-        rule = (f"gap beyond ±{thr:g} y" if thr is not None else
-                f"gap: top and bottom {100 * q:g} %")
-        hi = max(_robust_max(acc), _robust_max(dec), 1e-12)
-        dhi = max(_robust_max(diff, absolute=True), 1e-12)
-        maps[f"accelerated (n={n_acc})"] = (
-            "accelerated", acc, {"colormap": "heat", "display_range": (0, hi),
-                                 "threshold": 0.1 * hi})
-        maps[f"decelerated (n={n_dec})"] = (
-            "decelerated", dec, {"colormap": "heat", "display_range": (0, hi),
-                                 "threshold": 0.1 * hi})
-        maps["difference (acc − dec)" + (", computed here" if computed else "")] = (
-            "difference", diff, {"colormap": "bwr", "display_range": (-dhi, dhi),
-                                 "threshold": 0.1 * dhi})
-        return (f"Population Grad-CAM maps of run {self.run}, group {group}, classes "
-                f"by bias-corrected {rule} (as built by `bodyage atlas maps`); the "
-                "accelerated and decelerated maps share one colour range; difference "
-                "diverging (red: more importance in accelerated agers).")
-
-    def _age_trend_map(self, adir: Path, trend: tuple[Path, str, str],
-                       maps: dict[str, tuple[str, Volume, dict[str, Any]]]) -> str:
-        """Add the age trend map to ``maps``; its caption. Diverging, centred on 0; the zeros
-        (voxels that did not pass the p threshold) are shown as NaN, i.e. transparent, rather
-        than hidden by a threshold of about 0 (whose two markers would overlap on the colour
-        bar); the range is the 95th percentile of the kept ``|values|`` (a sparse map whose
-        99.5th percentile would leave most kept voxels near white)."""
-        from bodyage_gui.loading import load_for_viewer
-
-        path, tag, source = trend
-        vol = load_for_viewer(path)
-        data = np.asarray(vol.data, np.float32)
-        vol = Volume(np.where(data == 0, np.float32(np.nan), data), vol.affine, vol.channels,
-                     dict(vol.provenance))
-        entry = _read_json(adir / f"population_{tag}.json").get("subgroups", {}).get(
-            "age_trend", {})
-        n = entry.get("n", "?")
-        p_thr = entry.get("p_threshold")
-        tfce = entry.get("correction") == "tfce"
-        p = ((text.AGE_TREND_P_TFCE if tfce else text.AGE_TREND_P).format(p=p_thr)
-             if isinstance(p_thr, (int, float)) else text.AGE_TREND_UNTHRESHOLDED)
-        top = _robust_max(vol, absolute=True, percentile=95.0)
-        hi = max(top, 1e-12)
-        maps[text.AGE_TREND_VIEW.format(n=n, p=p, source=source)] = (
-            "age_trend", vol, {"colormap": "bwr", "display_range": (-hi, hi),
-                               "threshold": None})
-        self.age_trend = {"path": path, "tag": tag, "source": source, "n": n,
-                          "p_threshold": p_thr}
-        kept = (text.AGE_TREND_KEPT["tfce" if tfce else "none"].format(p=p)
-                if isinstance(p_thr, (int, float)) else p)
-        caption = text.AGE_TREND_INFO.format(source=source, file=path.name, n=n, kept=kept)
-        if top <= 0:
-            caption += text.AGE_TREND_EMPTY.format(p=p)
-        share = entry.get("importance_in_age_mask")
-        if isinstance(share, (int, float)) and np.isfinite(share):
-            caption += text.AGE_TREND_IN_MASK.format(share=share)
-        return caption
-
-    def _build_views(self) -> None:
-        from bodyage_gui.views.qt_colorbar import QtColorBar
-        from bodyage_gui.views.qt_slice_view import QtSliceView
-
-        for w in self.views:
-            for child in w.findChildren(QtSliceView) + w.findChildren(QtColorBar):
-                child.disconnect_state()
-            self.grid.removeWidget(w)
-            w.hide()  # not drawn at the dialog's corner until the deferred delete runs
-            w.deleteLater()
-        self.views = []
-        plane = self.plane_combo.currentText()
-        lines = max((t.count("\n") + 1 for t in self.states), default=1)
-        for col, (title, st) in enumerate(self.states.items()):
-            box = QtWidgets.QWidget()
-            bl = QtWidgets.QGridLayout(box)
-            bl.setContentsMargins(0, 0, 0, 0)
-            bl.setSpacing(2)
-            lab = QtWidgets.QLabel(title)
-            lab.setAlignment(_Qt.AlignmentFlag.AlignCenter)
-            lab.setWordWrap(True)
-            lab.setTextFormat(_Qt.TextFormat.PlainText)  # "p < 0.01" is not a tag
-            # one header height for all: the views stay side by side at one size
-            lab.setFixedHeight(lines * lab.fontMetrics().lineSpacing() + 4)
-            view = QtSliceView(st, plane)
-            view.setMinimumSize(200, 250)
-            bar = QtColorBar(st)
-            bl.addWidget(lab, 0, 0, 1, 2)
-            bl.addWidget(view, 1, 0)
-            bl.addWidget(bar, 1, 1)
-            bl.setColumnStretch(0, 1)
-            self.grid.addWidget(box, 0, col)
-            self.views.append(box)
-
-    def slice_views(self) -> list[QtWidgets.QWidget]:
-        from bodyage_gui.views.qt_slice_view import QtSliceView
-
-        return [w.findChildren(QtSliceView)[0] for w in self.views]
-
-    def _sync_cursor(self, src: ViewerState, cursor) -> None:
-        self._propagate(src, lambda st: st.set_cursor(cursor))
-
-    def _sync_convention(self, src: ViewerState, convention: str) -> None:
-        self._propagate(src, lambda st: st.set_convention(convention))
-
-    def _propagate(self, src: ViewerState, apply) -> None:
-        """Apply a change made in one linked state to the others (without echoing back)."""
-        if self._syncing:
-            return
-        self._syncing = True
-        try:
-            for st in self.states.values():
-                if st is not src:
-                    apply(st)
-        finally:
-            self._syncing = False
-
-    def _disconnect(self) -> None:
-        for st in self.states.values():
-            st.events.cursor_changed.disconnect()
-            st.events.convention_changed.disconnect()
-
-    def closeEvent(self, ev: QtGui.QCloseEvent) -> None:  # noqa: N802
-        from bodyage_gui.views.qt_colorbar import QtColorBar
-        from bodyage_gui.views.qt_slice_view import QtSliceView
-
-        for w in self.views:
-            for child in w.findChildren(QtSliceView) + w.findChildren(QtColorBar):
-                child.disconnect_state()
-        super().closeEvent(ev)
-
-
-def _robust_max(vol: Volume, absolute: bool = False, percentile: float = 99.5) -> float:
-    a = np.asarray(vol.data[0], float)
-    a = np.abs(a) if absolute else a
-    a = a[np.isfinite(a) & (a > 0)]
-    return float(np.percentile(a, percentile)) if a.size else 0.0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}

@@ -61,3 +61,17 @@ RUN_BOX_TIP = ("what predicts: Automatic (the model that fits the scan), a run o
 NO_PREDICTION_YET = "no prediction of {subject} with this model yet — press Predict (Ctrl+P)"
 FINISHED_FOR_OTHER = (" — the viewer shows another subject now: its result is kept for it "
                       "(shown when you go back)")
+
+#: the test of each statistic ``bodyage compare`` runs
+TEST_NAMES = {"t": "Welch t, permutation FWE", "diff": "difference, permutation FWE"}
+DIFF_UNTESTED = ("The difference is not tested: run `bodyage compare accelerated decelerated "
+                 "WORKSPACE --run {run}` for the permutation test; read it as a description, "
+                 "not as an effect.")
+NOTHING_SIGNIFICANT = ("Nothing in the difference is significant: no voxel has p(FWE) <= "
+                       "{alpha:g} (smallest p(FWE) {minp:.3g}). The accelerated and decelerated "
+                       "agers' maps do not differ beyond chance.")
+TREND_STATS = "voxel-wise t, uncorrected: {kept} voxels {p}, min p {minp}"
+TREND_STATS_TFCE = "TFCE permutation test: {kept} voxels {p}, min p(FWE) {minp}"
+TREND_NOTHING = "No voxel of the age trend passes {p}."
+GAP_RULE_MAPS = "the rule the population maps of this run were built with"
+GAP_RULE_OTHER = "the population maps of this run were built with another rule: {rule}"
