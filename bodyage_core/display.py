@@ -59,21 +59,18 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
     return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
 
 
-_LUTS: dict[str, np.ndarray] = {
-    "grey": _interp_lut([(0.0, (0, 0, 0)), (1.0, (1, 1, 1))]),
-    "hot": _interp_lut([(0.0, (0.04, 0, 0)), (0.375, (1, 0, 0)), (0.75, (1, 1, 0)),
-                        (1.0, (1, 1, 1))]),
-    # "heat": red -> yellow, no black start (reads well over a grey image)
-    "heat": _interp_lut([(0.0, (0.6, 0, 0)), (0.5, (1, 0.35, 0)), (1.0, (1, 1, 0.2))]),
-    "bwr": _interp_lut([(0.0, (0.02, 0.19, 0.78)), (0.25, (0.3, 0.55, 1.0)), (0.5, (1, 1, 1)),
-                        (0.75, (1, 0.45, 0.3)), (1.0, (0.75, 0.0, 0.05))]),
-    "viridis": _interp_lut([(0.0, (0.267, 0.005, 0.329)), (0.25, (0.229, 0.322, 0.546)),
-                            (0.5, (0.128, 0.567, 0.551)), (0.75, (0.369, 0.789, 0.383)),
-                            (1.0, (0.993, 0.906, 0.144))]),
-    "labels": _label_lut(),
-}
-_ALIASES = {"gray": "grey", "greyscale": "grey", "grayscale": "grey", "diverging": "bwr",
-            "coolwarm": "bwr", "blue-white-red": "bwr", "label": "labels", "lut": "labels"}
+def _shipped_luts() -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The colour maps of ``resources/colormaps.json`` (and the built-in label LUT)."""
+    from bodyage_core.resources import load_json
+
+    spec = load_json("colormaps.json")
+    luts = {name: _interp_lut([(float(p), tuple(rgb)) for p, rgb in stops])
+            for name, stops in spec["maps"].items()}
+    luts["labels"] = _label_lut()
+    return luts, dict(spec.get("aliases", {}))
+
+
+_LUTS, _ALIASES = _shipped_luts()
 
 
 def canonical_name(cmap: str) -> str:

@@ -43,3 +43,14 @@ def model_dirs() -> list[Path]:
 
 def icon_path() -> Path:
     return path("icons", "bodyage.png")
+
+
+def load_json(*parts: str):
+    """A JSON resource, e.g. ``load_json("presets", "windows.json")``."""
+    import json
+
+    return json.loads(path(*parts).read_text())
+
+
+def desktop_entry_path() -> Path:
+    return path("bodyage.desktop")

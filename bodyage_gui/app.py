@@ -29,6 +29,13 @@ def application(argv: list[str] | None = None):
         app = QtWidgets.QApplication(argv or [strings.APP_NAME])
         app.setOrganizationName(strings.ORG_NAME)
         app.setApplicationName("viewer")
+    if app.windowIcon().isNull():
+        from PySide6 import QtGui
+
+        from bodyage_core.resources import icon_path
+
+        if icon_path().is_file():
+            app.setWindowIcon(QtGui.QIcon(str(icon_path())))
     from bodyage_gui._pyside_fixes import collect_garbage_in_gui_thread
 
     collect_garbage_in_gui_thread()

@@ -276,3 +276,22 @@ def test_shipped_model_flags_a_fat_water_swap(tmp_path):
     assert clean.qc_score < 1.5 and "unlike_training" not in {f["flag"] for f in clean.qc}
     assert swapped.qc_score > 3 and swapped.qc_percentile == 1.0
     assert "unlike_training" in {f["flag"] for f in swapped.qc}
+
+
+def test_resources_are_found_through_one_module(qapp):
+    """The shipped resources (models, atlases, presets, colour maps, icon, desktop entry) are
+    package data found through bodyage_core.resources; the viewer reads its presets and colour
+    maps from there and shows the icon."""
+    from bodyage_core import display, resources
+    from bodyage_core.atlas.shipped import shipped_atlases
+    from bodyage_core.viewer import windowing
+
+    assert (resources.shipped_models_dir() / "brain-t1-ixi" / "model.json").is_file()
+    assert shipped_atlases()["wholebody-synthetic"] == ["F", "M"]
+    assert windowing.CT_PRESETS["soft tissue"] == (400.0, 40.0)
+    assert display.canonical_name("gray") == "grey"
+    assert display.lut("heat").shape == (256, 4)
+    assert "Exec=bodyage gui" in resources.desktop_entry_path().read_text()
+    from bodyage_gui.app import application
+
+    assert not application().windowIcon().isNull()

@@ -22,14 +22,15 @@ import numpy as np
 from bodyage_core import display
 from bodyage_core.volume import Volume
 
-#: name -> (width, level) in Hounsfield units
-CT_PRESETS: dict[str, tuple[float, float]] = {
-    "brain": (80.0, 40.0),
-    "soft tissue": (400.0, 40.0),
-    "lung": (1500.0, -600.0),
-    "bone": (1800.0, 400.0),
-}
-CT_DEFAULT = "soft tissue"
+def _ct_presets() -> tuple[dict[str, tuple[float, float]], str]:
+    from bodyage_core.resources import load_json
+
+    ct = load_json("presets", "windows.json")["ct"]
+    return {k: (float(w), float(lv)) for k, (w, lv) in ct["presets"].items()}, ct["default"]
+
+
+#: name -> (width, level) in Hounsfield units (``resources/presets/windows.json``)
+CT_PRESETS, CT_DEFAULT = _ct_presets()
 AUTO = "auto (1-99.5 %)"
 FULL = "full range"
 
