@@ -22,6 +22,7 @@ import numpy as np
 from bodyage_core import display
 from bodyage_core.volume import Volume
 
+
 def _ct_presets() -> tuple[dict[str, tuple[float, float]], str]:
     from bodyage_core.resources import load_json
 
