@@ -42,23 +42,44 @@ def application(argv: list[str] | None = None):
     return app
 
 
+def open_window(state: ViewerState | None = None, workspace: str | Path | None = None,
+                dicom_folder: str | Path | None = None, size: tuple[int, int] = (1400, 900),
+                interactive: bool = True, settings: Any = None, wait: bool = False):
+    """The main window for what the command line gave: ``state`` (its files go to File >
+    Recent files, as if opened from the menu), a workspace, or a DICOM folder of several
+    series (the series browser opens on it)."""
+    application()
+    from bodyage_gui.actions.recent import FILES
+    from bodyage_gui.qt_main_window import QtMainWindow
+
+    win = QtMainWindow(state, show_dialogs=interactive, restore_settings=interactive,
+                       settings=settings)
+    win.resize(*size)
+    for lay in win.state.layers:
+        if lay.path:
+            win.recent.add(FILES, lay.path)
+    base = win.state.base_layer
+    if base is not None and base.path:
+        win.setWindowTitle(f"{win.windowTitle()} — {Path(base.path).name}")
+    if workspace is not None:
+        win.open_workspace(workspace, wait=wait)
+    if dicom_folder is not None:
+        win.open_dicom_browser(dicom_folder)
+    return win
+
+
 def run_viewer(state: ViewerState | None = None, workspace: str | Path | None = None,
                session: str | Path | None = None, screenshot: str | Path | None = None,
                size: tuple[int, int] = (1400, 900), whole_window: bool = False,
-               exec_loop: bool = True) -> int:
-    """Show the viewer for ``state`` (and/or a workspace or a session file).
+               exec_loop: bool = True, dicom_folder: str | Path | None = None) -> int:
+    """Show the viewer for ``state`` (and/or a workspace, a session file, a DICOM folder).
 
     With ``screenshot`` the window is rendered (offscreen or under xvfb), saved as PNG and the
     function returns without entering the event loop. Returns an exit code.
     """
     app = application()
-    from bodyage_gui.qt_main_window import QtMainWindow
-
-    win = QtMainWindow(state, show_dialogs=screenshot is None,
-                       restore_settings=screenshot is None)
-    win.resize(*size)
-    if workspace is not None:
-        win.open_workspace(workspace, wait=screenshot is not None)
+    win = open_window(state, workspace, dicom_folder, size, interactive=screenshot is None,
+                      wait=screenshot is not None)
     session_ok = win.restore_session(session) if session is not None else True
     win.show()
     if screenshot is not None:

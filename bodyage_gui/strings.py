@@ -8,7 +8,8 @@ ORG_NAME = "bodyage"
 NO_IMAGE = "Open an image (File > Open) or a workspace"
 VTK_UNAVAILABLE = ("3D view unavailable here: {reason}.\n"
                    "The 2D views work; run under a display (or xvfb-run) for the 3D view.")
-VTK_DOWNSAMPLED = "3D view downsampled x{factor} ({shape} voxels); the 2D views are full resolution"
+VTK_DOWNSAMPLED = ("3D view downsampled (every {factor} voxels along x, y, z: {shape}); the 2D "
+                   "views are full resolution")
 OPEN_FILTER = ("Images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.zip);;"
                "NIfTI (*.nii *.nii.gz);;All files (*)")
 SESSION_FILTER = "bodyage session (*.json)"

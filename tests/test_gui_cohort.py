@@ -103,7 +103,8 @@ def test_subgroup_mae_table(window):
                           [r["sex"] for r in rows], [r["bmi_group"] for r in rows],
                           [r["corrected"] for r in rows])
     t = panel.mae_table
-    head = [t.horizontalHeaderItem(j).text() for j in range(t.columnCount())]
+    head = [t.horizontalHeaderItem(j).text().replace("\n", " ")
+            for j in range(t.columnCount())]
     assert head[:6] == ["sex", "BMI group", "n", "MAE raw", "MAE corrected", "MAE mean baseline"]
     got = {(t.item(i, 0).text(), t.item(i, 1).text()): i for i in range(t.rowCount())}
     assert len(got) == len(want)

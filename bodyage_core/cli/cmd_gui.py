@@ -41,6 +41,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def several_series(folder: Path) -> bool:
+    """``folder`` holds more than one DICOM series (the viewer then lets you pick one)."""
+    from bodyage_core.errors import BodyageError
+    from bodyage_core.viewer.dicom_series import scan_folder
+
+    try:
+        return len(scan_folder(folder, max_files=4000)) > 1
+    except (OSError, BodyageError):
+        return False
+
+
+def dicom_folder_of(args) -> Path | None:
+    """The single input when it is a DICOM folder of several series: the viewer opens its
+    series browser on it (instead of refusing it with a hint for another command)."""
+    inputs = [Path(p) for p in args.inputs]
+    if len(inputs) == 1 and not args.overlay and inputs[0].is_dir() and \
+            not (inputs[0] / "cohort.sqlite").exists() and several_series(inputs[0]):
+        return inputs[0]
+    return None
+
+
 def state_from_args(args) -> tuple[ViewerState, Path | None]:
     """Build the ViewerState the command line describes; returns it and the workspace (if the
     single input is a workspace folder)."""
@@ -72,8 +93,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def run(args) -> int:
     size = _size(args.size)
-    state, workspace = state_from_args(args)
+    dicom = dicom_folder_of(args)
+    if dicom is not None:
+        state, workspace = ViewerState(convention=args.convention, layout=args.layout), None
+    else:
+        state, workspace = state_from_args(args)
     app = importlib.import_module("bodyage_gui.app")
     return app.run_viewer(state, workspace=workspace, session=args.session,
                           screenshot=args.screenshot, size=size,
-                          whole_window=args.whole_window)
+                          whole_window=args.whole_window, dicom_folder=dicom)

@@ -86,6 +86,11 @@ class AnalysisTools:
                 h = max(self.window.height(), 600)
                 self.window.resizeDocks([dock, pred], [int(h * 0.75), int(h * 0.1)],
                                         _Qt.Orientation.Vertical)
+                # wide enough for the tables' columns (they were cut off at the default
+                # size), within what leaves the views half the window
+                need = self.cohort_panel.needed_width()
+                self.window.resizeDocks([dock], [min(need, self.window.width() // 2)],
+                                        _Qt.Orientation.Horizontal)
         self.cohort_panel.refresh_runs()
 
     def shutdown(self, wait_ms: int = 30000) -> None:

@@ -232,8 +232,9 @@ class QtCohortPanel(QtWidgets.QWidget):
         split = QtWidgets.QSplitter(_Qt.Orientation.Vertical)
         split.addWidget(self.plot)
         split.addWidget(self.tabs)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        self.split = split
         lay = QtWidgets.QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.count_label)
@@ -245,6 +246,12 @@ class QtCohortPanel(QtWidgets.QWidget):
         if sig is not None:
             sig.connect(lambda _ws: self.refresh_runs())
         self.refresh_runs()
+
+    def needed_width(self) -> int:
+        """Pixels that show every column of the subgroup table without scrolling."""
+        t = self.mae_table
+        cols = sum(t.columnWidth(c) for c in range(t.columnCount()))
+        return cols + t.verticalScrollBar().sizeHint().width() + 2 * t.frameWidth() + 40
 
     # -- data ----------------------------------------------------------------------------------------
     @property
@@ -429,9 +436,11 @@ class QtCohortPanel(QtWidgets.QWidget):
     # -- tables ----------------------------------------------------------------------------------------
     def _fill_mae(self) -> None:
         table = subgroup_rows(self.rows)
-        cols = [("sex", "sex"), ("bmi_group", "BMI group"), ("n", "n"),
-                ("mae_raw", "MAE raw"), ("mae_corrected", "MAE corrected"),
-                ("mae_baseline", "MAE mean baseline"), ("mean_age", "mean age")]
+        # two-line headers: the columns fit a right-hand dock (one-line headers made the
+        # table wider than the dock at the default window size)
+        cols = [("sex", "sex"), ("bmi_group", "BMI\ngroup"), ("n", "n"),
+                ("mae_raw", "MAE\nraw"), ("mae_corrected", "MAE\ncorrected"),
+                ("mae_baseline", "MAE mean\nbaseline"), ("mean_age", "mean\nage")]
         _fill_table(self.mae_table, table, cols)
 
     def _fill_regions(self) -> None:

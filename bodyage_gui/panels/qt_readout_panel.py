@@ -20,8 +20,11 @@ class QtReadoutPanel(QtWidgets.QLabel):
         self.setTextInteractionFlags(self.textInteractionFlags()
                                      | QtGui.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.setMargin(4)
-        self.setWordWrap(False)
-        # a long line is clipped rather than widening the dock (and squeezing the views)
+        # a long line wraps (at its spaces) rather than being clipped by a narrow dock or
+        # widening it (and squeezing the views); the label's minimum height follows, so the
+        # dock never cuts lines off at the bottom either
+        self.setWordWrap(True)
+        self.setAlignment(QtGui.Qt.AlignmentFlag.AlignLeft | QtGui.Qt.AlignmentFlag.AlignTop)
         self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
                            QtWidgets.QSizePolicy.Policy.Preferred)
         self.setMinimumWidth(160)
@@ -39,17 +42,30 @@ class QtReadoutPanel(QtWidgets.QLabel):
         for e in self._events:
             e.disconnect(self.refresh)
 
-    def needed_height(self) -> int:
-        """Pixels that show every line of the readout without clipping."""
+    def needed_height(self, width: int | None = None) -> int:
+        """Pixels that show all of the readout at ``width`` (default: the label's own) without
+        clipping: its lines, wrapped."""
+        w = width if width is not None else max(self.width(), self.minimumWidth())
         lines = max(3, self.text().count("\n") + 1)
-        return lines * self.fontMetrics().lineSpacing() + 2 * self.margin() + 8
+        by_lines = lines * self.fontMetrics().lineSpacing() + 2 * self.margin()
+        return max(by_lines, self.heightForWidth(w)) + 4
+
+    def _fit(self) -> None:
+        need = self.needed_height()
+        if need != self.minimumHeight():
+            self.setMinimumHeight(need)
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        if ev.size().width() != ev.oldSize().width():
+            self._fit()
 
     def refresh(self, *_):
         text = self.state.readout_text()
-        lines = text.count("\n")
-        self.setText(text)
-        if lines != getattr(self, "_lines", None):
-            self._lines = lines
-            # every line shown: the dock may not squeeze the readout below its text
-            self.setMinimumHeight(self.needed_height())
-        self.setToolTip(text)  # the whole readout where a narrow dock clips a line
+        if text != self.text():
+            self.setText(text)
+            shape = tuple(len(line) for line in text.split("\n"))
+            if shape != getattr(self, "_shape", None):   # what the wrapping depends on
+                self._shape = shape
+                self._fit()
+        self.setToolTip(text)  # the whole readout, also in the tooltip

@@ -13,6 +13,9 @@ from bodyage_gui import strings
 
 _Qt = QtCore.Qt
 _KEYS = ("subject_id", "sex", "bmi_group", "age", "predicted", "sigma", "gap")
+#: filter words that name a sex or a BMI group: they match that cell exactly ("m" is men,
+#: not every id with an m in it)
+_CATEGORIES = {"m", "f", "healthy", "overweight", "obese"}
 
 
 class SubjectTableModel(QtCore.QAbstractTableModel):
@@ -72,6 +75,33 @@ class SubjectTableModel(QtCore.QAbstractTableModel):
 
 
 class _SortProxy(QtCore.QSortFilterProxyModel):
+    """Sorted by value (empty last); filtered by words: a row is kept when every word of the
+    filter matches one of its cells ("M obese": men of the obese group; a sex or BMI group
+    word matches that cell exactly, any other word a part of any cell)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.words: list[str] = []
+
+    def set_words(self, text: str) -> None:
+        if hasattr(self, "beginFilterChange"):     # Qt >= 6.9 (invalidateFilter deprecated)
+            self.beginFilterChange()
+            self.words = [w.lower() for w in text.split()]
+            self.endFilterChange(QtCore.QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.words = [w.lower() for w in text.split()]
+            self.invalidateFilter()
+
+    def filterAcceptsRow(self, row, parent):  # noqa: N802
+        if not self.words:
+            return True
+        model = self.sourceModel()
+        cells = [str(model.index(row, c, parent).data() or "").lower()
+                 for c in range(model.columnCount())]
+        exact = {cells[1], cells[2]}            # sex, BMI group: whole words
+        return all(w in exact if w in _CATEGORIES else any(w in c for c in cells)
+                   for w in self.words)
+
     def lessThan(self, left, right):  # noqa: N802
         a = left.data(_Qt.ItemDataRole.UserRole)
         b = right.data(_Qt.ItemDataRole.UserRole)
@@ -93,10 +123,8 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self.model = SubjectTableModel()
         self.proxy = _SortProxy(self)
         self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterKeyColumn(-1)
-        self.proxy.setFilterCaseSensitivity(_Qt.CaseSensitivity.CaseInsensitive)
         self.filter_edit = QtWidgets.QLineEdit()
-        self.filter_edit.setPlaceholderText("filter (id, sex, BMI group ...)")
+        self.filter_edit.setPlaceholderText("filter: words, all must match (M obese, 0004 ...)")
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(self._filter)
         self.table = QtWidgets.QTableView()
@@ -109,7 +137,9 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self.table.verticalHeader().setVisible(False)
         # compact rows (fixed height: cheap for a cohort of thousands)
         self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        # columns as wide as their contents (a stretched last column kept a width of 100 px
+        # that pushed sigma and gap under a horizontal scroll bar at the default size)
+        self.table.horizontalHeader().setStretchLastSection(False)
         self.table.horizontalHeader().setMinimumSectionSize(24)  # empty columns stay narrow
         self.table.doubleClicked.connect(self._activated)
         self.table.activated.connect(self._activated)
@@ -127,7 +157,7 @@ class QtSubjectBrowser(QtWidgets.QWidget):
         self._update_count()
 
     def _filter(self, text: str) -> None:
-        self.proxy.setFilterFixedString(text)
+        self.proxy.set_words(text)
         self._update_count()
 
     def _update_count(self) -> None:

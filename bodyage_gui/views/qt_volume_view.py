@@ -24,7 +24,16 @@ MAX_3D_VOXELS_PER_AXIS = 128
 
 
 def downsample_factor(shape: tuple[int, ...], limit: int = MAX_3D_VOXELS_PER_AXIS) -> int:
-    return max(1, int(math.ceil(max(shape) / limit)))
+    """The largest per-axis step of :func:`downsample_factors`."""
+    return max(downsample_factors(shape, limit))
+
+
+def downsample_factors(shape: tuple[int, ...], limit: int = MAX_3D_VOXELS_PER_AXIS
+                       ) -> tuple[int, ...]:
+    """Step per axis (numpy order) that keeps each axis at most ``limit`` voxels: only the
+    axes that exceed it are thinned (a 512 x 512 x 20 CT slab keeps its 20 slices; one step
+    for all axes made them 5)."""
+    return tuple(max(1, int(math.ceil(n / limit))) for n in shape)
 
 
 def body_mask_level(data: np.ndarray) -> float:
@@ -50,6 +59,7 @@ class QtVolumeView(QtWidgets.QWidget):
         self.available = self.reason is None
         self.note = ""
         self.factor = 1
+        self.factors = (1, 1, 1)
         self._dirty: set[str] = {"surface", "volume", "cursor"}
         self._importance: Layer | None = None
         self._base_id: int | None = None
@@ -58,7 +68,11 @@ class QtVolumeView(QtWidgets.QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         self.note_label = QtWidgets.QLabel("")
-        self.note_label.setWordWrap(True)
+        # one line, never wrapped: a word-wrapped label gives the view a height-for-width
+        # that made its row of the grid taller than the other (rows unequal at 1280 x 720)
+        self.note_label.setWordWrap(False)
+        self.note_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                      QtWidgets.QSizePolicy.Policy.Fixed)
         self.note_label.setStyleSheet("color: #cccccc; background: black; font-size: 11px;")
         if not self.available:
             self.placeholder = QtWidgets.QLabel(strings.VTK_UNAVAILABLE.format(reason=self.reason))
@@ -99,6 +113,9 @@ class QtVolumeView(QtWidgets.QWidget):
         self.interactor = rw.GetInteractor()
         self.interactor.SetInteractorStyle(vtkInteractorStyleTrackballCamera())
         self.interactor.AddObserver("LeftButtonPressEvent", self._on_vtk_click, 1.0)
+        #: the user turned or zoomed the camera (a resize then keeps it; else it refits)
+        self.user_camera = False
+        self.interactor.AddObserver("StartInteractionEvent", self._on_interaction)
         self.surface_actor = None
         self.volume_actor = None
         self.sphere = vtkSphereSource()
@@ -234,16 +251,19 @@ class QtVolumeView(QtWidgets.QWidget):
             self._bounds = None
             return
         vol = base.volume
-        f = downsample_factor(vol.shape)
-        self.factor = f
+        fz, fy, fx = self.factors = downsample_factors(vol.shape)
+        f = self.factor = max(self.factors)
         # body mask from all channels (water + fat: subcutaneous fat is dark in water alone)
-        small = np.ascontiguousarray(vol.data[:, ::f, ::f, ::f].sum(axis=0, dtype=np.float32))
+        small = np.ascontiguousarray(vol.data[:, ::fz, ::fy, ::fx].sum(axis=0,
+                                                                         dtype=np.float32))
         affine = vol.affine.copy()
-        affine[:3, :3] = affine[:3, :3] * f
+        affine[:3, :3] = affine[:3, :3] * np.array([fx, fy, fz], float)   # columns: x, y, z
         self._small_affine = affine
+        steps = " x ".join(str(v) for v in (fx, fy, fz))
         self.note = strings.VTK_DOWNSAMPLED.format(
-            factor=f, shape="x".join(str(n) for n in small.shape[::-1])) if f > 1 else ""
+            factor=steps, shape="x".join(str(n) for n in small.shape[::-1])) if f > 1 else ""
         self.note_label.setText(self.note)
+        self.note_label.setToolTip(self.note)
         body = small > body_mask_level(small)
         for k in range(body.shape[0]):  # lungs and bowel gas are inside the body: fill them
             body[k] = binary_fill_holes(body[k])
@@ -271,6 +291,7 @@ class QtVolumeView(QtWidgets.QWidget):
         hi = vol.voxel_to_world(np.array(vol.shape) - 1)
         self._bounds = (np.minimum(lo, hi), np.maximum(lo, hi))
         self.sphere.SetRadius(max(2.0, float(np.max(self._bounds[1] - self._bounds[0])) / 80))
+        self.user_camera = False
         self._reset_camera()
 
     def _build_volume(self) -> None:
@@ -289,9 +310,9 @@ class QtVolumeView(QtWidgets.QWidget):
         if imp is None or base is None:
             return
         vol = base.volume
-        f = self.factor
-        if imp.resampled or f > 1:
-            zz, yy, xx = np.meshgrid(*[np.arange(0, n, f) for n in vol.shape], indexing="ij")
+        if imp.resampled or self.factor > 1:
+            zz, yy, xx = np.meshgrid(*[np.arange(0, n, f) for n, f in
+                                       zip(vol.shape, self.factors)], indexing="ij")
             world = vol.voxel_to_world(np.stack([zz, yy, xx], axis=-1).astype(float))
             values = sample_nearest(imp.volume, imp.channel, world)
         else:
@@ -325,25 +346,66 @@ class QtVolumeView(QtWidgets.QWidget):
         self.n_transfer_updates += 1
 
     def _reset_camera(self) -> None:
+        """Look at the subject's front (from anterior, a little from the right and above),
+        head up, at a distance where the whole box of the volume is in view: every corner
+        inside the view angle with a margin (a thin slab sat half outside when the bounding
+        sphere was zoomed into)."""
         cam = self.renderer.GetActiveCamera()
         lo, hi = self._bounds
         c = (lo + hi) / 2
+        ext = np.maximum(hi - lo, 1e-6)
+        direction = np.array([-0.35, 1.0, 0.15])
+        direction /= np.linalg.norm(direction)
         cam.SetFocalPoint(*c)
-        # look at the subject's front (from anterior), head up; slightly from the right
-        d = float(np.max(hi - lo)) * 2.2
-        cam.SetPosition(c[0] - 0.35 * d, c[1] + d, c[2] + 0.15 * d)
         cam.SetViewUp(0, 0, 1)
-        self.renderer.ResetCameraClippingRange()
-        self.renderer.ResetCamera()
-        # ResetCamera fits the bounding sphere; zoom in, but never so far that the body's
-        # height (or width, in a narrow view) leaves the view (head and knees were cut off)
-        ext = hi - lo
-        r = float(np.linalg.norm(ext)) / 2
+        cam.SetPosition(*(c + direction * float(np.max(ext)) * 3))
+        cam.OrthogonalizeViewUp()
         w, h = self.vtk_widget.GetRenderWindow().GetSize()
         aspect = w / h if w > 0 and h > 0 else 1.0
-        fit = min(2 * r / max(float(ext[2]), 1e-6),
-                  2 * r * aspect / max(float(ext[0]), float(ext[1]), 1e-6))
-        cam.Zoom(max(min(1.25, 0.85 * fit), 0.5))
+        half_v = math.radians(cam.GetViewAngle()) / 2
+        half_h = math.atan(math.tan(half_v) * aspect)
+        up = np.array(cam.GetViewUp())
+        right = np.cross(-direction, up)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                            for z in (lo[2], hi[2])]) - c
+        margin = 1.08
+        dist = 0.0
+        for p in corners:
+            depth = float(p @ direction)          # towards the camera
+            dist = max(dist, depth + margin * abs(float(p @ up)) / math.tan(half_v),
+                       depth + margin * abs(float(p @ right)) / math.tan(half_h))
+        cam.SetPosition(*(c + direction * dist))
+        self.renderer.ResetCameraClippingRange()
+
+    def _on_interaction(self, *_):
+        self.user_camera = True
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        if self.available and self._bounds is not None and not self.user_camera:
+            QtCore.QTimer.singleShot(0, self._refit)
+
+    def _refit(self) -> None:
+        if self._bounds is not None and not self.user_camera:
+            self._reset_camera()
+            self.vtk_widget.GetRenderWindow().Render()
+
+    def corners_in_view(self) -> bool:
+        """Every corner of the volume's box projects inside the render window (tests)."""
+        if self._bounds is None:
+            return True
+        lo, hi = self._bounds
+        w, h = self.vtk_widget.GetRenderWindow().GetSize()
+        ren = self.renderer
+        for x in (lo[0], hi[0]):
+            for y in (lo[1], hi[1]):
+                for z in (lo[2], hi[2]):
+                    ren.SetWorldPoint(x, y, z, 1.0)
+                    ren.WorldToDisplay()
+                    dx, dy, _ = ren.GetDisplayPoint()
+                    if not (0 <= dx <= w and 0 <= dy <= h):
+                        return False
+        return True
 
     def _update_cursor(self) -> None:
         if self._bounds is None:

@@ -75,3 +75,7 @@ TREND_STATS_TFCE = "TFCE permutation test: {kept} voxels {p}, min p(FWE) {minp}"
 TREND_NOTHING = "No voxel of the age trend passes {p}."
 GAP_RULE_MAPS = "the rule the population maps of this run were built with"
 GAP_RULE_OTHER = "the population maps of this run were built with another rule: {rule}"
+WIZARD_PARTIAL_EXISTS = ("an interrupted run {run!r} exists — tick Resume to continue it, or "
+                         "Overwrite to start again")
+WIZARD_CANCELLED = ("cancelled — the partial run stays in {partial}; Resume continues it (or "
+                    "`bodyage train {workspace} --run {run} --resume`)")
