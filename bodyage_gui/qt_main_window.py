@@ -412,6 +412,15 @@ class QtMainWindow(QtWidgets.QMainWindow):
         if text:
             self.statusBar().showMessage(text)
 
+    def dragEnterEvent(self, ev):  # noqa: N802
+        self.drop.enter(ev)
+
+    def dragMoveEvent(self, ev):  # noqa: N802
+        self.drop.enter(ev)
+
+    def dropEvent(self, ev):  # noqa: N802
+        self.drop.event(ev)
+
     def closeEvent(self, ev):  # noqa: N802
         self.save_settings()
         self.navigator.shutdown()

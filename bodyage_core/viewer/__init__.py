@@ -17,6 +17,12 @@ viewer model:
 ``session``         the session file (:meth:`ViewerState.to_dict` / ``restore``), its schema
 ``windowing``       default window (CT soft tissue), presets, window/level, histogram
 ``files``           opening a map file on top (command line and File > Add overlay)
+``lightbox``        the lightbox (mosaic) of one plane and the display interpolation
+``measure``         rulers (mm) and box / ellipse regions with every layer's statistics
+``compose``         one slice of all visible layers composited (views and lightbox tiles)
+``scan``            the scan shown, as a model's input (what Predict hands to a model)
+``dicom_series``    the patients, studies and series of a DICOM folder (the series browser)
+``linked``          two viewers side by side: one cursor in world mm or through atlas space
 ``state``           :class:`ViewerState`, assembled from the parts above
 ==================  ===========================================================================
 

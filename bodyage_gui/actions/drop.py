@@ -32,30 +32,32 @@ def looks_like_map(path: Path) -> bool:
 
 
 class FileDrop(QtCore.QObject):
-    """Accepts drops on the window (an event filter, so the views need not know)."""
+    """Drops on the window: its drag and drop handlers call :meth:`enter` and :meth:`event`
+    (the views do not accept drops, so Qt hands a drop on them to the window)."""
 
     def __init__(self, window: Any):
         super().__init__(window)
         self.window = window
         window.setAcceptDrops(True)
-        window.installEventFilter(self)
         #: what the last drop did (``'workspace'``, ``'dicom'``, ``'open'``, ``'overlay'``)
         self.last_action: str | None = None
 
-    def eventFilter(self, obj, ev) -> bool:  # noqa: N802
-        t = ev.type()
-        if t in (QtCore.QEvent.Type.DragEnter, QtCore.QEvent.Type.DragMove):
-            if dropped_paths(ev.mimeData()):
-                ev.acceptProposedAction()
-                return True
-        elif t == QtCore.QEvent.Type.Drop:
-            paths = dropped_paths(ev.mimeData())
-            if paths:
-                ctrl = bool(ev.modifiers() & QtCore.Qt.KeyboardModifier.ControlModifier)
-                ev.acceptProposedAction()
-                self.drop(paths, add=ctrl)
-                return True
-        return False
+    def enter(self, ev) -> None:
+        """Drag enter / move: accepted when it carries local files or folders."""
+        if dropped_paths(ev.mimeData()):
+            ev.acceptProposedAction()
+        else:
+            ev.ignore()
+
+    def event(self, ev) -> bool:
+        """The drop itself."""
+        paths = dropped_paths(ev.mimeData())
+        if not paths:
+            ev.ignore()
+            return False
+        ctrl = bool(ev.modifiers() & QtCore.Qt.KeyboardModifier.ControlModifier)
+        ev.acceptProposedAction()
+        return self.drop(paths, add=ctrl)
 
     def drop(self, paths: list[Path], add: bool = False) -> bool:
         """Open dropped ``paths`` (see the module docstring); ``add``: on top of the image."""

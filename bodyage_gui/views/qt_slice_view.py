@@ -123,6 +123,14 @@ class _SliceViewBox(pg.ViewBox):
                 "drag", qt_button(ev.button()), qt_modifiers(ev.modifiers()))
             if self._drag_action == "set_cursor" and self._owner.tool is not None:
                 self._drag_action = "tool"       # a ruler or region is being drawn
+                # it starts where the button went down, not where the drag was noticed
+                p0 = self.mapToView(ev.buttonDownPos())
+                self._owner.run_drag("tool", (p0.x(), p0.y()), (0.0, 0.0), (0.0, 0.0),
+                                     True, False)
+                p = self.mapToView(ev.pos())
+                self._owner.run_drag("tool", (p.x(), p.y()), (0.0, 0.0), (0.0, 0.0), False,
+                                     ev.isFinish())
+                return
         p = self.mapToView(ev.pos())
         delta_px = ev.pos() - ev.lastPos()
         total_px = ev.pos() - ev.buttonDownPos()
@@ -189,6 +197,9 @@ class _GraphicsView(pg.GraphicsView):
         super().__init__(background="k")
         self._owner = owner
         self.setFocusPolicy(_Qt.FocusPolicy.StrongFocus)
+        # files dropped on a view go to the window (which opens them), not to the scene
+        self.setAcceptDrops(False)
+        self.viewport().setAcceptDrops(False)
 
     def keyPressEvent(self, ev):  # noqa: N802
         if not self._owner.key(ev):
