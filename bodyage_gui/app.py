@@ -55,7 +55,7 @@ def open_window(state: ViewerState | None = None, workspace: str | Path | None =
     win = QtMainWindow(state, show_dialogs=interactive, restore_settings=interactive,
                        settings=settings)
     win.resize(*size)
-    for lay in win.state.layers:
+    for lay in win.state.layers if interactive else ():   # not a screenshot's files
         if lay.path:
             win.recent.add(FILES, lay.path)
     base = win.state.base_layer
@@ -98,7 +98,28 @@ def run_viewer(state: ViewerState | None = None, workspace: str | Path | None = 
         return 0 if ok else 2
     if win.last_error and not exec_loop:
         return 2
-    return int(app.exec()) if exec_loop else 0
+    if not exec_loop:
+        return 0
+    _quit_on_signals(app, win)
+    return int(app.exec())
+
+
+def _quit_on_signals(app, win) -> None:
+    """Ctrl+C in the terminal or a SIGTERM closes the window (the analysis threads stop
+    first, the close guard waits for them) instead of being ignored while Qt's event loop
+    runs: Python runs signal handlers only between bytecodes, so a timer wakes it."""
+    import signal
+    import threading
+
+    from PySide6 import QtCore
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: QtCore.QTimer.singleShot(0, win.close))
+    timer = QtCore.QTimer(win)
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
 
 
 def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - convenience

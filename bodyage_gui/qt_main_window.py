@@ -158,6 +158,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
         for e, fn in self._subs:
             e.connect(fn)
         self._layout_changed(self.state.layout)
+        #: geometry and docks are remembered only for a window that restored them (a
+        #: screenshot or test window must not overwrite the user's layout when it closes)
+        self.persist_settings = restore_settings
         if restore_settings:
             self._restore_settings()
         self.statusBar().showMessage(strings.NO_IMAGE if self.state.base_layer is None else "")
@@ -422,7 +425,8 @@ class QtMainWindow(QtWidgets.QMainWindow):
         self.drop.event(ev)
 
     def closeEvent(self, ev):  # noqa: N802
-        self.save_settings()
+        if self.persist_settings:
+            self.save_settings()
         self.navigator.shutdown()
         self._io_pool.shutdown(wait=False, cancel_futures=True)
         if isinstance(self.volume_view, QtVolumeView):

@@ -63,7 +63,9 @@ def test_plain_scan_is_predicted_by_the_model_that_fits(qtbot, window, models):
     assert f"{MODEL} 1.0.0: its envelope fits" in panel.auto_reason
     qtbot.waitUntil(lambda: not panel.is_running(), timeout=10000)
     vals = panel.values_text()
-    assert vals["subject"] == "water" and vals["run"].startswith(f"{MODEL} 1.0.0")
+    # named after the subject's folder (water.nii.gz + fat.nii.gz: one Dixon scan)
+    assert vals["subject"] == water.parent.name and vals["run"].startswith(f"{MODEL} 1.0.0")
+    assert win.state.base_layer.volume.channels == ("water", "fat")   # one image, 2 channels
     assert f"{r.corrected:.1f} ± {r.sigma:.1f} y (1 SD)" in vals["corrected"]
     assert vals["qc"] == "no flags"
     cam = win.state.layer(f"gradcam_{MODEL}")

@@ -171,7 +171,7 @@ def test_recent_files_after_opening_from_the_command_line(qtbot, settings, tmp_p
     state = ViewerState()
     state.add_layer(Volume(np.ones((1, 8, 8, 8), np.float32), np.eye(4), ("image",)),
                     path=img, kind="image")
-    win = open_window(state, settings=settings, interactive=False)
+    win = open_window(state, settings=settings)         # as `bodyage gui scan.nii.gz`
     qtbot.addWidget(win)
     # was greyed out: files given on the command line were not remembered
     assert win.recent_files_menu.isEnabled()

@@ -75,11 +75,18 @@ def state_from_args(args) -> tuple[ViewerState, Path | None]:
         inputs = []
     if args.overlay and not inputs and workspace is None:
         raise ConfigError("--overlay needs an image to lie on", hint="give the image file first")
-    for i, path in enumerate(inputs + [Path(p) for p in args.overlay]):
-        if i == 0:
-            state.add_layer(load_volume(path), path=path, kind="image")
-        else:  # the same rule as File > Add overlay
-            add_map(state, read_map(path), path, args.threshold, args.colormap)
+    from bodyage_core.viewer.scan import is_contrast_file, merge_contrasts
+
+    # the first file is the image, with the other contrasts of its scan as its channels (a
+    # water + fat pair is one Dixon image); the rest are maps on top, as File > Add overlay
+    if inputs:
+        scan = [inputs[0]] + [p for p in inputs[1:] if is_contrast_file(p)]
+        merged = merge_contrasts([(p, load_volume(p)) for p in scan])
+        state.add_layer(merged[0][1], path=merged[0][0], kind="image")
+        kept = {str(p) for p, _ in merged[1:]}
+        inputs = [p for p in inputs[1:] if str(p) not in set(map(str, scan)) or str(p) in kept]
+    for path in inputs + [Path(p) for p in args.overlay]:
+        add_map(state, read_map(path), path, args.threshold, args.colormap)
     return state, workspace
 
 

@@ -109,12 +109,13 @@ class ReadoutMixin:
         lines = [f"world (RAS mm): {x:.1f}, {y:.1f}, {z:.1f}"]
         fv = r["file_voxel_xyz"]
         if fv is None:
-            lines.append("voxel (0-based) x,y,z: {}, {}, {}   numpy z,y,x: {}, {}, {}".format(
+            lines.append("voxel (0-based) x,y,z: {}, {}, {}; numpy z,y,x: {}, {}, {}".format(
                 *r["voxel_xyz"], *r["voxel_zyx"]))
         else:
-            lines.append("voxel (file, 0-based) i,j,k: {}, {}, {}   stored {}".format(
+            # short lines: a narrow dock wraps between the items, not inside one
+            lines.append("voxel (file, 0-based) i,j,k: {}, {}, {} ({})".format(
                 *fv, r["file_orientation"]))
-            lines.append("array (as RAS) x,y,z: {}, {}, {}   numpy z,y,x: {}, {}, {}".format(
+            lines.append("array x,y,z: {}, {}, {}; numpy z,y,x: {}, {}, {}".format(
                 *r["voxel_xyz"], *r["voxel_zyx"]))
         for v in r["values"]:
             val = "outside" if v["value"] is None else fmt_value(v["value"])

@@ -68,3 +68,60 @@ def model_input_volume(state: Any, channels: tuple[str, ...]) -> Volume | None:
         return Volume(np.stack([vol.channel(c) for c in channels]), vol.affine,
                       tuple(channels), dict(vol.provenance), dict(vol.metadata))
     return vol
+
+
+def _stem(path) -> str:
+    from pathlib import Path
+
+    name = Path(str(path)).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name.split(".")[0]
+
+
+def is_contrast_file(path) -> bool:
+    """A file named like a contrast (``fat.nii.gz``, ``sub-01_water.nii.gz``)."""
+    return _contrast_of(_stem(path)) is not None
+
+
+def merge_contrasts(images: list[tuple[Any, Volume]]) -> list[tuple[Any, Volume]]:
+    """Image files that are one scan's contrasts (``water.nii.gz`` and ``fat.nii.gz``: named
+    like a contrast, one channel each, on one grid) as one volume with those channels, in
+    place of the first; the others as they were. A Dixon pair given as two files then shows
+    as a workspace subject does (one image, a channel menu), not as a heat map of fat over
+    water, and is the two-channel scan a model reads."""
+    if not images:
+        return images
+    first_path, first = images[0]
+    own = _contrast_of(_stem(first_path))
+    if own is None or first.n_channels != 1:
+        return images
+    channels, data, rest = [own], [np.asarray(first.data[0])], []
+    for path, vol in images[1:]:
+        c = _contrast_of(_stem(path))
+        if c is not None and c not in channels and vol.n_channels == 1 and \
+                vol.same_grid(first):
+            channels.append(c)
+            data.append(np.asarray(vol.data[0]))
+        else:
+            rest.append((path, vol))
+    if len(channels) == 1:
+        return images
+    merged = Volume(np.stack(data), first.affine, tuple(channels), dict(first.provenance),
+                    dict(first.metadata))
+    return [(first_path, merged), *rest]
+
+
+def scan_id(layer: Any) -> str:
+    """The id a prediction of the shown scan goes under: the layer's name, or, for a file
+    named like a contrast (``subjects/synth011_00000/water.nii.gz``), its folder's name (as
+    ``bodyage predict`` names a water / fat folder)."""
+    from pathlib import Path
+
+    path = getattr(layer, "path", None)
+    image_file = path and str(path).lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr",
+                                                       ".mha", ".mhd"))
+    if image_file and is_contrast_file(path) and Path(str(path)).parent.name:
+        return Path(str(path)).parent.name
+    return layer.name

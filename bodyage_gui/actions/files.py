@@ -17,6 +17,7 @@ from bodyage_core.errors import BodyageError
 from bodyage_core.labels import looks_like_label_map
 from bodyage_core.viewer import ViewerState
 from bodyage_core.viewer.files import add_map, read_map
+from bodyage_core.viewer.scan import merge_contrasts
 from bodyage_gui import strings
 from bodyage_gui.actions.recent import FILES
 from bodyage_gui.background import LatestRequest
@@ -24,10 +25,13 @@ from bodyage_gui.loading import load_for_viewer, load_many
 
 
 def fill_state(target: ViewerState, vols, ovs, threshold) -> None:
-    """The first image is the base, the other images layers on top, then the maps (the rule
-    of :mod:`bodyage_core.viewer.files`). Qt-free: runs in the I/O thread."""
-    for i, (p, v) in enumerate(vols):
-        target.add_layer(v, path=p, kind="image" if i == 0 else None)
+    """The first image is the base (with the other contrasts of the same scan as its
+    channels: :func:`~bodyage_core.viewer.scan.merge_contrasts`), the other images layers on
+    top, then the maps (the rule of :mod:`bodyage_core.viewer.files`). Qt-free: runs in the
+    I/O thread."""
+    for i, (p, v) in enumerate(merge_contrasts(list(vols))):
+        target.add_layer(v, path=p, kind="image" if i == 0 else None,
+                         name=Path(str(p)).name.split(".")[0] if i else None)
     for p, v in ovs:
         add_map(target, v, p, threshold)
 

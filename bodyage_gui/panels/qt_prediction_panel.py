@@ -41,7 +41,7 @@ from typing import Any
 from PySide6 import QtCore, QtWidgets
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.viewer.scan import model_input_volume, scan_volume
+from bodyage_core.viewer.scan import model_input_volume, scan_id, scan_volume
 from bodyage_gui.panels.qt_model_choice import (
     ModelChoice,
     QtModelChoice,
@@ -251,6 +251,9 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self._shown_key = key
         base = self.window.state.base_layer
         self._shown_volume = None if base is None else base.volume   # keeps its id unique
+        if self.worker is None and self._pending_result is None:
+            self.progress.setValue(0)          # the last run's "done" was another subject's
+            self.status_label.setText("")
         if key is None:
             self.result_view.clear()
             return
@@ -262,7 +265,7 @@ class QtPredictionPanel(QtWidgets.QWidget):
         if stored is not None:
             self.result_view.show_prediction(stored)
             return
-        who = key[1] if key[0] == "subject" else base.name
+        who = key[1] if key[0] == "subject" else scan_id(base)
         self.result_view.clear(text.NO_PREDICTION_YET.format(subject=who))
 
     def _stored(self, key: Any) -> ShownPrediction | None:
@@ -336,7 +339,7 @@ class QtPredictionPanel(QtWidgets.QWidget):
                                      subject=subj, age=subj.age, device=self.device,
                                      torch_threads=self.torch_threads,
                                      run_id=choice.run_id), label
-        return PredictionRequest(run_dir=run_dir, subject_id=base.name,
+        return PredictionRequest(run_dir=run_dir, subject_id=scan_id(base),
                                  volume=model_input_volume(state, channels), age=age,
                                  device=self.device, torch_threads=self.torch_threads), label
 
