@@ -28,68 +28,20 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-SLAB_MM = 180.0
-
-
-def _fg(a: np.ndarray) -> np.ndarray:
-    return a > 0.1 * np.percentile(a, 99)
+# The registration itself is the product's (bench_ixi only keeps the cohort bookkeeping)
+from bodyage_core.preprocess.align import SLAB_MM, _centroid_world, _image, _norm, _slab  # noqa: F401
+from bodyage_core.preprocess.align import _register as _core_register
 
 
 def _top_slab(a: np.ndarray, spacing: float) -> tuple[np.ndarray, int, int]:
-    """Foreground of the top SLAB_MM of the head; returns (mask, z_lo, z_hi)."""
-    fg = _fg(a)
-    rows = np.where(fg.sum(axis=(1, 2)) > 0.002 * fg[0].size)[0]
-    top = int(rows.max()) + 1 if len(rows) else a.shape[0]
-    lo = max(0, top - int(round(SLAB_MM / spacing)))
-    m = np.zeros_like(fg)
-    m[lo:top] = fg[lo:top]
-    return m, lo, top
+    """Foreground of the top SLAB_MM of the head (the core's rule, bodyage_core.preprocess.align)."""
+    m = _slab(a, spacing, SLAB_MM)
+    rows = np.where(m.any(axis=(1, 2)))[0]
+    return m, (int(rows.min()) if len(rows) else 0), (int(rows.max()) + 1 if len(rows) else 0)
 
 
-def _image(a: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    # RAS affine -> ITK LPS geometry
-    flip = np.diag([-1.0, -1.0, 1.0])
-    m = flip @ affine[:3, :3]
-    sp = np.linalg.norm(m, axis=0)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(a, dtype=np.float32))
-    img.SetSpacing([float(s) for s in sp])
-    img.SetDirection([float(v) for v in (m / sp).ravel()])
-    img.SetOrigin([float(v) for v in flip @ affine[:3, 3]])
-    return img
-
-
-def _centroid_world(img: sitk.Image, mask: np.ndarray) -> np.ndarray:
-    zz, yy, xx = np.nonzero(mask)
-    idx = (float(xx.mean()), float(yy.mean()), float(zz.mean()))
-    return np.array(img.TransformContinuousIndexToPhysicalPoint(idx))
-
-
-def _register(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Image,
-              init: sitk.Transform, iterations: int, seed: int) -> tuple[sitk.Transform, float]:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.15, seed)
-    reg.SetMetricFixedMask(fixed_mask)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=0.005, numberOfIterations=iterations,
-        relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2])
-    reg.SetSmoothingSigmasPerLevel([2, 1])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    reg.SetInitialTransform(init, inPlace=False)
-    out = reg.Execute(fixed, moving)
-    if isinstance(out, sitk.CompositeTransform) and out.GetNumberOfTransforms() == 1:
-        out = out.GetNthTransform(0)
-    return sitk.AffineTransform(out) if out.GetName() == "AffineTransform" else out, \
-        float(reg.GetMetricValue())
-
-
-def _norm(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    v = a[mask & (a > 0.1 * np.percentile(a[mask], 99))]
-    return a / max(float(v.mean()), 1e-6)
+def _register(fixed, fixed_mask, moving, init, iterations: int, seed: int):
+    return _core_register(fixed, fixed_mask, moving, init, iterations, seed), float("nan")
 
 
 def align_cohort(arrays: list[np.ndarray], affines: list[np.ndarray], cache: Path,

@@ -45,8 +45,11 @@ def main(argv=None) -> int:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = ROOT / "bench" / "_work" / "demo_bench.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        print(proc.stdout[-3000:], proc.stderr[-3000:], f"(whole output: {log})")
         return proc.returncode
     summary = json.loads((ws / "reports" / "demo_summary.json").read_text())
     res = {"wall_s": round(wall, 1), "cpu_s": round(cpu.ru_utime + cpu.ru_stime, 1),

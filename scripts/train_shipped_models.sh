@@ -15,7 +15,7 @@ case "$WHAT" in
     # training cohort (seed 20) and a fresh cohort it never sees (seed 21)
     $B synth "$WORK/wb_train" --n 1000 --seed 20
     $B synth "$WORK/wb_eval" --n 250 --seed 21
-    $B train "$WORK/wb_train" --run wholebody-synthetic --folds 1 --members 3 \
+    $B train "$WORK/wb_train" --run wholebody-synthetic --folds 1 --members 5 \
       --test-fraction 0.1 --threads 1 --seed 20
     $B export "$WORK/wb_train" --run wholebody-synthetic resources/models/wholebody-synthetic \
       --card scripts/cards/wholebody-synthetic.json --overwrite

@@ -295,3 +295,22 @@ def test_resources_are_found_through_one_module(qapp):
     from bodyage_gui.app import application
 
     assert not application().windowIcon().isNull()
+
+
+def test_fine_tuning_starts_from_the_init_model(wb, tmp_path):
+    """train --init MODEL: every member starts from a member of the model (its input spec and
+    target scaling too): with a vanishing learning rate the weights stay the model's."""
+    ws = tmp_path / "ws"
+    shutil.copytree(wb / "ws", ws)
+    assert main(["train", str(ws), "--run", "ft", "--init", str(wb / "m32"), "--folds", "2",
+                 "--epochs", "1", "--lr", "1e-12", "--device", "cpu", "--threads", "1"]) == 0
+    cfg = json.loads((ws / "models" / "ft" / "config.json").read_text())
+    assert cfg["init"]["model"] == "wb-tiny" and cfg["input"] == read_card(wb / "m32")["input"]
+    init = AgeRun(wb / "m32")
+    for k in range(2):
+        got = torch.load(ws / "models" / "ft" / f"member_{k}.pt", weights_only=True)
+        want = init.member_state(k)
+        conv = [n for n in want if n.endswith("weight") and want[n].ndim == 5]
+        assert conv and all(torch.allclose(got["state_dict"][n], want[n], atol=1e-6)
+                            for n in conv)
+        assert got["info"]["target_mean"] == pytest.approx(init.members[k]["target_mean"])

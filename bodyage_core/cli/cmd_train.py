@@ -63,6 +63,10 @@ def register(sub) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="grid spacing in mm (default: twice the image's voxel size)")
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"))
+    p.add_argument("--init", default=None, metavar="MODEL|RUN",
+                   help="fine-tune: start every member from a model (a name from `bodyage "
+                        "models list`, a model folder, or a run of this workspace), with its "
+                        "input spec; default then 5 epochs at lr 1e-4")
     p.add_argument("--align", default="none", choices=("none", "template"),
                    help="template: affine-align every image to a template built from the "
                         "cohort's own images (no ages) before the model sees it; the template "
@@ -201,29 +205,52 @@ def _train(args, ws, dist, reporter) -> int:
     from bodyage_core.training.presets import defaults_for, train_config
     from bodyage_core.training.workflow import make_spec, train_workspace
 
-    spec = make_spec(ws, args.model, args.channels, args.grid, args.spacing, args.shape,
-                     args.image_size, align=args.align, reporter=reporter)
-    tta = args.tta or ("flip" if args.align == "template" else "none")
+    init = None
+    if args.init:
+        from bodyage_core.inference.bundle import run_source
+        from bodyage_core.inference.ensemble import AgeRun
+
+        from pathlib import Path
+
+        src = Path(args.init).expanduser()
+        init = AgeRun(src if src.is_dir() else run_source(ws, args.init), device="cpu")
+        spec = init.spec                       # the init model's input, template included
+        tta = "flip" if init.tta else "none"
+        model = dict(init.model_config, weights=None)
+    else:
+        spec = make_spec(ws, args.model, args.channels, args.grid, args.spacing, args.shape,
+                         args.image_size, align=args.align, reporter=reporter)
+        tta = args.tta or ("flip" if args.align == "template" else "none")
+        model = {"arch": args.model}
     defaults = defaults_for(spec.mode)
-    model = {"arch": args.model}
     for key in ("width", "depth", "weights", "norm"):
-        if getattr(args, key) is not None:
+        if getattr(args, key) is not None and init is None:
             model[key] = getattr(args, key)
     if "width" not in model:
         model["width"] = defaults.width(resolve_device(args.device).type)
-    cfg = train_config(spec.mode, augment=not args.no_augment, epochs=args.epochs,
-                       batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+    tuned = {"epochs": 5, "lr": 1e-4, "warmup_epochs": 0} if init is not None else {}
+    cfg = train_config(spec.mode, augment=not args.no_augment,
+                       epochs=args.epochs or tuned.get("epochs"),
+                       batch_size=args.batch_size, accumulate=args.accumulate,
+                       lr=args.lr or tuned.get("lr"),
                        loss=args.loss, scheduler=args.scheduler,
-                       early_stopping=args.early_stopping, warmup_epochs=args.warmup,
+                       early_stopping=args.early_stopping,
+                       warmup_epochs=args.warmup if args.warmup is not None
+                       else tuned.get("warmup_epochs"),
                        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                        keep=args.keep, amp=not args.no_amp,
                        bias_correction=args.bias_correction,
                        tta=["flip_x"] if tta == "flip" else [])
+    if init is not None and (dist is None or dist.is_main):
+        print(f"fine-tuning {init.describe()}: each member starts from one of its "
+              f"{init.n_members} members, with its input spec and target scaling; "
+              f"{cfg.epochs} epochs at lr {cfg.lr:g} unless set")
     if dist is None or dist.is_main:
         print(describe_choice(spec, model, cfg, defaults, args))
     res = train_workspace(ws, args.run, spec, model, cfg, args.folds, args.members, args.split,
                           args.seed, args.resume, args.overwrite, reporter, dist=dist,
-                          val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          init=init)
     if dist is not None and not dist.is_main:
         return 0
     m = res.metrics

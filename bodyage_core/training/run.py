@@ -116,7 +116,7 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
               resume: bool = False, overwrite: bool = False,
               reporter: ProgressReporter | None = None, handlers: dict | None = None,
               dataset: AgeDataset | None = None, _on_start=None,
-              dist: DistContext | None = None) -> RunResult:
+              dist: DistContext | None = None, init=None) -> RunResult:
     """Train ``folds x members`` networks and write a complete run to ``run_dir``.
 
     Parameters
@@ -136,6 +136,10 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
     dist
         The torchrun context (:func:`~bodyage_core.training.distributed.init_distributed`);
         None trains in this process alone.
+    init
+        A loaded :class:`~bodyage_core.inference.ensemble.AgeRun` (a model bundle or run) to
+        fine-tune: member k starts from its member ``k % n`` and keeps that member's target
+        scaling; the architecture and input spec must be the init model's.
     """
     ctx = dist or DistContext()
     rep = ensure_reporter(reporter)
@@ -204,6 +208,8 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         "members": [{"file": f"member_{p['index']}.pt", "fold": p["fold"], "seed": p["seed"]}
                     for p in plan],
         "tta": list(train.tta),
+        "init": None if init is None else {"model": init.name, "kind": init.kind,
+                                           "sha256": init.sha},
         "files": [TEMPLATE_NAME] if spec.align == "template" else [],
     }
     split_info = {
@@ -252,7 +258,8 @@ def train_run(records: Sequence[SubjectRecord], run_dir: str | Path, spec: Input
         for p in mine:
             k = p["index"]
             info, out, digest = _member(p, k in done, work, ds, ages, mcfg, spec, train,
-                                        members, n_fold_models, device, ctx, rep, handlers)
+                                        members, n_fold_models, device, ctx, rep, handlers,
+                                        init)
             if k not in done:
                 trained_here.append(k)
             if digest is not None:
@@ -330,7 +337,8 @@ def _start_run(work: Path, config: dict[str, Any], train: TrainConfig, resume: b
 def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: np.ndarray,
             mcfg: dict[str, Any], spec: InputSpec, train: TrainConfig, members: int,
             n_fold_models: int, device, ctx: DistContext, rep: ProgressReporter,
-            handlers: dict | None) -> tuple[dict[str, Any], np.ndarray | None, str | None]:
+            handlers: dict | None, init=None
+            ) -> tuple[dict[str, Any], np.ndarray | None, str | None]:
     """Train (or, when its file exists, load) one member; write ``member_<k>.pt`` atomically
     (its owner rank; rank 0 in ddp mode) and predict every subject with it (the writer only).
 
@@ -345,6 +353,11 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
     scaler = TargetScaler.fit(ages[p["train"]])
     seed_everything(p["seed"])
     net = build_model(mcfg)
+    if init is not None and not exists:        # fine-tune: start from an init member
+        j = k % init.n_members
+        net.load_state_dict(init.member_state(j))
+        m = init.members[j]
+        scaler = TargetScaler(float(m["target_mean"]), float(m["target_std"]))
     digest = None
     if exists:
         if not writer:

@@ -149,7 +149,8 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
                     split_method: str = "stratified", seed: int = 0, resume: bool = False,
                     overwrite: bool = False,
                     reporter: ProgressReporter | None = None, dist=None,
-                    val_fraction: float = 0.15, test_fraction: float = 0.15) -> RunResult:
+                    val_fraction: float = 0.15, test_fraction: float = 0.15,
+                    init=None) -> RunResult:
     """Train run ``run`` on the workspace cohort; registers it in ``cohort.sqlite`` and stores
     the out-of-fold predictions there (split ``oof``).
 
@@ -179,7 +180,7 @@ def train_workspace(ws, run: str, spec: InputSpec, model: dict[str, Any],
     started = False
     try:
         result = train_run(records, run_dir, spec, mcfg, train, folds, members, split_method,
-                           val_fraction=val_fraction, test_fraction=test_fraction,
+                           val_fraction=val_fraction, test_fraction=test_fraction, init=init,
                            seed=seed, resume=resume, overwrite=overwrite, reporter=rep,
                            _on_start=lambda: _register(ws, run, mcfg, spec, train, folds,
                                                        members), dist=dist)
