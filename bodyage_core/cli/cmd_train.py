@@ -207,10 +207,10 @@ def _train(args, ws, dist, reporter) -> int:
 
     init = None
     if args.init:
+        from pathlib import Path
+
         from bodyage_core.inference.bundle import run_source
         from bodyage_core.inference.ensemble import AgeRun
-
-        from pathlib import Path
 
         src = Path(args.init).expanduser()
         init = AgeRun(src if src.is_dir() else run_source(ws, args.init), device="cpu")
