@@ -195,3 +195,27 @@ def test_interpolation_and_lightbox_travel_in_the_session(tmp_path):
     assert any(p.startswith("lightbox:") for p in problems)
     with pytest.raises(BodyageError):
         st.set_interpolation("cubic")
+
+
+def test_a_dixon_pair_given_as_two_files_is_one_image(tmp_path):
+    from bodyage_core.cli.cmd_gui import state_from_args
+    from bodyage_core.cli.main import build_parser
+    from bodyage_core.io import save_volume
+    from bodyage_core.viewer.scan import merge_contrasts, scan_id
+
+    vol = _state((8, 8, 8)).base_layer.volume
+    d = tmp_path / "sub-01"
+    d.mkdir()
+    save_volume(vol, d / "water.nii.gz")
+    save_volume(vol.with_data(vol.data * 0.5), d / "fat.nii.gz")
+    save_volume(vol.with_data((vol.data > 3000).astype(np.float32)), d / "gradcam_r.nii.gz")
+    args = build_parser().parse_args(["gui", str(d / "water.nii.gz"), str(d / "fat.nii.gz"),
+                                      str(d / "gradcam_r.nii.gz")])
+    state, ws = state_from_args(args)
+    assert ws is None and [lay.name for lay in state.layers] == ["water", "gradcam_r"]
+    assert state.base_layer.volume.channels == ("water", "fat")
+    np.testing.assert_allclose(state.base_layer.volume.channel("fat"), vol.data[0] * 0.5)
+    assert scan_id(state.base_layer) == "sub-01"
+    # files that are not one scan's contrasts stay as they are
+    other = [(tmp_path / "a.nii.gz", vol), (tmp_path / "fat.nii.gz", vol)]
+    assert merge_contrasts(other) == other

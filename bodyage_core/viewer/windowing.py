@@ -13,6 +13,7 @@ dialog, the CT presets of every PACS).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +47,32 @@ def range_of(width: float, level: float) -> tuple[float, float]:
     return float(level) - float(width) / 2.0, float(level) + float(width) / 2.0
 
 
+#: (id(volume), channel) -> (weak reference to the volume, guess): the layer panel asks again
+#: on every layer change, and sampling and sorting 200,000 values takes milliseconds
+_MODALITY_CACHE: dict[tuple[int, str | None], tuple[Any, tuple[str | None, str]]] = {}
+
+
 def guess_modality(volume: Volume, channel: str | None = None) -> tuple[str | None, str]:
     """``('CT' | 'MR' | None, why)``: from the header when it says (DICOM ``Modality``, a
     ``modality`` recorded in the provenance or metadata), else CT when the values look like
     Hounsfield units (minimum at or below -900, the 1st percentile below -100, the 99th above
-    50), else None (shown as before: not a CT window)."""
+    50), else None (shown as before: not a CT window). Remembered per volume and channel."""
+    key = (id(volume), channel)
+    hit = _MODALITY_CACHE.get(key)
+    if hit is not None and hit[0]() is volume:
+        return hit[1]
+    out = _guess_modality(volume, channel)
+    try:
+        ref = weakref.ref(volume)
+    except TypeError:                     # not weak-referenceable: not remembered
+        return out
+    while len(_MODALITY_CACHE) >= 64:
+        _MODALITY_CACHE.pop(next(iter(_MODALITY_CACHE)), None)
+    _MODALITY_CACHE[key] = (ref, out)
+    return out
+
+
+def _guess_modality(volume: Volume, channel: str | None) -> tuple[str | None, str]:
     for where in (volume.provenance, volume.metadata):
         m = where.get("modality") if isinstance(where, dict) else None
         if isinstance(m, str) and m.strip():

@@ -5,6 +5,8 @@ through the layer; follows it when the window changes elsewhere (a right-drag in
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
@@ -90,6 +92,8 @@ class QtContrastPanel(QtWidgets.QWidget):
         self.layer: Layer | None = None
         self._state = None
         self._hist_key: tuple | None = None
+        #: (layer id, id(volume), channel) -> (weak reference to the volume, histogram)
+        self._hists: dict[tuple, tuple] = {}
         self._chosen: tuple[str, tuple] | None = None   # last preset chosen and what it set
         self._updating = False
         self.modality_label = QtWidgets.QLabel()
@@ -152,7 +156,13 @@ class QtContrastPanel(QtWidgets.QWidget):
             self.level_spin.setValue(level)
             key = (lay.id, id(lay.volume), lay.channel)
             if key != self._hist_key:
-                self.histogram.set_data(*histogram(lay.data))
+                hit = self._hists.get(key)
+                if hit is None or hit[0]() is not lay.volume:
+                    hit = (weakref.ref(lay.volume), histogram(lay.data))
+                    while len(self._hists) >= 8:      # the last few layers shown
+                        self._hists.pop(next(iter(self._hists)))
+                    self._hists[key] = hit
+                self.histogram.set_data(*hit[1])
                 self._hist_key = key
             self.histogram.set_window(lay.vmin, lay.vmax)
         finally:

@@ -478,23 +478,34 @@ class QtPredictionPanel(QtWidgets.QWidget):
         half-added."""
         state = self.window.state
         names = (f"gradcam_signed_{r.run}", f"gradcam_{r.run}")
-        for lay in list(state.layers):
-            if lay in self.layers or (lay.kind == "overlay" and lay.name in names):
-                state.remove_layer(lay)
-        self.layers = []
         added = []
-        for vol, nm, signed, disp in (
-                (r.gradcam_signed, names[0], True, r.gradcam_signed_settings),
-                (r.gradcam, names[1], False, r.gradcam_settings)):
-            disp = disp or gradcam_display(vol, signed=signed)
-            lay = self.window.add_overlay_volume(vol, nm, visible=not signed, **disp)
-            if lay is None:
-                for a in added:
-                    state.remove_layer(a)
-                return
-            added.append(lay)
+        # one change for the maps, not one per layer removed or added: every view, the layer
+        # panel and its contrast controls (histogram, presets) redo their work on each, in the
+        # GUI thread (the longest stall of a prediction)
+        ev = state.events
+        with ev.layers_changed.blocked(), ev.active_layer_changed.blocked():
+            for lay in list(state.layers):
+                if lay in self.layers or (lay.kind == "overlay" and lay.name in names):
+                    state.remove_layer(lay)
+            self.layers = []
+            for vol, nm, signed, disp in (
+                    (r.gradcam_signed, names[0], True, r.gradcam_signed_settings),
+                    (r.gradcam, names[1], False, r.gradcam_settings)):
+                disp = disp or gradcam_display(vol, signed=signed)
+                lay = self.window.add_overlay_volume(vol, nm, visible=not signed, **disp)
+                if lay is None:
+                    for a in added:
+                        state.remove_layer(a)
+                    added = []
+                    break
+                added.append(lay)
+        ev.layers_changed.emit()
+        if len(added) < 2:
+            ev.active_layer_changed.emit(state.active_layer)
+            return
         self.layers = added
         state.set_active_layer(added[-1])
+        ev.active_layer_changed.emit(added[-1])
         self.map_label.setText(
             f"Overlays: {added[-1].name} (Grad-CAM {r.layer}, ReLU, heat, transparent below "
             f"{added[-1].threshold:.3g}) and {added[0].name} (signed: red older, blue younger; "
