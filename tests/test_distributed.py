@@ -26,11 +26,10 @@ from bodyage_core.cohort import Workspace
 from bodyage_core.errors import Cancelled
 from bodyage_core.models.factory import build_model
 from bodyage_core.progress import ProgressReporter
-from bodyage_core.training import TrainConfig
-from bodyage_core.training.augment import AugmentConfig
 from bodyage_core.training.data import records_from_workspace
 from bodyage_core.training.distributed import parameter_digest, shard
 from bodyage_core.training.events import Events
+from bodyage_core.training.presets import train_config
 from bodyage_core.training.run import train_run
 from bodyage_core.training.trainer import seed_everything
 from bodyage_core.training.workflow import make_spec
@@ -67,8 +66,8 @@ def test_shard_pads_to_equal_lengths():
 def test_members_mode_resumes_and_trains_each_member_once(tmp_path):
     ws = _make_ws(tmp_path / "ws", list(np.linspace(20, 80, 12)))
     spec = make_spec(ws, "resnet3d", spacing=(4, 4, 4), shape=(12, 12, 12))
-    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu",   # what the CLI options below give
-                      augment=AugmentConfig(0, 0, 0, 0, 0, 0, False))
+    # what `bodyage train` gives for the options below (the 3D defaults, then the options)
+    cfg = train_config("3d", augment=False, epochs=1, batch_size=4, device="cpu")
     rep = ProgressReporter()
     # interrupt the (single-process) run as soon as its first member is complete
     first_done = []

@@ -324,9 +324,11 @@ def _start_run(work: Path, config: dict[str, Any], train: TrainConfig, resume: b
         tr_old, tr_new = dict(old.get("train", {})), train.to_dict()
         tr_old.pop("device", None)
         tr_new.pop("device", None)
-        if tr_old != json.loads(json.dumps(tr_new)):
+        tr_new = json.loads(json.dumps(tr_new))
+        if tr_old != tr_new:
+            changed = sorted(k for k in set(tr_old) | set(tr_new) if tr_old.get(k) != tr_new.get(k))
             raise ConfigError("--resume with different training options than the interrupted "
-                              "run", path=old_cfg_path,
+                              f"run ({', '.join(changed)})", path=old_cfg_path,
                               hint="repeat the original options or use --overwrite")
     write_json(work / "config.json", config)
     if _on_start is not None:
