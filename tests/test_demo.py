@@ -34,8 +34,13 @@ def test_demo_pipeline_tiny(tmp_path, capsys):
         assert (ws / "atlases" / group /
                 f"compare_{MODEL}_accelerated_vs_decelerated_t.nii.gz").exists()
         trend = json.loads((ws / "atlases" / group /
-                            f"population_gradxinput_signed_{MODEL}.json").read_text())
+                            f"population_gradxinput_signed_vs_atlas_{MODEL}.json").read_text())
         assert trend["subgroups"]["age_trend"]["n"] == 6
+    # the signed maps are made against each subject's atlas template (registered first)
+    side = json.loads((ws / "subjects" / preds[0]["subject_id"] /
+                       f"gradxinput_signed_vs_atlas_{MODEL}.json").read_text())
+    assert side["reference"]["kind"] == "atlas" and side["reference"]["group"] in ("F", "M")
+    assert out.index("$ bodyage register ") < out.index("--reference atlas")
     assert (ws / "reports" / f"{MODEL}_summary.csv").exists()
     assert (ws / "reports" / "viewer.png").stat().st_size > 10_000
     summary = json.loads((ws / "reports" / "demo_summary.json").read_text())

@@ -302,6 +302,45 @@ def register_subjects(ws, group: str | None = None, subject: str | None = None,
     return results
 
 
+def registered_group(ws, subject_id: str, group: str | None = None) -> str:
+    """The atlas group ``subject_id`` is registered to (successfully), from the cohort index;
+    ``group`` checks a given one. One clear error when there is none, or several and none was
+    given."""
+    groups = sorted({r["atlas_group"] for r in ws.db.registrations()
+                     if r["subject_id"] == subject_id and r["status"] == "ok"})
+    if group is not None:
+        if group not in groups:
+            raise CohortError(f"subject {subject_id} has no successful registration to atlas "
+                              f"{group!r}" + (f" (it has: {', '.join(groups)})" if groups else ""),
+                              hint=f"run `bodyage register {ws.root} --group {group}` first")
+        return group
+    if not groups:
+        raise CohortError(f"subject {subject_id} is not registered to any atlas, so there is no "
+                          "atlas reference for it",
+                          hint=f"run `bodyage atlas install` or `atlas build`, then `bodyage "
+                               f"register {ws.root}`, before explaining against the atlas")
+    if len(groups) > 1:
+        raise CohortError(f"subject {subject_id} is registered to several atlases "
+                          f"({', '.join(groups)})", hint="say which with --reference-group")
+    return groups[0]
+
+
+def template_on_subject(ws, subject_id: str, grid: tuple[tuple[int, int, int], np.ndarray],
+                        group: str) -> Volume:
+    """The template of atlas ``group`` warped onto the subject's ``grid`` (``(shape_zyx,
+    affine)``) through the inverse of the subject's registration to it: the population's average
+    anatomy in the subject's own shape, the reference of atlas-referenced gradient x input
+    (:func:`registered_group` finds the group). Needs only the workspace's files."""
+    folder = transform_folder(ws, subject_id, group)
+    if not SubjectTransform.exists(folder):
+        raise CohortError(f"subject {subject_id} has no registration to atlas {group!r}",
+                          path=folder, hint=f"run `bodyage register {ws.root}` first")
+    atlas = load_atlas(ws.atlas_dir(group))
+    warped = warp_map(atlas["template"], SubjectTransform.load(folder), grid, "linear",
+                      inverse=True)
+    return Volume(warped.data, np.asarray(grid[1], float), atlas["template"].channels)
+
+
 def _registered_ok(ws, group: str) -> list[str]:
     return [r["subject_id"] for r in ws.db.registrations(group) if r["status"] == "ok"]
 

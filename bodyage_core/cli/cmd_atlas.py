@@ -38,8 +38,9 @@ def register(sub) -> None:
     m.add_argument("--group", action="append", help="only these atlas groups")
     m.add_argument("--kind", default=None,
                    help="subject map kind to average (default gradcam_<run>; e.g. "
-                        "gradxinput_signed_<run> from `bodyage explain --method gradxinput "
-                        "--signed`, the map the age trend is best read from)")
+                        "gradxinput_signed_vs_atlas_<run> from `bodyage explain --method "
+                        "gradxinput --signed --reference atlas`, the map the age trend is best "
+                        "read from)")
     m.add_argument("--age-bands", default="60,70", help="age band edges (default 60,70)")
     m.add_argument("--trend-p", type=float, default=0.01,
                    help="keep the age trend where its voxel-wise p-value (uncorrected) is "

@@ -2,8 +2,8 @@
 
 It runs, and prints, the commands a user would type, on a fresh synthetic cohort the shipped
 model never saw: predict with the shipped whole-body model, report it against the baselines,
-explain every subject (Grad-CAM and signed gradient x input), register each subject once to the
-shipped atlas of its sex, population maps with their age trend, the accelerated-vs-decelerated
+explain every subject (Grad-CAM), register each subject once to the shipped atlas of its sex,
+signed gradient x input against that atlas's template, population maps with their age trend, the accelerated-vs-decelerated
 comparison, a short training run (training works: the code the wizard uses), then the viewer
 (or, headless, a screenshot). ``reports/demo_summary.md`` / ``.json`` say what was shown and,
 honestly, where a figure missed its target. Every step is resumable.
@@ -32,7 +32,7 @@ def register(sub) -> None:
                     "display, save a screenshot). Writes reports/demo_summary.md.")
     p.add_argument("workspace", nargs="?", default="demo_workspace",
                    help="workspace folder (default: demo_workspace)")
-    p.add_argument("--n", type=int, default=100, help="synthetic subjects (default 100)")
+    p.add_argument("--n", type=int, default=80, help="synthetic subjects (default 80)")
     p.add_argument("--seed", type=int, default=7,
                    help="cohort seed (default 7; the shipped model was trained on seed 20)")
     p.add_argument("--grid", default="default",
@@ -52,6 +52,8 @@ def register(sub) -> None:
 
 def demo_commands(args) -> list[tuple[str, list[str]]]:
     """``(what it shows, bodyage argv)`` for every step."""
+    from bodyage_core.evaluation.demo_summary import trend_kind
+
     ws = str(args.workspace)
     m = args.model
     run_dir = Path(ws) / "models" / "demo-training"
@@ -72,16 +74,17 @@ def demo_commands(args) -> list[tuple[str, list[str]]]:
         ("ages from the shipped model", ["predict", ws, "--model", m, "--device", args.device]),
         ("the model against the noise floor and the baselines", ["report", ws, "--run", m]),
         ("where the evidence lies: Grad-CAM", ["explain", ws, "--run", m]),
-        ("signed gradient x input (its age trend finds the ageing organs)",
-         ["explain", ws, "--run", m, "--method", "gradxinput", "--signed"]),
     ]
     if not any((atlases / g / "members.json").exists() for g in ("F", "M")):
         steps.append(("the shipped atlas of each sex", ["atlas", "install", ws, args.atlas]))
     steps += [
         ("every subject registered once to its atlas", ["register", ws]),
+        ("signed gradient x input against the atlas template (its age trend finds the ageing "
+         "organs)", ["explain", ws, "--run", m, "--method", "gradxinput", "--signed",
+                     "--reference", "atlas"]),
         ("population maps", ["atlas", "maps", ws, "--run", m]),
         ("the age trend of the signed maps",
-         ["atlas", "maps", ws, "--run", m, "--kind", f"gradxinput_signed_{m}"]),
+         ["atlas", "maps", ws, "--run", m, "--kind", trend_kind(m)]),
         ("accelerated vs decelerated agers",
          ["compare", "accelerated", "decelerated", ws, "--run", m, "--permutations",
           str(args.permutations)]),

@@ -37,6 +37,14 @@ def register(sub) -> None:
                    help="occlusion stride in voxels (default half the patch)")
     p.add_argument("--baseline", default="zero",
                    help="occlusion baseline: zero (default), mean, or a number")
+    p.add_argument("--reference", choices=("zero", "atlas"), default="zero",
+                   help="gradient x input relative to: zero (default), or the template of the "
+                        "atlas the subject is registered to, warped onto it (run `bodyage "
+                        "register` first): voxels that look like the population get no "
+                        "evidence, so the population age trend stays in the ageing organs; "
+                        "the maps are named gradxinput_<variant>_vs_atlas_<run>")
+    p.add_argument("--reference-group", metavar="GROUP",
+                   help="the atlas group of the reference, for subjects registered to several")
     p.add_argument("--members", action="store_true",
                    help="also write each ensemble member's map (<kind>_member<k>.nii.gz)")
     p.add_argument("--overwrite", action="store_true", help="recompute existing maps")
@@ -73,7 +81,8 @@ def run(args) -> int:
         args.run, subject_ids=args.subjects, method=args.method, layer=args.layer,
         variant=variant, device=args.device,
         overwrite=args.overwrite, occlusion_patch=args.patch, occlusion_stride=args.stride,
-        occlusion_baseline=_baseline(args.baseline), save_members=args.members)
+        occlusion_baseline=_baseline(args.baseline), save_members=args.members,
+        reference=args.reference, reference_group=args.reference_group)
     with Workspace.open(args.workspace) as ws:
         out = run_stages(ws, args, [stage])
     if isinstance(out, int):

@@ -368,7 +368,8 @@ class PredictStage(Stage):
 
 def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str,
                 variant: str, device: str, occlusion_patch, occlusion_stride,
-                occlusion_baseline, batch_size: int, save_members: bool) -> dict[str, Any]:
+                occlusion_baseline, batch_size: int, save_members: bool,
+                reference: str = "zero", reference_group: str | None = None) -> dict[str, Any]:
     """Worker: one subject's explanation map in its own space
     (:func:`bodyage_core.explain.pipeline.explain_subject`, the run's networks loaded once per
     worker)."""
@@ -379,7 +380,8 @@ def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str
                            method=method, layer=layer, variant=variant,
                            occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
                            occlusion_baseline=occlusion_baseline, batch_size=batch_size,
-                           save_members=save_members, guard=writing)
+                           save_members=save_members, guard=writing, reference=reference,
+                           reference_group=reference_group)
 
 
 class ExplainStage(Stage):
@@ -391,13 +393,18 @@ class ExplainStage(Stage):
                  method: str = "gradcam", layer: str = "layer3", variant: str = "relu",
                  device: str = "auto", overwrite: bool = False, occlusion_patch=8,
                  occlusion_stride=None, occlusion_baseline="zero", batch_size: int = 8,
-                 save_members: bool = False, kind: str | None = None):
-        from bodyage_core.explain.pipeline import METHODS, check_variant, map_kind
+                 save_members: bool = False, kind: str | None = None,
+                 reference: str = "zero", reference_group: str | None = None):
+        from bodyage_core.explain.pipeline import METHODS, check_reference, check_variant, map_kind
 
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; use "
                               f"{' or '.join(METHODS)}")
         check_variant(method, variant)
+        check_reference(method, reference)
+        self.reference = reference
+        self.reference_group = (None if reference_group is None
+                                else check_name(reference_group, "atlas group"))
         self.run = check_name(run, "run name")
         self.subject_ids = list(subject_ids) if subject_ids else None
         self.method, self.layer, self.variant, self.device = method, layer, variant, device
@@ -405,7 +412,7 @@ class ExplainStage(Stage):
         self.occlusion = (occlusion_patch, occlusion_stride, occlusion_baseline)
         self.batch_size = batch_size
         self.save_members = save_members
-        self.kind = check_name(kind or map_kind(method, run, variant), "map kind")
+        self.kind = check_name(kind or map_kind(method, run, variant, reference), "map kind")
         self.no_prediction: list[str] = []
 
     def describe(self) -> str:
@@ -432,7 +439,20 @@ class ExplainStage(Stage):
                                hint="import or synthesise a cohort first")
         predicted = {p["subject_id"] for p in ws.db.predictions(self.run)}
         self.no_prediction = [s.subject_id for s in subjects if s.subject_id not in predicted]
-        return [Job(self.kind, s.subject_id, {"subject": s}) for s in subjects]
+        return [Job(self.kind, s.subject_id, {"subject": s, "group": self._group(ws, s)})
+                for s in subjects]
+
+    def _group(self, ws, subject) -> str | None:
+        """The atlas of an atlas-referenced map (workers have no database to look it up); a
+        subject without one fails in its task, with the reason."""
+        if self.reference != "atlas":
+            return None
+        from bodyage_core.atlas.workspace import registered_group
+
+        try:
+            return registered_group(ws, subject.subject_id, self.reference_group)
+        except BodyageError:
+            return None
 
     def _target(self, ws, sid: str) -> Path:
         return ws.subject_dir(sid) / f"{self.kind}.nii.gz"
@@ -453,7 +473,8 @@ class ExplainStage(Stage):
             "kind": self.kind, "method": self.method, "layer": self.layer,
             "variant": self.variant, "device": self.device, "occlusion_patch": patch,
             "occlusion_stride": stride, "occlusion_baseline": baseline,
-            "batch_size": self.batch_size, "save_members": self.save_members},
+            "batch_size": self.batch_size, "save_members": self.save_members,
+            "reference": self.reference, "reference_group": job.payload.get("group")},
             folder=str(ws.subject_dir(job.subject_id)))
 
     def record(self, ws, job, out) -> None:

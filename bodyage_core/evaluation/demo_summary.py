@@ -18,6 +18,14 @@ FLOOR_RATIO = 1.3
 TREND_IN_MASK = 0.6
 
 
+def trend_kind(model: str) -> str:
+    """The map kind whose age trend the demo checks: signed gradient x input against the atlas
+    template (zero-based gradient x input also credits anatomy every subject has)."""
+    from bodyage_core.explain.pipeline import map_kind
+
+    return map_kind("gradxinput", model, "signed", "atlas")
+
+
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -57,7 +65,7 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                                "met": bool(raw < base[b])})
     maps: dict[str, Any] = {}
     for g in ("F", "M"):
-        pop = _read(ws_root / "atlases" / g / f"population_gradxinput_signed_{model}.json")
+        pop = _read(ws_root / "atlases" / g / f"population_{trend_kind(model)}.json")
         cam = _read(ws_root / "atlases" / g / f"population_{model}.json")
         cmp_ = _read(ws_root / "atlases" / g /
                      f"compare_{model}_accelerated_vs_decelerated.json")
@@ -78,7 +86,8 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
         maps[g] = entry
         v = entry.get("trend_in_age_mask")
         if v is not None:
-            checks.append({"claim": f"age trend of the signed maps (p < 0.01, uncorrected) "
+            checks.append({"claim": "age trend of the signed maps against the atlas (p < 0.01, "
+                                    "uncorrected) "
                                     f">= {TREND_IN_MASK} inside the age-effect regions, atlas {g}",
                            "value": f"{v:.2f} (a uniform map: {entry.get('uniform', 0):.2f}; "
                                     f"n {entry.get('trend_n')}, {entry.get('trend_voxels')} "

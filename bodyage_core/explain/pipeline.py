@@ -42,9 +42,16 @@ from bodyage_core.volume import Volume
 METHODS = ("gradcam", "occlusion", "gradxinput")
 
 
-def map_kind(method: str, run: str, variant: str = "relu") -> str:
+REFERENCES = ("zero", "atlas")
+
+
+def map_kind(method: str, run: str, variant: str = "relu", reference: str = "zero") -> str:
     """Image kind (and file stem) of a map: ``gradcam_<run>``, ``gradcam_signed_<run>``,
-    ``occlusion_<run>``."""
+    ``occlusion_<run>``, ``gradxinput_signed_<run>``; gradient x input against the atlas
+    template: ``gradxinput_signed_vs_atlas_<run>``."""
+    check_reference(method, reference)
+    if reference == "atlas":
+        return f"gradxinput_{variant}_vs_atlas_{run}"
     if method == "gradcam":
         return f"gradcam_{run}" if variant == "relu" else f"gradcam_signed_{run}"
     if method == "occlusion":
@@ -129,7 +136,8 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
                      occlusion_stride: int | Sequence[int] | None = None,
                      occlusion_baseline: str | float = "zero",
                      batch_size: int = 8, save_members: bool = False,
-                     kind: str | None = None) -> ExplainSummary:
+                     kind: str | None = None, reference: str = "zero",
+                     reference_group: str | None = None) -> ExplainSummary:
     """Write one explanation map per subject of ``workspace`` for the trained ``run``.
 
     Parameters
@@ -163,6 +171,9 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
         Image kind (and file stem) to write instead of :func:`map_kind`'s, e.g.
         ``'gradcam_layer2_<run>'`` to keep maps of several layers side by side (the population
         maps take a ``kind`` too).
+    reference, reference_group
+        Gradient x input against ``"zero"`` (default) or the subject's ``"atlas"`` template
+        (:func:`explain_subject`).
 
     Returns
     -------
@@ -172,15 +183,26 @@ def explain_subjects(workspace, run: str, subject_ids: Sequence[str] | None = No
 
     t0 = time.perf_counter()
     check_variant(method, variant)
-    kind = kind or map_kind(method, run, variant)
+    kind = kind or map_kind(method, run, variant, reference)
+    ref = {"reference": reference, "reference_group": reference_group}
     if isinstance(workspace, Workspace):
         return _explain(workspace, run, subject_ids, method, layer, variant, device, reporter,
                         overwrite, occlusion_patch, occlusion_stride, occlusion_baseline,
-                        batch_size, save_members, kind, t0)
+                        batch_size, save_members, kind, t0, **ref)
     with Workspace.open(workspace) as ws:
         return _explain(ws, run, subject_ids, method, layer, variant, device, reporter,
                         overwrite, occlusion_patch, occlusion_stride, occlusion_baseline,
-                        batch_size, save_members, kind, t0)
+                        batch_size, save_members, kind, t0, **ref)
+
+
+def check_reference(method: str, reference: str) -> None:
+    """``zero`` for every method; gradient x input also takes ``atlas`` (the subject's atlas
+    template warped onto it, :func:`~bodyage_core.atlas.workspace.template_on_subject`)."""
+    if reference not in REFERENCES:
+        raise ConfigError(f"unknown map reference {reference!r}; use zero or atlas")
+    if reference != "zero" and method != "gradxinput":
+        raise ConfigError("a reference image applies to --method gradxinput only",
+                          hint="Grad-CAM and occlusion have no reference (occlusion: --baseline)")
 
 
 def check_variant(method: str, variant: str) -> None:
@@ -196,7 +218,8 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                     occlusion_stride: int | Sequence[int] | None = None,
                     occlusion_baseline: str | float = "zero", batch_size: int = 8,
                     save_members: bool = False, reporter: ProgressReporter | None = None,
-                    guard=None, body_only: bool = True) -> dict[str, Any]:
+                    guard=None, body_only: bool = True, reference: str = "zero",
+                    reference_group: str | None = None) -> dict[str, Any]:
     """One subject's map, its members' maps (``save_members``) and the JSON sidecar, written
     atomically into ``subjects/<id>/``; the database is not touched (callers record the result,
     so a Dask worker can run this). The map is computed by
@@ -207,6 +230,10 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
     pass them; the run holds them). ``guard(path)`` is an optional context manager around each
     file write (the cluster engine's names the file in disk errors). ``body_only`` zeroes the
     map outside the body (:func:`~bodyage_core.inference.subject.model_grid_body`).
+
+    ``reference="atlas"`` (gradient x input): attribute against the template of the atlas the
+    subject is registered to (``reference_group`` when it is registered to several), warped
+    onto the subject (:func:`~bodyage_core.explain.gradcam.gradient_x_input`).
 
     Returns ``{"path": relative path of the map, "member_files": [...]}``."""
     import contextlib
@@ -222,6 +249,20 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
     options = {"patch": occlusion_patch, "stride": occlusion_stride,
                "baseline": occlusion_baseline, "batch_size": batch_size,
                "members": save_members}
+    check_reference(method, reference)
+    ref_info = None
+    if reference == "atlas":
+        from bodyage_core.atlas.workspace import registered_group, template_on_subject
+
+        # workers have no database: their stage resolves the group and passes it
+        group = reference_group if getattr(ws, "db", None) is None \
+            else registered_group(ws, sid, reference_group)
+        if group is None:
+            raise BodyageError(f"subject {sid}: no atlas registration to explain against",
+                               hint=f"run `bodyage register {ws.root}` first")
+        options["reference"] = template_on_subject(ws, sid, (vol.shape, vol.affine), group)
+        ref_info = {"kind": "atlas", "group": group,
+                    "what": f"the template of atlas {group} warped onto the subject"}
     req = MapRequest(method, variant if method != "occlusion" else "signed", layer, options)
     pred = predict_subject(age_run, vol, subject_id=sid, age=subject.age, maps=[req],
                            target_grid=subject_grid(src), body_only=body_only,
@@ -248,8 +289,10 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
             "sign": ("relu: evidence that raises the predicted age" if
                      method != "occlusion" and variant == "relu" else
                      "abs: magnitude (either direction)" if variant == "abs" else
-                     "positive = evidence for older, negative = for younger"),
+                     "positive = evidence for older, negative = for younger"
+                     + (" than the atlas template" if ref_info else "")),
             "occlusion": info["occlusion"],
+            "reference": ref_info or {"kind": "zero"},
             "subject_image": ws.relative(src), "model_grid_affine": pred.model_grid_affine,
             "model_grid_shape_zyx": list(spec.shape_zyx), "body_only": bool(body_only),
             "qc": pred.qc,
@@ -266,7 +309,8 @@ def model_grid_body(x: np.ndarray, dilate: int = 1) -> np.ndarray:
 
 def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, overwrite,
              occlusion_patch, occlusion_stride, occlusion_baseline, batch_size, save_members,
-             kind, t0) -> ExplainSummary:
+             kind, t0, reference: str = "zero",
+             reference_group: str | None = None) -> ExplainSummary:
     from bodyage_core.inference.ensemble import AgeRun
 
     age_run = AgeRun(run_source(ws, run), device=device)
@@ -304,7 +348,8 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
                                   occlusion_stride=occlusion_stride,
                                   occlusion_baseline=occlusion_baseline,
                                   batch_size=batch_size, save_members=save_members,
-                                  reporter=_Nested(rep))
+                                  reporter=_Nested(rep), reference=reference,
+                                  reference_group=reference_group)
             ws.db.set_image(sid, kind, out["path"])
             ws.db.set_task("explain", kind, sid, "done")
             summary.written.append(sid)

@@ -227,7 +227,10 @@ def _add_maps(run, res: SubjectPrediction, x: np.ndarray, affine: np.ndarray,
         if req.method == "gradcam":
             out = gradcam(nets, xb, layer=req.layer, variant=req.variant, target_std=stds)
         elif req.method == "gradxinput":
-            out = gradient_x_input(nets, xb, variant=req.variant, target_std=stds)
+            ref = req.options.get("reference")
+            rb = None if ref is None else _reference_input(run.spec, ref, affine)[None]
+            out = gradient_x_input(nets, xb, variant=req.variant, target_std=stds,
+                                   reference=rb)
         elif req.method == "occlusion":
             o = req.options
             out = occlusion_map(nets, xb, patch=o.get("patch", 8), stride=o.get("stride"),
@@ -251,6 +254,24 @@ def _add_maps(run, res: SubjectPrediction, x: np.ndarray, affine: np.ndarray,
             "member_maps": members, "body_only": body is not None,
             "member_mu_model": [float(out.mu[j, 0]) for j in range(len(nets))]}
     rep.update("explain", len(maps), len(maps))
+
+
+def _reference_input(spec, reference: Volume, affine: np.ndarray) -> np.ndarray:
+    """A reference image (a Volume with the model's channels, e.g. the atlas template warped
+    onto the subject) prepared exactly as the subject's input was — resampling, anti-aliasing,
+    normalisation — on the subject's model grid ``affine`` (centred there, not on its own body,
+    which would shift it against the subject by a voxel or two)."""
+    from bodyage_core.preprocess.spec import prepare_model_input
+
+    if spec.align == "template":
+        raise BodyageError("a reference image applies to models without input alignment",
+                           hint="explain this model against zero (the default)")
+    centre_ijk = (np.asarray(spec.shape_zyx[::-1], float) - 1.0) / 2.0
+    centre = np.asarray(affine, float) @ np.append(centre_ijk, 1.0)
+    ref = prepare_model_input(reference, spec, centre=centre[:3])
+    if not np.allclose(ref.affine, affine, atol=1e-4):
+        raise BodyageError("the reference image could not be put on the subject's model grid")
+    return ref.array
 
 
 def model_grid_body(x: np.ndarray, dilate: int = 1) -> np.ndarray:

@@ -37,7 +37,8 @@ class ModelGrid:
     order
         Interpolation order used when resampling (1 = trilinear).
     centre
-        ``'body'`` (centre the body in the field of view) or ``'image'``.
+        ``'body'`` (centre the body in the field of view), ``'image'``, or RAS mm coordinates
+        of the grid's centre (a reference image on its subject's grid).
     """
 
     spacing_xyz: tuple[float, float, float]
@@ -45,7 +46,7 @@ class ModelGrid:
     channels: tuple[str, ...] = ("water", "fat")
     normalisation: dict[str, Any] = field(default_factory=_default_normalisation)
     order: int = 1
-    centre: str = "body"
+    centre: str | tuple[float, float, float] = "body"
 
     def __post_init__(self) -> None:
         self.spacing_xyz = tuple(float(v) for v in self.spacing_xyz)  # type: ignore[assignment]
@@ -63,8 +64,16 @@ class ModelGrid:
         if self.normalisation.get("method") not in METHODS:
             raise ConfigError(f"unknown normalisation {self.normalisation.get('method')!r}",
                               hint=f"use one of {', '.join(METHODS)}")
-        if self.centre not in ("body", "image"):
-            raise ConfigError(f"model grid centre must be 'body' or 'image', not {self.centre!r}")
+        if isinstance(self.centre, str):
+            if self.centre not in ("body", "image"):
+                raise ConfigError(f"model grid centre must be 'body', 'image' or coordinates, "
+                                  f"not {self.centre!r}")
+        else:
+            c = tuple(float(v) for v in self.centre)
+            if len(c) != 3 or not all(np.isfinite(c)):
+                raise ConfigError(f"model grid centre must be three finite numbers (RAS mm), "
+                                  f"got {self.centre!r}")
+            self.centre = c
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

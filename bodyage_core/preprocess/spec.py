@@ -128,7 +128,8 @@ class ModelInput:
 
 
 def prepare_model_input(volume: Volume, spec: InputSpec,
-                        template: Volume | None = None) -> ModelInput:
+                        template: Volume | None = None,
+                        centre: Sequence[float] | None = None) -> ModelInput:
     """Bring a multi-channel :class:`Volume` onto the model grid of ``spec``.
 
     With ``spec.align == "template"`` the image is first affine-aligned to ``template`` (the
@@ -139,6 +140,9 @@ def prepare_model_input(volume: Volume, spec: InputSpec,
     (``spec.normalise``); for 2.5D, lay the coronal and sagittal mean-intensity projections
     side by side in the spec's layout (:func:`projections_for_spec`). Returns the input with
     the affine of its grid (:class:`ModelInput`).
+
+    ``centre`` (RAS mm) places the grid there instead of on the body: a reference image is
+    prepared on exactly its subject's grid that way (models without input alignment only).
     """
     from bodyage_core.preprocess.model_input import ModelGrid, prepare_for_model
 
@@ -148,7 +152,6 @@ def prepare_model_input(volume: Volume, spec: InputSpec,
                            f"{list(spec.channels)}", path=volume.provenance.get("path"))
     vol = volume.with_data(np.stack([volume.channel(c) for c in spec.channels]),
                            channels=spec.channels)
-    centre = "body"
     template = template if template is not None else spec.template
     if spec.align == "template":
         from bodyage_core.preprocess.align import align_to_template, template_sha
@@ -159,10 +162,13 @@ def prepare_model_input(volume: Volume, spec: InputSpec,
         if spec.template_sha256 and template_sha(template) != spec.template_sha256:
             raise BodyageError("the alignment template is not the one the model was trained "
                                "with", hint="use the template.nii.gz of the model's folder")
+        if centre is not None:
+            raise ConfigError("a fixed grid centre applies to models without input alignment")
         vol = align_to_template(vol, template)
-        centre = "image"
+    where = ("image" if spec.align == "template" else "body") if centre is None \
+        else tuple(float(v) for v in centre)
     grid = ModelGrid(spacing_xyz=tuple(spec.spacing_zyx[::-1]), shape_zyx=spec.shape_zyx,
-                     channels=spec.channels, normalisation={"method": "none"}, centre=centre)
+                     channels=spec.channels, normalisation={"method": "none"}, centre=where)
     on_grid = prepare_for_model(vol, grid, return_volume=True)
     out = np.stack([_normalise(ch, spec.normalise) for ch in np.asarray(on_grid.data)])
     if spec.mode == "2.5d":

@@ -17,15 +17,17 @@ NO_PREDICTIONS = ("run {run!r} has no stored predictions — run `bodyage predic
                   "--run {run}`")
 NO_ATLAS_MAPS = ("no population maps of run {run!r} (accelerated and decelerated agers, or the "
                  "age trend) in {where} — run `bodyage atlas maps WORKSPACE --run {run}` first "
-                 "(and `bodyage atlas maps WORKSPACE --run {run} --kind "
-                 "gradxinput_signed_{run}` for the age trend of the signed gradient x input "
-                 "maps)")
+                 "(and, after `bodyage explain WORKSPACE --run {run} --method gradxinput "
+                 "--signed --reference atlas`, `bodyage atlas maps WORKSPACE --run {run} --kind "
+                 "gradxinput_signed_vs_atlas_{run}` for the age trend of the signed maps)")
 NO_REGIONS = ("no region summary for run {run!r} — run `bodyage atlas maps WORKSPACE --run "
               "{run}` first (it writes reports/regions_{run}.csv)")
 GAP_MAPS_TITLE = "Accelerated vs decelerated agers — {group}, run {run}"
 AGE_TREND_MAPS_TITLE = "Age trend — {group}, run {run}"
 #: the maps an age trend is read from, preferred first: (file tag, what they are)
-AGE_TREND_SOURCES = (("gradxinput_signed_{run}", "signed gradient × input"),
+AGE_TREND_SOURCES = (("gradxinput_signed_vs_atlas_{run}",
+                      "signed gradient × (input − atlas template)"),
+                     ("gradxinput_signed_{run}", "signed gradient × input"),
                      ("{run}", "Grad-CAM"))
 AGE_TREND_VIEW = "age trend (n={n}, {p})\nof the {source} maps"
 AGE_TREND_P = "p < {p:g}"
