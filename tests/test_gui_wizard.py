@@ -52,9 +52,38 @@ def window(qtbot, tmp_path):
 
 
 def test_overall_fraction():
-    assert overall_fraction("fold 1/2 member 1/1", 0.5) == pytest.approx(0.25)
-    assert overall_fraction("fold 2/2 member 2/2", 1.0) == pytest.approx(1.0)
-    assert overall_fraction("load", 0.5) is None
+    pos = {"fold": 1, "folds": 2, "member": 1, "members": 1}
+    assert overall_fraction(pos, 0.5) == pytest.approx(0.25)
+    assert overall_fraction(dict(pos, fold=2, member=2, members=2), 1.0) == pytest.approx(1.0)
+    assert overall_fraction({}, 0.5) is None
+    assert overall_fraction(pos, None) is None
+
+
+def test_training_progress_carries_the_position_as_fields(tmp_path):
+    """The trainer's progress events say which fold and member they belong to as values (the
+    wizard's overall bar reads them; nothing parses the label)."""
+    from bodyage_core.cli.main import main
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.progress import ProgressReporter
+    from bodyage_core.training.data import records_from_workspace
+    from bodyage_core.training.presets import train_config
+    from bodyage_core.training.run import train_run
+    from bodyage_core.training.workflow import make_spec
+
+    assert main(["synth", str(tmp_path / "ws"), "--n", "6", "--grid", "14,14,18"]) == 0
+    ws = Workspace.open(tmp_path / "ws")
+    spec = make_spec(ws, "resnet3d", spacing=(8, 8, 8), shape=(8, 8, 8))
+    events = []
+    rep = ProgressReporter(events.append)
+    train_run(records_from_workspace(ws, spec), ws.model_dir("r"), spec,
+              {"arch": "resnet3d", "width": 4},
+              train_config("3d", augment=False, epochs=1, batch_size=2, device="cpu"),
+              folds=2, members=1, reporter=rep)
+    seen = {(e.values["fold"], e.values["folds"], e.values["member"], e.values["members"])
+            for e in events if e.stage == "train" and "fold" in e.values}
+    assert seen == {(1, 2, 1, 1), (2, 2, 1, 1)}
+    last = [e for e in events if e.stage == "train" and "fold" in e.values][-1]
+    assert overall_fraction(last.values, last.fraction) == pytest.approx(1.0)
 
 
 def test_wizard_trains_a_tiny_run_end_to_end(qtbot, window):

@@ -375,7 +375,9 @@ def _member(p: dict[str, Any], exists: bool, work: Path, ds: AgeDataset, ages: n
         tcfg = TrainConfig.from_dict(dict(train.to_dict(), **over))
         tr = Trainer(net, ds, p["train"], p["val"], tcfg, scaler,
                      checkpoint=work / "checkpoints" / f"member_{k}.ckpt", reporter=rep,
-                     name=label, dist=ctx if ctx.ddp else None)
+                     name=label, dist=ctx if ctx.ddp else None,
+                     position={"fold": p["fold"] + 1, "folds": n_fold_models,
+                               "member": p["member"] + 1, "members": members})
         for ev, h in (handlers or {}).items():
             tr.on(ev, h)
         state = tr.fit(resume=True)

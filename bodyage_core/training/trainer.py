@@ -112,6 +112,9 @@ class TrainState:
     """What handlers see: counters, the last losses and the validation history."""
 
     member: str = ""
+    #: where this member sits in its run: ``fold, folds, member, members`` (1-based), sent
+    #: with every progress event so that nobody has to parse the label
+    position: dict[str, int] = field(default_factory=dict)
     epoch: int = 0                 # epochs completed
     iteration: int = 0             # mini-batches done in total
     total_iterations: int = 0
@@ -182,7 +185,7 @@ class Trainer:
                  config: TrainConfig | None = None, scaler: TargetScaler | None = None,
                  checkpoint: str | Path | None = None,
                  reporter: ProgressReporter | None = None, name: str = "member",
-                 dist=None):
+                 dist=None, position: dict[str, int] | None = None):
         self.config = config or TrainConfig()
         self.dist = dist if dist is not None and getattr(dist, "ddp", False) else None
         self.dataset = dataset
@@ -209,7 +212,8 @@ class Trainer:
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=self.config.plateau_factor,
             patience=self.config.plateau_patience)
-        self.state = TrainState(member=name, batch_size=self.config.batch_size,
+        self.state = TrainState(member=name, position=dict(position or {}),
+                                batch_size=self.config.batch_size,
                                 accumulate=self.config.accumulate, lr=self.config.lr)
         self.best_state: dict[str, torch.Tensor] | None = None
         self._bad_grad_run = 0     # consecutive dropped steps (non-finite gradients)
@@ -393,7 +397,7 @@ class Trainer:
                 self.reporter.update(
                     "train", epoch * st.steps_per_epoch + min(k, st.steps_per_epoch),
                     st.total_iterations, st.member, epoch=epoch + 1, step=k, loss=loss,
-                    val_mae=st.val_mae, lr=st.lr)
+                    val_mae=st.val_mae, lr=st.lr, **st.position)
             st.train_loss = float(np.mean(losses)) if losses else math.nan
             if self.dist is not None:
                 st.train_loss = float(np.nanmean(self.dist.all_gather(st.train_loss)))

@@ -191,7 +191,7 @@ class QtTrainingWizard(QtWidgets.QWizard):
             return
         member = ev.message or "member"
         vals = ev.values or {}
-        overall = overall_fraction(member, ev.fraction)
+        overall = overall_fraction(vals, ev.fraction)
         if overall is not None:
             page.progress.setValue(int(1000 * overall))
             if self._train_t0 is None:

@@ -23,7 +23,6 @@ from bodyage_core.names import is_valid_name
 from bodyage_gui.workers import analysis_strings as text
 
 _Qt = QtCore.Qt
-_LABEL_RE = re.compile(r"fold (\d+)/(\d+) member (\d+)/(\d+)")
 
 MODELS = (("resnet3d", "3D ResNet-18 (whole volume)"),
           ("resnet2d", "2.5D ResNet (coronal + sagittal projections)"),
@@ -85,13 +84,15 @@ def grid_values(choice: str, workspace: Path | None
         return None, None, note
 
 
-def overall_fraction(message: str, fraction: float | None) -> float | None:
-    """Fraction of the whole run done, from a trainer event's ``"fold i/F member j/M"``."""
-    m = _LABEL_RE.search(message or "")
-    if m is None or fraction is None:
+def overall_fraction(values: dict | None, fraction: float | None) -> float | None:
+    """Fraction of the whole run done, from a trainer event's position fields (``fold, folds,
+    member, members``, 1-based) and the member's own fraction."""
+    v = values or {}
+    if fraction is None or not all(isinstance(v.get(k), int) and v[k] >= 1
+                                   for k in ("fold", "folds", "member", "members")):
         return None
-    fi, nf, mj, nm = (int(g) for g in m.groups())
-    return ((fi - 1) * nm + (mj - 1) + fraction) / (nf * nm)
+    return ((v["fold"] - 1) * v["members"] + (v["member"] - 1) + fraction) / \
+        (v["folds"] * v["members"])
 
 
 def _triple(textval: str, kind=float) -> tuple | None:
