@@ -343,3 +343,37 @@ def test_nonfinite_gradients_skip_the_step():
     with pytest.raises(BodyageError, match=f"{MAX_BAD_GRAD_STEPS} optimiser steps in a row") as ei:
         t.fit()
     assert "--no-amp" in ei.value.hint
+
+
+def test_handlers_run_in_their_documented_order_and_can_be_replaced(tmp_path):
+    """Validation, the schedule, best weights, early stopping and the checkpoint are handlers
+    (bodyage_core.training.handlers): a caller's epoch handler sees the epoch validated and runs
+    before that epoch's checkpoint; a trainer built with another set does only what it holds."""
+    from bodyage_core.training.handlers import BestWeights, CheckpointSaver, Validator
+
+    ds, model, cfg, _ = _setup(epochs=2)
+    ck = tmp_path / "c.ckpt"
+    t = Trainer(model, ds, np.arange(18), np.arange(18, 24), cfg, checkpoint=ck)
+    seen = []
+    t.on(Events.EPOCH_COMPLETED, lambda s: seen.append(
+        (s.epoch, len(s.history), math.isfinite(s.val_mae), ck.exists())))
+    t.on(Events.CHECKPOINT_SAVED, lambda s: seen.append(("saved", s.epoch)))
+    t.fit()
+    assert seen == [(1, 1, True, False), ("saved", 1), (2, 2, True, True), ("saved", 2)]
+
+    ds, model, cfg, _ = _setup(epochs=2)
+    bare = Trainer(model, ds, np.arange(18), np.arange(18, 24), cfg,
+                   checkpoint=tmp_path / "none.ckpt", handlers=[Validator(), BestWeights()])
+    st = bare.fit()
+    assert not (tmp_path / "none.ckpt").exists()          # no CheckpointSaver, no checkpoint
+    assert len(st.history) == 2 and st.best_epoch in (1, 2)
+    assert any(isinstance(h, CheckpointSaver) for h in t.handlers)
+
+
+def test_early_stopping_is_a_handler_that_stops_training():
+    ds, model, cfg, _ = _setup(epochs=8, lr=0.0, early_stopping=2)   # nothing improves
+    t = Trainer(model, ds, np.arange(18), np.arange(18, 24), cfg)
+    stopped = []
+    t.on(Events.EARLY_STOPPED, lambda s: stopped.append(s.epoch))
+    st = t.fit()
+    assert st.stopped_early and stopped == [st.epoch] and st.epoch == 3

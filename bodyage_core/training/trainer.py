@@ -14,7 +14,6 @@ import contextlib
 import copy
 import math
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +115,7 @@ class TrainState:
     #: with every progress event so that nobody has to parse the label
     position: dict[str, int] = field(default_factory=dict)
     epoch: int = 0                 # epochs completed
+    epoch_float: float = 0.0       # position in epochs at the current optimiser step
     iteration: int = 0             # mini-batches done in total
     total_iterations: int = 0
     step_in_epoch: int = 0
@@ -185,7 +185,8 @@ class Trainer:
                  config: TrainConfig | None = None, scaler: TargetScaler | None = None,
                  checkpoint: str | Path | None = None,
                  reporter: ProgressReporter | None = None, name: str = "member",
-                 dist=None, position: dict[str, int] | None = None):
+                 dist=None, position: dict[str, int] | None = None,
+                 handlers: list | None = None):
         self.config = config or TrainConfig()
         self.dist = dist if dist is not None and getattr(dist, "ddp", False) else None
         self.dataset = dataset
@@ -217,11 +218,17 @@ class Trainer:
                                 accumulate=self.config.accumulate, lr=self.config.lr)
         self.best_state: dict[str, torch.Tensor] | None = None
         self._bad_grad_run = 0     # consecutive dropped steps (non-finite gradients)
+        from bodyage_core.training.handlers import default_handlers
+
+        self.handlers = list(default_handlers(self.config) if handlers is None else handlers)
+        for h in self.handlers:
+            h.attach(self)
         self._targets = self.scaler.transform(ages).astype(np.float32)
 
-    def on(self, event: str, handler=None):
-        """Attach ``handler(state)`` to an event (see :class:`Events`)."""
-        return self.events.on(event, handler)
+    def on(self, event: str, handler=None, priority: int = 0):
+        """Attach ``handler(state)`` to an event (see :class:`Events`; the built-in handlers'
+        priorities are in :mod:`bodyage_core.training.handlers`)."""
+        return self.events.on(event, handler, priority)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -266,10 +273,6 @@ class Trainer:
         return True
 
     # -- training ----------------------------------------------------------------------------
-    def _lr_factor_for_warmup(self, epoch_float: float) -> float:
-        w = self.config.warmup_epochs
-        return 1.0 if w <= 0 or epoch_float >= w else max(0.05, epoch_float / w)
-
     def _train_step(self, sel: np.ndarray, gen: torch.Generator) -> float:
         cfg, st = self.config, self.state
         x = _to_device(self.dataset.batch(sel), self.device)
@@ -329,7 +332,6 @@ class Trainer:
         st.steps_per_epoch = math.ceil(n / st.batch_size)
         st.total_iterations = st.steps_per_epoch * cfg.epochs
         self.events.fire(Events.STARTED, st)
-        t0 = time.perf_counter()
         while st.epoch < cfg.epochs and not st.stopped_early:
             epoch = st.epoch
             self.events.fire(Events.EPOCH_STARTED, st)
@@ -387,7 +389,8 @@ class Trainer:
                 pos += len(sel)
                 k += 1
                 if k % st.accumulate == 0 or pos >= n or last:
-                    self._apply_lr(epoch + pos / n)
+                    st.epoch_float = epoch + pos / n
+                    self.events.fire(Events.STEP_STARTED, st)
                     self._optimizer_step()
                 st.iteration += 1
                 st.step_in_epoch = k
@@ -401,32 +404,13 @@ class Trainer:
             st.train_loss = float(np.mean(losses)) if losses else math.nan
             if self.dist is not None:
                 st.train_loss = float(np.nanmean(self.dist.all_gather(st.train_loss)))
-            self._validate()
             st.epoch = epoch + 1
-            st.history.append({"epoch": st.epoch, "train_loss": st.train_loss,
-                               "val_mae": st.val_mae, "lr": st.lr,
-                               "time_s": time.perf_counter() - t0})
+            # validation, early stopping and the checkpoint are handlers of this event
             self.events.fire(Events.EPOCH_COMPLETED, st)
-            if cfg.early_stopping and st.bad_epochs >= cfg.early_stopping and len(self.val_idx):
-                st.stopped_early = True
-                self.events.fire(Events.EARLY_STOPPED, st)
-            self.save_checkpoint()
         if self.best_state is not None and cfg.keep == "best":
             self.model.load_state_dict(self.best_state)
         self.events.fire(Events.COMPLETED, st)
         return st
-
-    def _apply_lr(self, epoch_float: float) -> None:
-        cfg, st = self.config, self.state
-        if cfg.scheduler == "step" and not st.lr_stepped \
-                and st.iteration + 1 >= cfg.step_fraction * st.total_iterations:
-            for g in self.optimizer.param_groups:
-                g["lr"] = g["lr"] / 10.0
-            st.lr_stepped = True
-        if cfg.warmup_epochs > 0 and epoch_float <= cfg.warmup_epochs + 1:
-            f = self._lr_factor_for_warmup(epoch_float)
-            for g in self.optimizer.param_groups:
-                g["lr"] = cfg.lr * f
 
     @torch.no_grad()
     def _precise_bn(self) -> None:
@@ -455,7 +439,10 @@ class Trainer:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
 
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        """The validation MAE of the current weights (after precise batch-norm statistics) into
+        the state; fires ``VALIDATION_COMPLETED`` (the :class:`~bodyage_core.training.handlers.
+        Validator` calls this after every epoch)."""
         self._precise_bn()
         st = self.state
         if len(self.val_idx):
@@ -469,21 +456,9 @@ class Trainer:
             st.val_mae = float(np.mean(np.abs(pred - self.dataset.ages[self.val_idx])))
             if self.dist is not None:   # every rank decides on rank 0's figure
                 st.val_mae = float(self.dist.broadcast(st.val_mae))
-            metric = st.val_mae
         else:
             st.val_mae = math.nan
-            metric = st.train_loss
         self.events.fire(Events.VALIDATION_COMPLETED, st)
-        if self.config.scheduler == "plateau" and math.isfinite(metric):
-            self.plateau.step(metric)
-        if math.isfinite(metric) and metric < st.best_val_mae - 1e-9:
-            st.best_val_mae = metric
-            st.best_epoch = st.epoch + 1
-            st.bad_epochs = 0
-            self.best_state = {k: v.detach().cpu().clone()
-                               for k, v in self.model.state_dict().items()}
-        else:
-            st.bad_epochs += 1
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
