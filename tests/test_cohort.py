@@ -242,3 +242,30 @@ def test_atomic_writes_keep_normal_permissions_and_leave_nothing_on_failure(tmp_
             raise RuntimeError("disk full")
     assert target.read_text() == "x"
     assert sorted(p.name for p in target.parent.iterdir()) == ["map.nii.gz"]
+
+
+def test_workspace_paths_name_every_file_in_one_place(tmp_path):
+    """One object answers every workspace file name (workers use it without the index); the
+    names that become folders follow the name rule."""
+    from bodyage_core.cohort.paths import WorkspacePaths
+    from bodyage_core.errors import ConfigError
+
+    ws = Workspace.create(tmp_path / "ws")
+    p = WorkspacePaths(ws.root)
+    assert isinstance(ws, WorkspacePaths)
+    assert p.prediction_file("s1", "r") == ws.root / "subjects" / "s1" / "prediction_r.json"
+    assert p.predictions_csv("r") == ws.root / "reports" / "predictions_r.csv"
+    assert p.map_file("s1", "gradcam_r") == ws.root / "subjects" / "s1" / "gradcam_r.nii.gz"
+    assert p.transform_folder("s1", "F") == ws.root / "subjects" / "s1" / "atlas_F"
+    assert p.partial_model_dir("r") == ws.root / "models" / "r.partial"
+    assert p.population_map("F", "r", "all") == ws.root / "atlases" / "F" / \
+        "population_r_all_mean.nii.gz"
+    assert p.age_trend_map("F", "r", "t").name == "population_r_age_trend_t.nii.gz"
+    assert p.compare_stem("F", "r").name == "compare_r_accelerated_vs_decelerated"
+    assert p.regions_stem("r") == ws.root / "reports" / "regions_r"
+    assert p.relative(ws.root / "subjects" / "s1" / "x.nii.gz") == "subjects/s1/x.nii.gz"
+    assert WorkspacePaths.is_workspace(ws.root) and not WorkspacePaths.is_workspace(tmp_path)
+    for bad in (lambda: p.prediction_file("s1", "../x"), lambda: p.transform_folder("s1", "../g"),
+                lambda: p.map_file("../s", "k")):
+        with pytest.raises(ConfigError):
+            bad()

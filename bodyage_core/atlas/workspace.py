@@ -128,7 +128,7 @@ def _member(ws, subject) -> AtlasMember:
 
 
 def transform_folder(ws, subject_id: str, group: str) -> Path:
-    return ws.subject_dir(subject_id) / f"atlas_{group}"
+    return ws.transform_folder(subject_id, group)
 
 
 def transform_current(folder: Path, fingerprint: str | None) -> bool:
@@ -508,7 +508,7 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
             if entry["mean"] is not None:
                 # the age trend's files are written by _age_trend_maps (no std)
                 for stat in ("mean", "std") if sub != "age_trend" else ():
-                    path = adir / f"population_{run}_{sub}_{stat}.nii.gz"
+                    path = ws.population_map(g, run, sub, stat)
                     save_image(Volume(entry[stat], atlas["template"].affine,
                                       channels=(f"{sub}_{stat}",)), path)
                     info[stat] = ws.relative(path)
@@ -522,7 +522,7 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                     info["uniform_baseline"] = uniform_baseline(age_mask, body)
             gsum["subgroups"][sub] = info
         if shares:
-            paths = write_shares(shares, adir / f"regions_{run}")
+            paths = write_shares(shares, ws.regions_stem(run, g))
             gsum["regions"] = {k: ws.relative(v) for k, v in paths.items()}
             if "age_trend" in shares:
                 gsum["top_regions_age_trend"] = [(r["region"], round(r["share"], 4))
@@ -531,10 +531,10 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                 shares_all[g] = shares["all"]
                 gsum["top_regions"] = [(r["region"], round(r["share"], 4))
                                        for r in shares["all"][:5]]
-        write_json(adir / f"population_{run}.json", gsum)
+        write_json(ws.population_json(g, run), gsum)
         summary["groups"][g] = gsum
     if shares_all:
-        paths = write_shares(shares_all, ws.reports_dir / f"regions_{run}")
+        paths = write_shares(shares_all, ws.regions_stem(run))
         summary["regions"] = {k: ws.relative(v) for k, v in paths.items()}
     return summary
 
@@ -552,7 +552,7 @@ def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, 
         return str(exc)
     files = {}
     for key, suffix in (("map", ""), ("cov", "_cov"), ("t", "_t")):
-        path = adir / f"population_{run}_age_trend{suffix}.nii.gz"
+        path = ws.age_trend_map(adir.name, run, suffix.lstrip("_"))
         save_image(Volume(tr[key], atlas["template"].affine, channels=(f"age_trend{suffix}",)),
                    path)
         files[key] = ws.relative(path)
@@ -598,10 +598,10 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
         res = permutation_test(maps[ia], maps[ib], permutations, seed, atlas["body_mask"],
                                statistic)
         aff = atlas["template"].affine
-        stem = f"compare_{run}_accelerated_vs_decelerated"
+        stem = ws.compare_stem(g, run)
         for key, name in (("diff", "diff"), ("stat", "t" if statistic == "t" else "stat"),
                           ("p_fwe", "p_fwe"), ("p_uncorrected", "p_uncorrected")):
-            path = adir / f"{stem}_{name}.nii.gz"
+            path = stem.with_name(f"{stem.name}_{name}.nii.gz")
             save_image(Volume(res[key], aff, channels=(name,)), path)
             gsum[name] = ws.relative(path)
         gsum.update({
@@ -610,7 +610,7 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
             "alpha": alpha, "statistic": statistic,
             "max_stat": float(np.abs(res["stat"]).max()),
         })
-        write_json(adir / f"{stem}.json", gsum)
+        write_json(stem.with_name(stem.name + ".json"), gsum)
         summary["groups"][g] = gsum
         reporter.update("permutations", 1, 1, group=g)
     return summary

@@ -52,22 +52,23 @@ def register(sub) -> None:
 
 def demo_commands(args) -> list[tuple[str, list[str]]]:
     """``(what it shows, bodyage argv)`` for every step."""
+    from bodyage_core.cohort.paths import WorkspacePaths
     from bodyage_core.evaluation.demo_summary import trend_kind
 
     ws = str(args.workspace)
+    paths = WorkspacePaths(ws)
     m = args.model
-    run_dir = Path(ws) / "models" / "demo-training"
+    run_dir = paths.model_dir("demo-training")
     train = ["train", ws, "--run", "demo-training", "--folds", "2", "--members", "1",
              "--epochs", str(args.train_epochs), "--width", str(args.train_width),
              "--batch-size", "4",
              "--device", args.device]
-    if run_dir.with_name(run_dir.name + ".partial").exists():
+    if paths.partial_model_dir("demo-training").exists():
         train.append("--resume")
     headless = args.no_gui or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     gui = ["gui", ws]
     if headless:
-        gui += ["--screenshot", str(Path(ws) / "reports" / "viewer.png"), "--whole-window"]
-    atlases = Path(ws) / "atlases"
+        gui += ["--screenshot", str(paths.root / "reports" / "viewer.png"), "--whole-window"]
     steps = [
         ("a fresh synthetic cohort", ["synth", ws, "--n", str(args.n), "--seed",
                                       str(args.seed), "--grid", args.grid]),
@@ -75,7 +76,7 @@ def demo_commands(args) -> list[tuple[str, list[str]]]:
         ("the model against the noise floor and the baselines", ["report", ws, "--run", m]),
         ("where the evidence lies: Grad-CAM", ["explain", ws, "--run", m]),
     ]
-    if not any((atlases / g / "members.json").exists() for g in ("F", "M")):
+    if not any((paths.atlas_dir(g) / "members.json").exists() for g in ("F", "M")):
         steps.append(("the shipped atlas of each sex", ["atlas", "install", ws, args.atlas]))
     steps += [
         ("every subject registered once to its atlas", ["register", ws]),

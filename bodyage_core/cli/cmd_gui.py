@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import ConfigError
 from bodyage_core.viewer import CONVENTIONS, LAYOUTS, ViewerState
 from bodyage_core.viewer.files import add_map, read_map
@@ -57,7 +58,7 @@ def dicom_folder_of(args) -> Path | None:
     series browser on it (instead of refusing it with a hint for another command)."""
     inputs = [Path(p) for p in args.inputs]
     if len(inputs) == 1 and not args.overlay and inputs[0].is_dir() and \
-            not (inputs[0] / "cohort.sqlite").exists() and several_series(inputs[0]):
+            not WorkspacePaths.is_workspace(inputs[0]) and several_series(inputs[0]):
         return inputs[0]
     return None
 
@@ -70,7 +71,7 @@ def state_from_args(args) -> tuple[ViewerState, Path | None]:
     state = ViewerState(convention=args.convention, layout=args.layout)
     inputs = [Path(p) for p in args.inputs]
     workspace = None
-    if len(inputs) == 1 and inputs[0].is_dir() and (inputs[0] / "cohort.sqlite").exists():
+    if len(inputs) == 1 and inputs[0].is_dir() and WorkspacePaths.is_workspace(inputs[0]):
         workspace = inputs[0]
         inputs = []
     if args.overlay and not inputs and workspace is None:

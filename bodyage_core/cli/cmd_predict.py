@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bodyage_core.cohort.paths import WorkspacePaths
+
 
 class _Targets(argparse.Action):
     """One target that is a workspace (has cohort.sqlite) becomes ``args.workspace`` (the
@@ -20,7 +22,7 @@ class _Targets(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         values = list(values)
         setattr(namespace, self.dest, values)
-        if len(values) == 1 and (Path(values[0]).expanduser() / "cohort.sqlite").is_file():
+        if len(values) == 1 and WorkspacePaths.is_workspace(Path(values[0]).expanduser()):
             namespace.workspace = values[0]
 
 

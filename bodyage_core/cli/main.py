@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bodyage_core import __version__
+from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import BodyageError, Cancelled
 
 # Order is the order shown by ``bodyage --help``.
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             from bodyage_core.cohort.database import sqlite_error
 
-            where = Path(getattr(args, "workspace", None) or ".") / "cohort.sqlite"
+            where = WorkspacePaths(getattr(args, "workspace", None) or ".").db_path
             print(f"bodyage {name}: error: {sqlite_error(err, where)}", file=sys.stderr)
             return 2
         except RuntimeError as err:
@@ -251,10 +252,11 @@ def _remove_if_unused(root: Path) -> None:
     import shutil
 
     try:
-        subjects = root / "subjects"
+        paths = WorkspacePaths(root)
+        subjects = paths.subjects_root
         if subjects.is_dir() and any(subjects.iterdir()):
             return
-        db = root / "cohort.sqlite"
+        db = paths.db_path
         if db.exists():
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             try:
@@ -291,7 +293,7 @@ def _set_run_status(root: Path, run: str, status: str) -> None:
     from bodyage_core.cohort.database import CohortDB
 
     try:
-        db = CohortDB.open(root / "cohort.sqlite")
+        db = CohortDB.open(WorkspacePaths(root).db_path)
     except (BodyageError, OSError, sqlite3.Error):
         return
     try:

@@ -178,9 +178,9 @@ def describe_error(exc: BaseException) -> str:
 def _Paths(root: str | Path):
     """The path half of a :class:`~bodyage_core.cohort.Workspace` for workers: no database
     (the client records results)."""
-    from bodyage_core.cohort.workspace import Workspace
+    from bodyage_core.cohort.paths import WorkspacePaths
 
-    return Workspace(Path(root), None)  # type: ignore[arg-type]
+    return WorkspacePaths(Path(root))
 
 
 # per-worker caches of loaded runs and atlases (a worker runs many subjects)
@@ -289,7 +289,8 @@ def predict_one(root: str, run: str, device: str, subject,
                            model_input=arr)
     row = pred.row()
     row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
-    target = ws.subject_dir(subject.subject_id, create=True) / f"prediction_{run}.json"
+    ws.subject_dir(subject.subject_id, create=True)
+    target = ws.prediction_file(subject.subject_id, run)
     with writing(target):
         write_json(target, dict(row, run=run))
     return {"row": row}
@@ -355,7 +356,7 @@ class PredictStage(Stage):
         rows = [r for r in ws.db.predictions(self.run)
                 if wanted is None or r["subject_id"] in wanted]
         out = Path(self.csv_path) if self.csv_path else \
-            ws.reports_dir / f"predictions_{self.run}.csv"
+            ws.predictions_csv(self.run)
         with writing(out):
             # a --csv the user named may lie anywhere; the default one stays in the workspace
             write_text(out, predictions_csv(rows), within=None if self.csv_path else ws.root)
@@ -455,7 +456,7 @@ class ExplainStage(Stage):
             return None
 
     def _target(self, ws, sid: str) -> Path:
-        return ws.subject_dir(sid) / f"{self.kind}.nii.gz"
+        return ws.map_file(sid, self.kind)
 
     def is_done(self, ws, job, row) -> bool:
         # the map on disk is what counts (as for explain_subjects' resume)

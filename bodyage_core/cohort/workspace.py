@@ -27,10 +27,11 @@ import re
 from pathlib import Path
 
 from bodyage_core.cohort.database import CohortDB
+from bodyage_core.cohort.paths import DB_NAME, FOLDERS, WorkspacePaths
 from bodyage_core.errors import CohortError
-from bodyage_core.names import check_name, is_valid_name
+from bodyage_core.names import is_valid_name
 
-DB_NAME = "cohort.sqlite"
+__all__ = ["DB_NAME", "Workspace", "WorkspacePaths", "safe_name"]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -53,14 +54,15 @@ def safe_name(name: str) -> str:
     return cleaned
 
 
-class Workspace:
-    """A bodyage workspace folder and its cohort index.
+class Workspace(WorkspacePaths):
+    """A bodyage workspace folder (its file names: :class:`~bodyage_core.cohort.paths.
+    WorkspacePaths`) and its cohort index.
 
     Use :meth:`create` for a new (or existing) folder and :meth:`open` for an existing one.
     """
 
     def __init__(self, root: Path, db: CohortDB):
-        self.root = root
+        super().__init__(root)
         self.db = db
         #: ids left out of training in this session (``bodyage train --exclude``)
         self.train_exclude: set[str] = set()
@@ -75,7 +77,7 @@ class Workspace:
         root = Path(path).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise CohortError("exists and is not a folder", root, "choose another workspace path")
-        for sub in ("subjects", "models", "atlases", "reports"):
+        for sub in FOLDERS:
             (root / sub).mkdir(parents=True, exist_ok=True)
         return cls(root, CohortDB.open(root / DB_NAME, create=True))
 
@@ -88,45 +90,7 @@ class Workspace:
                               "create one with `bodyage synth` or `bodyage import`")
         return cls(root, CohortDB.open(root / DB_NAME))
 
-    @staticmethod
-    def is_workspace(path: str | Path) -> bool:
-        return (Path(path) / DB_NAME).is_file()
-
-    # -- paths --------------------------------------------------------------------------------
-    def subject_dir(self, subject_id: str, create: bool = False) -> Path:
-        """``subjects/<id>/``; a ConfigError for an id that breaks the name rule."""
-        p = self.root / "subjects" / check_name(str(subject_id), "subject id")
-        if create:
-            p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def model_dir(self, run: str) -> Path:
-        """``models/<run>/``; a ConfigError for a run name that breaks the name rule."""
-        return self.root / "models" / check_name(str(run), "run name")
-
-    def atlas_dir(self, group: str) -> Path:
-        """``atlases/<group>/``; a ConfigError for a group name that breaks the name rule."""
-        return self.root / "atlases" / check_name(str(group), "atlas group")
-
-    @property
-    def reports_dir(self) -> Path:
-        p = self.root / "reports"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def resolve(self, relpath: str | Path) -> Path:
-        """Absolute path of an image path stored in the index (relative to the root)."""
-        p = Path(relpath)
-        return p if p.is_absolute() else self.root / p
-
-    def relative(self, path: str | Path) -> str:
-        """The path to store in the index: relative to the root when inside it."""
-        p = Path(path).resolve()
-        try:
-            return str(p.relative_to(self.root))
-        except ValueError:
-            return str(p)
-
+    # -- paths of the index ----------------------------------------------------------------
     def image_path(self, subject_id: str, kind: str) -> Path:
         """Absolute path of one image of a subject; a clear error when it is not recorded."""
         subj = self.db.get_subject(subject_id)

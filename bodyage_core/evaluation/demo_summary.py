@@ -35,10 +35,12 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                        total_s: float) -> dict[str, Any]:
+    from bodyage_core.cohort.paths import WorkspacePaths
     from bodyage_core.synth.oracle import noise_floor
 
     ws_root = Path(ws_root)
-    rep = ws_root / "reports"
+    paths = WorkspacePaths(ws_root)
+    rep = paths.reports_dir
     out: dict[str, Any] = {"model": model, "seconds": round(total_s, 1), "steps": timings,
                            "checks": []}
     synth = _read(ws_root / "synth.json") or {}
@@ -65,10 +67,10 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                                "met": bool(raw < base[b])})
     maps: dict[str, Any] = {}
     for g in ("F", "M"):
-        pop = _read(ws_root / "atlases" / g / f"population_{trend_kind(model)}.json")
-        cam = _read(ws_root / "atlases" / g / f"population_{model}.json")
-        cmp_ = _read(ws_root / "atlases" / g /
-                     f"compare_{model}_accelerated_vs_decelerated.json")
+        pop = _read(paths.population_json(g, trend_kind(model)))
+        cam = _read(paths.population_json(g, model))
+        stem = paths.compare_stem(g, model)
+        cmp_ = _read(stem.with_name(stem.name + ".json"))
         entry: dict[str, Any] = {}
         if pop:
             t = pop.get("subgroups", {}).get("age_trend", {})
@@ -94,7 +96,7 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                                     "voxels)",
                            "met": bool(v >= TREND_IN_MASK)})
     out["maps"] = maps
-    tr = _read(ws_root / "models" / "demo-training" / "metrics.json")
+    tr = _read(paths.model_dir("demo-training") / "metrics.json")
     if tr:
         curves = [[e["val_mae"] for e in h] for h in (tr.get("histories") or {}).values() if h]
         out["training"] = {"n": tr.get("n_out_of_fold"), "mae_raw": tr["raw"]["mae"],
@@ -103,8 +105,8 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                            "seconds": next((t["seconds"] for t in timings
                                             if t["step"] == "train"), None)}
     out["text"] = _text(out)
-    write_json(rep / "demo_summary.json", {k: v for k, v in out.items() if k != "text"})
-    write_text(rep / "demo_summary.md", out["text"] + "\n")
+    write_json(paths.demo_summary(".json"), {k: v for k, v in out.items() if k != "text"})
+    write_text(paths.demo_summary(".md"), out["text"] + "\n")
     return out
 
 

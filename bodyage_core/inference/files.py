@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bodyage_core.atomic import write_text
+from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import BodyageError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 
@@ -97,7 +98,7 @@ def discover_scans(paths: Iterable[str | Path]) -> list[Scan]:
             else:
                 scans.append(Scan(_stem(p), p))
             continue
-        if (p / "cohort.sqlite").is_file():
+        if WorkspacePaths.is_workspace(p):
             raise BodyageError("this folder is a bodyage workspace", path=p,
                                hint="predict its subjects with `bodyage predict WORKSPACE "
                                     "--run RUN` (or --model NAME)")

@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import LoadError
 from bodyage_core.io._geometry import LPS_TO_RAS, make_volume
 from bodyage_core.qc.image_checks import check_allocation
@@ -303,7 +304,7 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None,
     path = Path(path)
     if not path.exists():
         raise LoadError("file or folder not found", path, "check the path")
-    if path.is_dir() and (path / "cohort.sqlite").is_file():
+    if path.is_dir() and WorkspacePaths.is_workspace(path):
         raise LoadError("this folder is a bodyage workspace, not an image", path,
                         "give one image file or DICOM series folder; open a workspace with "
                         "`bodyage gui WORKSPACE`")

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bodyage_core.cohort.paths import WorkspacePaths
+
 RGB = tuple[int, int, int]
 
 _STEM_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".gz")
@@ -295,7 +297,7 @@ def _synthetic_cohort_table(p: Path) -> LabelTable | None:
     if p.name != "labels.nii.gz" or p.parent.parent.name != "subjects":
         return None
     root = p.parent.parent.parent
-    if (root / "synth.json").is_file() and (root / "cohort.sqlite").exists():
+    if (root / "synth.json").is_file() and WorkspacePaths.is_workspace(root):
         t = synthetic_table()
         t.source = "bodyage synthetic cohort (synth.json of the workspace)"
         return t

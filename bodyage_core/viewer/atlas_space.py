@@ -87,8 +87,10 @@ class AtlasLink:
 
 def _population_map(atlas_dir: Path, run: str | None) -> Path | None:
     """The group's population map of ``run`` over all its subjects, else the newest one."""
+    from bodyage_core.cohort.paths import WorkspacePaths
+
     if run:
-        p = atlas_dir / f"population_{run}_all_mean.nii.gz"
+        p = WorkspacePaths(atlas_dir.parent.parent).population_map(atlas_dir.name, run, "all")
         if p.exists():
             return p
     found = sorted(atlas_dir.glob("population_*_all_mean.nii.gz"),

@@ -20,7 +20,6 @@ their population maps, the region summary and the subgroup MAE table.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,9 +98,9 @@ def subgroup_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_region_rows(ws, run: str) -> list[dict[str, str]]:
     """Region shares of a run: ``reports/regions_<run>.csv`` or the per-atlas CSVs."""
-    paths = [ws.reports_dir / f"regions_{run}.csv"]
+    paths = [ws.regions_stem(run).with_suffix(".csv")]
     if not paths[0].exists():
-        root = Path(ws.root) / "atlases"
+        root = ws.atlases_root
         paths = sorted(root.glob(f"*/regions_{run}.csv")) if root.is_dir() else []
     rows: list[dict[str, str]] = []
     for p in paths:
@@ -475,7 +474,7 @@ class QtCohortPanel(QtWidgets.QWidget):
             groups = population_map_groups(ws, run)
             if not groups:
                 raise BodyageError(text.NO_ATLAS_MAPS.format(run=run,
-                                                             where=Path(ws.root) / "atlases"))
+                                                             where=ws.atlases_root))
             dlg = QtGapMapsDialog(ws, run, groups, group, parent=self)
         except BodyageError as err:
             rep = getattr(self.window, "report_error", None)

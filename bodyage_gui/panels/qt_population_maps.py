@@ -32,12 +32,12 @@ ALPHA = 0.05
 def gap_map_groups(ws, run: str) -> list[str]:
     """Atlas groups that have both the accelerated and the decelerated population map of
     ``run``."""
-    root = Path(ws.root) / "atlases"
+    root = ws.atlases_root
     if not root.is_dir():
         return []
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if all((d / f"population_{run}_{c}_mean.nii.gz").exists()
+        if all(ws.population_map(d.name, run, c).exists()
                for c in ("accelerated", "decelerated")):
             out.append(d.name)
     return out
@@ -45,13 +45,13 @@ def gap_map_groups(ws, run: str) -> list[str]:
 
 def age_trend_file(ws, group: str, run: str) -> tuple[Path, str, str] | None:
     """The age trend map of ``run`` in atlas ``group`` as ``(path, tag, source)``: of the
-    signed gradient x input maps (``population_gradxinput_signed_<run>_age_trend.nii.gz``,
-    the one the age trend is best read from) when there, else of the Grad-CAM maps
-    (``population_<run>_age_trend.nii.gz``); ``None`` when neither exists."""
-    adir = ws.atlas_dir(group)
+    signed gradient x input maps against the atlas (``population_gradxinput_signed_vs_atlas_
+    <run>_age_trend.nii.gz``, the one the age trend is best read from), else against zero,
+    else of the Grad-CAM maps (``population_<run>_age_trend.nii.gz``); ``None`` when none
+    exists."""
     for tag, source in text.AGE_TREND_SOURCES:
         tag = tag.format(run=run)
-        path = adir / f"population_{tag}_age_trend.nii.gz"
+        path = ws.age_trend_map(group, tag)
         if path.exists():
             return path, tag, source
     return None
@@ -60,7 +60,7 @@ def age_trend_file(ws, group: str, run: str) -> tuple[Path, str, str] | None:
 def population_map_groups(ws, run: str) -> list[str]:
     """Atlas groups with something for the maps dialog: both gap-class maps of ``run``
     (:func:`gap_map_groups`) or an age trend (:func:`age_trend_file`)."""
-    root = Path(ws.root) / "atlases"
+    root = ws.atlases_root
     if not root.is_dir():
         return []
     gap = set(gap_map_groups(ws, run))
@@ -72,25 +72,25 @@ def maps_rule(ws, run: str) -> tuple[float | None, float | None] | None:
     """``(gap_threshold, gap_quantile)`` the population maps of ``run`` were built with (the
     first group that says; the atlas module's default, the quartile, when it says neither);
     None when no population maps of the run exist."""
-    root = Path(ws.root) / "atlases"
+    root = ws.atlases_root
     if not root.is_dir():
         return None
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        info = _read_json(d / f"population_{run}.json")
+        info = _read_json(ws.population_json(d.name, run))
         if info:
             thr, q = info.get("gap_threshold"), info.get("gap_quantile")
             return (thr, None) if thr is not None else (None, 0.25 if q is None else q)
     return None
 
 
-def compare_info(adir: Path, run: str) -> dict[str, Any] | None:
+def compare_info(ws, group: str, run: str) -> dict[str, Any] | None:
     """What ``bodyage compare`` found for a group (``compare_<run>_..._vs_...json``), with the
     path of its p(FWE) map; None when the comparison was not run."""
-    stem = adir / f"compare_{run}_accelerated_vs_decelerated"
-    info = _read_json(Path(f"{stem}.json"))
+    stem = ws.compare_stem(group, run)
+    info = _read_json(stem.with_name(stem.name + ".json"))
     if not info or "min_p_fwe" not in info:
         return None
-    p_map = Path(f"{stem}_p_fwe.nii.gz")
+    p_map = stem.with_name(stem.name + "_p_fwe.nii.gz")
     info["p_fwe_path"] = p_map if p_map.exists() else None
     return info
 
@@ -227,14 +227,15 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         from bodyage_core.atlas.stats import describe_gap_rule
         from bodyage_gui.loading import load_for_viewer
 
-        stem = f"population_{self.run}"
-        acc = load_for_viewer(adir / f"{stem}_accelerated_mean.nii.gz")
-        dec = load_for_viewer(adir / f"{stem}_decelerated_mean.nii.gz")
-        diff_path = adir / f"compare_{self.run}_accelerated_vs_decelerated_diff.nii.gz"
+        ws = self.ws
+        acc = load_for_viewer(ws.population_map(group, self.run, "accelerated"))
+        dec = load_for_viewer(ws.population_map(group, self.run, "decelerated"))
+        cstem = ws.compare_stem(group, self.run)
+        diff_path = cstem.with_name(cstem.name + "_diff.nii.gz")
         computed = not diff_path.exists()
         diff = (Volume(acc.data - dec.data, acc.affine, ("diff",)) if computed
                 else load_for_viewer(diff_path))
-        info = _read_json(adir / f"{stem}.json")
+        info = _read_json(ws.population_json(group, self.run))
         subs = info.get("subgroups", {})
         n_acc = subs.get("accelerated", {}).get("n", "?")
         n_dec = subs.get("decelerated", {}).get("n", "?")
@@ -249,7 +250,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         maps[f"decelerated (n={n_dec})\nmean map, no test"] = (
             "decelerated", dec, {"colormap": "heat", "display_range": (0, hi),
                                  "threshold": 0.1 * hi})
-        cmp = None if computed else compare_info(adir, self.run)
+        cmp = None if computed else compare_info(ws, group, self.run)
         self.comparison = cmp
         if cmp is None:
             title = ("difference (acc − dec)" + (", computed here" if computed else "")
@@ -293,7 +294,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         data = np.asarray(vol.data, np.float32)
         vol = Volume(np.where(data == 0, np.float32(np.nan), data), vol.affine, vol.channels,
                      dict(vol.provenance))
-        entry = _read_json(adir / f"population_{tag}.json").get("subgroups", {}).get(
+        entry = _read_json(self.ws.population_json(adir.name, tag)).get("subgroups", {}).get(
             "age_trend", {})
         n = entry.get("n", "?")
         p_thr = entry.get("p_threshold")

@@ -139,7 +139,9 @@ class QtTrainingWizard(QtWidgets.QWizard):
 
     def partial_path(self) -> Path:
         s = self.settings()
-        return Path(s["workspace"]) / "models" / f"{s['run']}.partial"
+        from bodyage_core.cohort.paths import WorkspacePaths
+
+        return WorkspacePaths(s["workspace"]).partial_model_dir(s["run"])
 
     def resume_training(self) -> bool:
         """Continue the cancelled (or failed) run from its partial folder."""

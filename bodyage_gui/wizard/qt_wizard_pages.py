@@ -18,6 +18,7 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
+from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import BodyageError
 from bodyage_core.names import is_valid_name
 from bodyage_gui.workers import analysis_strings as text
@@ -190,7 +191,7 @@ class CohortPage(QtWidgets.QWizardPage):
     def run_exists(self) -> bool:
         p = self.workspace_path()
         run = self.run_edit.text().strip()
-        return bool(p and run and (p / "models" / run).exists())
+        return bool(p and run and is_valid_name(run) and WorkspacePaths(p).model_dir(run).exists())
 
     def partial_dir(self) -> Path | None:
         """``models/<run>.partial`` when an interrupted run of this name waits there."""
@@ -198,7 +199,7 @@ class CohortPage(QtWidgets.QWizardPage):
         run = self.run_edit.text().strip()
         if not (p and run and is_valid_name(run)):
             return None
-        d = p / "models" / f"{run}.partial"
+        d = WorkspacePaths(p).partial_model_dir(run)
         return d if d.is_dir() else None
 
     def _run_changed(self) -> None:
