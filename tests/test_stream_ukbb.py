@@ -14,7 +14,7 @@ import pytest
 
 from bodyage_core.cli.main import main
 from bodyage_core.cohort import Workspace
-from bodyage_core.io.ukbb import UKBBFolderIndex, parse_bulk_name
+from bodyage_core.io.ukbb_bulk import UKBBFolderIndex, parse_bulk_name
 from bodyage_core.io.ukbb_fake import write_ukbb_zip
 from bodyage_core.training.data import InputSpec, load_subject_volume, records_from_workspace
 from bodyage_core.volume import Volume

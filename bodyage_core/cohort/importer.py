@@ -373,7 +373,7 @@ def import_ukbb_folder(workspace: Workspace | str | Path, folder: str | Path,
     ----------
     folder
         Folder (sub-folders included) of ``<eid>_<field>_<instance>_<array>.zip`` files; indexed
-        by name (:class:`~bodyage_core.io.ukbb.UKBBFolderIndex`), no zip is opened.
+        by name (:class:`~bodyage_core.io.ukbb_bulk.UKBBFolderIndex`), no zip is opened.
     csv_path
         Optional subject CSV (id column = the UK Biobank ``eid``): ages, sex, BMI, site. Without
         it every participant with a zip is imported without an age (predictable, not
@@ -385,7 +385,7 @@ def import_ukbb_folder(workspace: Workspace | str | Path, folder: str | Path,
     kinds
         Image kinds recorded for the zip (Dixon channels stitched from it when loaded).
     """
-    from bodyage_core.io.ukbb import DIXON_FIELD, UKBBFolderIndex
+    from bodyage_core.io.ukbb_bulk import DIXON_FIELD, UKBBFolderIndex
 
     reporter = ensure_reporter(reporter)
     field = DIXON_FIELD if field is None else int(field)

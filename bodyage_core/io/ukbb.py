@@ -50,7 +50,11 @@ A zip without a station (fewer than ``expected_stations``, or a gap in z between
 or a station without one of the requested channels is a :class:`LoadError` naming the zip and
 the station/channel.
 
-Streaming a cohort: :class:`UKBBFolderIndex` indexes a folder of UK Biobank bulk files (any
+The parts: :mod:`~bodyage_core.io.ukbb_zip` (members, headers, Dixon channels),
+:mod:`~bodyage_core.io.ukbb_series` (series to stations, repeats), this module (loading),
+:mod:`~bodyage_core.io.ukbb_stitch` (the fused volume).
+
+Streaming a cohort: :class:`~bodyage_core.io.ukbb_bulk.UKBBFolderIndex` indexes a folder of UK Biobank bulk files (any
 number, nested folders allowed) by their names alone (``<eid>_<field>_<instance>_<array>.zip``,
 e.g. ``1234567_20201_2_0.zip``), without opening them; a zip is read only when its subject is
 loaded, in one sequential read into memory (members are decompressed from memory, nothing is
@@ -59,28 +63,29 @@ extracted to disk).
 
 from __future__ import annotations
 
-import io
-import os
-import re
 import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 from bodyage_core.errors import LoadError
 from bodyage_core.io import dixon_swap
 from bodyage_core.io._geometry import LPS_TO_RAS, canonical_xyz
 from bodyage_core.io.dicom import (
     read_dataset,
-    series_key,
-    stack_geometry,
     stack_series,
     subject_metadata,
+)
+from bodyage_core.io.ukbb_series import (
+    Series,
+    check_channels,
+    check_coverage,
+    clock,
+    collect_series,
+    keep_channels,
+    station_positions,
 )
 from bodyage_core.io.ukbb_stitch import (
     UKBB_SPACING_XYZ,
@@ -90,341 +95,8 @@ from bodyage_core.io.ukbb_stitch import (
     resolve_settings,
     run_stitch,
 )
+from bodyage_core.io.ukbb_zip import CHANNELS, CORRUPT_HINT, open_zip, read_member, read_zip
 from bodyage_core.volume import Volume, orientation_letters
-
-CHANNELS = ("water", "fat", "in", "opp")
-_SUFFIX_TO_CHANNEL = {
-    "w": "water", "water": "water",
-    "f": "fat", "fat": "fat",
-    "in": "in", "ip": "in", "inphase": "in",
-    "opp": "opp", "op": "opp", "out": "opp", "outphase": "opp",
-}
-_SERIES_DESCRIPTION_HINT = "SeriesDescription ending in _W, _F, _in or _opp"
-_CORRUPT_HINT = "the zip is corrupt; fetch it again"
-_MISSING_HINT = "the zip is incomplete; download UK Biobank field 20201 for this subject again"
-
-
-def dixon_channel(description: str) -> str | None:
-    """Channel name for a UK Biobank Dixon SeriesDescription (``'Dixon_BH_17s_W'`` -> water)."""
-    desc = str(description or "").strip()
-    if "_" not in desc:
-        return None
-    return _SUFFIX_TO_CHANNEL.get(desc.rsplit("_", 1)[1].lower())
-
-
-_HEADER_BYTES = (4096, 32768)
-_NEEDED_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                "Columns", "SeriesDescription")
-#: Follows PixelSpacing (0028,0030) in every image header: a prefix that holds it holds the
-#: whole geometry (pydicom returns a value cut by the end of the bytes without complaint).
-_SENTINEL_TAG = "BitsAllocated"
-_HEADER_TAGS = [*_NEEDED_TAGS, "SeriesInstanceUID", "SeriesNumber", "SliceThickness",
-                "SpacingBetweenSlices", "PatientAge", "PatientSex", "Modality", "SeriesDate",
-                "SeriesTime", "AcquisitionDate", "AcquisitionTime", _SENTINEL_TAG]
-_GEOMETRY_VALUES = {0x00280030: ("PixelSpacing", 2), 0x00200032: ("ImagePositionPatient", 3),
-                    0x00200037: ("ImageOrientationPatient", 6)}
-
-
-#: Zips up to this size are read into memory in one sequential read (fast on network file
-#: systems); larger ones are read member by member from the file.
-IN_MEMORY_MAX_BYTES = 2 * 1024 ** 3
-
-
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    if not path.exists():
-        raise LoadError("file not found", path, "check the path")
-    try:
-        if path.stat().st_size <= IN_MEMORY_MAX_BYTES:
-            with open(path, "rb") as fh:
-                return zipfile.ZipFile(io.BytesIO(fh.read()))
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise LoadError(f"not a readable zip file ({err})", path,
-                        "the download is probably incomplete; fetch it again") from err
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
-                 size: int | None = None) -> bytes:
-    try:
-        if size is None:
-            return zf.read(info)
-        with zf.open(info) as fh:
-            return fh.read(size)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError,
-            RuntimeError) as err:
-        raise LoadError(f"member {info.filename} cannot be read ({type(err).__name__}: {err})",
-                        path, _CORRUPT_HINT) from None
-
-
-def _n_values(v: Any) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, (str, bytes)):
-        return 1 if v else 0
-    try:
-        return len(v)
-    except TypeError:
-        return 1
-
-
-def _header_problem(ds) -> str | None:
-    """What makes a header unusable for stitching (None: nothing)."""
-    for tag in _NEEDED_TAGS:
-        if tag not in ds:
-            return f"{tag} is missing"
-    for tag, (kw, n) in _GEOMETRY_VALUES.items():
-        v = ds[tag].value
-        k = _n_values(v)
-        if k != n:
-            return f"{kw} has {k} value{'s' if k != 1 else ''} ({n} needed)"
-        try:
-            vals = [float(x) for x in v]
-        except (TypeError, ValueError):
-            return f"{kw} is not {n} numbers ({v!r})"
-        if not all(np.isfinite(vals)):
-            return f"{kw} is not finite ({v!r})"
-    return None
-
-
-def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
-    """The DICOM header of a member without decompressing its pixel data (when possible)."""
-    for size in _HEADER_BYTES:
-        if info.file_size <= size:
-            break
-        head = _read_member(zf, info, path, size)
-        try:
-            ds = pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True,
-                                 specific_tags=_HEADER_TAGS)
-        except Exception:  # a header cut mid-element: try more bytes, then the whole member
-            continue
-        if _SENTINEL_TAG in ds:  # the geometry tags precede it: none of them is cut
-            return ds
-    return read_dataset(_read_member(zf, info, path), f"{path}:{info.filename}")
-
-
-def _read_zip(zf: zipfile.ZipFile, path: Path) -> list[tuple[zipfile.ZipInfo, Any]]:
-    """Headers of the DICOM image members: ``[(ZipInfo, dataset without pixels)]``."""
-    items = []
-    for info in zf.infolist():
-        if info.is_dir() or info.filename.lower().rsplit("/", 1)[-1].startswith("manifest"):
-            continue
-        ds = _read_header(zf, info, path)
-        if ds is not None and "ImagePositionPatient" in ds:
-            items.append((info, ds))
-    if not items:
-        raise LoadError("no DICOM images in the zip", path,
-                        "expected a UK Biobank Dixon zip (field 20201)")
-    return items
-
-
-# -- series, stations, repeats ------------------------------------------------------------------
-
-def _seconds(value: Any) -> float | None:
-    """DICOM TM (``'100230.5'``, old ``'10:02:30'``) -> seconds after midnight."""
-    s = str(value or "").strip().replace(":", "")
-    if len(s) < 2 or not s[:2].isdigit():
-        return None
-    try:
-        hh = int(s[0:2])
-        mm = int(s[2:4]) if len(s) >= 4 else 0
-        ss = float(s[4:]) if len(s) > 4 else 0.0
-    except ValueError:
-        return None
-    return hh * 3600 + mm * 60 + ss
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "time unknown"
-    s = int(round(seconds))
-    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-@dataclass
-class _Series:
-    channel: str
-    description: str
-    number: int
-    uid: str
-    datasets: list        # headers sorted along the slice normal (inferior first)
-    infos: list           # zip members, same order
-    z_lo: float
-    z_hi: float
-    step: float
-    rows: int
-    cols: int
-    acq_time: float | None
-    newness: tuple
-    aff_lps: np.ndarray = None        # voxel (x, y, z) of the sorted slices -> LPS mm
-    uniform: bool = True
-
-    @property
-    def label(self) -> str:
-        return f"{self.description} #{self.number}"
-
-    @property
-    def slab(self) -> tuple[float, float]:
-        half = 0.5 * (self.step or 1.0)
-        return self.z_lo - half, self.z_hi + half
-
-
-def _collect_series(items, path: Path, wanted: Sequence[str], settings: StitchSettings
-                    ) -> tuple[list[_Series], list[str]]:
-    groups: dict[str, list] = {}
-    for info, ds in items:
-        groups.setdefault(series_key(ds), []).append((info, ds))
-    out, found = [], set()
-    for uid, members in groups.items():
-        ds0 = members[0][1]
-        desc = str(ds0.get("SeriesDescription", "") or "")
-        ch = dixon_channel(desc)
-        if ch is None:
-            continue
-        found.add(desc)
-        if ch not in wanted:
-            continue
-        for info, ds in members:
-            problem = _header_problem(ds)
-            if problem:
-                raise LoadError(f"member {info.filename} (series {desc}): DICOM header "
-                                f"{problem}", path, "the zip is corrupt or not UK Biobank "
-                                "Dixon data; fetch it again")
-        datasets = [m[1] for m in members]
-        try:
-            order, aff_lps, info_geo = stack_geometry(datasets, f"{path} (series {desc})")
-        except (IndexError, TypeError, ValueError, AttributeError) as err:
-            raise LoadError(f"series {desc}: DICOM geometry tags invalid ({err})", path,
-                            "the zip is corrupt or not UK Biobank Dixon data") from None
-        datasets = [datasets[i] for i in order]
-        infos = [members[i][0] for i in order]
-        zs = [float(d.ImagePositionPatient[2]) for d in datasets]  # LPS z = RAS z
-        acq = _seconds(ds0.get("AcquisitionTime"))
-        ser = _seconds(ds0.get("SeriesTime"))
-        number = int(ds0.get("SeriesNumber", 0) or 0)
-        if settings.repeats == "highest_series_number":
-            newness: tuple = (number,)
-        else:
-            newness = (str(ds0.get("AcquisitionDate", "") or ""), -1.0 if acq is None else acq,
-                       str(ds0.get("SeriesDate", "") or ""), -1.0 if ser is None else ser, number)
-        out.append(_Series(ch, desc, number, str(uid), datasets, infos, float(min(zs)),
-                           float(max(zs)), float(info_geo["slice_step"]), int(ds0.Rows),
-                           int(ds0.Columns), acq if acq is not None else ser, newness,
-                           aff_lps, not info_geo["nonuniform_slice_spacing"]))
-    return out, sorted(found)
-
-
-@dataclass
-class _Position:
-    """One station (one table position): the acquisitions found there."""
-
-    number: int
-    by_channel: dict[str, list[_Series]]          # newest first
-    older: list[dict[str, _Series]] = field(default_factory=list)   # complete older ones
-    dropped: list[_Series] = field(default_factory=list)
-
-    @property
-    def primary(self) -> dict[str, _Series]:
-        return {ch: lst[0] for ch, lst in self.by_channel.items()}
-
-    def extent(self, acq: Mapping[str, _Series] | None = None) -> tuple[float, float, float]:
-        acq = self.primary if acq is None else acq
-        return (max(s.z_lo for s in acq.values()), min(s.z_hi for s in acq.values()),
-                max(s.step for s in acq.values()))
-
-
-def _overlap_fraction(a: tuple[float, float], b: tuple[float, float]) -> float:
-    ov = min(a[1], b[1]) - max(a[0], b[0])
-    short = min(a[1] - a[0], b[1] - b[0])
-    return ov / short if short > 0 else 0.0
-
-
-def _positions(series: list[_Series], settings: StitchSettings) -> list[_Position]:
-    clusters: list[tuple[tuple[float, float], list[_Series]]] = []
-    for s in sorted(series, key=lambda s: -(s.z_lo + s.z_hi)):
-        best, frac = None, 0.0
-        for c in clusters:
-            f = _overlap_fraction(s.slab, c[0])
-            if f > frac:
-                best, frac = c, f
-        if best is not None and frac >= settings.repeat_overlap:
-            best[1].append(s)
-        else:
-            clusters.append((s.slab, [s]))
-    positions = []
-    for _, members in clusters:
-        by_ch: dict[str, list[_Series]] = {}
-        for s in members:
-            by_ch.setdefault(s.channel, []).append(s)
-        for lst in by_ch.values():
-            lst.sort(key=lambda s: s.newness, reverse=True)
-        positions.append(_Position(0, by_ch))
-    positions.sort(key=lambda p: -sum(p.extent()[:2]))
-    for k, p in enumerate(positions, start=1):
-        p.number = k
-    return positions
-
-
-def _keep_channels(p: _Position, channels: Sequence[str]) -> None:
-    """Keep only ``channels`` and sort the older series into complete older acquisitions
-    (the r-th newest of every channel) and dropped ones."""
-    p.by_channel = {c: p.by_channel[c] for c in channels}
-    p.older, p.dropped = [], []
-    depth = max(len(v) for v in p.by_channel.values())
-    for r in range(1, depth):
-        acq = {c: lst[r] for c, lst in p.by_channel.items() if len(lst) > r}
-        if len(acq) == len(channels):
-            p.older.append(acq)
-        else:
-            p.dropped.extend(acq.values())
-
-
-def _check_channels(positions: list[_Position], series: list[_Series], found: list[str],
-                    channels: Sequence[str], path: Path) -> None:
-    for ch in channels:
-        if not any(s.channel == ch for s in series):
-            raise LoadError(f"no {ch!r} series in the zip (Dixon series found: "
-                            f"{', '.join(found) or 'none'})", path,
-                            f"the zip is incomplete or not UK Biobank Dixon data; "
-                            f"series are recognised by {_SERIES_DESCRIPTION_HINT}")
-    n = len(positions)
-    for p in positions:
-        for ch in channels:
-            if ch not in p.by_channel:
-                lo = min(s.z_lo for lst in p.by_channel.values() for s in lst)
-                hi = max(s.z_hi for lst in p.by_channel.values() for s in lst)
-                raise LoadError(f"station {p.number} of {n} (z {lo:.1f} to {hi:.1f} mm) has no "
-                                f"{ch!r} series", path, _MISSING_HINT)
-
-
-def _check_coverage(positions: list[_Position], channels: Sequence[str], path: Path,
-                    expected: int | None) -> None:
-    """The z coverage of every complete acquisition (an older one fills a gap too): a hole
-    between two stations, or fewer stations than expected, is a missing station."""
-    spans = sorted([p.extent(a) for p in positions for a in [p.primary, *p.older]])
-    merged: list[list[float]] = []
-    for lo, hi, step in spans:
-        if merged and lo - merged[-1][1] <= 1.5 * max(step, merged[-1][2]):
-            merged[-1][1] = max(merged[-1][1], hi)
-            merged[-1][2] = max(merged[-1][2], step)
-        else:
-            merged.append([lo, hi, step])
-    for below, above in zip(merged[:-1], merged[1:]):
-        upper = min((p for p in positions if p.extent()[0] >= above[0] - 1e-3),
-                    key=lambda p: p.extent()[0], default=positions[0])
-        lower = max((p for p in positions if p.extent()[1] <= below[1] + 1e-3),
-                    key=lambda p: p.extent()[1], default=positions[-1])
-        ul, uh, _ = upper.extent()
-        ll, lh, _ = lower.extent()
-        raise LoadError(f"gap in z coverage between station {upper.number} (z {ul:.1f} to "
-                        f"{uh:.1f} mm) and station {lower.number} (z {ll:.1f} to {lh:.1f} mm): "
-                        f"a station is missing (stations numbered from the neck down as found)",
-                        path, _MISSING_HINT)
-    n = len(positions)
-    if expected is not None and n < expected:
-        raise LoadError(f"{n} stations found, {expected} expected: a station is missing at the "
-                        f"top (neck) or bottom (knees) for channels {', '.join(channels)}",
-                        path, _MISSING_HINT)
-
 
 # -- loading ------------------------------------------------------------------------------------
 
@@ -441,7 +113,7 @@ class _Flags:
         return [{"flag": f, "message": "; ".join(m)} for f, m in self._msgs.items()]
 
 
-def _trimmed(s: _Series, margin: int, path: Path) -> tuple[list, list]:
+def _trimmed(s: Series, margin: int, path: Path) -> tuple[list, list]:
     if margin <= 0:
         return s.datasets, s.infos
     if len(s.datasets) - 2 * margin < 2:
@@ -451,13 +123,13 @@ def _trimmed(s: _Series, margin: int, path: Path) -> tuple[list, list]:
     return s.datasets[margin:-margin], s.infos[margin:-margin]
 
 
-def _affine_ras(s: _Series, margin: int) -> np.ndarray:
+def _affine_ras(s: Series, margin: int) -> np.ndarray:
     aff = np.array(s.aff_lps, dtype=np.float64)
     aff[:3, 3] += margin * aff[:3, 2]
     return LPS_TO_RAS @ aff
 
 
-def _geometry(acq: Mapping[str, _Series], margin: int, path: Path
+def _geometry(acq: Mapping[str, Series], margin: int, path: Path
               ) -> dict[str, tuple[tuple[int, int, int], np.ndarray]]:
     out = {}
     for ch, s in acq.items():
@@ -475,7 +147,7 @@ def _pixels(ds, info: zipfile.ZipInfo, rows: int, cols: int, path: Path) -> np.n
                         "the member is truncated or corrupt; fetch the zip again") from None
     if arr.shape != (rows, cols):
         raise LoadError(f"member {info.filename}: a {arr.shape} slice in a {rows} x {cols} "
-                        "series", path, _CORRUPT_HINT)
+                        "series", path, CORRUPT_HINT)
     out = arr.astype(np.float32)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     inter = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -486,16 +158,16 @@ def _pixels(ds, info: zipfile.ZipInfo, rows: int, cols: int, path: Path) -> np.n
     return out
 
 
-def _load_series(zf: zipfile.ZipFile, s: _Series, margin: int, path: Path
+def _load_series(zf: zipfile.ZipFile, s: Series, margin: int, path: Path
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One series' pixels as a canonical ``(X, Y, Z)`` array and its RAS affine."""
     datasets, infos = _trimmed(s, margin, path)
     names = [f"{path}:{info.filename}" for info in infos]
     full = []
     for info, name in zip(infos, names):
-        ds = read_dataset(_read_member(zf, info, path), name)
+        ds = read_dataset(read_member(zf, info, path), name)
         if ds is None or "PixelData" not in ds:
-            raise LoadError(f"member {info.filename} has no pixel data", path, _CORRUPT_HINT)
+            raise LoadError(f"member {info.filename} has no pixel data", path, CORRUPT_HINT)
         full.append(ds)
     if not s.uniform:  # a missing slice: the DICOM reader resamples to an even step
         xyz, affine, _ = stack_series(full, names, path)
@@ -601,12 +273,12 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             from None
     swap_on = cfg.swap_check != "off" and bool({"water", "fat"} & set(channels))
     flags = _Flags()
-    with _open_zip(path) as zf:
-        items = _read_zip(zf, path)
+    with open_zip(path) as zf:
+        items = read_zip(zf, path)
         wanted = tuple(dict.fromkeys([*channels, "water", "fat"])) if swap_on else channels
-        series, found = _collect_series(items, path, wanted, cfg)
-        positions = _positions(series, cfg)
-        _check_channels(positions, series, found, channels, path)
+        series, found = collect_series(items, path, wanted, cfg)
+        positions = station_positions(series, cfg)
+        check_channels(positions, series, found, channels, path)
         # The swap test needs both water and fat at every station; else it is skipped.
         stitched = channels
         if swap_on:
@@ -616,8 +288,8 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             else:
                 swap_on = False
         for p in positions:
-            _keep_channels(p, stitched)
-        _check_coverage(positions, channels, path, expected_stations)
+            keep_channels(p, stitched)
+        check_coverage(positions, channels, path, expected_stations)
         n_pos = len(positions)
         if expected_stations is not None and n_pos > expected_stations:
             zs = ", ".join(f"{p.number}: z {p.extent()[0]:.0f} to {p.extent()[1]:.0f}"
@@ -628,7 +300,7 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
 
         margin = cfg.trim_station_ends
         geoms: list[StationGeometry] = []
-        acq_of: dict[str, Mapping[str, _Series]] = {}
+        acq_of: dict[str, Mapping[str, Series]] = {}
         for p in positions:
             g = StationGeometry(f"station {p.number}", p.number,
                                 _geometry(p.primary, margin, path), "primary",
@@ -696,7 +368,7 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             continue
         prim = p.primary
         older = [s for lst in p.by_channel.values() for s in lst[1:]]
-        when = _clock(next(iter(prim.values())).acq_time)
+        when = clock(next(iter(prim.values())).acq_time)
         fillers = [u for u in report["used"] if u.startswith(f"station {p.number} (older")]
         repeats.append({"station": p.number, "acquisitions": n_acq,
                         "used": {c: s.label for c, s in prim.items()},
@@ -752,7 +424,7 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             "matrix_xyz": {ch: [p.primary[ch].cols, p.primary[ch].rows,
                                 len(p.primary[ch].datasets)] for ch in channels},
             "slice_step_mm": round(max(p.primary[ch].step for ch in channels), 4),
-            "acquired": _clock(p.primary[channels[0]].acq_time)})
+            "acquired": clock(p.primary[channels[0]].acq_time)})
     idx = [stitched.index(c) for c in channels]
     if idx != list(range(len(stitched))):
         data = np.ascontiguousarray(data[idx])
@@ -779,112 +451,3 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
         }),
     }
     return Volume(data, affine, channels, prov, subject_metadata(ds0))
-
-
-# -- a folder of UK Biobank bulk files, indexed by name ------------------------------------------
-
-#: UK Biobank field of the neck-to-knee Dixon station zips.
-DIXON_FIELD = 20201
-_BULK_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)_(\d+)\.zip$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class UKBBFile:
-    """One bulk file: participant ``eid``, data ``field``, ``instance`` (2 = first imaging
-    visit, 3 = repeat imaging) and ``array`` index, parsed from its name."""
-
-    eid: str
-    field: int
-    instance: int
-    array: int
-    path: Path
-
-
-def parse_bulk_name(name: str) -> tuple[str, int, int, int] | None:
-    """``'1234567_20201_2_0.zip'`` -> ``('1234567', 20201, 2, 0)``; None for other names."""
-    m = _BULK_NAME.match(name)
-    if not m:
-        return None
-    return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
-
-
-class UKBBFolderIndex:
-    """Lazy index of a folder of UK Biobank bulk zips: participant id -> files by field.
-
-    The index is built on first use by scanning directory entries (``os.scandir``, names only,
-    sub-folders included); no zip is opened. Files whose names do not follow UK Biobank's
-    ``<eid>_<field>_<instance>_<array>.zip`` pattern are listed in :attr:`skipped`.
-    """
-
-    def __init__(self, folder: str | Path, recursive: bool = True):
-        self.folder = Path(folder).expanduser()
-        self.recursive = recursive
-        self._files: dict[str, list[UKBBFile]] | None = None
-        self._skipped: list[str] = []
-
-    def _build(self) -> dict[str, list[UKBBFile]]:
-        if self._files is not None:
-            return self._files
-        if not self.folder.is_dir():
-            raise LoadError("UK Biobank folder not found", self.folder,
-                            "give the folder holding the <eid>_20201_<instance>_0.zip files")
-        files: dict[str, list[UKBBFile]] = {}
-        skipped: list[str] = []
-        stack = [self.folder]
-        while stack:
-            d = stack.pop()
-            try:
-                it = os.scandir(d)
-            except OSError as err:
-                raise LoadError(f"cannot list the folder ({err.strerror})", d,
-                                "check its permissions") from None
-            with it:
-                for e in it:
-                    if e.name.startswith("."):
-                        continue
-                    if e.is_dir(follow_symlinks=True):
-                        if self.recursive:
-                            stack.append(Path(e.path))
-                        continue
-                    if not e.name.lower().endswith(".zip"):
-                        continue
-                    parsed = parse_bulk_name(e.name)
-                    if parsed is None:
-                        skipped.append(e.name)
-                        continue
-                    eid, fld, inst, arr = parsed
-                    files.setdefault(eid, []).append(UKBBFile(eid, fld, inst, arr, Path(e.path)))
-        for lst in files.values():
-            lst.sort(key=lambda f: (f.field, f.instance, f.array))
-        self._files, self._skipped = files, sorted(skipped)
-        return files
-
-    @property
-    def skipped(self) -> list[str]:
-        """Zip names that are not UK Biobank bulk file names."""
-        self._build()
-        return list(self._skipped)
-
-    def __len__(self) -> int:
-        return len(self._build())
-
-    def __contains__(self, eid: object) -> bool:
-        return str(eid) in self._build()
-
-    def subjects(self, field: int | None = DIXON_FIELD) -> list[str]:
-        """Participant ids with at least one file of ``field`` (None: any field), sorted."""
-        files = self._build()
-        ids = [e for e, lst in files.items() if field is None or any(f.field == field
-                                                                     for f in lst)]
-        return sorted(ids, key=lambda e: (len(e), e))
-
-    def files(self, eid: str, field: int | None = None) -> list[UKBBFile]:
-        """The files of participant ``eid`` (of ``field`` when given)."""
-        return [f for f in self._build().get(str(eid), []) if field is None or f.field == field]
-
-    def zip_for(self, eid: str, field: int = DIXON_FIELD, instance: int | None = None
-                ) -> UKBBFile | None:
-        """The file of ``eid`` for ``field``: ``instance`` when given, else the earliest
-        instance present (array 0 first); None when there is none."""
-        cands = [f for f in self.files(eid, field) if instance is None or f.instance == instance]
-        return cands[0] if cands else None
