@@ -41,6 +41,9 @@ def test_demo_pipeline_tiny(tmp_path, capsys):
                        f"gradxinput_signed_vs_atlas_{MODEL}.json").read_text())
     assert side["reference"]["kind"] == "atlas" and side["reference"]["group"] in ("F", "M")
     assert out.index("$ bodyage register ") < out.index("--reference atlas")
+    # the viewer shows the shipped model's predictions (the latest), not the short run's
+    assert out.index("$ bodyage train ") < out.index("$ bodyage predict ")
+    assert db.latest_run() == MODEL
     assert (ws / "reports" / f"{MODEL}_summary.csv").exists()
     assert (ws / "reports" / "viewer.png").stat().st_size > 10_000
     summary = json.loads((ws / "reports" / "demo_summary.json").read_text())

@@ -1,12 +1,13 @@
 """``bodyage demo [WORKSPACE]``: what bodyage is for, in about ten minutes on a laptop.
 
 It runs, and prints, the commands a user would type, on a fresh synthetic cohort the shipped
-model never saw: predict with the shipped whole-body model, report it against the baselines,
-explain every subject (Grad-CAM), register each subject once to the shipped atlas of its sex,
-signed gradient x input against that atlas's template, population maps with their age trend, the accelerated-vs-decelerated
-comparison, a short training run (training works: the code the wizard uses), then the viewer
-(or, headless, a screenshot). ``reports/demo_summary.md`` / ``.json`` say what was shown and,
-honestly, where a figure missed its target. Every step is resumable.
+model never saw: a short training run (training works: the code the wizard uses), predict with
+the shipped whole-body model, report it against the baselines, explain every subject
+(Grad-CAM), register each subject once to the shipped atlas of its sex, signed gradient x input
+against that atlas's template, population maps with their age trend, the accelerated-vs-
+decelerated comparison, then the viewer on the shipped model's predictions (or, headless, a
+screenshot). ``reports/demo_summary.md`` / ``.json`` say what was shown and, honestly, where a
+figure missed its target. Every step is resumable.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def demo_commands(args) -> list[tuple[str, list[str]]]:
     steps = [
         ("a fresh synthetic cohort", ["synth", ws, "--n", str(args.n), "--seed",
                                       str(args.seed), "--grid", args.grid]),
+    ]
+    # the short training run goes first: the viewer (now and when the workspace is opened
+    # later) shows the run with the latest predictions, which must be the shipped model's
+    if not run_dir.exists():
+        steps.append(("training works: a short run (the wizard's code)", train))
+    steps += [
         ("ages from the shipped model", ["predict", ws, "--model", m, "--device", args.device]),
         ("the model against the noise floor and the baselines", ["report", ws, "--run", m]),
         ("where the evidence lies: Grad-CAM", ["explain", ws, "--run", m]),
@@ -90,8 +97,6 @@ def demo_commands(args) -> list[tuple[str, list[str]]]:
          ["compare", "accelerated", "decelerated", ws, "--run", m, "--permutations",
           str(args.permutations)]),
     ]
-    if not run_dir.exists():
-        steps.append(("training works: a short run (the wizard's code)", train))
     steps.append(("the viewer", gui))
     return steps
 
