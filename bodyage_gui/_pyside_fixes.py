@@ -9,7 +9,7 @@ reference count reaches zero after some ten thousand calls and CPython aborts wi
 error: none_dealloc / bool_dealloc: deallocating None / True" (at once, or at interpreter exit when
 the garbage collector runs). We give ``None``, ``True`` and ``False`` the same effectively-immortal
 reference count once: they are static objects that are never freed anyway, so this changes nothing
-else. ``tests/test_gui_viewer.py`` checks the leak is neutralised. The real fix is upstream (or
+else. ``tests/gui/test_gui_viewer.py`` checks the leak is neutralised. The real fix is upstream (or
 Python >= 3.12, where the singletons are immortal).
 """
 

@@ -23,7 +23,7 @@ from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 from bodyage_gui.views.qt_slice_view import QtSliceView  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (20, 24, 28)  # z, y, x
 SPACING = (1.0, 1.5, 2.0)  # x, y, z mm
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from bodyage_core.io import load_labels, load_volume
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def need(rel: str) -> Path:

@@ -24,7 +24,7 @@ from bodyage_core.viewer import ViewerState  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture

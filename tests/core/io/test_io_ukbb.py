@@ -15,9 +15,9 @@ import pytest
 from bodyage_core.errors import LoadError
 from bodyage_core.io import load_volume
 from bodyage_core.io.ukbb import load_ukbb_zip
-from bodyage_core.io.ukbb_zip import dixon_channel
 from bodyage_core.io.ukbb_fake import station_ranges, write_ukbb_zip
 from bodyage_core.io.ukbb_stitch import UKBB_SPACING_XYZ
+from bodyage_core.io.ukbb_zip import dixon_channel
 from bodyage_core.volume import Volume
 
 NZ, NY, NX = 48, 10, 12

@@ -19,7 +19,7 @@ from PySide6 import QtCore, QtGui  # noqa: E402
 from bodyage_core.viewer import ViewerState  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
 
 

@@ -25,7 +25,9 @@ from bodyage_core.preprocess.cache import (
 from bodyage_core.training.data import AgeDataset, input_cache, records_from_workspace
 from bodyage_core.training.workflow import make_spec
 
-sys.path.insert(0, str(Path(__file__).parent))
+# helpers of the io and training tests, beside this folder
+for _sub in ("io", "training"):
+    sys.path.insert(0, str(Path(__file__).parents[1] / _sub))
 from test_stream_ukbb import FileLog  # noqa: E402
 from test_training_cli import FAST, _make_ws  # noqa: E402
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_training_helpers import age_volumes  # the same folder
 
 from bodyage_core.errors import BodyageError, Cancelled, CohortError, ConfigError
 from bodyage_core.models import build_model
@@ -25,7 +26,6 @@ from bodyage_core.training import (
     resolve_device,
     split_indices,
 )
-from tests.test_training_helpers import age_volumes
 
 torch.set_num_threads(1)
 NO_AUG = AugmentConfig(0, 0, 0, 0, 0, 0, False)

@@ -19,7 +19,7 @@ from PySide6 import QtCore, QtWidgets  # noqa: E402
 from bodyage_core.viewer import ViewerState  # noqa: E402
 
 pytestmark = pytest.mark.xvfb
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CT_DICOM = DATA / "totalsegmentator" / "example_ct_dicom"
 
 

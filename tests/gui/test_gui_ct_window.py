@@ -26,7 +26,7 @@ from bodyage_core.viewer.windowing import (  # noqa: E402
 from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CT = DATA / "totalsegmentator" / "example_ct.nii.gz"
 CT_DICOM = DATA / "totalsegmentator" / "example_ct_dicom"
 MR = DATA / "totalsegmentator" / "example_mr_sm.nii.gz"

@@ -12,7 +12,7 @@ from bodyage_core.cohort import SCHEMA_VERSION, CohortDB, Workspace, bmi_group
 from bodyage_core.cohort.importer import ColumnMap, import_cohort, read_subject_csv
 from bodyage_core.errors import CohortError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 IXI = DATA / "ixi_t1_2mm"
 
 

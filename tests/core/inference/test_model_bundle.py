@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from bodyage_core.io import load_channels, load_volume
 from bodyage_core.preprocess.spec import prepare_input
 
 torch.set_num_threads(1)
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 IXI = DATA / "ixi_t1_2mm" / "t1" / "IXI013-HH-1212_T1.nii.gz"
 FAST = ["--width", "4", "--epochs", "2", "--device", "cpu", "--threads", "1",
         "--batch-size", "4", "--folds", "2"]
@@ -187,7 +188,8 @@ def test_envelope_refuses_another_contrast_and_body_region(wb, tmp_path):
     # a single-image model (trained on small T1 cubes) refuses a water/fat pair, and a scan
     # of another field of view
     t1 = tmp_path / "t1ws"
-    from tests.test_training_cli import _make_ws
+    sys.path.insert(0, str(Path(__file__).parents[1] / "training"))   # its helpers
+    from test_training_cli import _make_ws
 
     _make_ws(t1, list(np.linspace(20, 80, 10)))
     assert main(["train", str(t1), "--run", "b", "--spacing", "4", "4", "4", "--shape", "12",

@@ -26,7 +26,7 @@ from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 from bodyage_gui.views.qt_slice_view import QtSliceView  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TS = DATA / "totalsegmentator"
 TPT = DATA / "tptbox_pypi_samples"
 

@@ -20,7 +20,7 @@ from bodyage_core.io import load_volume  # noqa: E402
 from bodyage_core.viewer import ViewerState  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 IXI013 = DATA / "ixi_t1_2mm" / "t1" / "IXI013-HH-1212_T1.nii.gz"
 ORIENT = DATA / "niivue_orientation" / "nifti_space"
 

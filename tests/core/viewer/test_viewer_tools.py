@@ -18,7 +18,7 @@ from bodyage_core.viewer.lightbox import lightbox_slices
 from bodyage_core.viewer.measure import region_mask, region_statistics, statistics_csv
 from bodyage_core.volume import Volume
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 SPACING = (2.0, 3.0, 4.0)          # x, y, z mm
 
 

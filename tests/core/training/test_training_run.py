@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_training_helpers import age_volumes  # the same folder
 
 from bodyage_core.errors import BodyageError, ConfigError
 from bodyage_core.inference.ensemble import AgeRun
 from bodyage_core.training import AugmentConfig, InputSpec, TrainConfig, records_from_arrays
 from bodyage_core.training.run import train_run
-from tests.test_training_helpers import age_volumes
 
 torch.set_num_threads(1)
 SPEC = InputSpec(channels=("t1",), mode="3d", spacing_zyx=(4, 4, 4), shape_zyx=(12, 12, 12))

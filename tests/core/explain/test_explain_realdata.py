@@ -16,7 +16,7 @@ import pytest
 from bodyage_core.explain import load_map, map_to_subject_space, save_map
 from bodyage_core.explain.pipeline import subject_grid
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 FILES = [
     DATA / "ixi_t1_2mm" / "t1" / "IXI013-HH-1212_T1.nii.gz",   # stored PSR
     DATA / "niivue_images" / "CT_pitch.nii.gz",                # oblique (~16 degree pitch)

@@ -17,7 +17,7 @@ from PySide6 import QtCore, QtWidgets  # noqa: E402
 
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CT = DATA / "totalsegmentator" / "example_ct_dicom"
 MR = DATA / "tcia_vs_seg_001_t1_dicom_subset"
 

@@ -23,7 +23,7 @@ from bodyage_core.volume import Volume  # noqa: E402
 from bodyage_gui.qt_main_window import QtMainWindow  # noqa: E402
 
 _Qt = QtCore.Qt
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHAPE = (30, 20, 24)                       # z, y, x
 SPACING = (2.0, 3.0, 4.0)                  # x, y, z mm
 
