@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
               f"{r['pearson_r']:6.2f}")
     u = res["uncertainty"]
     print(f"uncertainty: spearman(sigma, |error|) {u['spearman_sigma_abs_error']:.2f}, "
-          f"coverage 68% {u['coverage_68']:.2f} / 95% {u['coverage_95']:.2f}")
+          f"coverage 68% {u['coverage_68']:.2f} / 95% {u['coverage_95']:.2f}, AUSE "
+          f"{u['sparsification']['ause']:.2f} (area between removing by sigma and the oracle)")
+    flags = res.get("qc_flags") or {}
+    print("QC flags: " + (", ".join(f"{k} {v}" for k, v in flags.items()) if flags else
+                          "none among these predictions"))
     print(f"written to {ws.reports_dir}: " + ", ".join(sorted(p.name for p in paths.values())))
     return 0

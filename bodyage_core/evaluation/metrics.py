@@ -75,6 +75,25 @@ def coverage(err: Sequence[float], sigma: Sequence[float]) -> dict[str, float]:
             "coverage_95": float(np.mean(np.abs(e) <= 1.96 * s))}
 
 
+RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.683, 0.8, 0.9, 0.95, 0.99)
+
+
+def reliability(err: Sequence[float], sigma: Sequence[float],
+                levels: Sequence[float] = RELIABILITY_LEVELS) -> dict[str, list[float]]:
+    """Reliability (calibration) of the Gaussian intervals: for each nominal level, the share
+    of subjects whose error lies within the central interval of that level (mean +- z sigma).
+    A calibrated model lies on the diagonal; below it the intervals are too narrow."""
+    from scipy.stats import norm
+
+    e, s = _clean(err, sigma)
+    lv = [float(v) for v in levels]
+    if len(e) == 0:
+        return {"nominal": lv, "observed": [float("nan")] * len(lv), "n": 0}
+    z = np.abs(e) / np.maximum(s, 1e-12)
+    obs = [float(np.mean(z <= norm.ppf(0.5 + v / 2))) for v in lv]
+    return {"nominal": lv, "observed": obs, "n": int(len(e))}
+
+
 def uncertainty_metrics(age: Sequence[float], pred: Sequence[float],
                         sigma: Sequence[float]) -> dict[str, Any]:
     """Spearman(sigma, |error|), sparsification curve and coverage of 68/95% intervals."""
@@ -86,6 +105,7 @@ def uncertainty_metrics(age: Sequence[float], pred: Sequence[float],
                            "mean_sigma": float(np.nanmean(s)) if len(s) else float("nan")}
     out.update(coverage(err, s))
     out["sparsification"] = sparsification(np.abs(err), s)
+    out["reliability"] = reliability(err, s)
     return out
 
 

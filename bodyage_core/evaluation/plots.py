@@ -78,3 +78,19 @@ def plot_sparsification(curve: dict, path: str | Path, title: str = "") -> Path:
     ax.set_title(title or f"sparsification (AUSE {curve.get('ause', float('nan')):.2f})")
     ax.legend(fontsize=8)
     return _save(fig, Path(path))
+
+
+def plot_reliability(rel: dict, path: str | Path, title: str = "") -> Path:
+    """Observed against nominal coverage of the Gaussian intervals (the diagonal: calibrated)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    nom = np.asarray(rel["nominal"]) * 100
+    ax.plot([0, 100], [0, 100], "k--", lw=1, label="calibrated")
+    ax.plot(nom, np.asarray(rel["observed"]) * 100, "o-", ms=4, label="observed")
+    ax.set_xlabel("nominal coverage of the interval (%)")
+    ax.set_ylabel("subjects inside it (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or f"reliability of the intervals (n={rel.get('n', '?')})")
+    return _save(fig, Path(path))

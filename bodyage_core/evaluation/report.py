@@ -17,6 +17,7 @@ from bodyage_core.evaluation.metrics import regression_metrics, subgroup_table, 
 from bodyage_core.evaluation.plots import (
     plot_error_vs_uncertainty,
     plot_pred_vs_age,
+    plot_reliability,
     plot_sparsification,
 )
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -42,7 +43,19 @@ def evaluate_predictions(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "uncertainty_raw": uncertainty_metrics(age, raw, sig),
         "subgroups": subgroup_table(age, raw, [r.get("sex") for r in rows],
                                     [r.get("bmi_group") for r in rows], corr),
+        "qc_flags": qc_flag_counts(rows),
     }
+
+
+def qc_flag_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many predictions carry each QC flag (rows stored by ``predict``; the out-of-fold rows
+    of a training run carry none)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        qc = r.get("qc") or []
+        for f in {f.get("flag") for f in qc if isinstance(f, dict) and f.get("flag")}:
+            counts[f] = counts.get(f, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _csv(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
@@ -101,6 +114,9 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str,
             f"{name}: bias-corrected error vs sigma")
         paths["sparsification_png"] = plot_sparsification(
             sp, out / f"{name}_sparsification.png")
+        paths["reliability_png"] = plot_reliability(
+            res["uncertainty"]["reliability"], out / f"{name}_reliability.png",
+            f"{name}: reliability of the intervals (bias-corrected, n={res['n']})")
     rep.update("report", 5, 5, "done")
     return paths
 

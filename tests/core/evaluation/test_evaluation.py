@@ -50,6 +50,20 @@ def test_uncertainty_quality():
     assert perfect["ause"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_reliability_follows_the_diagonal_when_calibrated_and_falls_below_when_not():
+    from bodyage_core.evaluation.metrics import reliability
+
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(1, 5, 4000)
+    err = rng.normal(0, sigma)
+    rel = reliability(err, sigma)
+    assert rel["n"] == 4000
+    for nom, obs in zip(rel["nominal"], rel["observed"]):
+        assert obs == pytest.approx(nom, abs=0.03)
+    narrow = reliability(err, sigma / 2)             # overconfident: intervals too narrow
+    assert all(o < n - 0.05 for n, o in zip(narrow["nominal"], narrow["observed"]) if n >= 0.3)
+
+
 def test_ridge_and_baselines_on_folds():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 30))
@@ -97,14 +111,20 @@ def _rows(n=40, seed=0):
 
 def test_write_report_files(tmp_path):
     rows = _rows()
+    flag = {"flag": "unlike_training", "message": "QC score 5.1", "severity": "warning"}
+    rows[3]["qc"] = [flag]
+    rows[7]["qc"] = [flag, dict(flag)]        # one flag counted once per prediction
     base = baselines_on_folds({}, [r["age"] for r in rows], np.arange(40) % 4)
     paths = write_report(rows, tmp_path, "run1", base)
     for key in ("summary", "subgroups", "sparsification", "metrics", "pred_vs_age",
-                "error_vs_uncertainty", "sparsification_png"):
+                "error_vs_uncertainty", "sparsification_png", "reliability_png"):
         assert paths[key].exists() and paths[key].stat().st_size > 0, key
     assert paths["pred_vs_age"].read_bytes()[:4] == b"\x89PNG"
     res = json.loads(paths["metrics"].read_text())
-    assert {"raw", "corrected", "uncertainty", "subgroups", "summary"} <= set(res)
+    assert {"raw", "corrected", "uncertainty", "subgroups", "summary", "qc_flags"} <= set(res)
+    assert len(res["uncertainty"]["reliability"]["observed"]) == len(
+        res["uncertainty"]["reliability"]["nominal"])
+    assert res["qc_flags"] == {"unlike_training": 2}
     assert "baseline: mean" in paths["summary"].read_text()
     assert not list(tmp_path.glob(".*"))           # no temp files left behind
     assert evaluate_predictions(rows)["corrected"]["mae"] < evaluate_predictions(rows)["raw"][
