@@ -282,3 +282,31 @@ def test_image_features_see_the_planted_effects(young_old):
     assert fo["aorta_ml"] > fy["aorta_ml"]
     assert fo["disc_water"] < fy["disc_water"]
     assert fo["kyphosis_proxy_mm"] > fy["kyphosis_proxy_mm"]
+
+
+# subject 4 of seed 7 on a 14 x 14 x 18 mm grid, measured before the phantom was split into
+# modules: voxels per organ label and per age-effect id, and the image sums
+EXPECTED_7_4 = {
+    "labels": {0: 42834, 1: 2824, 2: 4584, 3: 327, 4: 5939, 5: 1152, 6: 616, 7: 655, 8: 12,
+               9: 145, 10: 93, 11: 53, 12: 535, 13: 38, 14: 21, 15: 236, 17: 24, 18: 496,
+               19: 1364, 20: 182, 21: 172, 22: 114, 23: 4, 24: 76},
+    "age_mask": {0: 59487, 1: 294, 2: 614, 3: 1634, 4: 57, 5: 238, 6: 172},
+    "water": 8956189.0, "fat": 8345671.0,
+}
+
+
+def test_generator_output_is_fixed_by_the_seed_whatever_module_paints_it():
+    """The phantom is split into grid, canvas, spine, anatomy, images and age-mask modules; the
+    same parameters must keep giving the same subject (within a voxel per organ and 1e-5 of the
+    image sums, so that another CPU's last-bit differences in exp/sin do not fail it)."""
+    from bodyage_core.synth import generate_subject, sample_subject
+
+    s = generate_subject(sample_subject(7, 4), (14, 14, 18))
+    for kind in ("labels", "age_mask"):
+        ids, counts = np.unique(getattr(s, kind).data, return_counts=True)
+        got = dict(zip(ids.tolist(), counts.tolist()))
+        assert set(got) == set(EXPECTED_7_4[kind]), kind
+        for k, n in EXPECTED_7_4[kind].items():
+            assert abs(got[k] - n) <= 2, (kind, k, got[k], n)
+    for kind in ("water", "fat"):
+        assert float(getattr(s, kind).data.sum()) == pytest.approx(EXPECTED_7_4[kind], rel=1e-5)

@@ -1,0 +1,53 @@
+"""The phantom's age-effect mask: uint8, 0 where no age effect acts, otherwise the id of the
+effect acting there (``effects.EFFECTS``) — the effect's organs at their *unaged* extent for
+effects that shrink or move an organ (the spine's column before kyphosis and disc loss, the
+aorta before widening, the back and thigh muscles before they thin)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bodyage_core.synth.anatomy import LABEL_IDS
+from bodyage_core.synth.canvas import Region
+from bodyage_core.synth.effects import EFFECTS, AgeEffects
+from bodyage_core.synth.grid import SynthGrid
+
+L = LABEL_IDS
+
+
+def age_effect_mask(g: SynthGrid, strengths: AgeEffects, labels: np.ndarray,
+                    spine_base_regions: list[Region | None], aorta_base_region: Region | None,
+                    bm_regions: list[Region | None],
+                    thigh_base_regions: list[Region | None]) -> np.ndarray:
+    """The mask for the painted ``labels`` and the unaged regions the painter recorded."""
+    age_mask = np.zeros(g.shape, np.uint8)
+    for name, spec in EFFECTS.items():
+        if strengths.strength(name) <= 0:
+            continue
+        ids = [L[o] for o in spec.organs]
+        age_mask[np.isin(labels, ids)] = spec.id
+    if strengths.strength("spine") > 0:
+        # where the unaged column was (kyphosis and disc-height loss move the column)
+        for reg in spine_base_regions:
+            if reg is not None:
+                sl, m = reg
+                am = age_mask[sl]
+                am[m & (am == 0)] = EFFECTS["spine"].id
+    if strengths.strength("aorta") > 0 and aorta_base_region is not None:
+        sl, m = aorta_base_region
+        am = age_mask[sl]
+        am[m & (am == 0)] = EFFECTS["aorta"].id
+    if strengths.strength("back_muscle") > 0:
+        for reg in bm_regions:
+            if reg is not None:
+                sl, m = reg
+                am = age_mask[sl]
+                am[m & (am == 0)] = EFFECTS["back_muscle"].id
+    if strengths.strength("thigh_muscle") > 0:
+        # the unaged thigh muscle compartment (fat fills where the muscle has shrunk)
+        for reg in thigh_base_regions:
+            if reg is not None:
+                sl, m = reg
+                am = age_mask[sl]
+                am[m & (am == 0)] = EFFECTS["thigh_muscle"].id
+    return age_mask
