@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         except sqlite3.DatabaseError as err:
             if type(err) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
                 raise
-            from bodyage_core.cohort.database import sqlite_error
+            from bodyage_core.cohort.sqlite_errors import sqlite_error
 
             where = WorkspacePaths(getattr(args, "workspace", None) or ".").db_path
             print(f"bodyage {name}: error: {sqlite_error(err, where)}", file=sys.stderr)

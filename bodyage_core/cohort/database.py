@@ -24,13 +24,13 @@ Transactions nest: a :meth:`CohortDB.transaction` opened inside another one (sam
 it, so a stage result and its ``tasks`` row are committed together or not at all.
 
 SQLite errors become one-line :class:`~bodyage_core.errors.CohortError` s that say what happened
-(:func:`sqlite_error`): a read-only workspace, a full disk, a lock held too long or an I/O error
+(:func:`~bodyage_core.cohort.sqlite_errors.sqlite_error`; the schema and its migrations:
+:mod:`~bodyage_core.cohort.schema`): a read-only workspace, a full disk, a lock held too long or an I/O error
 is reported as such, and only a file that is not a database is called damaged.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -43,100 +43,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bodyage_core.cohort.schema import (
+    EXCLUSIONS_TABLE,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    split_sql,
+)
+from bodyage_core.cohort.sqlite_errors import (
+    SYSTEM_ERRORS,
+    is_read_only_error,
+    is_system_error,
+    sqlite_error,
+    writable,
+)
 from bodyage_core.errors import CohortError
 
-SCHEMA_VERSION = 3
 BMI_GROUPS = ("healthy", "overweight", "obese")
-
-_SCHEMA_V1 = """
-CREATE TABLE subjects (
-    subject_id TEXT PRIMARY KEY,
-    age REAL,
-    sex TEXT CHECK (sex IN ('F', 'M') OR sex IS NULL),
-    bmi REAL,
-    bmi_group TEXT,
-    site TEXT,
-    meta TEXT NOT NULL DEFAULT '{}',
-    created REAL NOT NULL
-);
-CREATE TABLE images (
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    kind TEXT NOT NULL,
-    path TEXT NOT NULL,
-    PRIMARY KEY (subject_id, kind)
-);
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY,
-    model TEXT,
-    config TEXT NOT NULL DEFAULT '{}',
-    status TEXT NOT NULL DEFAULT 'created',
-    created REAL NOT NULL
-);
-CREATE TABLE predictions (
-    run_id TEXT NOT NULL,
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    fold INTEGER,
-    split TEXT,
-    members TEXT NOT NULL DEFAULT '[]',
-    mean REAL,
-    sigma REAL,
-    corrected REAL,
-    gap REAL,
-    created REAL NOT NULL,
-    PRIMARY KEY (run_id, subject_id)
-);
-CREATE TABLE registrations (
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    atlas_group TEXT NOT NULL,
-    status TEXT NOT NULL,
-    metric REAL,
-    dice_body REAL,
-    dice_labels REAL,
-    reason TEXT,
-    forward TEXT,
-    inverse TEXT,
-    updated REAL NOT NULL,
-    PRIMARY KEY (subject_id, atlas_group)
-);
-CREATE TABLE tasks (
-    stage TEXT NOT NULL,
-    key TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    updated REAL NOT NULL,
-    PRIMARY KEY (stage, key, subject_id)
-);
-CREATE INDEX predictions_subject ON predictions(subject_id);
-CREATE INDEX subjects_group ON subjects(sex, bmi_group);
-"""
-
-# Schema 2: per-subject task timing and the worker that ran it (bodyage_core.cluster).
-_SCHEMA_V2 = """
-ALTER TABLE tasks ADD COLUMN seconds REAL;
-ALTER TABLE tasks ADD COLUMN worker TEXT;
-CREATE INDEX tasks_status ON tasks(stage, key, status);
-"""
-
-# Schema 3: the QC flags (input checks, the model's envelope) and the QC score of a prediction.
-_SCHEMA_V3 = """
-ALTER TABLE predictions ADD COLUMN qc TEXT NOT NULL DEFAULT '[]';
-ALTER TABLE predictions ADD COLUMN qc_score REAL;
-"""
-
-# Not a schema version: created on first use (see the module docstring).
-_EXCLUSIONS = """
-CREATE TABLE IF NOT EXISTS exclusions (
-    subject_id TEXT PRIMARY KEY REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    reason TEXT NOT NULL,
-    updated REAL NOT NULL
-)
-"""
-
-# version -> SQL that brings a database from version-1 to version. Add new versions here; never
-# edit an old one (databases in the field were made with it).
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 TASK_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -204,7 +126,7 @@ class CohortDB:
             try:
                 conn, version = cls._connect(path, create)
             except sqlite3.OperationalError as err:
-                if create or _writable(path) or not _read_only_error(err):
+                if create or writable(path) or not is_read_only_error(err):
                     raise
                 # a read-only workspace (a read-only mount, no write permission): open it for
                 # reading; a write then fails with a clear "read-only" line
@@ -264,7 +186,7 @@ class CohortDB:
                 # another process may have migrated since we read the version
                 if cur.execute("PRAGMA user_version").fetchone()[0] >= v:
                     continue
-                for statement in _split_sql(MIGRATIONS[v]):
+                for statement in split_sql(MIGRATIONS[v]):
                     cur.execute(statement)
                 cur.execute(f"PRAGMA user_version = {v}")
 
@@ -302,8 +224,8 @@ class CohortDB:
             self._tx_depth = 1
             try:
                 yield cur
-            except _SYSTEM_ERRORS as err:
-                if not _is_system_error(err):
+            except SYSTEM_ERRORS as err:
+                if not is_system_error(err):
                     self._rollback(cur)
                     raise
                 self._rollback(cur)
@@ -314,9 +236,9 @@ class CohortDB:
             else:
                 try:
                     cur.execute("COMMIT")
-                except _SYSTEM_ERRORS as err:
+                except SYSTEM_ERRORS as err:
                     self._rollback(cur)
-                    if not _is_system_error(err):
+                    if not is_system_error(err):
                         raise
                     raise sqlite_error(err, self.path) from None
             finally:
@@ -378,7 +300,7 @@ class CohortDB:
     # -- exclusions from training ------------------------------------------------------------
     def _write_exclusions(self, cur: sqlite3.Cursor, flags: Iterable[tuple[str, str | None]]
                           ) -> None:
-        cur.execute(_EXCLUSIONS)
+        cur.execute(EXCLUSIONS_TABLE)
         now = time.time()
         for sid, reason in flags:
             if reason:
@@ -658,67 +580,6 @@ class CohortDB:
         return {r[0]: int(r[1]) for r in self._conn.execute(sql + " GROUP BY status", params)}
 
 
-_SYSTEM_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
-
-
-def _is_system_error(err: BaseException) -> bool:
-    """An error of the file or the system (read-only, full, locked, I/O, damaged), not of the
-    statement (IntegrityError, ProgrammingError: a bug, keeps its traceback)."""
-    return type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError)
-
-
-def sqlite_error(err: BaseException, path: str | Path, action: str = "write") -> CohortError:
-    """One line for an SQLite error on ``cohort.sqlite``: what happened and what to do.
-
-    Only a file that is not a database (``file is not a database``, ``malformed``) is called
-    damaged; a read-only file or folder, a full disk, a lock held by another process and an I/O
-    error say so, and never advise restoring or re-importing a healthy index.
-    """
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    low = text.lower()
-    p = Path(path)
-    if "readonly" in low or "read-only" in low or "read only" in low or             (action != "write" and "unable to open" in low and not _writable(p)):
-        return CohortError(f"the cohort index is read-only ({text}); nothing was changed", p,
-                           "the database is not damaged: make the workspace folder and "
-                           "cohort.sqlite writable (or run on a writable copy)")
-    if "full" in low or "no space" in low:
-        return CohortError(f"the disk holding the cohort index is full ({text}); the last "
-                           "change was rolled back", p,
-                           "free space on that disk and run the command again (the database "
-                           "is not damaged)")
-    if "locked" in low or "busy" in low:
-        return CohortError(f"the cohort index is locked by another process ({text})", p,
-                           "wait for the other bodyage command or viewer to finish its write, "
-                           "then try again")
-    if "disk i/o" in low or "ioerr" in low:
-        return CohortError(f"input/output error on the cohort index ({text})", p,
-                           "check the disk or network file system, then try again; do not "
-                           "delete the database")
-    if "unable to open" in low:
-        return CohortError(f"cannot open the cohort index ({text})", p,
-                           "check that the workspace folder exists and is readable and writable")
-    if type(err) is sqlite3.DatabaseError or "not a database" in low or "malformed" in low:
-        return CohortError(f"not a readable SQLite cohort index ({text})", p,
-                           "the file is damaged: restore it from a backup or re-import the "
-                           "cohort")
-    return CohortError(f"cannot {action} the cohort index ({text})", p,
-                       "check the disk and the workspace's permissions, then try again")
-
-
-def _read_only_error(err: BaseException) -> bool:
-    low = str(err).lower()
-    return any(w in low for w in ("readonly", "read-only", "read only", "unable to open"))
-
-
-def _writable(path: Path) -> bool:
-    try:
-        if path.exists() and not os.access(path, os.W_OK):
-            return False
-        return os.access(path.parent, os.W_OK)
-    except OSError as err:
-        return err.errno != errno.EROFS
-
-
 def normalise_sex(value: Any) -> str | None:
     """'M'/'F' from the spellings found in CSVs and DICOM headers; None when unknown."""
     if value is None:
@@ -742,7 +603,3 @@ def _float_or_none(v: Any) -> float | None:
             return None
     f = float(v)
     return None if math.isnan(f) else f
-
-
-def _split_sql(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]

@@ -526,7 +526,7 @@ def test_a_read_only_workspace_is_never_called_damaged(tmp_path, capsys):
 
 
 def test_sqlite_errors_say_what_happened():
-    from bodyage_core.cohort.database import sqlite_error
+    from bodyage_core.cohort.sqlite_errors import sqlite_error
 
     cases = {"attempt to write a readonly database": "read-only",
              "database or disk is full": "is full", "database is locked": "locked by another",

@@ -434,11 +434,12 @@ def test_engine_options_validate():
 def test_schema_1_workspace_is_migrated_for_task_timings(tmp_path):
     import sqlite3
 
-    from bodyage_core.cohort.database import _SCHEMA_V1, CohortDB, _split_sql
+    from bodyage_core.cohort.database import CohortDB
+    from bodyage_core.cohort.schema import SCHEMA_V1, split_sql
 
     path = tmp_path / "cohort.sqlite"
     con = sqlite3.connect(str(path))
-    for stmt in _split_sql(_SCHEMA_V1):
+    for stmt in split_sql(SCHEMA_V1):
         con.execute(stmt)
     con.execute("INSERT INTO tasks (stage, key, subject_id, status, attempts, updated)"
                 " VALUES ('explain', 'gradcam_r', 's1', 'done', 1, 0)")
