@@ -59,7 +59,8 @@ SPACING = (2.232, 2.232, 3.0)
 def make_files(folder: Path) -> dict[str, Path]:
     from bodyage_gui.demo import demo_subject
 
-    dixon, labels, blob = demo_subject(SHAPE_XYZ, SPACING)
+    dixon, labels, blob = demo_subject("full")      # 224 x 174 x 370 at 2.232 x 2.232 x 3 mm
+    assert dixon.shape[::-1] == SHAPE_XYZ
     paths = {}
     for i, ch in enumerate(("water", "fat")):
         arr = dixon.data[i].transpose(2, 1, 0)
