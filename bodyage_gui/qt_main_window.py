@@ -191,11 +191,21 @@ class QtMainWindow(QtWidgets.QMainWindow):
                                                           room - layers - readout)],
                              _Qt.Orientation.Vertical)
 
+    def fit_docks_if_cramped(self) -> None:
+        """Refit the right-hand docks when the prediction panel has too little room to show
+        its result: a layout restored from a session in which it was hidden or squeezed (a
+        scan no model applied to) would otherwise leave the age below a scroll bar."""
+        pred = self.panel_docks.get("Prediction")
+        if pred is not None and pred.isVisible() and pred.height() < 0.8 * PREDICTION_MIN:
+            self.fit_docks()
+
     def showEvent(self, ev):  # noqa: N802
         super().showEvent(ev)
         if not getattr(self, "_docks_fitted", False):
             self._docks_fitted = True
             QtCore.QTimer.singleShot(0, self.fit_docks)  # once the docks are laid out
+        else:
+            QtCore.QTimer.singleShot(0, self.fit_docks_if_cramped)
 
     def save_settings(self) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
@@ -224,6 +234,9 @@ class QtMainWindow(QtWidgets.QMainWindow):
             self.tabifyDockWidget(self.panel_docks[tabify_with], dock)
         self.panel_docks[title] = dock
         self.panels_menu.addAction(dock.toggleViewAction())
+        if title == "Prediction":   # shown later, when a model applies: give it room then
+            dock.visibilityChanged.connect(
+                lambda vis: vis and QtCore.QTimer.singleShot(0, self.fit_docks_if_cramped))
         return dock
 
     def add_overlay_volume(self, volume: Volume, name: str, **display: Any):

@@ -63,6 +63,29 @@ def test_layers_tab_in_front_and_prediction_panel_not_squeezed(qtbot, settings):
     assert _front_tab(win) == "Cohort"
 
 
+def test_a_restored_layout_that_squeezed_the_prediction_panel_is_refitted(qtbot, settings):
+    """A window layout saved while the prediction panel was squeezed (hidden, or a scan no
+    model applied to) must not hide the age below a scroll bar when it is restored."""
+    from bodyage_gui.qt_main_window import PREDICTION_MIN
+
+    win = _window(qtbot, settings)
+    docks = [win.panel_docks[t] for t in ("Layers", "Cursor", "Prediction")]
+    win.resizeDocks(docks, [600, 150, 60], QtCore.Qt.Orientation.Vertical)
+    qtbot.wait(50)
+    assert win.panel_docks["Prediction"].height() < 0.8 * PREDICTION_MIN
+    win.save_settings()
+    win.close()
+    state = ViewerState()
+    state.add_layer(Volume(np.zeros((20, 24, 28), np.float32), np.eye(4), ("t1",)), "t1")
+    again = QtMainWindow(state, show_dialogs=False, settings=settings, enable_3d=False)
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitExposed(again)
+    # restored as saved it stays at ~84 px; refitted it gets what the other docks leave (~225
+    # px offscreen with an empty window's layer panel, 320 in a fresh layout)
+    qtbot.waitUntil(lambda: again.panel_docks["Prediction"].height() >= 200, timeout=2000)
+
+
 def test_subject_columns_short_headers_with_tooltips(qtbot, settings):
     win = _window(qtbot, settings, with_image=False)
     model = win.subject_browser.model
