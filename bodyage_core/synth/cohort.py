@@ -2,7 +2,8 @@
 
 Layout written (paths relative to the workspace root)::
 
-    synth.json                         the generator settings (seed, grid, effects, n)
+    synth.json                         the generator settings (seed, grid, effects, n; the
+                                       acquisition / accelerate settings when given)
     participants.csv                   subject_id, age, sex, bmi, bmi_group, site
     subjects/<id>/water.nii.gz         Dixon water (integer values stored as uint16, no scaling)
     subjects/<id>/fat.nii.gz           Dixon fat (same)
@@ -33,6 +34,8 @@ from bodyage_core.atomic import write_bytes, write_json, write_text
 from bodyage_core.errors import CohortError
 from bodyage_core.names import check_name
 from bodyage_core.progress import ProgressReporter, ensure_reporter
+from bodyage_core.synth.acceleration import Acceleration
+from bodyage_core.synth.acquisition import Acquisition
 from bodyage_core.synth.effects import AgeEffects
 from bodyage_core.synth.params import SubjectParams, sample_subject
 from bodyage_core.synth.phantom import SynthGrid, generate_subject
@@ -76,19 +79,30 @@ def subject_files(subject_dir: Path) -> dict[str, Path]:
 
 
 def cohort_params(n: int, seed: int = 0, effects: AgeEffects | dict | str | None = None,
-                  start: int = 0, balanced: bool = True) -> list[SubjectParams]:
+                  start: int = 0, balanced: bool = True,
+                  acquisition: Acquisition | str | None = None,
+                  accelerate: Acceleration | str | None = None) -> list[SubjectParams]:
     """Parameters of subjects ``start .. start+n-1`` of cohort ``seed`` (no images)."""
     eff = AgeEffects.from_dict(effects)
-    return [sample_subject(seed, i, effects=eff, balanced=balanced) for i in range(start, start + n)]
+    acq, acc = Acquisition.parse(acquisition), Acceleration.parse(accelerate)
+    return [sample_subject(seed, i, effects=eff, balanced=balanced, acquisition=acq,
+                           accelerate=acc) for i in range(start, start + n)]
 
 
-def _config(n: int, seed: int, grid: SynthGrid, effects: AgeEffects, balanced: bool
+def _config(n: int, seed: int, grid: SynthGrid, effects: AgeEffects, balanced: bool,
+            acquisition: Acquisition | None = None, accelerate: Acceleration | None = None
             ) -> dict[str, Any]:
-    return {"generator": "bodyage_core.synth", "version": GENERATOR_VERSION, "seed": int(seed),
-            "grid": grid.to_dict(), "effects": effects.to_dict(), "balanced": balanced, "n": n}
+    cfg = {"generator": "bodyage_core.synth", "version": GENERATOR_VERSION, "seed": int(seed),
+           "grid": grid.to_dict(), "effects": effects.to_dict(), "balanced": balanced, "n": n}
+    # only when given: a cohort made without them keeps its settings (and files) as before
+    if acquisition:
+        cfg["acquisition"] = acquisition.to_dict()
+    if accelerate:
+        cfg["accelerate"] = accelerate.to_dict()
+    return cfg
 
 
-_SETTINGS = ("version", "seed", "grid", "effects", "balanced")
+_SETTINGS = ("version", "seed", "grid", "effects", "balanced", "acquisition", "accelerate")
 
 
 def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -120,6 +134,12 @@ def subject_record(params: SubjectParams, root: Path, subject_dir: Path,
         "seed": params.seed,
         "index": params.index,
     }
+    if truth.get("acceleration") is not None:
+        meta["acceleration"] = truth["acceleration"]
+        meta["organ_bio_age"] = truth.get("organ_bio_age", {})
+    if truth.get("acquisition") is not None:
+        meta["acquisition"] = truth["acquisition"]
+        meta["acquisition_degraded"] = len(truth["acquisition"])
     return {
         "subject_id": params.subject_id, "age": round(params.age, 3), "sex": params.sex,
         "bmi": round(params.bmi, 2), "bmi_group": params.bmi_group, "site": params.site,
@@ -155,7 +175,9 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
                     grid: SynthGrid | str | tuple | None = "default",
                     effects: AgeEffects | dict | str | None = None,
                     reporter: ProgressReporter | None = None, overwrite: bool = False,
-                    start: int = 0, balanced: bool = True, register: bool = True) -> list[str]:
+                    start: int = 0, balanced: bool = True, register: bool = True,
+                    acquisition: Acquisition | str | None = None,
+                    accelerate: Acceleration | str | None = None) -> list[str]:
     """Generate ``n`` synthetic subjects into the workspace and register them.
 
     Parameters
@@ -176,6 +198,12 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
         workspace that already holds a synthetic cohort.
     register
         Add the subjects to the workspace's cohort index (``cohort.sqlite``).
+    acquisition
+        Acquisition degradations (:mod:`bodyage_core.synth.acquisition`), e.g.
+        ``"noise=0.3@2,ghost=0.2,swap=0.05"``; off by default.
+    accelerate
+        Organ-specific accelerated ageing (:mod:`bodyage_core.synth.acceleration`), e.g.
+        ``"heart=+10@0.15"``; off by default.
 
     Returns
     -------
@@ -189,11 +217,12 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
         raise CohortError("exists and is not a folder", root, "choose another workspace path")
     g = SynthGrid.resolve(grid)
     eff = AgeEffects.from_dict(effects)
+    acq, acc = Acquisition.parse(acquisition), Acceleration.parse(accelerate)
     rep = ensure_reporter(reporter)
     root.mkdir(parents=True, exist_ok=True)
     (root / "subjects").mkdir(exist_ok=True)
     cfg_path = root / CONFIG_NAME
-    cfg = _config(start + n, seed, g, eff, balanced)
+    cfg = _config(start + n, seed, g, eff, balanced, acq, acc)
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
@@ -209,7 +238,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
         cfg["n"] = max(int(old.get("n", 0)) if _same_settings(old, cfg) else 0, start + n)
     write_json(cfg_path, cfg)
 
-    all_params = cohort_params(cfg["n"], seed, eff, 0, balanced)
+    all_params = cohort_params(cfg["n"], seed, eff, 0, balanced, acq, acc)
     todo = all_params[start:start + n]
     ids = [check_name(p.subject_id, "subject id") for p in todo]
     pending: list[dict[str, Any]] = []
@@ -231,8 +260,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
                 save_nifti(getattr(subj, kind), files[kind], dtype=DISK_DTYPES.get(kind))
             _write_label_table(files["labels"], force=True)
             truth = dict(subj.truth)
-            truth["settings"] = {k2: cfg[k2] for k2 in ("version", "seed", "grid", "effects",
-                                                          "balanced")}
+            truth["settings"] = {k2: cfg[k2] for k2 in _SETTINGS if k2 in cfg}
             write_json(files["truth"], truth)
             pending.append(subject_record(p, root, sdir, truth))
             if register and len(pending) >= 16:

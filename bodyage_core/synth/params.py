@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.cohort.database import bmi_group
-from bodyage_core.synth.effects import EFFECTS, AgeEffects, realize
+from bodyage_core.synth.acceleration import Acceleration, realize_accelerated
+from bodyage_core.synth.acquisition import Acquisition
+from bodyage_core.synth.effects import EFFECTS, AgeEffects
 
 AGE_RANGE = (44.0, 82.0)
 #: BMI group ranges (healthy < 25, overweight 25-30, obese >= 30) for balanced sampling.
@@ -43,6 +45,10 @@ class SubjectParams:
     anatomy: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     effects: AgeEffects = field(default_factory=AgeEffects)
+    #: organ -> extra years of ageing (synth.acceleration); None = option off, {} = not chosen
+    acceleration: dict[str, float] | None = None
+    #: acquisition degradations drawn for the subject (synth.acquisition); None = option off
+    acquisition: dict[str, dict[str, Any]] | None = None
 
     @property
     def bio_age(self) -> float:
@@ -55,7 +61,7 @@ class SubjectParams:
     @property
     def effect_values(self) -> dict[str, dict[str, float]]:
         """Realised effect parameters at this subject's biological age and strengths."""
-        return realize(self.bio_age, self.baselines, self.effects)
+        return realize_accelerated(self.bio_age, self.baselines, self.effects, self.acceleration)
 
     def with_age(self, age: float, bio_gap: float | None = None) -> SubjectParams:
         """The same subject (anatomy, baselines, noise) at another age."""
@@ -66,7 +72,7 @@ class SubjectParams:
         return replace(self, effects=AgeEffects.from_dict(effects))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "subject_id": self.subject_id, "seed": self.seed, "index": self.index,
             "age": round(self.age, 3), "sex": self.sex, "bmi": round(self.bmi, 2),
             "bmi_group": self.bmi_group, "site": self.site, "bio_gap": round(self.bio_gap, 3),
@@ -74,6 +80,13 @@ class SubjectParams:
             "anatomy": dict(self.anatomy), "baselines": self.baselines,
             "strengths": self.effects.to_dict(), "effect_values": self.effect_values,
         }
+        if self.acceleration is not None:
+            d["acceleration"] = dict(self.acceleration)
+            d["organ_bio_age"] = {o: round(self.bio_age + y, 3)
+                                  for o, y in self.acceleration.items()}
+        if self.acquisition is not None:
+            d["acquisition"] = {k: dict(v) for k, v in self.acquisition.items()}
+        return d
 
 
 def subject_id(seed: int, index: int) -> str:
@@ -93,13 +106,17 @@ def noise_rng(params: SubjectParams) -> np.random.Generator:
 def sample_subject(seed: int, index: int, *, age: float | None = None, sex: str | None = None,
                    bmi: float | None = None, bio_gap: float | None = None,
                    effects: AgeEffects | dict | str | None = None,
-                   balanced: bool = True) -> SubjectParams:
+                   balanced: bool = True, accelerate: Acceleration | str | None = None,
+                   acquisition: Acquisition | str | None = None) -> SubjectParams:
     """Parameters of subject ``index`` of the cohort with ``seed``.
 
     Ages are uniform in 44-82 (UK Biobank imaging); with ``balanced`` the sex x BMI group cycles
     with the index (F/M x healthy/overweight/obese) so every atlas group is equally filled; BMI is
     log-normal (median 26.8, as UK Biobank) truncated to the group's range. Any of ``age, sex,
-    bmi, bio_gap`` can be fixed; the other draws do not change.
+    bmi, bio_gap`` can be fixed; the other draws do not change. ``accelerate``
+    (:mod:`~bodyage_core.synth.acceleration`, e.g. ``"heart=+10@0.15"``) and ``acquisition``
+    (:mod:`~bodyage_core.synth.acquisition`, e.g. ``"noise=0.3@2,swap=0.05"``) draw from
+    streams of their own; off (None) unless given.
     """
     demo, anat, base, _ = _streams(seed, index)
     # -- demographics (own stream) -----------------------------------------------------------
@@ -185,4 +202,15 @@ def sample_subject(seed: int, index: int, *, age: float | None = None, sex: str 
         subject_id=subject_id(seed, index), seed=int(seed), index=int(index), age=float(a),
         sex=s, bmi=b, site=site, bio_gap=gap, stature=stature, anatomy=anatomy,
         baselines=baselines, effects=AgeEffects.from_dict(effects),
+        acceleration=_accel(accelerate, seed, index), acquisition=_acq(acquisition, seed, index),
     )
+
+
+def _accel(accelerate, seed: int, index: int) -> dict[str, float] | None:
+    acc = Acceleration.parse(accelerate)
+    return acc.years_for(seed, index) if acc else None
+
+
+def _acq(acquisition, seed: int, index: int) -> dict[str, dict[str, Any]] | None:
+    acq = Acquisition.parse(acquisition)
+    return acq.draw(seed, index) if acq else None

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from bodyage_core.synth.acquisition import apply_acquisition
 from bodyage_core.synth.age_mask import age_effect_mask
-from bodyage_core.synth.anatomy import LABEL_IDS
+from bodyage_core.synth.anatomy import INTENSITY_SCALE, LABEL_IDS
 from bodyage_core.synth.canvas import (
     Canvas,
     Region,
@@ -43,7 +44,7 @@ from bodyage_core.synth.canvas import (
 )
 from bodyage_core.synth.grid import FOV_MM, GRIDS, SynthGrid
 from bodyage_core.synth.images import dixon_images
-from bodyage_core.synth.params import SubjectParams, noise_rng
+from bodyage_core.synth.params import SITES, SubjectParams, noise_rng
 from bodyage_core.synth.spine import SpineCurve
 from bodyage_core.volume import Volume
 
@@ -579,6 +580,10 @@ def generate_subject(params: SubjectParams, grid: SynthGrid | str | tuple | None
     water, fatimg = dixon_images(p, g, labels, rng, pool=pool, marrow_regions=marrow_regions,
                                  joint_regions=joint_regions, disc_frac=disc_frac, js=js,
                                  z_knee=z_knee)
+    acq = None
+    if p.acquisition is not None:   # acquisition degradations, after the phantom (own streams)
+        water, fatimg, acq = apply_acquisition(p.acquisition, p.seed, p.index,
+                                               SITES[p.site][0] * INTENSITY_SCALE, g, water, fatimg)
     age_mask = age_effect_mask(g, p.effects, labels, spine_base_regions, aorta_base_region,
                                bm_regions, thigh_base_regions)
 
@@ -589,6 +594,8 @@ def generate_subject(params: SubjectParams, grid: SynthGrid | str | tuple | None
     vol = lambda a, ch: Volume(a[None], aff, (ch,), dict(prov), dict(meta))  # noqa: E731
     truth = p.to_dict()
     truth["grid"] = g.to_dict()
+    if acq is not None:
+        truth["acquisition"] = acq
     truth["measured"] = {
         "kyphosis_deg": sp_e["kyphosis_deg"],
         "spine_length_mm": float(spine_aged.length),
