@@ -1,0 +1,240 @@
+"""Does the product find a planted organ-specific accelerated ageing? (issue 15, item 2)
+
+Two synthetic cohorts of the same seed and size: one with ``--accelerate heart=+10@0.15`` (15 % of
+the subjects have a heart that ages as if 10 years older than the rest of their body), one
+without (the control). On each, the product's own commands, called the way ``bodyage demo``
+calls them (no pipeline of this benchmark's own)::
+
+    bodyage synth WS --n N --seed S [--accelerate heart=+10@0.15]
+    bodyage predict WS --model wholebody-synthetic
+    bodyage explain WS --run wholebody-synthetic                  (Grad-CAM)
+    bodyage atlas install WS wholebody-synthetic
+    bodyage register WS
+    bodyage atlas maps WS --run wholebody-synthetic
+    bodyage compare accelerated decelerated WS --run wholebody-synthetic --permutations P
+
+then, per atlas group (F, M), from what ``compare`` wrote: the voxels with p(FWE) <= 0.05 and the
+fraction of them inside the planted organ (the voxels where the majority of the group's members'
+age-effect masks, warped to the atlas as ``atlas maps`` does for ``importance_in_age_mask``,
+carry the effect id of the organ: heart = 5), the same with the organ dilated by one voxel, the
+fraction of the |difference| map inside the organ, and how many planted subjects the model put
+among the accelerated and the decelerated agers. For the control: its significant voxel count.
+
+Target (issue 15): >= 0.6 of the significant difference inside the planted organ; the control
+has no significant voxel at the same n. Writes ``bench/results/acceleration.json`` (or
+``acceleration_<tag>.json``) and prints a table::
+
+    .venv/bin/python bench/bench_acceleration.py                 # n 300 a cohort: ~1 h, 2 cores
+    .venv/bin/python bench/bench_acceleration.py --n 16 --permutations 50 --tag tiny   # minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import machine, print_table  # noqa: E402
+
+from bodyage_core.atomic import write_json  # noqa: E402
+
+MODEL = "wholebody-synthetic"
+TARGET_INSIDE = 0.6
+
+
+def commands(ws: str, n: int, seed: int, accelerate: str | None, permutations: int,
+             model: str, device: str) -> list[list[str]]:
+    synth = ["synth", ws, "--n", str(n), "--seed", str(seed)]
+    if accelerate:
+        synth += ["--accelerate", accelerate]
+    return [
+        synth,
+        ["predict", ws, "--model", model, "--device", device],
+        ["explain", ws, "--run", model],
+        ["atlas", "install", ws, model],
+        ["register", ws],
+        ["atlas", "maps", ws, "--run", model],
+        ["compare", "accelerated", "decelerated", ws, "--run", model, "--permutations",
+         str(permutations)],
+    ]
+
+
+def run_product(argvs: list[list[str]], log: list[dict]) -> None:
+    from bodyage_core.cli.main import main as bodyage_main
+
+    for argv in argvs:
+        print(f"$ bodyage {shlex.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        rc = bodyage_main(argv)
+        dt = time.perf_counter() - t0
+        log.append({"step": " ".join(argv[:2] if argv[0] == "atlas" else argv[:1]),
+                    "seconds": round(dt, 1)})
+        if rc != 0:
+            raise SystemExit(f"`bodyage {shlex.join(argv)}` failed (exit {rc})")
+
+
+def organ_masks(ws, group: str, effect_id: int):
+    """The planted organ in the atlas of ``group``: the majority of the members' warped
+    age-effect masks carrying ``effect_id`` (and the union of all effects, for reference)."""
+    import numpy as np
+
+    from bodyage_core.atlas.workspace import LABEL_INTERPOLATION, warped_maps
+
+    _, masks, _ = warped_maps(ws, group, "age_mask", LABEL_INTERPOLATION)
+    if masks is None:
+        return None, None
+    return (np.mean(masks == effect_id, axis=0) >= 0.5), (np.mean(masks > 0, axis=0) >= 0.5)
+
+
+def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
+    import numpy as np
+    from scipy import ndimage
+
+    from bodyage_core.atlas.build import load_image
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.synth.effects import EFFECTS
+
+    eff_id = EFFECTS[organ].id
+    out: dict = {"groups": {}}
+    ws = Workspace.open(ws_path)
+    try:
+        planted = {s.subject_id for s in ws.db.subjects()
+                   if (s.meta.get("acceleration") or {}).get(organ)}
+        out["n_subjects"] = ws.db.count()
+        out["n_planted"] = len(planted)
+        for g in ("F", "M"):
+            stem = ws.compare_stem(g, model)
+            jpath = stem.with_name(stem.name + ".json")
+            if not jpath.exists():
+                out["groups"][g] = {"error": "compare wrote nothing for this group"}
+                continue
+            cmp_ = json.loads(jpath.read_text())
+            row = {"n_accelerated": cmp_.get("n_accelerated"),
+                   "n_decelerated": cmp_.get("n_decelerated"),
+                   "planted_in_accelerated": sum(s in planted for s in cmp_.get("accelerated", [])),
+                   "planted_in_decelerated": sum(s in planted for s in cmp_.get("decelerated", []))}
+            if "error" in cmp_:
+                row["error"] = cmp_["error"]
+                out["groups"][g] = row
+                continue
+            p = np.asarray(load_image(ws.resolve(cmp_["p_fwe"])).data[0])
+            diff = np.asarray(load_image(ws.resolve(cmp_["diff"])).data[0])
+            sig = p <= alpha
+            om, union = organ_masks(ws, g, eff_id)
+            row.update({"significant_voxels": int(sig.sum()), "min_p_fwe": cmp_["min_p_fwe"],
+                        "max_abs_t": cmp_["max_stat"]})
+            if om is not None:
+                om_d = ndimage.binary_dilation(om, iterations=1)
+                n_sig = int(sig.sum())
+                row.update({
+                    "organ_voxels": int(om.sum()),
+                    "inside_organ": float((sig & om).sum() / n_sig) if n_sig else None,
+                    "inside_organ_dilated1": float((sig & om_d).sum() / n_sig) if n_sig else None,
+                    "inside_any_age_effect": float((sig & union).sum() / n_sig) if n_sig else None,
+                    "abs_diff_inside_organ": float(np.abs(diff)[om].sum()
+                                                   / max(np.abs(diff).sum(), 1e-12)),
+                    "organ_volume_fraction": float(om.sum() / om.size),
+                })
+            out["groups"][g] = row
+    finally:
+        ws.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=300,
+                    help="subjects in each cohort (default 300: about an hour on 2 cores)")
+    ap.add_argument("--seed", type=int, default=31,
+                    help="cohort seed (default 31; the shipped model was trained on seed 20)")
+    ap.add_argument("--accelerate", default="heart=+10@0.15",
+                    help="the planted acceleration (one organ; default heart=+10@0.15)")
+    ap.add_argument("--permutations", type=int, default=1000)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "acceleration"),
+                    help="folder for the two workspaces")
+    ap.add_argument("--keep", action="store_true", help="resume existing workspaces")
+    ap.add_argument("--tag", default=None, help="write acceleration_<tag>.json")
+    args = ap.parse_args(argv)
+
+    from bodyage_core.synth.acceleration import Acceleration
+
+    acc = Acceleration.parse(args.accelerate)
+    if len(acc.rules) != 1:
+        raise SystemExit("--accelerate must plant exactly one organ, e.g. heart=+10@0.15")
+    organ = acc.rules[0].organ
+    work = Path(args.work)
+    results: dict = {"n": args.n, "seed": args.seed, "accelerate": acc.to_text(),
+                     "organ": organ, "model": args.model, "permutations": args.permutations,
+                     "alpha": args.alpha, "target_inside": TARGET_INSIDE, "cohorts": {}}
+    t_all = time.perf_counter()
+    for name, planted in (("accelerated", acc.to_text()), ("control", None)):
+        ws = work / f"{name}_n{args.n}_s{args.seed}"
+        if ws.exists() and not args.keep:
+            shutil.rmtree(ws)
+        steps: list[dict] = []
+        t0 = time.perf_counter()
+        run_product(commands(str(ws), args.n, args.seed, planted, args.permutations,
+                             args.model, args.device), steps)
+        res = analyse(ws, args.model, organ, args.alpha)
+        res.update({"workspace": str(ws), "steps": steps,
+                    "seconds": round(time.perf_counter() - t0, 1)})
+        results["cohorts"][name] = res
+
+    a, c = results["cohorts"]["accelerated"], results["cohorts"]["control"]
+    rows = []
+    for g in ("F", "M"):
+        ra, rc = a["groups"].get(g, {}), c["groups"].get(g, {})
+        rows.append({"atlas": g, "n_acc/dec": f"{ra.get('n_accelerated')}/"
+                                             f"{ra.get('n_decelerated')}",
+                     "planted acc/dec": f"{ra.get('planted_in_accelerated')}/"
+                                        f"{ra.get('planted_in_decelerated')}",
+                     "sig voxels": ra.get("significant_voxels"),
+                     "inside organ": ra.get("inside_organ"),
+                     "inside (+1 vox)": ra.get("inside_organ_dilated1"),
+                     "|diff| inside": ra.get("abs_diff_inside_organ"),
+                     "organ vol frac": ra.get("organ_volume_fraction"),
+                     "control sig voxels": rc.get("significant_voxels"),
+                     "min p acc/ctrl": f"{ra.get('min_p_fwe', float('nan')):.3f}/"
+                                       f"{rc.get('min_p_fwe', float('nan')):.3f}"})
+    sig_a = sum(r.get("significant_voxels") or 0 for r in a["groups"].values())
+    inside = sum((r.get("inside_organ") or 0) * (r.get("significant_voxels") or 0)
+                 for r in a["groups"].values())
+    ctrl = sum(r.get("significant_voxels") or 0 for r in c["groups"].values())
+    results["summary"] = {
+        "significant_voxels": sig_a,
+        "inside_organ": inside / sig_a if sig_a else None,
+        "control_significant_voxels": ctrl,
+        "met_inside": bool(sig_a and inside / sig_a >= TARGET_INSIDE),
+        "met_control": ctrl == 0,
+    }
+    results["wall_s"] = round(time.perf_counter() - t_all, 1)
+    results["machine"] = machine()
+    out = ROOT / "bench" / "results" / (f"acceleration_{args.tag}.json" if args.tag
+                                         else "acceleration.json")
+    write_json(out, results)
+    print()
+    print_table(rows)
+    s = results["summary"]
+    frac = "n/a (no significant voxel)" if s["inside_organ"] is None else f"{s['inside_organ']:.2f}"
+    print(f"\nplanted {acc.to_text()} (n {args.n} a cohort, {a['n_planted']} planted): "
+          f"{s['significant_voxels']} significant voxel(s), {frac} inside the {organ} "
+          f"(target >= {TARGET_INSIDE}: {'met' if s['met_inside'] else 'NOT MET'}); control "
+          f"{s['control_significant_voxels']} significant voxel(s) (target 0: "
+          f"{'met' if s['met_control'] else 'NOT MET'}); {results['wall_s'] / 60:.1f} min")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
