@@ -26,28 +26,17 @@ def age_effect_mask(g: SynthGrid, strengths: AgeEffects, labels: np.ndarray,
             continue
         ids = [L[o] for o in spec.organs]
         age_mask[np.isin(labels, ids)] = spec.id
-    if strengths.strength("spine") > 0:
-        # where the unaged column was (kyphosis and disc-height loss move the column)
-        for reg in spine_base_regions:
+    # where the organs were before ageing moved or shrank them: the spine's column (kyphosis
+    # and disc-height loss move it), the aorta before widening, the back and thigh muscles
+    # before they thinned (fat fills the space); never over another effect's voxels
+    unaged = {"spine": spine_base_regions, "aorta": [aorta_base_region],
+              "back_muscle": bm_regions, "thigh_muscle": thigh_base_regions}
+    for name, regions in unaged.items():
+        if strengths.strength(name) <= 0:
+            continue
+        for reg in regions:
             if reg is not None:
                 sl, m = reg
                 am = age_mask[sl]
-                am[m & (am == 0)] = EFFECTS["spine"].id
-    if strengths.strength("aorta") > 0 and aorta_base_region is not None:
-        sl, m = aorta_base_region
-        am = age_mask[sl]
-        am[m & (am == 0)] = EFFECTS["aorta"].id
-    if strengths.strength("back_muscle") > 0:
-        for reg in bm_regions:
-            if reg is not None:
-                sl, m = reg
-                am = age_mask[sl]
-                am[m & (am == 0)] = EFFECTS["back_muscle"].id
-    if strengths.strength("thigh_muscle") > 0:
-        # the unaged thigh muscle compartment (fat fills where the muscle has shrunk)
-        for reg in thigh_base_regions:
-            if reg is not None:
-                sl, m = reg
-                am = age_mask[sl]
-                am[m & (am == 0)] = EFFECTS["thigh_muscle"].id
+                am[m & (am == 0)] = EFFECTS[name].id
     return age_mask
