@@ -598,10 +598,9 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
         res = permutation_test(maps[ia], maps[ib], permutations, seed, atlas["body_mask"],
                                statistic)
         aff = atlas["template"].affine
-        stem = ws.compare_stem(g, run)
         for key, name in (("diff", "diff"), ("stat", "t" if statistic == "t" else "stat"),
                           ("p_fwe", "p_fwe"), ("p_uncorrected", "p_uncorrected")):
-            path = stem.with_name(f"{stem.name}_{name}.nii.gz")
+            path = ws.compare_file(g, run, f"_{name}.nii.gz")
             save_image(Volume(res[key], aff, channels=(name,)), path)
             gsum[name] = ws.relative(path)
         gsum.update({
@@ -610,7 +609,7 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
             "alpha": alpha, "statistic": statistic,
             "max_stat": float(np.abs(res["stat"]).max()),
         })
-        write_json(stem.with_name(stem.name + ".json"), gsum)
+        write_json(ws.compare_file(g, run), gsum)
         summary["groups"][g] = gsum
         reporter.update("permutations", 1, 1, group=g)
     return summary

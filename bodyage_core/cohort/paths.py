@@ -127,10 +127,10 @@ class WorkspacePaths:
         suffix = f"_{part}" if part else ""
         return self.atlas_dir(group) / f"population_{tag}_age_trend{suffix}.nii.gz"
 
-    def compare_stem(self, group: str, run: str) -> Path:
-        """``atlases/<group>/compare_<run>_accelerated_vs_decelerated`` (add ``.json``,
-        ``_t.nii.gz``, ``_diff.nii.gz``, ``_p_fwe.nii.gz``, ...)."""
-        return self.atlas_dir(group) / f"compare_{run}_{COMPARE_SUFFIX}"
+    def compare_file(self, group: str, run: str, suffix: str = ".json") -> Path:
+        """``atlases/<group>/compare_<run>_accelerated_vs_decelerated<suffix>``: ``.json`` (what
+        ``compare`` found), ``_t.nii.gz``, ``_diff.nii.gz``, ``_p_fwe.nii.gz``, ..."""
+        return self.atlas_dir(group) / f"compare_{run}_{COMPARE_SUFFIX}{suffix}"
 
     def regions_stem(self, tag: str, group: str | None = None) -> Path:
         """``atlases/<group>/regions_<tag>`` or, for the whole cohort, ``reports/regions_<tag>``

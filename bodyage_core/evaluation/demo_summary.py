@@ -69,8 +69,7 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
     for g in ("F", "M"):
         pop = _read(paths.population_json(g, trend_kind(model)))
         cam = _read(paths.population_json(g, model))
-        stem = paths.compare_stem(g, model)
-        cmp_ = _read(stem.with_name(stem.name + ".json"))
+        cmp_ = _read(paths.compare_file(g, model))
         entry: dict[str, Any] = {}
         if pop:
             t = pop.get("subgroups", {}).get("age_trend", {})

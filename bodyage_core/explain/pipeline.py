@@ -268,7 +268,8 @@ def explain_subject(ws, run: str, age_run, models, subject, kind: str, *, method
                            target_grid=subject_grid(src), body_only=body_only,
                            reporter=reporter)
     info = pred.map_info[req.key]
-    target = ws.subject_dir(sid, create=True) / f"{kind}.nii.gz"
+    ws.subject_dir(sid, create=True)
+    target = ws.map_file(sid, kind)
     with guard(target):
         save_map(pred.maps[req.key], target, description=f"bodyage {kind}")
     member_files = []
@@ -332,7 +333,7 @@ def _explain(ws, run, subject_ids, method, layer, variant, device, reporter, ove
     rep.update("explain", 0, len(subjects), kind)
     for i, subj in enumerate(subjects):
         sid = subj.subject_id
-        target = ws.subject_dir(sid) / f"{kind}.nii.gz"
+        target = ws.map_file(sid, kind)
         if sid not in predicted:
             summary.no_prediction.append(sid)
         if target.exists() and not overwrite:

@@ -86,11 +86,10 @@ def maps_rule(ws, run: str) -> tuple[float | None, float | None] | None:
 def compare_info(ws, group: str, run: str) -> dict[str, Any] | None:
     """What ``bodyage compare`` found for a group (``compare_<run>_..._vs_...json``), with the
     path of its p(FWE) map; None when the comparison was not run."""
-    stem = ws.compare_stem(group, run)
-    info = _read_json(stem.with_name(stem.name + ".json"))
+    info = _read_json(ws.compare_file(group, run))
     if not info or "min_p_fwe" not in info:
         return None
-    p_map = stem.with_name(stem.name + "_p_fwe.nii.gz")
+    p_map = ws.compare_file(group, run, "_p_fwe.nii.gz")
     info["p_fwe_path"] = p_map if p_map.exists() else None
     return info
 
@@ -230,8 +229,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         ws = self.ws
         acc = load_for_viewer(ws.population_map(group, self.run, "accelerated"))
         dec = load_for_viewer(ws.population_map(group, self.run, "decelerated"))
-        cstem = ws.compare_stem(group, self.run)
-        diff_path = cstem.with_name(cstem.name + "_diff.nii.gz")
+        diff_path = ws.compare_file(group, self.run, "_diff.nii.gz")
         computed = not diff_path.exists()
         diff = (Volume(acc.data - dec.data, acc.affine, ("diff",)) if computed
                 else load_for_viewer(diff_path))

@@ -261,7 +261,9 @@ def test_workspace_paths_name_every_file_in_one_place(tmp_path):
     assert p.population_map("F", "r", "all") == ws.root / "atlases" / "F" / \
         "population_r_all_mean.nii.gz"
     assert p.age_trend_map("F", "r", "t").name == "population_r_age_trend_t.nii.gz"
-    assert p.compare_stem("F", "r").name == "compare_r_accelerated_vs_decelerated"
+    assert p.compare_file("F", "r").name == "compare_r_accelerated_vs_decelerated.json"
+    assert p.compare_file("F", "r", "_t.nii.gz").name == \
+        "compare_r_accelerated_vs_decelerated_t.nii.gz"
     assert p.regions_stem("r") == ws.root / "reports" / "regions_r"
     assert p.relative(ws.root / "subjects" / "s1" / "x.nii.gz") == "subjects/s1/x.nii.gz"
     assert WorkspacePaths.is_workspace(ws.root) and not WorkspacePaths.is_workspace(tmp_path)
