@@ -370,11 +370,15 @@ class PredictStage(Stage):
 def explain_one(root: str, run: str, subject, kind: str, method: str, layer: str,
                 variant: str, device: str, occlusion_patch, occlusion_stride,
                 occlusion_baseline, batch_size: int, save_members: bool,
-                reference: str = "zero", reference_group: str | None = None) -> dict[str, Any]:
+                reference: str = "zero", reference_group: str | None = None,
+                reference_error: str | None = None) -> dict[str, Any]:
     """Worker: one subject's explanation map in its own space
     (:func:`bodyage_core.explain.pipeline.explain_subject`, the run's networks loaded once per
-    worker)."""
+    worker). ``reference_error``: why the stage found no atlas for the subject's reference."""
     from bodyage_core.explain.pipeline import explain_subject
+
+    if reference_error:
+        raise BodyageError(reference_error)
 
     age_run = cached_run(run_source(_Paths(root), run), device)
     return explain_subject(_Paths(root), run, age_run, age_run.load_members(), subject, kind,
@@ -440,20 +444,20 @@ class ExplainStage(Stage):
                                hint="import or synthesise a cohort first")
         predicted = {p["subject_id"] for p in ws.db.predictions(self.run)}
         self.no_prediction = [s.subject_id for s in subjects if s.subject_id not in predicted]
-        return [Job(self.kind, s.subject_id, {"subject": s, "group": self._group(ws, s)})
+        return [Job(self.kind, s.subject_id, {"subject": s, **self._group(ws, s)})
                 for s in subjects]
 
-    def _group(self, ws, subject) -> str | None:
+    def _group(self, ws, subject) -> dict[str, str | None]:
         """The atlas of an atlas-referenced map (workers have no database to look it up); a
-        subject without one fails in its task, with the reason."""
+        subject without one fails in its task, with the reason the lookup gave."""
         if self.reference != "atlas":
-            return None
+            return {}
         from bodyage_core.atlas.workspace import registered_group
 
         try:
-            return registered_group(ws, subject.subject_id, self.reference_group)
-        except BodyageError:
-            return None
+            return {"group": registered_group(ws, subject.subject_id, self.reference_group)}
+        except BodyageError as err:
+            return {"group_error": str(err)}
 
     def _target(self, ws, sid: str) -> Path:
         return ws.map_file(sid, self.kind)
@@ -475,7 +479,8 @@ class ExplainStage(Stage):
             "variant": self.variant, "device": self.device, "occlusion_patch": patch,
             "occlusion_stride": stride, "occlusion_baseline": baseline,
             "batch_size": self.batch_size, "save_members": self.save_members,
-            "reference": self.reference, "reference_group": job.payload.get("group")},
+            "reference": self.reference, "reference_group": job.payload.get("group"),
+            "reference_error": job.payload.get("group_error")},
             folder=str(ws.subject_dir(job.subject_id)))
 
     def record(self, ws, job, out) -> None:

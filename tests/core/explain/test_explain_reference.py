@@ -83,3 +83,18 @@ def test_map_against_a_reference_lies_where_the_subject_differs(subject):
     # model's strongest age organ, so they stand out, but ~20x, not ~700x)
     z = np.abs(zero.maps[plain.key].data[0])
     assert z[near].mean() / z[~near].mean() < ratio / 10
+
+
+def test_explain_against_the_atlas_says_why_a_subject_has_no_reference(tmp_path, capsys):
+    """Subjects not registered to an atlas fail one by one with the reason the index gives (the
+    batch workers have no index: the stage looks it up and hands the reason over)."""
+    from bodyage_core.cli.main import main
+
+    ws = tmp_path / "ws"
+    assert main(["synth", str(ws), "--n", "2", "--grid", "14,14,18"]) == 0
+    capsys.readouterr()
+    rc = main(["explain", str(ws), "--run", "wholebody-synthetic", "--method", "gradxinput",
+               "--signed", "--reference", "atlas"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert out.count("is not registered to any atlas") == 2, out
