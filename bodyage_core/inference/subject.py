@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import BodyageError
+from bodyage_core.models.ensemble import Z95
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
-
-#: z of the two-sided 95 % interval.
-Z95 = 1.959964
 
 #: Map methods: ``"gradcam"`` (at ``layer``), ``"gradxinput"``, ``"occlusion"``; variants
 #: ``relu`` / ``signed`` (gradient x input also ``abs``).

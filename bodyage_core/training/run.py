@@ -461,6 +461,9 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         fold_var[test] = var_f[test]
     v_idx, v_mean, v_var = (np.concatenate(val_idx), np.concatenate(val_mean),
                             np.concatenate(val_var))
+    # mean-variance members: their own variance ranks the subjects, so only a scale is fitted
+    # (a floor fitted on ~45 subjects made one IXI fold's sigma a constant)
+    calib_how = {"floor": not use_var}
     for f in range(n_fold_models):
         # Pool the validation predictions of every fold's ensemble, leaving out the subjects
         # that fold f holds out for testing: ~folds x more subjects than fold f's own
@@ -469,9 +472,9 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         bias["folds"][str(f)] = fit_bias_policy(ages[v_idx[use]], v_mean[use],
                                                 train.bias_correction)
         calib["folds"][str(f)] = fit_variance_scale(v_mean[use] - ages[v_idx[use]],
-                                                    v_var[use])
+                                                    v_var[use], **calib_how)
     bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
-    calib["global"] = fit_variance_scale(v_mean - ages[v_idx], v_var)
+    calib["global"] = fit_variance_scale(v_mean - ages[v_idx], v_var, **calib_how)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
                     + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
@@ -487,8 +490,10 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         "subject_id": [ids[i] for i in v_idx], "age": ages[v_idx].tolist(),
         "fold_held_out": fold_of[v_idx].tolist(), "mean": v_mean.tolist(),
         "variance": v_var.tolist()})
-    calib["note"] = ("calibrated variance = scale * ensemble variance + floor, both fitted by "
-                     "the Gaussian NLL of validation errors (pooled as for the bias fit)")
+    calib["note"] = ("calibrated variance = scale * ensemble variance"
+                     + (" (mean-variance members: scale only, their variance ranks the subjects)"
+                        if use_var else " + floor, both by the Gaussian NLL")
+                     + " fitted on validation errors (pooled as for the bias fit)")
 
     # -- out-of-fold rows ----------------------------------------------------------------------
     oof = []

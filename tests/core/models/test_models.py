@@ -155,6 +155,28 @@ def test_bias_correction_and_calibration():
     assert const["floor"] == pytest.approx(9.0, rel=0.1)
 
 
+def test_mean_variance_calibration_fits_a_scale_and_keeps_the_ranking():
+    # a mean-variance ensemble's own variance ranks the subjects; fitted with a floor on a few
+    # dozen validation subjects the scale can collapse (every subject the same sigma)
+    rng = np.random.default_rng(3)
+    var = rng.uniform(1, 40, 5000)
+    err = rng.normal(0, np.sqrt(0.5 * var))
+    cal = fit_variance_scale(err, var, floor=False)
+    assert cal["floor"] == 0.0 and cal["method"] == "scale"
+    assert cal["scale"] == pytest.approx(0.5, rel=0.05)
+    sig = np.sqrt(apply_variance_scale(var, cal))
+    assert np.all(np.diff(sig[np.argsort(var)]) >= 0)          # monotone: ranking unchanged
+    assert np.mean(np.abs(err) <= 1.959964 * sig) == pytest.approx(0.95, abs=0.01)
+    collapsed = 0
+    for seed in range(40):          # 45 validation subjects, as one IXI fold pools
+        r = np.random.default_rng(seed)
+        v = r.uniform(20, 80, 45)
+        e = r.normal(0, np.sqrt(0.3 * v + 20))
+        collapsed += fit_variance_scale(e, v)["scale"] < 1e-3
+        assert fit_variance_scale(e, v, floor=False)["scale"] > 0.05
+    assert collapsed > 0            # the floor fit does collapse on some such sets
+
+
 def test_bias_correction_shrunk_by_loo():
     rng = np.random.default_rng(1)
     age = rng.uniform(20, 80, 40)
