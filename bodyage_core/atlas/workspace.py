@@ -565,15 +565,17 @@ def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, 
 def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
                        threshold: float | None = None, quantile: float | None = None,
                        permutations: int = 1000, seed: int = 0, statistic: str = "t",
-                       alpha: float = 0.05,
-                       reporter: ProgressReporter | None = None) -> dict[str, Any]:
+                       alpha: float = 0.05, reporter: ProgressReporter | None = None,
+                       kind: str | None = None) -> dict[str, Any]:
     """Accelerated minus decelerated agers per atlas group: difference of mean maps, voxel-wise
     permutation test (Welch t, two-sided) with FWE by max-statistic within the atlas body mask.
-    Gap classes come from the run's bias-corrected gaps (threshold in years or quantile)."""
+    Gap classes come from the run's bias-corrected gaps (threshold in years or quantile).
+    ``kind``: the subject map compared (default the run's Grad-CAM), recorded in the result."""
     reporter = ensure_reporter(reporter)
-    preds, kind, atlases = _maps_inputs(ws, run, groups)
-    summary: dict[str, Any] = {"run": run, "threshold": threshold, "quantile": quantile,
-                               "permutations": permutations, "groups": {}}
+    preds, default_kind, atlases = _maps_inputs(ws, run, groups)
+    kind = kind or default_kind
+    summary: dict[str, Any] = {"run": run, "kind": kind, "threshold": threshold,
+                               "quantile": quantile, "permutations": permutations, "groups": {}}
     for g in atlases:
         adir = ws.atlas_dir(g)
         atlas = load_atlas(adir)
@@ -586,7 +588,7 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
         cls = gap_classes(gaps, threshold, quantile)
         ia = [keep[j] for j, c in enumerate(cls) if c == "accelerated"]
         ib = [keep[j] for j, c in enumerate(cls) if c == "decelerated"]
-        gsum: dict[str, Any] = {"n_accelerated": len(ia), "n_decelerated": len(ib),
+        gsum: dict[str, Any] = {"kind": kind, "n_accelerated": len(ia), "n_decelerated": len(ib),
                                 "accelerated": [ids[i] for i in ia],
                                 "decelerated": [ids[i] for i in ib]}
         if len(ia) < 2 or len(ib) < 2:

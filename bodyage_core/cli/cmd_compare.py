@@ -1,5 +1,6 @@
 """``bodyage compare accelerated decelerated WORKSPACE --run RUN``: voxel-wise permutation test
-of accelerated vs decelerated agers' Grad-CAMs in atlas space (FWE by max-statistic)."""
+of accelerated vs decelerated agers' maps (Grad-CAM, or --kind) in atlas space (FWE by
+max-statistic)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def register(sub) -> None:
     g.add_argument("--threshold", type=float, help="|gap| in years (gap >= Y accelerated, "
                                                    "gap <= -Y decelerated)")
     g.add_argument("--quantile", type=float, help="top/bottom fraction (default 0.25)")
+    p.add_argument("--kind", help="subject map kind to compare (default gradcam_<run>; e.g. "
+                                  "gradxinput_signed_vs_atlas_<run> from `bodyage explain "
+                                  "--method gradxinput --signed --reference atlas`)")
     p.add_argument("--permutations", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.05)
@@ -40,14 +44,15 @@ def run(args) -> int:
     try:
         out = compare_gap_groups(ws, args.run, groups=args.group, threshold=args.threshold,
                                  quantile=args.quantile, permutations=args.permutations,
-                                 seed=args.seed, alpha=args.alpha, reporter=TerminalProgress())
+                                 seed=args.seed, alpha=args.alpha, reporter=TerminalProgress(),
+                                 kind=args.kind)
     finally:
         ws.close()
     for g, s in out["groups"].items():
         if "error" in s:
             print(f"{g}: {s['error']}")
             continue
-        print(f"{g}: {s['n_accelerated']} accelerated vs {s['n_decelerated']} decelerated; "
+        print(f"{g} ({s['kind']}): {s['n_accelerated']} accelerated vs {s['n_decelerated']} decelerated; "
               f"max |t| {s['max_stat']:.2f}, min p(FWE) {s['min_p_fwe']:.3f}, "
               f"{s['significant_voxels']} voxel(s) at p(FWE) <= {s['alpha']}; maps: {s['diff']}")
     return 0

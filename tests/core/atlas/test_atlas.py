@@ -310,6 +310,9 @@ def test_workspace_atlas_maps_compare(workspace):
         c = cmp_["groups"]["F_healthy"]
         assert c["n_accelerated"] == 2 and c["n_decelerated"] == 2
         assert (ws.resolve(c["p_fwe"])).exists()
+        assert cmp_["kind"] == c["kind"] == "gradcam_r1"
+        other = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20, kind="nope_r1")
+        assert other["groups"]["F_healthy"] == {"error": "no registered nope_r1 maps"}
         with pytest.raises(BodyageError, match="no predictions for run"):
             build_population_maps(ws, "nope")
 
