@@ -10,8 +10,9 @@ calls them (no pipeline of this benchmark's own)::
     bodyage explain WS --run wholebody-synthetic                  (Grad-CAM)
     bodyage atlas install WS wholebody-synthetic
     bodyage register WS
-    bodyage atlas maps WS --run wholebody-synthetic
+    bodyage explain WS --run wholebody-synthetic --method gradxinput --signed --reference atlas
     bodyage compare accelerated decelerated WS --run wholebody-synthetic --permutations P
+            [--kind gradxinput_signed_vs_atlas_wholebody-synthetic]
 
 then, per atlas group (F, M), from what ``compare`` wrote: the voxels with p(FWE) <= 0.05 and the
 fraction of them inside the planted organ (the voxels where the majority of the group's members'
@@ -19,6 +20,11 @@ age-effect masks, warped to the atlas as ``atlas maps`` does for ``importance_in
 carry the effect id of the organ: heart = 5), the same with the organ dilated by one voxel, the
 fraction of the |difference| map inside the organ, and how many planted subjects the model put
 among the accelerated and the decelerated agers. For the control: its significant voxel count.
+
+``--maps`` chooses what is compared: ``gradcam`` (the compare default), ``atlas`` (the signed
+gradient x (input - atlas template) maps the demo reads its age trend from: Grad-CAM's layer-3
+cells are ~10 cm at the model grid, larger than the heart) or ``both`` (default; the second
+comparison costs one permutation test once the maps exist).
 
 Target (issue 15): >= 0.6 of the significant difference inside the planted organ; the control
 has no significant voxel at the same n. Writes ``bench/results/acceleration.json`` (or
@@ -50,21 +56,30 @@ MODEL = "wholebody-synthetic"
 TARGET_INSIDE = 0.6
 
 
+def map_kinds(maps: str, model: str) -> list[str]:
+    atlas = f"gradxinput_signed_vs_atlas_{model}"
+    return {"gradcam": [f"gradcam_{model}"], "atlas": [atlas],
+            "both": [f"gradcam_{model}", atlas]}[maps]
+
+
 def commands(ws: str, n: int, seed: int, accelerate: str | None, permutations: int,
-             model: str, device: str) -> list[list[str]]:
+             model: str, device: str, kinds: list[str]) -> list[list[str]]:
     synth = ["synth", ws, "--n", str(n), "--seed", str(seed)]
     if accelerate:
         synth += ["--accelerate", accelerate]
-    return [
-        synth,
-        ["predict", ws, "--model", model, "--device", device],
-        ["explain", ws, "--run", model],
-        ["atlas", "install", ws, model],
-        ["register", ws],
-        ["atlas", "maps", ws, "--run", model],
-        ["compare", "accelerated", "decelerated", ws, "--run", model, "--permutations",
-         str(permutations)],
-    ]
+    out = [synth, ["predict", ws, "--model", model, "--device", device]]
+    if f"gradcam_{model}" in kinds:
+        out.append(["explain", ws, "--run", model])
+    out += [["atlas", "install", ws, model], ["register", ws]]
+    if f"gradxinput_signed_vs_atlas_{model}" in kinds:
+        out.append(["explain", ws, "--run", model, "--method", "gradxinput", "--signed",
+                    "--reference", "atlas"])
+    return out
+
+
+def compare_command(ws: str, model: str, permutations: int, kind: str) -> list[str]:
+    return ["compare", "accelerated", "decelerated", ws, "--run", model, "--permutations",
+            str(permutations), "--kind", kind]
 
 
 def run_product(argvs: list[list[str]], log: list[dict]) -> None:
@@ -95,6 +110,7 @@ def organ_masks(ws, group: str, effect_id: int):
 
 
 def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
+    """What the last ``compare`` wrote, against the planted organ."""
     import numpy as np
     from scipy import ndimage
 
@@ -111,8 +127,7 @@ def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
         out["n_subjects"] = ws.db.count()
         out["n_planted"] = len(planted)
         for g in ("F", "M"):
-            stem = ws.compare_stem(g, model)
-            jpath = stem.with_name(stem.name + ".json")
+            jpath = ws.compare_file(g, model)
             if not jpath.exists():
                 out["groups"][g] = {"error": "compare wrote nothing for this group"}
                 continue
@@ -165,6 +180,8 @@ def main(argv=None) -> int:
                     help="folder for the two workspaces")
     ap.add_argument("--keep", action="store_true", help="resume existing workspaces")
     ap.add_argument("--tag", default=None, help="write acceleration_<tag>.json")
+    ap.add_argument("--maps", choices=("gradcam", "atlas", "both"), default="both",
+                    help="the subject maps compared (default both)")
     args = ap.parse_args(argv)
 
     from bodyage_core.synth.acceleration import Acceleration
@@ -176,7 +193,9 @@ def main(argv=None) -> int:
     work = Path(args.work)
     results: dict = {"n": args.n, "seed": args.seed, "accelerate": acc.to_text(),
                      "organ": organ, "model": args.model, "permutations": args.permutations,
-                     "alpha": args.alpha, "target_inside": TARGET_INSIDE, "cohorts": {}}
+                     "alpha": args.alpha, "target_inside": TARGET_INSIDE, "maps": args.maps,
+                     "cohorts": {}}
+    kinds = map_kinds(args.maps, args.model)
     t_all = time.perf_counter()
     for name, planted in (("accelerated", acc.to_text()), ("control", None)):
         ws = work / f"{name}_n{args.n}_s{args.seed}"
@@ -185,39 +204,45 @@ def main(argv=None) -> int:
         steps: list[dict] = []
         t0 = time.perf_counter()
         run_product(commands(str(ws), args.n, args.seed, planted, args.permutations,
-                             args.model, args.device), steps)
-        res = analyse(ws, args.model, organ, args.alpha)
-        res.update({"workspace": str(ws), "steps": steps,
-                    "seconds": round(time.perf_counter() - t0, 1)})
+                             args.model, args.device, kinds), steps)
+        res = {"workspace": str(ws), "steps": steps, "by_kind": {}}
+        for kind in kinds:
+            run_product([compare_command(str(ws), args.model, args.permutations, kind)], steps)
+            res["by_kind"][kind] = analyse(ws, args.model, organ, args.alpha)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
         results["cohorts"][name] = res
 
-    a, c = results["cohorts"]["accelerated"], results["cohorts"]["control"]
     rows = []
-    for g in ("F", "M"):
-        ra, rc = a["groups"].get(g, {}), c["groups"].get(g, {})
-        rows.append({"atlas": g, "n_acc/dec": f"{ra.get('n_accelerated')}/"
-                                             f"{ra.get('n_decelerated')}",
-                     "planted acc/dec": f"{ra.get('planted_in_accelerated')}/"
-                                        f"{ra.get('planted_in_decelerated')}",
-                     "sig voxels": ra.get("significant_voxels"),
-                     "inside organ": ra.get("inside_organ"),
-                     "inside (+1 vox)": ra.get("inside_organ_dilated1"),
-                     "|diff| inside": ra.get("abs_diff_inside_organ"),
-                     "organ vol frac": ra.get("organ_volume_fraction"),
-                     "control sig voxels": rc.get("significant_voxels"),
-                     "min p acc/ctrl": f"{ra.get('min_p_fwe', float('nan')):.3f}/"
-                                       f"{rc.get('min_p_fwe', float('nan')):.3f}"})
-    sig_a = sum(r.get("significant_voxels") or 0 for r in a["groups"].values())
-    inside = sum((r.get("inside_organ") or 0) * (r.get("significant_voxels") or 0)
-                 for r in a["groups"].values())
-    ctrl = sum(r.get("significant_voxels") or 0 for r in c["groups"].values())
-    results["summary"] = {
-        "significant_voxels": sig_a,
-        "inside_organ": inside / sig_a if sig_a else None,
-        "control_significant_voxels": ctrl,
-        "met_inside": bool(sig_a and inside / sig_a >= TARGET_INSIDE),
-        "met_control": ctrl == 0,
-    }
+    results["summary"] = {}
+    for kind in kinds:
+        a = results["cohorts"]["accelerated"]["by_kind"][kind]
+        c = results["cohorts"]["control"]["by_kind"][kind]
+        for g in ("F", "M"):
+            ra, rc = a["groups"].get(g, {}), c["groups"].get(g, {})
+            rows.append({"maps": kind.replace(f"_{args.model}", ""), "atlas": g,
+                         "n_acc/dec": f"{ra.get('n_accelerated')}/{ra.get('n_decelerated')}",
+                         "planted acc/dec": f"{ra.get('planted_in_accelerated')}/"
+                                            f"{ra.get('planted_in_decelerated')}",
+                         "sig voxels": ra.get("significant_voxels"),
+                         "inside organ": ra.get("inside_organ"),
+                         "inside (+1 vox)": ra.get("inside_organ_dilated1"),
+                         "|diff| inside": ra.get("abs_diff_inside_organ"),
+                         "organ vol frac": ra.get("organ_volume_fraction"),
+                         "control sig voxels": rc.get("significant_voxels"),
+                         "min p acc/ctrl": f"{ra.get('min_p_fwe', float('nan')):.3f}/"
+                                           f"{rc.get('min_p_fwe', float('nan')):.3f}"})
+        sig_a = sum(r.get("significant_voxels") or 0 for r in a["groups"].values())
+        inside = sum((r.get("inside_organ") or 0) * (r.get("significant_voxels") or 0)
+                     for r in a["groups"].values())
+        ctrl = sum(r.get("significant_voxels") or 0 for r in c["groups"].values())
+        results["summary"][kind] = {
+            "n_planted": a["n_planted"],
+            "significant_voxels": sig_a,
+            "inside_organ": inside / sig_a if sig_a else None,
+            "control_significant_voxels": ctrl,
+            "met_inside": bool(sig_a and inside / sig_a >= TARGET_INSIDE),
+            "met_control": ctrl == 0,
+        }
     results["wall_s"] = round(time.perf_counter() - t_all, 1)
     results["machine"] = machine()
     out = ROOT / "bench" / "results" / (f"acceleration_{args.tag}.json" if args.tag
@@ -225,13 +250,15 @@ def main(argv=None) -> int:
     write_json(out, results)
     print()
     print_table(rows)
-    s = results["summary"]
-    frac = "n/a (no significant voxel)" if s["inside_organ"] is None else f"{s['inside_organ']:.2f}"
-    print(f"\nplanted {acc.to_text()} (n {args.n} a cohort, {a['n_planted']} planted): "
-          f"{s['significant_voxels']} significant voxel(s), {frac} inside the {organ} "
-          f"(target >= {TARGET_INSIDE}: {'met' if s['met_inside'] else 'NOT MET'}); control "
-          f"{s['control_significant_voxels']} significant voxel(s) (target 0: "
-          f"{'met' if s['met_control'] else 'NOT MET'}); {results['wall_s'] / 60:.1f} min")
+    for kind, s in results["summary"].items():
+        frac = ("n/a (no significant voxel)" if s["inside_organ"] is None
+                else f"{s['inside_organ']:.2f}")
+        print(f"\n{kind}: planted {acc.to_text()} (n {args.n} a cohort, {s['n_planted']} "
+              f"planted): {s['significant_voxels']} significant voxel(s), {frac} inside the "
+              f"{organ} (target >= {TARGET_INSIDE}: {'met' if s['met_inside'] else 'NOT MET'}); "
+              f"control {s['control_significant_voxels']} significant voxel(s) (target 0: "
+              f"{'met' if s['met_control'] else 'NOT MET'})")
+    print(f"{results['wall_s'] / 60:.1f} min")
     print(f"wrote {out}")
     return 0
 
