@@ -11,9 +11,12 @@ Everything through the product's own commands::
     bodyage export TRAIN --run RUN MODEL
     bodyage predict EVAL --model MODEL
 
-then, on the fresh cohort (out of sample): MAE, Spearman(sigma, |error|), the sparsification
-curve with its oracle and the area between them (AUSE), coverage of the 68 % and 95 % intervals,
-Spearman(QC score, |error|), and the error split by planted acquisition effect. Beside them, the
+    bodyage report EVAL --run MODEL_NAME --no-baselines
+
+then, on the fresh cohort (out of sample), from the report: MAE, Spearman(sigma, |error|), the
+sparsification curve with its oracle and the area between them (AUSE), coverage of the 68 % and
+95 % intervals, the error split by planted acquisition effect; and Spearman(QC score, |error|).
+Beside them, the
 **ceiling** of Spearman(sigma, |error|) on this cohort: the Spearman a sigma equal to the true
 RMS error of each subject's set of degradations would reach (that RMS measured on this same
 cohort, so an optimistic bound) -- how much ranking there is to find.
@@ -29,6 +32,7 @@ Targets (issue 15): Spearman >= 0.4; coverage within 3 points of 68 / 95 %. Writ
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -80,38 +84,27 @@ def rows_of(ws_path: Path, run: str) -> list[dict]:
         ws.close()
 
 
-def analyse(rows: list[dict]) -> dict:
-    from bodyage_core.evaluation.metrics import spearman, uncertainty_metrics
+def analyse(rows: list[dict], report: dict) -> dict:
+    """The report's figures on the fresh cohort, with the ceiling and the QC score's ranking."""
+    from bodyage_core.evaluation.metrics import spearman
 
     age = np.array([r["age"] for r in rows], float)
     pred = np.array([r["corrected"] for r in rows], float)
-    sig = np.array([r["sigma"] for r in rows], float)
     err = np.abs(pred - age)
-    u = uncertainty_metrics(age, pred, sig)
     keys = ["+".join(r["effects"]) or "clean" for r in rows]
     rms = {k: float(np.sqrt(np.mean((pred - age)[[i for i, kk in enumerate(keys) if kk == k]]
                                     ** 2))) for k in set(keys)}
-    ceiling = spearman(np.array([rms[k] for k in keys]), err)
     qc = np.array([np.nan if r["qc_score"] is None else r["qc_score"] for r in rows], float)
-    by_effect = []
-    names = sorted({e for r in rows for e in r["effects"]})
-    for name in ["clean", *names]:
-        m = np.array([(not r["effects"]) if name == "clean" else name in r["effects"]
-                      for r in rows])
-        if m.any():
-            by_effect.append({"effect": name, "n": int(m.sum()), "mae": float(err[m].mean()),
-                              "mean_sigma": float(sig[m].mean()),
-                              "mean_qc_score": float(np.nanmean(qc[m])) if np.isfinite(
-                                  qc[m]).any() else None})
-    return {"n": len(rows), "mae": float(err.mean()),
+    u = report["uncertainty"]
+    return {"n": report["n"], "mae": report["corrected"]["mae"],
             "spearman_sigma_abs_error": u["spearman_sigma_abs_error"],
-            "spearman_ceiling_true_rms": ceiling,
+            "spearman_ceiling_true_rms": spearman(np.array([rms[k] for k in keys]), err),
             "spearman_qc_score_abs_error": spearman(qc, err) if np.isfinite(qc).any()
             else None,
             "ause": u["sparsification"]["ause"], "sparsification": u["sparsification"],
             "coverage_68": u["coverage_68"], "coverage_95": u["coverage_95"],
             "reliability": u["reliability"], "mean_sigma": u["mean_sigma"],
-            "by_effect": by_effect}
+            "by_effect": report["by_acquisition"]}
 
 
 def main(argv=None) -> int:
@@ -142,11 +135,12 @@ def main(argv=None) -> int:
                      "--threads", str(args.threads)], steps)
     run_product(["export", str(train), "--run", args.run, str(model), "--overwrite"], steps)
     run_product(["predict", str(fresh), "--model", str(model), "--overwrite"], steps)
-
     from bodyage_core.inference.bundle import read_card
 
     name = read_card(model)["name"]
-    res = analyse(rows_of(fresh, name))
+    run_product(["report", str(fresh), "--run", name, "--no-baselines"], steps)
+    report = json.loads((fresh / "reports" / f"{name}_metrics.json").read_text())
+    res = analyse(rows_of(fresh, name), report)
     out = {"cohorts": {"train": f"bodyage synth --n {args.n_train} --seed 30 --acquisition "
                                 f"{args.acquisition}",
                        "eval": f"bodyage synth --n {args.n_eval} --seed 31 --acquisition "

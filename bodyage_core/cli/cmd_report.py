@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"uncertainty: spearman(sigma, |error|) {u['spearman_sigma_abs_error']:.2f}, "
           f"coverage 68% {u['coverage_68']:.2f} / 95% {u['coverage_95']:.2f}, AUSE "
           f"{u['sparsification']['ause']:.2f} (area between removing by sigma and the oracle)")
+    if res.get("by_acquisition"):
+        print("error by planted acquisition effect (a subject hit by two counts in both):")
+    for r in res.get("by_acquisition") or []:
+        print(f"  {r['effect']:<10} n {r['n']:>4}  MAE {r['mae']:5.2f}  mean sigma "
+              f"{r['mean_sigma']:5.2f}")
     flags = res.get("qc_flags") or {}
     print("QC flags: " + (", ".join(f"{k} {v}" for k, v in flags.items()) if flags else
                           "none among these predictions"))

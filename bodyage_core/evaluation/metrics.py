@@ -109,6 +109,31 @@ def uncertainty_metrics(age: Sequence[float], pred: Sequence[float],
     return out
 
 
+def error_by_acquisition(age, corrected, sigma, effects, qc_score=None
+                         ) -> list[dict[str, Any]] | None:
+    """MAE and mean sigma of the clean subjects and of those hit by each acquisition effect
+    (``effects``: per subject the list of planted effects, ``None`` when unknown; a subject hit
+    by two effects counts in both rows). ``None`` when no subject's acquisition is known (a
+    real cohort, a synthetic one made without ``--acquisition``)."""
+    known = [i for i, e in enumerate(effects) if e is not None]
+    if not known:
+        return None
+    err = np.abs(np.asarray(corrected, float) - np.asarray(age, float))[known]
+    sig = np.asarray(sigma, float)[known]
+    qc = (np.full(len(known), np.nan) if qc_score is None else
+          np.array([np.nan if qc_score[i] is None else qc_score[i] for i in known], float))
+    eff = [list(effects[i]) for i in known]
+    rows = []
+    for name in ["clean", *sorted({n for e in eff for n in e})]:
+        m = np.array([not e if name == "clean" else name in e for e in eff])
+        if m.any():
+            rows.append({"effect": name, "n": int(m.sum()), "mae": float(err[m].mean()),
+                         "mean_sigma": float(np.nanmean(sig[m])),
+                         "mean_qc_score": (float(np.nanmean(qc[m])) if np.isfinite(qc[m]).any()
+                                           else None)})
+    return rows
+
+
 def subgroup_table(age, pred, sex, bmi_group, corrected=None) -> list[dict[str, Any]]:
     """MAE by sex x BMI group plus per sex, per BMI group and overall (Starck Table 2)."""
     age = np.asarray(age, dtype=float)

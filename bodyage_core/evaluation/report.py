@@ -13,7 +13,12 @@ import numpy as np
 
 from bodyage_core.atomic import write_json, write_text
 from bodyage_core.errors import BodyageError
-from bodyage_core.evaluation.metrics import regression_metrics, subgroup_table, uncertainty_metrics
+from bodyage_core.evaluation.metrics import (
+    error_by_acquisition,
+    regression_metrics,
+    subgroup_table,
+    uncertainty_metrics,
+)
 from bodyage_core.evaluation.plots import (
     plot_error_vs_uncertainty,
     plot_pred_vs_age,
@@ -24,7 +29,8 @@ from bodyage_core.progress import ProgressReporter, ensure_reporter
 
 
 def evaluate_predictions(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Figures of merit of prediction rows (``age, mean, corrected, sigma, sex, bmi_group``)."""
+    """Figures of merit of prediction rows (``age, mean, corrected, sigma, sex, bmi_group``;
+    ``acquisition``, the planted acquisition effects of a synthetic subject, when known)."""
     rows = [r for r in rows if r.get("age") is not None and np.isfinite(r["age"])]
     if not rows:
         raise BodyageError("no predictions with a known age to evaluate",
@@ -44,6 +50,9 @@ def evaluate_predictions(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "subgroups": subgroup_table(age, raw, [r.get("sex") for r in rows],
                                     [r.get("bmi_group") for r in rows], corr),
         "qc_flags": qc_flag_counts(rows),
+        "by_acquisition": error_by_acquisition(age, corr, sig,
+                                               [r.get("acquisition") for r in rows],
+                                               [r.get("qc_score") for r in rows]),
     }
 
 
@@ -101,6 +110,11 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path, name: str,
         [{"fraction_removed": f, "mae_by_sigma": a, "mae_oracle": o} for f, a, o in
          zip(sp["fraction_removed"], sp["mae_by_sigma"], sp["mae_oracle"])],
         ["fraction_removed", "mae_by_sigma", "mae_oracle"]))
+    if res["by_acquisition"]:
+        paths["by_acquisition"] = out / f"{name}_by_acquisition.csv"
+        write_text(paths["by_acquisition"], _csv(res["by_acquisition"],
+                                                 ["effect", "n", "mae", "mean_sigma",
+                                                  "mean_qc_score"]))
     paths["metrics"] = out / f"{name}_metrics.json"
     write_json(paths["metrics"], res)
     rep.update("report", 2, 5, "plots")
@@ -146,6 +160,7 @@ def report_run(ws, run: str, with_baselines: bool = True,
                                                   f"{run}` first")
     else:
         rows = read_predictions_csv(run_dir / "oof_predictions.csv")
+    rows = with_acquisition(ws, rows)
     baselines = None
     if with_baselines:
         ids = [r["subject_id"] for r in rows]
@@ -160,6 +175,18 @@ def report_run(ws, run: str, with_baselines: bool = True,
             fold_of = np.array([ar.fold_of(r.subject_id) for r in recs], dtype=int)
         baselines = compute_baselines(ds, fold_of, rep)
     return write_report(rows, ws.reports_dir, run, baselines, rep)
+
+
+def with_acquisition(ws, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with each synthetic subject's planted acquisition effects (``acquisition``: the
+    effect names, [] for a clean subject) where the cohort index records them."""
+    meta = {s.subject_id: s.meta for s in ws.db.subjects([r["subject_id"] for r in rows])}
+    out = []
+    for r in rows:
+        m = meta.get(r["subject_id"]) or {}
+        acq = m.get("acquisition")
+        out.append({**r, "acquisition": None if acq is None else sorted(acq)})
+    return out
 
 
 def compute_baselines(ds, fold_of: np.ndarray, reporter: ProgressReporter | None = None,

@@ -131,6 +131,24 @@ def test_write_report_files(tmp_path):
         "mae"] + 5
 
 
+def test_report_splits_the_error_by_planted_acquisition_effect(tmp_path):
+    rows = _rows()
+    assert "by_acquisition" not in write_report(rows, tmp_path, "real")   # nothing known
+    for i, r in enumerate(rows):
+        r["acquisition"] = ["noise"] if i < 10 else (["noise", "swap"] if i < 14 else [])
+        if r["acquisition"]:
+            r["corrected"] = r["age"] + (10.0 if "swap" in r["acquisition"] else 4.0)
+    paths = write_report(rows, tmp_path, "synthetic")
+    table = {r["effect"]: r for r in json.loads(paths["metrics"].read_text())["by_acquisition"]}
+    assert list(table) == ["clean", "noise", "swap"]
+    assert (table["clean"]["n"], table["noise"]["n"], table["swap"]["n"]) == (26, 14, 4)
+    assert table["swap"]["mae"] == pytest.approx(10.0)
+    assert table["noise"]["mae"] == pytest.approx((10 * 4.0 + 4 * 10.0) / 14)
+    clean = [abs(r["corrected"] - r["age"]) for r in rows if not r["acquisition"]]
+    assert table["clean"]["mae"] == pytest.approx(np.mean(clean))
+    assert paths["by_acquisition"].read_text().startswith("effect,n,mae,mean_sigma")
+
+
 def test_report_without_ages_is_clear(tmp_path):
     with pytest.raises(BodyageError, match="no predictions"):
         write_report([{"subject_id": "a", "age": None, "mean": 3.0}], tmp_path, "r")
