@@ -1,79 +1,80 @@
-"""A small two-channel (water, fat) body phantom with organ labels, for registration tests and
-benchmarks when the synthetic cohort generator is not at hand.
+"""Registration test subjects from the synthetic cohort's generator, on a tiny grid.
 
-Not anatomy: an ellipsoidal trunk with a subcutaneous fat layer, two lungs, a heart, a liver, a
-spine and two thighs, enough structure for a registration to have something to align.
+:func:`make_phantom` is :func:`bodyage_core.synth.generate_subject`'s whole neck-to-knee field
+of view drawn on a grid of the asked shape (on a test's few dozen voxels a miniature of the
+body, with voxels of the size registration is tuned for), its organs merged into the few large
+labels a registration at that size is judged by (:data:`LABELS`: a thyroid or an airway would
+be a handful of voxels), the body optionally scaled, made fatter and moved. With
+:func:`smooth_deformation` and :func:`apply_transform` it makes registration problems with a
+known answer. There is one phantom, the generator; this module only adapts it to such tests.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import SimpleITK as sitk
 
 from bodyage_core.registration.convert import array_to_sitk, sitk_affine
+from bodyage_core.synth.anatomy import INTENSITY_SCALE, LABEL_IDS
+from bodyage_core.synth.grid import FOV_MM, SynthGrid
+from bodyage_core.synth.params import sample_subject
+from bodyage_core.synth.phantom import generate_subject
 from bodyage_core.volume import Volume
 
+#: The phantom's labels (id -> name), the synthetic organs merged into the groups below.
 LABELS = {1: "subcutaneous_fat", 2: "lungs", 3: "heart", 4: "liver", 5: "spine", 6: "muscle",
           7: "thighs"}
-# (water, fat) intensity per label; 0 background.
-_INTENSITY = {0: (0.0, 0.0), 1: (0.08, 0.9), 2: (0.05, 0.02), 3: (0.85, 0.05), 4: (0.95, 0.15),
-              5: (0.45, 0.35), 6: (0.7, 0.08), 7: (0.72, 0.12)}
+#: The synthetic organs in each label (every body voxel is in one): fat with the skin, the
+#: lungs with the airway, the spine with its discs and canal, the thighs with femur and knee,
+#: every other tissue and bone as muscle.
+GROUPS: dict[int, tuple[str, ...]] = {
+    1: ("skin", "subcutaneous_fat", "visceral_fat", "pericardial_fat"),
+    2: ("lung_left", "lung_right", "airway"),
+    3: ("heart",),
+    4: ("liver",),
+    5: ("vertebrae", "intervertebral_discs", "spinal_canal"),
+    6: ("other_muscle", "back_muscles", "soft_tissue", "aorta", "kidney_left", "kidney_right",
+        "thyroid", "pelvis", "other_bone"),
+    7: ("thigh_muscles", "femur", "knee"),
+}
+_GROUP_OF = np.zeros(256, np.int16)
+for _g, _organs in GROUPS.items():
+    for _o in _organs:
+        _GROUP_OF[LABEL_IDS[_o]] = _g
 
 
 def make_phantom(shape_zyx=(48, 40, 40), spacing_xyz=(4.5, 4.5, 6.0), size: float = 1.0,
-                 fat: float = 1.0, shift_mm=(0.0, 0.0, 0.0), noise: float = 0.02,
-                 seed: int = 0) -> tuple[Volume, np.ndarray]:
-    """A phantom ``Volume`` (channels ``water``, ``fat``; RAS, origin at the grid centre) and its
+                 fat: float = 1.0, shift_mm=(0.0, 0.0, 0.0), seed: int = 0, subject: int = 0
+                 ) -> tuple[Volume, np.ndarray]:
+    """Synthetic subject ``subject`` (index of cohort seed 0; image noise from ``seed``) as a
+    ``Volume`` (channels ``water``, ``fat``, about 0-1; RAS, origin at the grid centre) and its
     ``(Z, Y, X)`` int16 label map (ids in :data:`LABELS`).
 
-    ``size`` scales the body, ``fat`` the subcutaneous fat thickness, ``shift_mm`` moves it
-    (RAS mm).
+    The generator draws its whole neck-to-knee field of view on ``shape_zyx`` voxels, which
+    are given ``spacing_xyz`` mm: on the cohort's own grid (``(185, 87, 112)`` at 4.464 x
+    4.464 x 6 mm) the real body, on a test's few dozen voxels a miniature of it, scaled to the
+    grid on each axis, with voxels of the size registration is tuned for. ``fat`` scales the
+    subject's subcutaneous fat; ``size`` scales the body about the grid centre and ``shift_mm``
+    then moves it (RAS mm), resampled on the same grid.
     """
-    rng = np.random.default_rng(seed)
-    nz, ny, nx = shape_zyx
-    sx, sy, sz = spacing_xyz
-    affine = np.diag([sx, sy, sz, 1.0])
-    affine[:3, 3] = -0.5 * np.array([(nx - 1) * sx, (ny - 1) * sy, (nz - 1) * sz])
-    zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
-    pts = np.stack([xx, yy, zz], -1) @ affine[:3, :3].T + affine[:3, 3] - np.asarray(shift_mm)
-    ex, ey, ez = 0.5 * nx * sx, 0.5 * ny * sy, 0.5 * nz * sz  # half extents (mm)
-    x, y, z = pts[..., 0] / ex, pts[..., 1] / ey, pts[..., 2] / ez  # about -1..1
-
-    def ell(cx, cy, cz, rx, ry, rz):
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
-
-    s = size
-    labels = np.zeros(shape_zyx, np.int16)
-    trunk = ell(0, 0, 0.2, 0.78 * s, 0.62 * s, 0.75 * s)
-    thighs = (ell(-0.35 * s, 0, -0.7, 0.3 * s, 0.38 * s, 0.45) |
-              ell(0.35 * s, 0, -0.7, 0.3 * s, 0.38 * s, 0.45))
-    body = trunk | thighs
-    labels[body] = 1
-    inner_trunk = ell(0, 0, 0.2, 0.78 * s - 0.12 * fat, 0.62 * s - 0.12 * fat, 0.75 * s - 0.05)
-    inner_thighs = (ell(-0.35 * s, 0, -0.7, 0.3 * s - 0.1 * fat, 0.38 * s - 0.1 * fat, 0.43) |
-                    ell(0.35 * s, 0, -0.7, 0.3 * s - 0.1 * fat, 0.38 * s - 0.1 * fat, 0.43))
-    labels[inner_trunk] = 6
-    labels[inner_thighs & ~inner_trunk] = 7
-    labels[ell(0, 0, -0.15, 0.45 * s, 0.3 * s, 0.18)] = 1  # visceral fat
-    labels[ell(-0.3 * s, 0.05, 0.5, 0.22 * s, 0.3 * s, 0.3)] = 2
-    labels[ell(0.3 * s, 0.05, 0.5, 0.22 * s, 0.3 * s, 0.3)] = 2
-    labels[ell(0.05, 0.15 * s, 0.35, 0.16 * s, 0.16 * s, 0.14)] = 3
-    labels[ell(-0.25 * s, 0.05, 0.1, 0.3 * s, 0.25 * s, 0.15)] = 4
-    spine = ((x / (0.09 * s)) ** 2 + ((y + 0.38 * s) / (0.09 * s)) ** 2 <= 1) & trunk \
-        & (z > -0.4)
-    labels[spine] = 5
-    water = np.zeros(shape_zyx, np.float32)
-    fat_img = np.zeros(shape_zyx, np.float32)
-    for lab, (w, f) in _INTENSITY.items():
-        m = labels == lab
-        water[m] = w
-        fat_img[m] = f
-    # smooth intensity bias and noise
-    bias = 1.0 + 0.05 * np.sin(1.3 * x + 0.7 * z)
-    water = water * bias + noise * rng.standard_normal(shape_zyx).astype(np.float32)
-    fat_img = fat_img * bias + noise * rng.standard_normal(shape_zyx).astype(np.float32)
-    data = np.stack([np.clip(water, 0, None), np.clip(fat_img, 0, None)]).astype(np.float32)
-    return Volume(data, affine, channels=("water", "fat")), labels
+    shape = tuple(int(n) for n in shape_zyx)
+    drawn = SynthGrid(tuple(FOV_MM[i] / shape[2 - i] for i in range(3)), shape)
+    p = sample_subject(0, int(subject))
+    p = dataclasses.replace(p, seed=int(seed), anatomy=dict(p.anatomy, fat=p.anatomy["fat"] * fat))
+    s = generate_subject(p, drawn)
+    data = np.concatenate([s.water.data, s.fat.data]) / np.float32(INTENSITY_SCALE)
+    affine = SynthGrid(tuple(float(v) for v in spacing_xyz), shape).affine
+    vol = Volume(data.astype(np.float32), affine, channels=("water", "fat"))
+    labels = _GROUP_OF[s.labels.data[0]]
+    if size != 1.0 or any(shift_mm):
+        # output point x (LPS) <- input point (x - shift) / size
+        tx = sitk.AffineTransform(3)
+        tx.SetMatrix(tuple((np.eye(3) / float(size)).ravel()))
+        tx.SetTranslation(tuple(-np.asarray(shift_mm, float) * [-1, -1, 1] / float(size)))
+        vol, labels = apply_transform(vol, labels, tx)
+    return vol, labels
 
 
 def smooth_deformation(volume: Volume, amplitude_mm: float = 6.0, seed: int = 1,

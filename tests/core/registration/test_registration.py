@@ -133,19 +133,23 @@ def test_label_linear_matches_per_label_resampling_and_keeps_thin_shells(pair):
     out = warp_map(lab, res.transform, fixed, "label_linear")
     assert out.data.dtype == np.int16 and out.same_grid(fixed)
     ref = _per_label_linear(lab, res.transform, fixed)
-    assert np.mean(out.data[0] == ref) > 0.999
+    # inside the grid: the body meets its top and bottom slices (neck and knees cut, as in a
+    # scan), where SimpleITK's linear interpolator extends the edge voxel over its outer half
+    # and label_linear counts it as outside
+    assert np.mean(out.data[0][1:-1] == ref[1:-1]) > 0.999
     back = warp_map(out, res.transform, mov, "label_linear", inverse=True)
     assert back.same_grid(mov) and set(np.unique(back.data)) <= set(np.unique(mlab))
 
     body = mlab > 0
-    shell = body & ~ndimage.binary_erosion(body)            # one voxel thick
+    # one voxel thick: the body's surface (not where the grid cuts the body at neck and knees)
+    shell = body & ~ndimage.binary_erosion(body, border_value=1)
     thin = Volume(np.where(shell, 2, body.astype(np.int16)).astype(np.int16)[None], mov.affine,
                   channels=("labels",))
     fbody = flab > 0     # the shell warped onto the fixed body, against the fixed body's shell
-    n_shell = int((fbody & ~ndimage.binary_erosion(fbody)).sum())
+    n_shell = int((fbody & ~ndimage.binary_erosion(fbody, border_value=1)).sum())
     kept = {m: int((warp_map(thin, res.transform, fixed, m).data[0] == 2).sum()) / n_shell
             for m in ("label_linear", "label_gaussian")}
-    assert 0.7 < kept["label_linear"] < 1.3, kept    # (0.80; the Gaussian 0.46)
+    assert 0.7 < kept["label_linear"] < 1.3, kept    # (0.74; the Gaussian 0.51)
     assert kept["label_gaussian"] < 0.75 * kept["label_linear"], kept
 
 
