@@ -79,6 +79,7 @@ WINDOW_KEYS: dict[str, str] = {
     "Ctrl+B": "tool_box",
     "Ctrl+E": "tool_ellipse",
     "Esc": "tool_none",
+    "Ctrl+L": "label_region",
 }
 
 ACTION_HELP: dict[str, str] = {
@@ -108,6 +109,7 @@ ACTION_HELP: dict[str, str] = {
     "tool_box": "box region: left-drag draws it; statistics in the Measurements panel",
     "tool_ellipse": "ellipse region: left-drag draws it; statistics in the Measurements panel",
     "tool_none": "back to moving the cursor with the left button",
+    "label_region": "label region: the label under the cursor (3D), in the Measurements panel",
 }
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from PySide6 import QtCore
 
-from bodyage_core import display
 from bodyage_core.errors import CohortError
 from bodyage_core.viewer import ViewerState, atlas_space
+from bodyage_core.viewer.layers import importance_overlay
 from bodyage_core.viewer.windowing import default_image_range
 from bodyage_core.volume import Volume
 from bodyage_gui import strings
@@ -92,7 +92,7 @@ def load_payload(images: dict[str, Path] | None, subject_id: str,
     overlays = []
     for (name, path, kind), v in zip(extra, loaded[len(base_paths):]):
         if kind == "overlay":  # an importance map: threshold it so anatomy shows
-            disp = display.importance_display(v.data[0], signed="signed" in name)
+            disp = importance_overlay(v.data[0], signed="signed" in name)
         else:
             mx = v.data[0].max() if v.data.size else 1
             disp = {"kind": "labels", "visible": False, "opacity": 0.35,

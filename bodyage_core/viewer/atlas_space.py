@@ -25,6 +25,7 @@ import numpy as np
 
 from bodyage_core import display
 from bodyage_core.errors import BodyageError
+from bodyage_core.viewer.layers import importance_overlay
 from bodyage_core.viewer.space import (
     ATLAS,
     SUBJECT,
@@ -228,7 +229,7 @@ def to_atlas(link: AtlasLink, specs: list[LayerSpec]) -> dict[str, Any]:
     if link.population is not None:
         pop = load_image(link.population)
         pop = pop.with_data(pop.data[:1], channels=(pop.channels[0],))
-        disp = display.importance_display(pop.data[0])
+        disp = importance_overlay(pop.data[0])
         name = link.population.name.replace(".nii.gz", "").replace("_mean", "")
         for s in out:
             s.active = False
@@ -268,6 +269,6 @@ def population_to_subject(link: AtlasLink, subject: Volume) -> tuple[Volume, dic
     prov = dict(vol.provenance)
     prov.update({"space": "subject", "subject": link.subject_id, "atlas": link.group})
     vol = Volume(vol.data, vol.affine, vol.channels, prov, dict(vol.metadata))
-    disp = display.importance_display(vol.data[0])
+    disp = importance_overlay(vol.data[0])
     stem = link.population.name.replace(".nii.gz", "").replace("_mean", "")
     return vol, disp, f"{stem} ({link.group}, on the subject)"

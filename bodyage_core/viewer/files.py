@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bodyage_core.labels import looks_like_label_map
-from bodyage_core.viewer.layers import Layer
+from bodyage_core.viewer.layers import OVERLAY_OPACITY, Layer, upper_quantile_threshold
 from bodyage_core.volume import Volume
 
 
@@ -34,8 +34,14 @@ def add_map(state: Any, volume: Volume, path: str | Path | None,
             threshold: float | None = None, colormap: str | None = None,
             **display: Any) -> Layer:
     """Add a map on top of ``state``'s image: a ``labels`` layer for integer ids (colour map,
-    threshold ignored), an ``overlay`` otherwise."""
+    threshold ignored), an ``overlay`` otherwise; both at :data:`OVERLAY_OPACITY` unless told.
+    An overlay given no threshold gets one on its upper quantiles
+    (:func:`upper_quantile_threshold`: at most its top fifth is drawn), so that a map opened
+    on top does not hide the anatomy; the layer panel's threshold box turns it off."""
+    display.setdefault("opacity", OVERLAY_OPACITY)
     if volume.data.dtype.kind in "iub":
         return state.add_layer(volume, path=path, kind="labels", **display)
+    if threshold is None:
+        threshold = upper_quantile_threshold(volume, display.get("channel"))
     return state.add_layer(volume, path=path, kind="overlay", threshold=threshold,
                            colormap=colormap, **display)

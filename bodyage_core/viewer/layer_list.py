@@ -17,7 +17,7 @@ from bodyage_core import display
 from bodyage_core.errors import LoadError
 from bodyage_core.labels import find_label_table
 from bodyage_core.viewer.geometry import fmt_box, world_bounds
-from bodyage_core.viewer.layers import Layer, default_display, default_kind
+from bodyage_core.viewer.layers import OVERLAY_OPACITY, Layer, default_display, default_kind
 from bodyage_core.volume import Volume
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,7 +86,7 @@ class LayerListMixin:
         colormap, display_range = default_display(volume.channel(ch), kind, colormap,
                                                   display_range, volume, ch)
         if opacity is None:
-            opacity = 1.0 if kind == "image" or not self.layers else 0.7
+            opacity = 1.0 if kind == "image" or not self.layers else OVERLAY_OPACITY
         if kind == "labels" and label_names is None:
             table = find_label_table(path) if path is not None else None
             if table is not None:

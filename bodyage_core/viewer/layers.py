@@ -13,6 +13,28 @@ from bodyage_core import display
 from bodyage_core.volume import Volume
 
 KINDS = ("image", "overlay", "labels")
+#: opacity of a layer on top of the image (an overlay, a label map, an importance map) by
+#: default: the anatomy stays visible through it
+OVERLAY_OPACITY = 0.5
+
+
+def importance_overlay(array: np.ndarray, signed: bool = False) -> dict:
+    """The display of an importance map (Grad-CAM, a population map) in the viewer:
+    :func:`bodyage_core.display.importance_display` (at most the top fifth of the map above
+    its threshold) at :data:`OVERLAY_OPACITY`."""
+    return {**display.importance_display(array, signed=signed), "opacity": OVERLAY_OPACITY}
+
+
+def upper_quantile_threshold(volume: Volume, channel: str | None = None) -> float | None:
+    """The default threshold of a map opened on top (``--overlay``, File > Add overlay): the
+    rule of :func:`importance_overlay` — values (``|v|`` for a signed map) below
+    ``max(0.25 * p99.5, min(p80, 0.9 * p99.5))`` of the non-zero ``|v|`` are transparent, so
+    that at most the top fifth of the map covers the anatomy. None for a map without non-zero
+    values."""
+    arr = volume.channel(channel or volume.channels[0])
+    if not np.any(np.isfinite(arr) & (arr != 0)):
+        return None
+    return float(display.importance_display(arr)["threshold"])
 
 _DISPLAY_KEYS = ("name", "colormap", "opacity", "vmin", "vmax", "threshold", "visible",
                  "channel", "label_colors", "hidden_labels", "outline")

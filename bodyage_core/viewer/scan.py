@@ -114,14 +114,20 @@ def merge_contrasts(images: list[tuple[Any, Volume]]) -> list[tuple[Any, Volume]
 
 
 def scan_id(layer: Any) -> str:
-    """The id a prediction of the shown scan goes under: the layer's name, or, for a file
-    named like a contrast (``subjects/synth011_00000/water.nii.gz``), its folder's name (as
-    ``bodyage predict`` names a water / fat folder)."""
+    """The id a prediction of the shown scan goes under, as ``bodyage predict`` names it: the
+    folder's name for a file named only by its contrast (``subjects/synth011_00000/water.nii.gz``)
+    and for a Dixon pair given as two files (one image with their channels), else the layer's
+    name (``IXI013-HH-1212_T1``, ``example_ct``: a name that merely ends in a contrast is the
+    scan's own, not its folder's)."""
     from pathlib import Path
 
     path = getattr(layer, "path", None)
     image_file = path and str(path).lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr",
                                                        ".mha", ".mhd"))
-    if image_file and is_contrast_file(path) and Path(str(path)).parent.name:
-        return Path(str(path)).parent.name
+    folder = Path(str(path)).parent.name if image_file else ""
+    if folder and is_contrast_file(path):
+        only_contrast = _stem(path).lower() in CONTRASTS
+        merged = getattr(getattr(layer, "volume", None), "n_channels", 1) > 1
+        if only_contrast or merged:
+            return folder
     return layer.name

@@ -145,7 +145,7 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
     scroll.setWidget(pred)
-    window.add_panel(text.PREDICTION_PANEL, scroll, right)
+    pred_dock = window.add_panel(text.PREDICTION_PANEL, scroll, right)
     dock_args = {"tabify_with": "Layers"} if "Layers" in getattr(window, "panel_docks", {}) \
         else {}
     # (not in a scroll area: its word-wrapped labels make QScrollArea size it to its full
@@ -176,8 +176,22 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
         tools.actions[name] = a
         return a
 
-    action("predict", "&Predict open subject", pred.predict, bindings.key_for("predict"),
+    def predict() -> None:
+        if isinstance(pred_dock, QtWidgets.QDockWidget):
+            pred_dock.show()          # asked for: the panel says what it did, or why not
+        pred.predict()
+
+    action("predict", "&Predict open subject", predict, bindings.key_for("predict"),
            "ensemble prediction and Grad-CAM of the open subject in the background")
+    if isinstance(pred_dock, QtWidgets.QDockWidget):
+        # a calmer window: the Prediction dock only while a model can predict what is on
+        # screen (a workspace run, a model chosen, or one found by name that fits the scan);
+        # Predict (Ctrl+P) and View > Panels still bring it
+        pred.applies_changed.connect(pred_dock.setVisible)
+        first = QtCore.QTimer(pred)        # once the window is built (settings restored)
+        first.setSingleShot(True)
+        first.timeout.connect(lambda: pred.update_applies(force=True))
+        first.start(0)
     cancel = action("cancel_prediction", "&Cancel prediction", pred.cancel)
     cancel.setEnabled(False)
     pred.prediction_started.connect(lambda _s: cancel.setEnabled(True))

@@ -108,6 +108,9 @@ class QtPredictionPanel(QtWidgets.QWidget):
     prediction_failed = QtCore.Signal(str)
     prediction_cancelled = QtCore.Signal()
     runs_changed = QtCore.Signal()
+    #: whether a model can predict what is on screen (:meth:`model_applies`) changed: the
+    #: window shows the Prediction dock only then
+    applies_changed = QtCore.Signal(bool)
 
     def __init__(self, window: Any, device: str = "auto", torch_threads: int | None = None,
                  parent: QtWidgets.QWidget | None = None):
@@ -134,6 +137,10 @@ class QtPredictionPanel(QtWidgets.QWidget):
         self._computed: OrderedDict[tuple, tuple[Any, ShownPrediction]] = OrderedDict()
         #: why Automatic chose the model of the last prediction
         self.auto_reason = ""
+        #: whether a model applies to what is on screen (None: not worked out yet) and why not
+        self.applies: bool | None = None
+        self.applies_reason = ""
+        self._applies_cache: dict[tuple, tuple[bool, str]] = {}
 
         self.choice = QtModelChoice()
         self.run_combo = self.choice.combo
@@ -243,11 +250,64 @@ class QtPredictionPanel(QtWidgets.QWidget):
         base = self.window.state.base_layer
         return None if base is None else ("image", id(base.volume))
 
+    def model_applies(self) -> tuple[bool, str]:
+        """Whether a model can predict what is on screen, and why not: a workspace run or a
+        model chosen in the run box applies (the user asked for it; Predict says what does not
+        fit), as does a stored prediction of the subject; Automatic applies when a model found
+        by name fits the scan (:func:`bodyage_core.inference.files.choose_model`, its channels
+        and envelope: not a CT, an abdomen slab or an empty window for the shipped models).
+        Remembered per scan and choice (a few ms a scan)."""
+        base = self.window.state.base_layer
+        if base is None:
+            return False, text.NO_SUBJECT
+        c = self.selected()
+        if c is None:
+            return False, text.NO_RUN
+        if c.kind != "auto":
+            return True, ""
+        key = self.display_key()
+        cache_key = (key, id(base.volume), self.run_combo.currentData())
+        if cache_key in self._applies_cache:
+            return self._applies_cache[cache_key]
+        if key is not None and self._stored(key) is not None:
+            out = (True, "")
+        else:
+            from bodyage_core.inference.files import choose_model
+
+            ws, sid = self.workspace, getattr(self.window, "current_subject", None)
+            try:
+                subj = ws.db.get_subject(sid) if ws is not None and sid else None
+                age = subj.age if subj is not None else _header_age(base.volume)
+                choose_model(scan_volume(self.window.state), age)
+                out = (True, "")
+            except BodyageError as err:
+                out = (False, str(err))
+            except Exception as err:  # noqa: BLE001 - an odd scan: Predict will say what
+                out = (False, f"{type(err).__name__}: {err}")
+        self._applies_cache[cache_key] = out
+        while len(self._applies_cache) > _KEEP_COMPUTED:
+            self._applies_cache.pop(next(iter(self._applies_cache)))
+        return out
+
+    def update_applies(self, force: bool = False) -> bool:
+        """Work out :meth:`model_applies` for what is on screen; emit ``applies_changed`` when
+        it changed (or ``force``)."""
+        ok, why = self.model_applies()
+        self.applies_reason = why
+        if force or ok != self.applies:
+            self.applies = ok
+            self.applies_changed.emit(ok)
+        return ok
+
     def follow_display(self, *_: Any) -> None:
         """Show the age of what is on screen now (see the module docstring); nothing stale."""
         key = self.display_key()
         if key == self._shown_key:
             return
+        self._follow(key)
+        self.update_applies()
+
+    def _follow(self, key: Any) -> None:
         self._shown_key = key
         base = self.window.state.base_layer
         self._shown_volume = None if base is None else base.volume   # keeps its id unique

@@ -1,5 +1,6 @@
 """Tools > Ruler / Box region / Ellipse region: left-drag on a slice view draws one (Esc, or
-Tools > Move cursor, goes back to moving the cursor); the Measurements panel lists every
+Tools > Move cursor, goes back to moving the cursor); Tools > Label region at the cursor
+(Ctrl+L) takes every voxel of the label under the cursor. The Measurements panel lists every
 ruler's length and every region's voxels, area, volume (ml) and each visible layer's mean, SD,
 min and max; File > Export ROI statistics writes the same rows as CSV."""
 
@@ -11,6 +12,7 @@ from typing import Any
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core.atomic import write_text
+from bodyage_core.errors import BodyageError
 from bodyage_core.viewer.measure import STAT_COLUMNS, statistics_csv, statistics_rows
 from bodyage_gui import bindings
 from bodyage_gui.tools.hover import HoverProbe
@@ -19,8 +21,8 @@ _Qt = QtCore.Qt
 MODES = (("none", "&Move cursor"), ("ruler", "&Ruler (mm)"), ("box", "&Box region"),
          ("ellipse", "&Ellipse region"))
 #: columns of the panel's table (a subset of the CSV's)
-TABLE_COLUMNS = ("measurement", "plane", "slice", "length_mm", "volume_ml", "layer", "mean",
-                 "sd", "min", "max")
+TABLE_COLUMNS = ("measurement", "plane", "slice", "length_mm", "voxels", "area_mm2",
+                 "volume_ml", "layer", "mean", "sd", "min", "max")
 CSV_FILTER = "CSV table (*.csv)"
 
 
@@ -122,6 +124,12 @@ class MeasureTools(QtCore.QObject):
             group.addAction(a)
             self.actions[mode] = a
         menu.addSeparator()
+        a = menu.addAction("&Label region at the cursor")
+        a.setShortcut(QtGui.QKeySequence(bindings.key_for("label_region")))
+        a.setStatusTip("every voxel of the label under the cursor (3D): volume and the "
+                       "statistics of every layer in the Measurements panel")
+        a.triggered.connect(lambda _=False: self.add_label_region())
+        self.actions["label_region"] = a
         a = menu.addAction("Measurements &panel")
         a.triggered.connect(self.show_panel)
         a = menu.addAction("&Clear measurements")
@@ -151,6 +159,18 @@ class MeasureTools(QtCore.QObject):
         docks["Measurements"].show()
         docks["Measurements"].raise_()
         self.panel.refresh()
+
+    def add_label_region(self, layer: Any = None, label: int | None = None) -> Any:
+        """Tools > Label region at the cursor: the label under the cursor (of the selected
+        label map, else the top visible one) as a 3D region in the Measurements panel.
+        Returns the measurement, or None after saying why not (status bar)."""
+        try:
+            m = self.window.state.add_label_region(layer, label)
+        except BodyageError as err:
+            self.window.statusBar().showMessage(str(err), 8000)
+            return None
+        self.show_panel()
+        return m
 
     def drag(self, view: Any, world, start: bool, finish: bool) -> None:
         """A left-drag on ``view`` with a tool on: start, stretch and finish a measurement."""

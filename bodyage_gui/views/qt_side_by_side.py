@@ -122,10 +122,10 @@ class QtSideBySide(QtWidgets.QWidget):
                 trial.add_layer(load_for_viewer(link.template), f"template {link.group}",
                                 kind="image", path=link.template)
                 if link.population is not None:
-                    from bodyage_core import display
+                    from bodyage_core.viewer.layers import importance_overlay
 
                     pop = load_for_viewer(link.population)
-                    disp = {"kind": "overlay", **display.importance_display(pop.data[0])}
+                    disp = {"kind": "overlay", **importance_overlay(pop.data[0])}
                     trial.add_layer(pop, link.population.name.split(".")[0], **disp)
             else:
                 payload = win.navigator.load_payload(str(data))

@@ -265,8 +265,8 @@ def warm_up_imports() -> float:
 
 def gradcam_display(volume: Volume, signed: bool = False) -> dict[str, Any]:
     """Display settings for a Grad-CAM overlay (raw values kept; normalised only for display):
-    the viewer's rule for importance maps, :func:`bodyage_core.display.importance_display`
-    (``heat`` / ``bwr``, at most the top fifth of the map above the threshold)."""
-    from bodyage_core.display import importance_display
+    the viewer's rule for importance maps, :func:`bodyage_core.viewer.layers.importance_overlay`
+    (``heat`` / ``bwr``, at most the top fifth of the map above the threshold, opacity 0.5)."""
+    from bodyage_core.viewer.layers import importance_overlay
 
-    return importance_display(volume.data[0], signed=signed)
+    return importance_overlay(volume.data[0], signed=signed)

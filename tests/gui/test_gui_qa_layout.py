@@ -37,7 +37,17 @@ def _window(qtbot, settings, with_image=True):
     win.show()
     qtbot.waitExposed(win)
     qtbot.wait(50)  # fit_docks runs once the window is laid out
+    if with_image:
+        _choose_a_model(qtbot, win)
     return win
+
+
+def _choose_a_model(qtbot, win: QtMainWindow) -> None:
+    """A model chosen in the run box: the Prediction dock shows (it is hidden while no model
+    can predict the scan on screen, as for these random volumes with Automatic)."""
+    assert win.analysis.prediction_panel.select_model("wholebody-synthetic")
+    qtbot.waitUntil(lambda: win.panel_docks["Prediction"].isVisible(), timeout=2000)
+    qtbot.wait(50)
 
 
 def _front_tab(win: QtMainWindow) -> str:
@@ -81,6 +91,7 @@ def test_a_restored_layout_that_squeezed_the_prediction_panel_is_refitted(qtbot,
     qtbot.addWidget(again)
     again.show()
     qtbot.waitExposed(again)
+    _choose_a_model(qtbot, again)
     # restored as saved it stays at ~84 px; refitted it gets what the other docks leave (~225
     # px offscreen with an empty window's layer panel, 320 in a fresh layout)
     qtbot.waitUntil(lambda: again.panel_docks["Prediction"].height() >= 200, timeout=2000)
