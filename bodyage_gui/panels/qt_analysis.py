@@ -77,6 +77,16 @@ class AnalysisTools:
         if dock is not None:
             dock.show()
             dock.raise_()
+            self.fit_cohort()
+        self.cohort_panel.refresh_runs()
+
+    def fit_cohort(self) -> None:
+        """Give the cohort panel, brought forward (Analysis > Cohort panel, or its tab), most
+        of the right-hand column and the width of its tables: its scatter plot is read, not
+        glimpsed (at the layer panel's height it was ~130 px, the axis title cut off)."""
+        dock = getattr(self.window, "panel_docks", {}).get(text.COHORT_PANEL)
+        if dock is not None and dock.isVisible():
+            self._cohort_fitted = True
             # its scatter plot and tables get most of the right-hand column (the layer
             # controls it is tabbed with need far less)
             docks = getattr(self.window, "panel_docks", {})
@@ -91,7 +101,22 @@ class AnalysisTools:
                 need = self.cohort_panel.needed_width()
                 self.window.resizeDocks([dock], [min(need, self.window.width() // 2)],
                                         _Qt.Orientation.Horizontal)
-        self.cohort_panel.refresh_runs()
+
+    def _tab_changed(self, title: str, visible: bool) -> None:
+        """The Cohort tab brought forward by a click gets its room as from the menu; the
+        Layers tab brought back refits the column for the layer and prediction panels."""
+        if not visible:
+            return
+        ctx = self.window if isinstance(self.window, QtCore.QObject) else None
+        if ctx is None:
+            return
+        if title == text.COHORT_PANEL:   # (the window as context: no call once it is gone)
+            QtCore.QTimer.singleShot(0, ctx, self.fit_cohort)
+        elif getattr(self, "_cohort_fitted", False):
+            self._cohort_fitted = False
+            fit = getattr(self.window, "fit_docks", None)
+            if fit is not None:
+                QtCore.QTimer.singleShot(0, ctx, fit)
 
     def shutdown(self, wait_ms: int = 30000) -> None:
         """Stop background work (prediction, training) before the window goes away: cancel,
@@ -163,6 +188,10 @@ def install_analysis(window: Any, warm_up_ms: int | None = 1500) -> AnalysisTool
         window.panel_docks["Layers"].raise_()
         # (the heights: QtMainWindow.fit_docks, once the window is shown)
     tools = AnalysisTools(window, pred, cohort)
+    for title in (text.COHORT_PANEL, "Layers"):
+        dock = getattr(window, "panel_docks", {}).get(title)
+        if isinstance(dock, QtWidgets.QDockWidget):
+            dock.visibilityChanged.connect(lambda vis, t=title: tools._tab_changed(t, vis))
     menu: QtWidgets.QMenu = window.analysis_menu
 
     def action(name: str, label: str, slot, shortcut=None, tip: str = "") -> QtGui.QAction:

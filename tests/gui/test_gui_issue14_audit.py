@@ -280,3 +280,25 @@ def test_prediction_dock_state_survives_no_qt_object_left(qtbot, tmp_path):
     win.deleteLater()
     QtWidgets.QApplication.processEvents()
     qtbot.wait(20)
+
+
+# -- the cohort scatter large enough to read --------------------------------------------------
+def test_cohort_tab_clicked_gets_the_room_to_read_its_scatter(qtbot, tmp_path):
+    """Clicking the Cohort tab (what a user does) gave it the layer panel's height: a ~130 px
+    scatter with its axis title cut off. Now it gets the column as Analysis > Cohort panel
+    gives it, and the Layers tab brought back refits the column for the prediction panel."""
+    from test_gui_qa_layout import _front_tab, _window
+
+    from bodyage_gui.qt_main_window import PREDICTION_MIN
+
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    win = _window(qtbot, settings)
+    bar = next(b for b in win.findChildren(QtWidgets.QTabBar)
+               if "Cohort" in [b.tabText(i) for i in range(b.count())])
+    cohort, pred = win.panel_docks["Cohort"], win.panel_docks["Prediction"]
+    bar.setCurrentIndex([bar.tabText(i) for i in range(bar.count())].index("Cohort"))
+    qtbot.waitUntil(lambda: cohort.height() >= 0.5 * win.height(), timeout=2000)
+    assert _front_tab(win) == "Cohort"
+    assert win.analysis.cohort_panel.plot.height() >= 250
+    bar.setCurrentIndex([bar.tabText(i) for i in range(bar.count())].index("Layers"))
+    qtbot.waitUntil(lambda: pred.height() >= 0.8 * PREDICTION_MIN, timeout=2000)
