@@ -11,6 +11,7 @@ from bodyage_core.errors import ConfigError
 
 
 def register(sub) -> None:
+    from bodyage_core.cli.cmd_register import add_registration_engine_arguments
     from bodyage_core.cluster.cli import add_engine_arguments
 
     p = sub.add_parser("atlas", help="build group atlases and population maps",
@@ -28,6 +29,7 @@ def register(sub) -> None:
                    help="smallest group that gets an atlas (default 3)")
     b.add_argument("--method", choices=("demons", "bspline", "affine"), help="deformable method")
     b.add_argument("--config", help="JSON file of registration options")
+    add_registration_engine_arguments(b)
     b.add_argument("--wait", action="store_true", dest="wait_lock",
                    help="if another run holds the workspace, wait for it instead of refusing")
     b.set_defaults(func=run_build)

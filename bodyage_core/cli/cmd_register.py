@@ -25,8 +25,26 @@ def register(sub) -> None:
                    help="deformable method (default: the one the atlas was built with)")
     p.add_argument("--force", action="store_true", help="re-register even if done")
     p.add_argument("--config", help="JSON file of registration options (RegistrationConfig)")
+    add_registration_engine_arguments(p)
     add_engine_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_registration_engine_arguments(p) -> None:
+    """``--engine``, ``--torch-preset``, ``--device``: which registration engine runs (shared
+    by ``register`` and ``atlas build``)."""
+    from bodyage_core.registration.register import DEFAULT_ENGINE, ENGINES
+
+    p.add_argument("--engine", choices=ENGINES,
+                   help=f"registration engine (default {DEFAULT_ENGINE}): sitk = SimpleITK "
+                        "demons / B-spline; torch = diffeomorphic stationary-velocity B-spline "
+                        "(LNCC on water and fat, bending energy), CPU or CUDA")
+    p.add_argument("--torch-preset", choices=("fast", "paper"),
+                   help="torch engine preset (default fast: tuned for the CPU; paper: the "
+                        "paper's deepali registration, 3 levels, 4 x 4 x 8 control stride at "
+                        "2.232 x 2.232 x 3 mm)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where the torch engine runs (default auto: CUDA when available)")
 
 
 def registration_config(args):
@@ -42,6 +60,12 @@ def registration_config(args):
                               hint="give a JSON object of RegistrationConfig fields") from exc
     if getattr(args, "method", None):
         opts["method"] = args.method
+    for arg, key in (("engine", "engine"), ("torch_preset", "torch_preset"),
+                     ("device", "torch_device")):
+        if getattr(args, arg, None):
+            opts[key] = getattr(args, arg)
+    if (opts.get("torch_preset") or opts.get("torch_device")) and "engine" not in opts:
+        opts["engine"] = "torch"   # a torch option says which engine is meant
     return RegistrationConfig.from_dict(opts) if opts else None
 
 
@@ -60,6 +84,9 @@ def run(args) -> int:
     results = stage.results
     n_ok = sum(r.get("status") == "ok" for r in results)
     reused = sum(bool(r.get("reused")) for r in results)
+    engines = sorted({r.get("engine", "sitk") for r in results if not r.get("reused")})
+    if engines:
+        print(f"registration engine: {', '.join(engines)}")
     print(f"registered {len(results)} subject(s): {n_ok} ok, {len(results) - n_ok} failed "
           f"registration, {reused} reused; {len(summary.skipped)} already registered, "
           f"{len(summary.failed)} task(s) failed [{summary.scheduler}, {summary.workers} "

@@ -49,6 +49,13 @@ from bodyage_core.registration.transform import (
 from bodyage_core.volume import Volume
 
 METHODS = ("demons", "bspline", "affine")
+#: ``sitk``: this module's SimpleITK stages; ``torch``: the stationary-velocity B-spline engine
+#: of :mod:`bodyage_core.registration.torch_engine` (``method="affine"`` stops after its affine).
+ENGINES = ("sitk", "torch")
+DEFAULT_ENGINE = "sitk"
+# fields only the torch engine reads: left out of to_dict() for the sitk engine, so that the
+# fingerprints of atlases and transforms made before the torch engine existed stay the same
+_TORCH_FIELDS = ("engine", "torch_preset", "torch_device", "torch_options")
 METRICS = ("mattes", "correlation", "meansquares", "ants")
 
 
@@ -112,6 +119,12 @@ class RegistrationConfig:
     threads: int | None = None
     seed: int = 0
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    # engine (see ENGINES); the torch engine's preset (torch_engine.PRESETS), device (auto, cpu,
+    # cuda) and overrides of the preset's fields (torch_engine.TorchConfig)
+    engine: str = DEFAULT_ENGINE
+    torch_preset: str = "fast"
+    torch_device: str = "auto"
+    torch_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RegistrationConfig:
         if self.method not in METHODS:
@@ -157,10 +170,21 @@ class RegistrationConfig:
             raise ConfigError("channel_weights must map channel names to numbers >= 0")
         if self.threads is not None and (not _integer(self.threads) or self.threads < 1):
             raise ConfigError(f"threads must be a whole number >= 1, got {self.threads!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown registration engine {self.engine!r}",
+                              hint=f"use one of {', '.join(ENGINES)}")
+        if self.engine == "torch":
+            from bodyage_core.registration.torch_engine import torch_config
+
+            torch_config(self)   # unknown preset / option names fail here, not in a worker
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.engine == "sitk":
+            for k in _TORCH_FIELDS:
+                d.pop(k)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> RegistrationConfig:
@@ -422,6 +446,11 @@ def register(moving: Volume, fixed: Volume, config: RegistrationConfig | None = 
     subject warped onto the reference grid.
     """
     cfg = (config or RegistrationConfig()).validate()
+    if cfg.engine == "torch":
+        from bodyage_core.registration.torch_engine import register_batch
+
+        return register_batch([moving], fixed, cfg, [moving_labels], fixed_labels, fixed_mask,
+                              reporter)[0]
     reporter = ensure_reporter(reporter)
     if cfg.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(cfg.threads))
@@ -433,7 +462,6 @@ def register(moving: Volume, fixed: Volume, config: RegistrationConfig | None = 
     f_img = array_to_sitk(fixed_c, fixed.affine, np.float32)
     m_img = array_to_sitk(moving_c, moving.affine, np.float32)
     fmask = body_mask(fixed_c) if fixed_mask is None else np.asarray(fixed_mask, bool)
-    ref_grid = (fixed.shape, fixed.affine)
     quality: dict[str, Any] = {"method": cfg.method, "status": "ok", "reasons": []}
 
     timings: dict[str, float] = {"prepare": time.perf_counter() - t0}
@@ -475,6 +503,20 @@ def register(moving: Volume, fixed: Volume, config: RegistrationConfig | None = 
     transform = SubjectTransform(affine, fixed.shape, fixed.affine, fwd, inv,
                                  {"method": cfg.method})
 
+    return assess(moving, fixed, transform, quality, cfg.thresholds, moving_c, fixed_c, fmask,
+                  mov_lab, fix_lab, reporter, t0)
+
+
+def assess(moving: Volume, fixed: Volume, transform: SubjectTransform, quality: dict[str, Any],
+           thresholds: QualityThresholds, moving_c: np.ndarray, fixed_c: np.ndarray,
+           fmask: np.ndarray, mov_lab: np.ndarray | None, fix_lab: np.ndarray | None,
+           reporter: ProgressReporter, t0: float) -> RegistrationResult:
+    """The quality block of a finished registration, whichever engine made ``transform``: the
+    subject warped onto the reference grid, body Dice, NCC, label Dice, Jacobian and
+    displacement facts, and the failure reasons (``quality`` is filled in place)."""
+    timings = quality["timings"]
+    fwd = transform.forward_field
+    ref_grid = (fixed.shape, fixed.affine)
     reporter.update("quality", 0, 1)
     t1 = time.perf_counter()
     warped = warp_map(moving, transform, ref_grid, "linear")
@@ -503,7 +545,7 @@ def register(moving: Volume, fixed: Volume, config: RegistrationConfig | None = 
         disp = np.linalg.norm(sitk.GetArrayViewFromImage(fwd), axis=-1)
         quality["max_displacement_mm"] = float(disp[fmask].max() if fmask.any() else disp.max())
         quality["mean_displacement_mm"] = float(disp[fmask].mean() if fmask.any() else 0.0)
-    quality["reasons"] = _failure_reasons(quality, cfg.thresholds)
+    quality["reasons"] = _failure_reasons(quality, thresholds)
     if quality["reasons"]:
         quality["status"] = "failed"
     timings["quality"] = time.perf_counter() - t1
@@ -543,5 +585,5 @@ def body_volume_ml(volume: Volume, weights: dict[str, float] | None = None) -> f
     return float(m.sum() * np.prod(volume.spacing) / 1000.0)
 
 
-__all__ = ["QualityThresholds", "RegistrationConfig", "RegistrationResult", "register",
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "QualityThresholds", "RegistrationConfig", "RegistrationResult", "register",
            "body_volume_ml", "volume_to_sitk"]
