@@ -174,6 +174,13 @@ class QtMainWindow(QtWidgets.QMainWindow):
         dock_state = self.settings.value("window_state")
         if isinstance(dock_state, QtCore.QByteArray) and not dock_state.isEmpty():
             self._docks_fitted = self.restoreState(dock_state)  # the user's own layout
+            # ... less what belongs to a workspace: its subject list (shown when one opens)
+            # and the cohort panel in front of the layer controls (a DICOM folder or a file
+            # opened after a workspace session showed an empty subject table and "open a
+            # workspace to see the cohort")
+            self.panel_docks["Subjects"].hide()
+            if "Layers" in self.panel_docks:
+                self.panel_docks["Layers"].raise_()
         conv = self.settings.value("convention")
         if self.state.base_layer is None and conv in ("radiological", "neurological"):
             self.state.set_convention(conv)

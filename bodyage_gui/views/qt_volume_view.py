@@ -126,8 +126,10 @@ class QtVolumeView(QtWidgets.QWidget):
         self.cursor_actor = vtkActor()
         self.cursor_actor.SetMapper(m)
         self.cursor_actor.GetProperty().SetColor(0.0, 0.86, 0.35)
+        self.cursor_actor.VisibilityOff()   # no image, no cursor (it filled the empty view)
         self.renderer.AddActor(self.cursor_actor)
         self.cursor_lines = []
+        self.cursor_line_actors = []
         for _ in range(3):
             src = vtkLineSource()
             mm = vtkPolyDataMapper()
@@ -136,8 +138,10 @@ class QtVolumeView(QtWidgets.QWidget):
             a.SetMapper(mm)
             a.GetProperty().SetColor(0.0, 0.86, 0.35)
             a.GetProperty().SetLineWidth(1.5)
+            a.VisibilityOff()
             self.renderer.AddActor(a)
             self.cursor_lines.append(src)
+            self.cursor_line_actors.append(a)
         self._bounds = None
         self.orientation_marker = self._orientation_marker()
 
@@ -408,7 +412,10 @@ class QtVolumeView(QtWidgets.QWidget):
         return True
 
     def _update_cursor(self) -> None:
-        if self._bounds is None:
+        shown = self._bounds is not None
+        for a in [self.cursor_actor, *self.cursor_line_actors]:
+            a.SetVisibility(shown)
+        if not shown:
             return
         c = self.state.cursor
         self.sphere.SetCenter(*c)

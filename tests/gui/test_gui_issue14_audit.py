@@ -302,3 +302,75 @@ def test_cohort_tab_clicked_gets_the_room_to_read_its_scatter(qtbot, tmp_path):
     assert win.analysis.cohort_panel.plot.height() >= 250
     bar.setCurrentIndex([bar.tabText(i) for i in range(bar.count())].index("Layers"))
     qtbot.waitUntil(lambda: pred.height() >= 0.8 * PREDICTION_MIN, timeout=2000)
+
+
+# -- the empty window's 3D view ---------------------------------------------------------------
+@pytest.mark.xvfb
+def test_empty_3d_view_is_not_a_green_square(qtbot, tmp_path):
+    """An empty viewer (or one behind the DICOM series browser) showed the 3D view as a bright
+    green square: the cursor sphere at its default size filling the camera. No image, no
+    cursor; the sphere comes with the image and goes with it."""
+    from bodyage_gui.views.qt_volume_view import QtVolumeView
+
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    win = QtMainWindow(show_dialogs=False, settings=settings, restore_settings=False)
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    vv = win.volume_view
+    if not (isinstance(vv, QtVolumeView) and vv.available):
+        pytest.skip(f"no 3D view here: {getattr(vv, 'reason', '')}")
+
+    def settle():
+        for _ in range(4):
+            QtWidgets.QApplication.processEvents()
+            win.scheduler.flush()
+            qtbot.wait(30)
+
+    def green_fraction() -> float:
+        img = vv.render_image()
+        assert img is not None
+        ptr = img.convertToFormat(img.Format.Format_RGB888)
+        a = np.frombuffer(ptr.constBits(), np.uint8)[: ptr.height() * ptr.bytesPerLine()]
+        a = a.reshape(ptr.height(), ptr.bytesPerLine())[:, : ptr.width() * 3]
+        a = a.reshape(ptr.height(), ptr.width(), 3).astype(int)
+        return float(((a[..., 1] > 150) & (a[..., 0] < 80) & (a[..., 2] < 140)).mean())
+
+    settle()
+    assert not vv.cursor_actor.GetVisibility()
+    assert green_fraction() < 0.01                                  # was ~1.0
+    img, _ = _two_grids()
+    win.state.add_layer(img, "t1", kind="image")
+    settle()
+    assert vv.cursor_actor.GetVisibility()
+    win.state.clear()
+    settle()
+    assert not vv.cursor_actor.GetVisibility() and green_fraction() < 0.01
+
+
+# -- a workspace session's layout does not follow the user to a file --------------------------
+def test_a_restored_layout_keeps_no_empty_subject_list_or_cohort_in_front(qtbot, tmp_path):
+    """After a workspace session (subject list shown, Cohort tab in front), opening a DICOM
+    folder or a file restored both: an empty subject table and "open a workspace to see the
+    cohort" where the layer controls belong."""
+    from test_gui_qa_layout import _front_tab
+
+    settings = QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.Format.IniFormat)
+    win = QtMainWindow(show_dialogs=False, settings=settings, enable_3d=False)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    win.show_subjects_dock()
+    win.analysis.show_cohort()
+    qtbot.wait(30)
+    assert win.panel_docks["Subjects"].isVisible() and _front_tab(win) == "Cohort"
+    win.save_settings()
+    win.close()
+    again = QtMainWindow(show_dialogs=False, settings=settings, enable_3d=False)
+    qtbot.addWidget(again)
+    again.show()
+    qtbot.waitExposed(again)
+    qtbot.wait(30)
+    assert not again.panel_docks["Subjects"].isVisible()
+    assert _front_tab(again) == "Layers"
