@@ -3,11 +3,17 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/viewer_screenshots.py
 
-* ``lightbox.png``        a synthetic subject's coronal lightbox with its age map on top
-* ``roi_statistics.png``  a ruler, a box and an ellipse region and the Measurements panel
+* ``lightbox.png``        a synthetic subject's coronal lightbox with its organ label map on top
+  (the cohort's own organ table, the default opacity 0.5)
+* ``roi_statistics.png``  a ruler, a box and an ellipse region, the liver as a label region
+  (Ctrl+L) and the Measurements panel
 * ``dicom_browser.png``   the series browser on the TotalSegmentator CT + TCIA MR series
 * ``ct_dicom_slab.png``   that CT series opened from the browser: soft tissue W400/L40, the
   20-slice slab whole in the 3D view
+* ``ct_soft_tissue.png``  the TotalSegmentator CT (NIfTI, no modality in the header): soft
+  tissue from its Hounsfield values, the preset, W/L and the histogram with the window drawn
+* ``labels_totalsegmentator.png`` the TotalSegmentator MR with its own label map (names from
+  the map's header), outlines, the cursor in the liver
 
 (Predict on a plain scan, ``predict_plain_scan.png``, is taken by driving the real window
 with xdotool: see docs/VIEWER.md.)
@@ -53,9 +59,9 @@ def main() -> int:
         win.resize(1500, 950)
         win.show()
         assert win.open_files([subj / "water.nii.gz", subj / "fat.nii.gz"],
-                              [subj / "age_mask.nii.gz"]), win.last_error
+                              [subj / "labels.nii.gz"]), win.last_error
         mask = win.state.layers[-1]
-        mask.set(colormap="heat", opacity=0.6)
+        mask.set(outline=True)          # organ outlines: the anatomy stays readable
         win.state.set_lightbox(plane="coronal", rows=3, columns=4, spacing=3)
         win.state.set_layout("lightbox")
         win.state.set_cursor_voxel((90, 43, 56))
@@ -74,6 +80,9 @@ def main() -> int:
         st.add_measurement("ruler", "axial", w(95, 10, 20), w(95, 10, 92))
         st.add_measurement("box", "axial", w(95, 30, 40), w(95, 45, 60))
         st.add_measurement("ellipse", "axial", w(95, 55, 25), w(95, 70, 45))
+        # the liver as a label region (Tools > Label region at the cursor)
+        liver = next(k for k, v in mask.label_names.items() if v == "liver")
+        win.tools.add_label_region(mask, liver)
         win.tools.set_mode("box")
         settle(app, win)
         win.resizeDocks([win.panel_docks["Measurements"]], [250],
@@ -106,6 +115,34 @@ def main() -> int:
         else:
             print("no real DICOM data: dicom_browser.png and ct_dicom_slab.png not made",
                   file=sys.stderr)
+        # -- the NIfTI CT and a foreign label map ------------------------------------------
+        ts = DATA / "totalsegmentator"
+        if (ts / "example_ct.nii.gz").exists():
+            win = QtMainWindow(show_dialogs=False, settings=settings, restore_settings=False)
+            win.resize(1500, 900)
+            win.show()
+            assert win.open_files([ts / "example_ct.nii.gz"]), win.last_error
+            win.state.set_layout("row")
+            settle(app, win, 1.0)
+            win.save_screenshot(IMAGES / "ct_soft_tissue.png", whole_window=True)
+            win.close()
+        mr, seg = ts / "example_mr_sm.nii.gz", ts / "example_seg_mr.nii.gz"
+        if mr.exists() and seg.exists():
+            import nibabel as nib
+            import numpy as np
+
+            win = QtMainWindow(show_dialogs=False, settings=settings, restore_settings=False)
+            win.resize(1500, 900)
+            win.show()
+            assert win.open_files([mr], [seg]), win.last_error
+            win.state.layers[-1].set(outline=True)
+            img = nib.load(str(seg))
+            ijk = np.argwhere(np.asarray(img.dataobj) == 5)                   # liver
+            centre = ijk[np.argmin(((ijk - ijk.mean(axis=0)) ** 2).sum(axis=1))]
+            win.state.set_cursor(nib.affines.apply_affine(img.affine, centre))
+            settle(app, win, 1.0)
+            win.save_screenshot(IMAGES / "labels_totalsegmentator.png", whole_window=True)
+            win.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"screenshots in {IMAGES}")

@@ -49,7 +49,8 @@ class QtMeasurementsPanel(QtWidgets.QWidget):
             QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)
         self.hint = QtWidgets.QLabel("Tools > Ruler / Box region / Ellipse region, then drag "
-                                     "on a view (Esc: back to the cursor)")
+                                     "on a view (Esc: back to the cursor); Tools > Label "
+                                     "region (Ctrl+L): the label under the cursor")
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: #666;")
         delete = QtWidgets.QPushButton("Delete")
