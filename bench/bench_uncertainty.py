@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -121,7 +122,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(args.work)
-    train, fresh, model = work / "train", work / "eval", work / f"model_{args.run}"
+    train, fresh, model = work / "train", work / "eval", work / "models" / args.run
+    # `report --run NAME` finds an exported model by name on the model path
+    os.environ["BODYAGE_MODEL_PATH"] = str(model.parent)
     steps: list[dict] = []
     t0 = time.perf_counter()
     # synth skips subjects already written; train and export refuse to overwrite a finished run
