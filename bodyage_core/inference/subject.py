@@ -1,6 +1,6 @@
 """Predict (and explain) one subject: the one function every caller uses.
 
-``bodyage predict`` on files, the workspace stage (:mod:`bodyage_core.cluster.tasks`),
+``bodyage predict`` on files, the workspace stage (:mod:`bodyage_core.cluster.model_stages`),
 ``bodyage explain`` and the viewer's Predict all call :func:`predict_subject`: input checks and
 the model's envelope, the model input with its grid's affine, the ensemble's prediction
 (out-of-fold for a subject a run held out), and, when asked, importance maps back in the
