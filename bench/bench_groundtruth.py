@@ -230,8 +230,9 @@ def atlas_dice(ws: Workspace, group: str, subjects: set[str] | None = None) -> d
 
 def atlas_space(ws: Workspace, args, kind: str, normalise: str) -> dict:
     from bodyage_core.atlas.build import load_atlas, majority_vote
+    from bodyage_core.atlas.cohort_maps import build_population_maps
     from bodyage_core.atlas.regions import importance_inside_mask
-    from bodyage_core.atlas.workspace import build_population_maps, warped_maps
+    from bodyage_core.atlas.workspace import warped_maps
 
     tag = f"{kind}_{normalise}"
     summ = build_population_maps(ws, args.run, groups=["F", "M"], kind=kind,

@@ -12,8 +12,8 @@ Public API::
     -> {cov, t, p, map, n}, tfce(stat, mask)
     region_shares(importance, labels, names, body_mask=None), importance_inside_mask,
     uniform_baseline, write_shares, plot_shares
-    Workspace stages (bodyage_core.atlas.workspace): build_atlases, register_subjects,
-    build_population_maps, compare_gap_groups
+    Workspace stages: build_atlases, register_subjects (bodyage_core.atlas.workspace),
+    build_population_maps, compare_gap_groups (bodyage_core.atlas.cohort_maps)
 """
 
 from bodyage_core.atlas.build import (

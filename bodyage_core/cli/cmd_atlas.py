@@ -134,7 +134,7 @@ def run_build(args) -> int:
 
 
 def run_maps(args) -> int:
-    from bodyage_core.atlas.workspace import build_population_maps
+    from bodyage_core.atlas.cohort_maps import build_population_maps
     from bodyage_core.cluster import WarpStage
     from bodyage_core.cluster.cli import run_stages
     from bodyage_core.cohort import Workspace

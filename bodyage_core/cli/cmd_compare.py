@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from bodyage_core.atlas.workspace import compare_gap_groups
+    from bodyage_core.atlas.cohort_maps import compare_gap_groups
     from bodyage_core.cohort import Workspace
     from bodyage_core.progress import TerminalProgress
 

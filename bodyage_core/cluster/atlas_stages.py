@@ -138,7 +138,8 @@ class WarpStage(Stage):
         return f"warp {(self.kinds or [f'gradcam_{self.run}'])[0]}"
 
     def jobs(self, ws) -> list[Job]:
-        from bodyage_core.atlas.workspace import _registered_ok, _run_predictions, built_atlases
+        from bodyage_core.atlas.cohort_maps import _run_predictions
+        from bodyage_core.atlas.workspace import _registered_ok, built_atlases
         from bodyage_core.errors import CohortError
         from bodyage_core.registration.transform import LABEL_INTERPOLATION
 

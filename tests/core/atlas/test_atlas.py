@@ -258,12 +258,8 @@ def workspace(tmp_path_factory):
 
 
 def test_workspace_atlas_maps_compare(workspace):
-    from bodyage_core.atlas.workspace import (
-        build_atlases,
-        build_population_maps,
-        compare_gap_groups,
-        register_subjects,
-    )
+    from bodyage_core.atlas.cohort_maps import build_population_maps, compare_gap_groups
+    from bodyage_core.atlas.workspace import build_atlases, register_subjects
     from bodyage_core.cohort import Workspace
 
     with Workspace.open(workspace) as ws:
