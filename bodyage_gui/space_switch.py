@@ -168,8 +168,9 @@ class DisplaySpaceSwitch(QtCore.QObject):
                     for k in ("colormap", "opacity", "display_range", "threshold", "visible"):
                         sp.settings[k] = old[k]
             atlas_space.carry_settings(new, self.state)
-            trial = atlas_space.build_state(new, self.state.convention, self.state.layout)
-            tx = payload.get("points") or payload["transform"]
+            trial = atlas_space.build_state(new, self.state.convention, self.state.layout,
+                                            type(self.state))
+            tx = payload.get("points") or atlas_space.PointMapper(payload["transform"])
             try:
                 cursor = atlas_space.subject_to_atlas(tx, self.state.cursor)
             except (BodyageError, RuntimeError):

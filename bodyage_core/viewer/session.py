@@ -310,8 +310,6 @@ class SessionMixin:
         saved in atlas space sets ``space.wanted`` (and ``space.group``) for the caller to
         switch.
         """
-        from bodyage_core.viewer.state import ViewerState
-
         d, problems = validate_session(d)
         loader = loader or _default_loader
         loaded = []
@@ -326,7 +324,7 @@ class SessionMixin:
                                hint="layers created in memory are not saved in sessions")
         # base first so overlays are checked against it; then back to the saved order
         order = sorted(range(len(loaded)), key=lambda i: not loaded[i][0].get("base", False))
-        new = ViewerState(d.get("convention", "radiological"), d.get("layout", "grid"))
+        new = type(self)(d.get("convention", "radiological"), d.get("layout", "grid"))
         new.label_names = self.label_names
         made: dict[int, Layer] = {}
         for i in order:

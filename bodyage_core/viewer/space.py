@@ -116,12 +116,11 @@ def label_display(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_state(specs: list[LayerSpec], convention: str, layout: str) -> Any:
-    """A new ViewerState holding ``specs`` (base first so the others are checked against it;
+def build_state(specs: list[LayerSpec], convention: str, layout: str, state_type: type) -> Any:
+    """A new ``state_type`` (a :class:`~bodyage_core.viewer.ViewerState`: passed in, this module
+    being one of its parts) holding ``specs`` (base first so the others are checked against it;
     then the saved order)."""
-    from bodyage_core.viewer.state import ViewerState
-
-    st = ViewerState(convention, layout)
+    st = state_type(convention, layout)
     order = sorted(range(len(specs)), key=lambda i: not specs[i].base)
     made = {}
     for i in order:
@@ -164,15 +163,14 @@ class SpaceMixin:
         set meanwhile), and the cursor mapped back onto the subject (None without a usable
         registration). ``(None, None)`` in subject space."""
         from bodyage_core.errors import BodyageError
-        from bodyage_core.viewer.atlas_space import atlas_to_subject
 
         if not self.space.is_atlas or self.space.subject_layers is None:
             return None, None
         specs = [sp.copy() for sp in self.space.subject_layers]
         carry_settings(specs, self)
-        st = build_state(specs, self.convention, self.layout)
+        st = build_state(specs, self.convention, self.layout, type(self))
         try:
-            cursor = atlas_to_subject(self.space.points, self.cursor)
+            cursor = self.space.points.to_subject(self.cursor)
         except (BodyageError, RuntimeError, AttributeError):
             cursor = None
         return st, cursor
