@@ -24,6 +24,11 @@ DIVERGING = frozenset({"bwr"})
 
 _LUT_SIZE = 256
 
+#: opacity of a map drawn on top of the image (an overlay, a label map, an importance map) by
+#: default: the anatomy stays visible through it. The one value: the viewer's
+#: :data:`bodyage_core.viewer.layers.OVERLAY_OPACITY` is this.
+OVERLAY_OPACITY = 0.5
+
 
 def _interp_lut(stops: list[tuple[float, tuple[float, float, float]]]) -> np.ndarray:
     """A ``(256, 4)`` uint8 LUT interpolated linearly between ``(position, rgb)`` stops."""
@@ -399,6 +404,7 @@ def importance_display(array: np.ndarray, signed: bool = False) -> dict:
     otherwise draw every visible voxel in the last tenth of the colour map, one colour).
     Signed map: ``bwr`` from ``-hi`` to ``hi``, the same threshold on ``|v|``; the range stays
     symmetric so that white keeps meaning 0, and cannot start at the threshold.
+    Opacity :data:`OVERLAY_OPACITY`.
     """
     arr = sample_values(array, 1_000_000)  # a big map: percentiles of a slab sample
     nz = np.abs(arr[np.isfinite(arr) & (arr != 0)]).astype(np.float64)
@@ -410,9 +416,9 @@ def importance_display(array: np.ndarray, signed: bool = False) -> dict:
     thr = max(0.25 * hi, min(q80, 0.9 * hi))  # < hi
     if signed:
         return {"kind": "overlay", "colormap": "bwr", "display_range": (-hi, hi),
-                "threshold": thr, "opacity": 0.7}
+                "threshold": thr, "opacity": OVERLAY_OPACITY}
     shown = nz[nz >= thr]
     top = float(np.percentile(shown, 99.5)) if shown.size else hi
     top = top if top > thr else hi  # a single value shown (or none): its colour is the first
     return {"kind": "overlay", "colormap": "heat", "display_range": (thr, top),
-            "threshold": thr, "opacity": 0.7}
+            "threshold": thr, "opacity": OVERLAY_OPACITY}

@@ -14,15 +14,30 @@ from bodyage_core.volume import Volume
 
 KINDS = ("image", "overlay", "labels")
 #: opacity of a layer on top of the image (an overlay, a label map, an importance map) by
-#: default: the anatomy stays visible through it
-OVERLAY_OPACITY = 0.5
+#: default: the anatomy stays visible through it (one value, :data:`display.OVERLAY_OPACITY`)
+OVERLAY_OPACITY = display.OVERLAY_OPACITY
 
 
-def importance_overlay(array: np.ndarray, signed: bool = False) -> dict:
-    """The display of an importance map (Grad-CAM, a population map) in the viewer:
-    :func:`bodyage_core.display.importance_display` (at most the top fifth of the map above
-    its threshold) at :data:`OVERLAY_OPACITY`."""
-    return {**display.importance_display(array, signed=signed), "opacity": OVERLAY_OPACITY}
+def importance_overlay(array: np.ndarray, signed: bool = False, tested: bool = False) -> dict:
+    """The one display rule of a map drawn on top of the anatomy (Grad-CAM, a population map,
+    a map opened with ``--overlay``): :func:`bodyage_core.display.importance_display` (values
+    below a threshold on the map's upper quantiles transparent: at most the top fifth of the map
+    drawn) at :data:`OVERLAY_OPACITY`; ``kind`` is ``'overlay'``.
+
+    ``tested=True``: a map whose voxels already passed a statistical test (NaN or 0 where they
+    did not: an FWE-masked difference, a p-thresholded age trend) shows every kept voxel (no
+    threshold, that would hide significant voxels); its range is the 95th percentile of the kept
+    ``|v|`` (a sparse map whose 99.5th percentile would leave most kept voxels near white),
+    symmetric for a signed map."""
+    if not tested:
+        return {**display.importance_display(array, signed=signed), "opacity": OVERLAY_OPACITY}
+    a = display.sample_values(array, 1_000_000)
+    a = np.abs(a[np.isfinite(a) & (a != 0)]).astype(np.float64)
+    hi = float(np.percentile(a, 95.0)) if a.size else 0.0
+    hi = hi if hi > 0 else 1.0
+    return {"kind": "overlay", "colormap": "bwr" if signed else "heat",
+            "display_range": (-hi, hi) if signed else (0.0, hi), "threshold": None,
+            "opacity": OVERLAY_OPACITY}
 
 
 def upper_quantile_threshold(volume: Volume, channel: str | None = None) -> float | None:

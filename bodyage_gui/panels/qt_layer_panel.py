@@ -183,8 +183,9 @@ class QtLayerPanel(QtWidgets.QWidget):
         self.vmax_spin.setValue(layer.vmax)
         self.threshold_check.setChecked(layer.threshold is not None)
         self.threshold_spin.setEnabled(layer.threshold is not None)
-        if layer.threshold is not None:
-            self.threshold_spin.setValue(layer.threshold)
+        # the layer's own threshold; without one, its display minimum (what ticking the box
+        # applies), never the value of the layer shown before
+        self.threshold_spin.setValue(layer.vmin if layer.threshold is None else layer.threshold)
         self.visible_check.setChecked(layer.visible)
         is_labels = layer.kind == "labels"
         for w in (self.vmin_spin, self.vmax_spin, self.threshold_check, self.threshold_spin):

@@ -9,6 +9,11 @@ template only and says so, instead of a vivid map of noise); a difference withou
 it is untested. The age trend shows n, the test (voxel-wise t, uncorrected, or TFCE with FWE),
 the voxels kept and its smallest p. The groups are named by the one rule
 (:func:`bodyage_core.atlas.stats.describe_gap_rule`) the maps were built with.
+
+Every map is displayed by the viewer's one rule for maps on top,
+:func:`bodyage_core.viewer.layers.importance_overlay` (opacity 0.5, thresholded on the map's
+upper quantiles; the two group means share one range and threshold; a map already masked by
+its test, FWE or the age trend's p, shows every kept voxel).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from bodyage_core.viewer import PLANES, ViewerState
+from bodyage_core.viewer.layers import importance_overlay
 from bodyage_core.volume import Volume
 from bodyage_gui.workers import analysis_strings as text
 
@@ -205,7 +211,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             st = ViewerState()
             if template is not None:
                 st.add_layer(template, "template", kind="image")
-            st.add_layer(vol, name, kind="overlay", opacity=0.75, **disp)
+            st.add_layer(vol, name, **disp)
             states[title] = st
         self._disconnect()
         self.states = states
@@ -240,15 +246,13 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         thr = info.get("gap_threshold")
         q = info.get("gap_quantile")
         rule = describe_gap_rule(thr, None if thr is not None else q)
-        hi = max(_robust_max(acc), _robust_max(dec), 1e-12)
-        dhi = max(_robust_max(diff, absolute=True), 1e-12)
-        maps[f"accelerated (n={n_acc})\nmean map, no test"] = (
-            "accelerated", acc, {"colormap": "heat", "display_range": (0, hi),
-                                 "threshold": 0.1 * hi})
-        maps[f"decelerated (n={n_dec})\nmean map, no test"] = (
-            "decelerated", dec, {"colormap": "heat", "display_range": (0, hi),
-                                 "threshold": 0.1 * hi})
+        # the viewer's one rule for maps on top, on both maps at once: one colour range and
+        # one threshold, so that the two groups compare
+        both = importance_overlay(np.concatenate([np.ravel(acc.data[0]), np.ravel(dec.data[0])]))
+        maps[f"accelerated (n={n_acc})\nmean map, no test"] = ("accelerated", acc, both)
+        maps[f"decelerated (n={n_dec})\nmean map, no test"] = ("decelerated", dec, dict(both))
         cmp = None if computed else compare_info(ws, group, self.run)
+        tested = False
         self.comparison = cmp
         if cmp is None:
             title = ("difference (acc − dec)" + (", computed here" if computed else "")
@@ -267,11 +271,12 @@ class QtGapMapsDialog(QtWidgets.QDialog):
                 p = load_for_viewer(cmp["p_fwe_path"]).data[0]
                 shown = np.where(p < ALPHA, diff.data[0], np.nan).astype(np.float32)
                 diff = Volume(shown[None], diff.affine, diff.channels, dict(diff.provenance))
+                tested = True
                 title += f"\nshown: p(FWE) < {ALPHA:g} only"
             else:
                 title += "\nshown: unthresholded"
-        maps[title] = ("difference", diff, {"colormap": "bwr", "display_range": (-dhi, dhi),
-                                            "threshold": 0.1 * dhi})
+        maps[title] = ("difference", diff, importance_overlay(diff.data[0], signed=True,
+                                                              tested=tested))
         return (f"Population Grad-CAM maps of run {self.run}, group {group}; groups by the "
                 f"rule the maps were built with — {rule} (`bodyage atlas maps`). The "
                 "accelerated and decelerated maps share one colour range; difference diverging "
@@ -300,14 +305,12 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         p = ((text.AGE_TREND_P_TFCE if tfce else text.AGE_TREND_P).format(p=p_thr)
              if isinstance(p_thr, (int, float)) else text.AGE_TREND_UNTHRESHOLDED)
         top = _robust_max(vol, absolute=True, percentile=95.0)
-        hi = max(top, 1e-12)
         st = trend_stats(path, entry)
         kept = st["kept"] if st["kept"] is not None else "?"
         stats = (text.TREND_STATS_TFCE if tfce else text.TREND_STATS).format(
             kept=kept, p=p, minp="not stored" if st["min_p"] is None else f"{st['min_p']:.3g}")
         maps[text.AGE_TREND_VIEW.format(n=n, p=p, source=source) + "\n" + stats] = (
-            "age_trend", vol, {"colormap": "bwr", "display_range": (-hi, hi),
-                               "threshold": None})
+            "age_trend", vol, importance_overlay(vol.data[0], signed=True, tested=True))
         self.age_trend = {"path": path, "tag": tag, "source": source, "n": n,
                           "p_threshold": p_thr, "voxels_kept": st["kept"],
                           "min_p": st["min_p"]}

@@ -81,6 +81,13 @@ def model_channels(model_dir: Path) -> tuple[str, ...]:
                                             "another run or model folder")
 
 
+def _card_name(model_dir: Path) -> str:
+    """The name a model bundle's predictions are stored under in a workspace (its card's)."""
+    from bodyage_core.inference.bundle import read_card
+
+    return str(read_card(model_dir).get("name", Path(model_dir).name))
+
+
 def _header_age(volume: Any) -> float | None:
     age = (volume.metadata or {}).get("age")
     try:
@@ -336,15 +343,19 @@ class QtPredictionPanel(QtWidgets.QWidget):
             return None
         c = self.selected()
         run_id = c.run_id if c is not None else None
-        if c is not None and c.kind == "auto":
-            run_id = ws.db.latest_run()
-        if not run_id:
-            return None
+        auto = c is not None and c.kind == "auto"
         try:
-            rows = ws.db.predictions(run_id, subject_id=key[1])
+            if auto:
+                run_id = ws.db.latest_run()
+            rows = ws.db.predictions(run_id, subject_id=key[1]) if run_id else []
+            if not rows and auto:
+                # Automatic: else the subject's latest stored prediction, of whichever model
+                # (an Automatic Predict stores under the model it chose)
+                rows = sorted(ws.db.predictions(None, subject_id=key[1]),
+                              key=lambda r: r.get("created") or 0)[-1:]
         except Exception:  # noqa: BLE001 - a damaged or locked index: show nothing
             return None
-        return ShownPrediction.from_row(rows[0], run_id) if rows else None
+        return ShownPrediction.from_row(rows[0], rows[0]["run_id"]) if rows else None
 
     def _keep(self, key: Any, data: Any, shown: ShownPrediction, volume: Any) -> None:
         self._computed[(key, data)] = (volume, shown)
@@ -395,10 +406,14 @@ class QtPredictionPanel(QtWidgets.QWidget):
         run_dir, label = self._resolve(choice, age)
         channels = model_channels(run_dir)
         if subj is not None:
+            # a model bundle (Automatic, or one chosen by name) is stored under its name, as
+            # `bodyage predict WS --model NAME` stores it; a workspace run under its own
+            bundle = choice.kind in ("auto", "model")
+            run_id = _card_name(run_dir) if bundle else choice.run_id
             return PredictionRequest(run_dir=run_dir, subject_id=sid, workspace=ws,
                                      subject=subj, age=subj.age, device=self.device,
                                      torch_threads=self.torch_threads,
-                                     run_id=choice.run_id), label
+                                     run_id=run_id, add_run=bundle), label
         return PredictionRequest(run_dir=run_dir, subject_id=scan_id(base),
                                  volume=model_input_volume(state, channels), age=age,
                                  device=self.device, torch_threads=self.torch_threads), label

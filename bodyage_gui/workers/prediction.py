@@ -63,7 +63,10 @@ class PredictionRequest:
         (:meth:`~bodyage_core.inference.subject.SubjectPrediction.row`) and the same
         :meth:`~bodyage_core.cohort.database.CohortDB.add_predictions` as ``bodyage predict``.
         Written last, from the
-        worker thread over its own connection, so a cancelled prediction writes nothing.
+        worker thread over its own connection, holding the workspace lock
+        (:class:`~bodyage_core.cluster.lock.WorkspaceLock`, as every writer does), so a
+        cancelled prediction writes nothing. A workspace another run holds for longer than
+        :data:`STORE_LOCK_WAIT_S` is not written (the result says so in its notes).
     """
 
     run_dir: Path
@@ -78,6 +81,9 @@ class PredictionRequest:
     torch_threads: int | None = None
     run_id: str | None = None
     store: bool = True
+    #: ``run_id`` names a model bundle (Automatic, a model found by name): add it to the
+    #: workspace's runs when it is not one yet, as ``bodyage predict WS --model NAME`` does
+    add_run: bool = False
 
 
 @dataclass
@@ -201,8 +207,14 @@ def predict_subject(request: PredictionRequest,
             result.gradcam_signed_settings = gradcam_display(result.gradcam_signed, signed=True)
         if _should_store(request):
             rep.update("store", 0, 1, "writing the prediction to cohort.sqlite")
-            result.stored_row = store_prediction(request.workspace, request.run_id, pred.row(),
-                                                 request.subject)
+            from bodyage_core.cluster.lock import WorkspaceLockedError
+
+            try:
+                result.stored_row = store_prediction(
+                    request.workspace, request.run_id, pred.row(), request.subject,
+                    age_run if request.add_run else None)
+            except WorkspaceLockedError as err:
+                result.notes.append(f"not stored in cohort.sqlite: {err}")
             rep.update("store", 1, 1)
         result.seconds = time.perf_counter() - t0
         return result
@@ -216,26 +228,47 @@ def _should_store(request: PredictionRequest) -> bool:
                 and request.subject is not None and request.run_id)
 
 
-def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None
-                     ) -> dict[str, Any] | None:
-    """Write one prediction row into the workspace's ``cohort.sqlite`` as ``bodyage predict``
-    does (the cluster stage's predict: the subject's sex, BMI group and site added to the row, then
-    ``CohortDB.add_predictions``). Opens its own
+#: seconds the viewer waits for another writer's workspace lock before it gives up storing
+STORE_LOCK_WAIT_S = 20.0
+
+
+def store_prediction(ws, run_id: str, row: dict[str, Any], subject: Any = None,
+                     age_run: Any = None) -> dict[str, Any] | None:
+    """Write one prediction into the workspace as ``bodyage predict`` does (the cluster's
+    predict stage, :mod:`bodyage_core.cluster.model_stages`): the subject's sex, BMI group and
+    site added to the row, ``CohortDB.add_predictions`` and
+    ``subjects/<id>/prediction_<run>.json``, holding the workspace lock (waits up to
+    :data:`STORE_LOCK_WAIT_S`, then raises
+    :class:`~bodyage_core.cluster.lock.WorkspaceLockedError`). With ``age_run`` (the loaded
+    model bundle of a model chosen by name or by Automatic), ``run_id`` is added to the
+    workspace's runs when missing, as ``PredictStage`` adds ``--model NAME``. Opens its own
     connection (callable from a worker thread; the database is in WAL mode); returns the row
     as stored (with ``gap``), or None when ``run_id`` is not a run of the workspace."""
+    from bodyage_core.atomic import write_json
+    from bodyage_core.cluster.lock import WorkspaceLock
     from bodyage_core.cohort.database import CohortDB
 
     row = dict(row)
     if subject is not None:
         row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
-    db = CohortDB.open(ws.db.path)
-    try:
-        if not any(r["run_id"] == run_id for r in db.runs()):
-            return None
-        db.add_predictions(run_id, [row])
-        stored = next(iter(db.predictions(run_id, subject_id=row["subject_id"])), row)
-    finally:
-        db.close()
+    lock = WorkspaceLock(ws.root, f"bodyage gui: store the prediction of {row['subject_id']}",
+                         wait=True, timeout=STORE_LOCK_WAIT_S, poll=0.2, reentrant=True)
+    with lock:
+        db = CohortDB.open(ws.db.path)
+        try:
+            if not any(r["run_id"] == run_id for r in db.runs()):
+                if age_run is None:
+                    return None
+                db.add_run(run_id, age_run.model_config.get("arch"),
+                           {"model": age_run.model_config, "input": age_run.spec.to_dict()},
+                           status="complete")
+            db.add_predictions(run_id, [row])
+            stored = next(iter(db.predictions(run_id, subject_id=row["subject_id"])), row)
+        finally:
+            db.close()
+        target = ws.prediction_file(row["subject_id"], run_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_json(target, dict(row, run=run_id))
     return dict(stored)
 
 
