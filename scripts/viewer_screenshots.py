@@ -15,8 +15,9 @@
 * ``labels_totalsegmentator.png`` the TotalSegmentator MR with its own label map (names from
   the map's header), outlines, the cursor in the liver
 
-(Predict on a plain scan, ``predict_plain_scan.png``, is taken by driving the real window
-with xdotool: see docs/VIEWER.md.)
+* ``predict_plain_scan.png`` a synthetic subject's water + fat opened as plain files (no
+  workspace), Run "Automatic", Predict: the shipped whole-body model, its age panel and its
+  Grad-CAM map at the viewer's default display (opacity 0.5, the map's top fifth)
 """
 
 from __future__ import annotations
@@ -89,6 +90,23 @@ def main() -> int:
                         QtCore.Qt.Orientation.Vertical)
         settle(app, win)
         win.save_screenshot(IMAGES / "roi_statistics.png", whole_window=True)
+        win.close()
+        # -- Predict on a plain scan (Automatic) -------------------------------------------
+        other = sorted((ws / "subjects").iterdir())[1]
+        win = QtMainWindow(show_dialogs=False, settings=settings, restore_settings=False)
+        win.resize(1600, 1000)
+        win.show()
+        assert win.open_files([other / "water.nii.gz", other / "fat.nii.gz"]), win.last_error
+        panel = win.analysis.prediction_panel
+        assert panel.select_auto()
+        settle(app, win)
+        assert panel.predict(), win.last_error
+        t0 = time.perf_counter()
+        while panel.is_running() and time.perf_counter() - t0 < 300:
+            settle(app, win, 0.2)
+        assert panel.result is not None, panel.status_label.text()
+        settle(app, win, 1.5)
+        win.save_screenshot(IMAGES / "predict_plain_scan.png", whole_window=True)
         win.close()
         # -- DICOM browser and the CT slab ------------------------------------------------
         ct, mr = DATA / "totalsegmentator" / "example_ct_dicom", \
