@@ -32,7 +32,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from bodyage_core.cohort import Workspace
     from bodyage_core.errors import BodyageError
-    from bodyage_core.inference.bundle import export_run, verify_model
+    from bodyage_core.inference.export import export_run, verify_model
 
     extra = None
     if args.card:

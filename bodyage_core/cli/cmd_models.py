@@ -85,7 +85,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from bodyage_core.inference.bundle import find_model, verify_model
+    from bodyage_core.inference.bundle import find_model
+    from bodyage_core.inference.export import verify_model
 
     d = find_model(args.model)
     for line in verify_model(d):

@@ -71,13 +71,13 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import LoadError
-from bodyage_core.io import dixon_swap
 from bodyage_core.io._geometry import LPS_TO_RAS, canonical_xyz
 from bodyage_core.io.dicom import (
     read_dataset,
     stack_series,
     subject_metadata,
 )
+from bodyage_core.io.dixon_swap import check_station, plan_fix, swap_back
 from bodyage_core.io.ukbb_series import (
     Series,
     check_channels,
@@ -332,10 +332,10 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             if not swap_on:
                 return
             per_leg = geom.group > n_pos - cfg.leg_stations
-            results, split = dixon_swap.check_station(
+            results, split = check_station(
                 arrays["water"], arrays["fat"], spacing_zyx, cfg.swap_fix_below,
                 cfg.swap_suspect_below)
-            part, why = dixon_swap.plan_fix(results, per_leg)
+            part, why = plan_fix(results, per_leg)
             entry = {"station": geom.label, "per_leg": per_leg,
                      "results": [r.as_dict() for r in results], "swapped_part": part}
             swaps.append(entry)
@@ -343,7 +343,7 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
             if part is not None:
                 stats = ", ".join(r.describe() for r in why)
                 if cfg.swap_check == "fix":
-                    dixon_swap.swap_back(arrays["water"], arrays["fat"], part, split)
+                    swap_back(arrays["water"], arrays["fat"], part, split)
                     entry["fixed"] = True
                     flags.add("fat_water_swap_fixed",
                               f"{where}: fat and water swapped back ({stats})")

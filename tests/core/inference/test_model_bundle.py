@@ -17,8 +17,9 @@ import torch
 
 from bodyage_core.cli.main import main
 from bodyage_core.errors import BodyageError
-from bodyage_core.inference.bundle import find_model, read_card, verify_model
+from bodyage_core.inference.bundle import find_model, read_card
 from bodyage_core.inference.ensemble import AgeRun
+from bodyage_core.inference.export import verify_model
 from bodyage_core.io import load_channels, load_volume
 from bodyage_core.preprocess.spec import prepare_input
 
