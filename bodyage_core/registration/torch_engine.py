@@ -14,17 +14,22 @@ torch_options={...})`` and :func:`bodyage_core.registration.register.register`.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bodyage_core.errors import ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration import torch_svf as S
+from bodyage_core.registration.config import (
+    RegistrationConfig,
+    TorchConfig,
+    torch_config,
+)
+from bodyage_core.registration.inputs import labels_array, normalised, shared_channels
 from bodyage_core.registration.quality import body_mask, combined_intensity
+from bodyage_core.registration.result import RegistrationResult, assess
 from bodyage_core.registration.torch_geometry import (
     affine_to_itk,
     field_to_itk,
@@ -33,80 +38,6 @@ from bodyage_core.registration.torch_geometry import (
 )
 from bodyage_core.registration.transform import SubjectTransform
 from bodyage_core.volume import Volume
-
-
-@dataclass(frozen=True)
-class TorchConfig:
-    """The torch engine's parameters. Per-level tuples run coarse to fine; shrink factors are
-    of the reference grid."""
-
-    similarity: str = "lncc"                 # lncc | mse, on every channel used
-    window: int = 5                          # LNCC box, voxels of each level
-    levels: tuple[int, ...] = (4, 2)         # deformable pyramid shrink factors
-    iterations: tuple[int, ...] = (60, 20)
-    lr_mm: float = 1.0                       # Adam step of the velocity coefficients, mm
-    # control-point spacing at the finest level, mm along x, y, z; the same number of voxels
-    # apart on every level's grid (coarser levels: proportionally coarser meshes, as deepali)
-    control_mm: tuple[float, float, float] = (17.9, 17.9, 24.0)
-    bending: float = 0.01                    # weight of the bending energy (normalised units)
-    steps: int = 5                           # scaling and squaring while optimising
-    # the velocity is integrated on each level's grid shrunk this much more, and its
-    # displacement upsampled to warp: the field is a B-spline of control spacing of several
-    # voxels, smooth at that resolution, and the squaring steps are most of an iteration's cost
-    field_shrink: int = 2
-    final_steps: int = 7                     # ... for the saved fields (full grid)
-    affine_levels: tuple[int, ...] = (8, 4)
-    affine_iterations: tuple[int, ...] = (80, 40)
-    affine_lr: float = 0.01                  # Adam step of the linear part (unitless) and of
-    affine_translation_mm: float = 100.0     # the translation, in units of this many mm
-    affine_window: int = 5
-    dtype: str = "float32"
-
-    def validate(self) -> TorchConfig:
-        if self.similarity not in ("lncc", "mse"):
-            raise ConfigError(f"unknown torch similarity {self.similarity!r}", hint="lncc or mse")
-        if len(self.levels) != len(self.iterations) or not self.levels:
-            raise ConfigError("torch levels and iterations need one entry per level")
-        if len(self.affine_levels) != len(self.affine_iterations):
-            raise ConfigError("torch affine_levels and affine_iterations need one entry per level")
-        if min(self.levels + self.affine_levels + (self.field_shrink,)) < 1 or len(self.control_mm) != 3 \
-                or min(self.control_mm) <= 0:
-            raise ConfigError("torch shrink factors must be >= 1 and control_mm three positive "
-                              "numbers")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"torch dtype must be float32 or float64, got {self.dtype!r}")
-        return self
-
-
-#: ``paper``: the paper's registration (deepali SVF FFD, LNCC, bending energy 0.01, control
-#: point stride 4 x 4 x 8 voxels (x, y, z) of the 2.232 x 2.232 x 3 mm UK Biobank grid, 3
-#: levels), expressed in mm so that it means the same mesh on any reference grid. ``fast``: the
-#: CPU default, two levels ending at half resolution (the B-spline field is smooth at that
-#: spacing; its finest level costs 1/8 of the full grid's).
-PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {},
-    "paper": {"levels": (4, 2, 1), "iterations": (100, 100, 100), "field_shrink": 1,
-              "control_mm": (4 * 2.232, 4 * 2.232, 8 * 3.0), "bending": 0.01, "window": 5,
-              "affine_levels": (4, 2), "affine_iterations": (100, 50)},
-}
-
-
-def torch_config(rcfg) -> TorchConfig:
-    """The :class:`TorchConfig` of a RegistrationConfig (its preset plus its overrides)."""
-    if rcfg.torch_preset not in PRESETS:
-        raise ConfigError(f"unknown torch registration preset {rcfg.torch_preset!r}",
-                          hint=f"use one of {', '.join(PRESETS)}")
-    opts = {**PRESETS[rcfg.torch_preset], **(rcfg.torch_options or {})}
-    names = {f.name for f in fields(TorchConfig)}
-    unknown = set(opts) - names
-    if unknown:
-        raise ConfigError(f"unknown torch registration option(s): {', '.join(sorted(unknown))}",
-                          hint=f"valid: {', '.join(sorted(names))}")
-    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
-    try:
-        return replace(TorchConfig(), **opts).validate()
-    except TypeError as err:
-        raise ConfigError(f"bad torch registration options ({err})") from None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -259,15 +190,6 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     Returns one :class:`~bodyage_core.registration.register.RegistrationResult` per subject,
     with the same transform files and quality block as the SimpleITK engine.
     """
-    from bodyage_core.registration.register import (
-        RegistrationConfig,
-        RegistrationResult,
-        _labels_array,
-        _normalised,
-        _shared_channels,
-        assess,
-    )
-
     rcfg = (config or RegistrationConfig(engine="torch")).validate()
     cfg = torch_config(rcfg)
     reporter = ensure_reporter(reporter)
@@ -277,12 +199,12 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     moving_labels = list(moving_labels or [None] * len(movings))
     t0 = time.perf_counter()
     n = len(movings)
-    fix_lab = _labels_array(fixed_labels, fixed, "reference")
-    mov_labs = [_labels_array(lab, m, "subject") for lab, m in zip(moving_labels, movings)]
+    fix_lab = labels_array(fixed_labels, fixed, "reference")
+    mov_labs = [labels_array(lab, m, "subject") for lab, m in zip(moving_labels, movings)]
     fixed_c = combined_intensity(fixed, rcfg.channel_weights)
     moving_cs = [combined_intensity(m, rcfg.channel_weights) for m in movings]
     fmask = body_mask(fixed_c) if fixed_mask is None else np.asarray(fixed_mask, bool)
-    names = [_shared_channels(fixed, m, rcfg.channel_weights) for m in movings]
+    names = [shared_channels(fixed, m, rcfg.channel_weights) for m in movings]
     method = "torch_affine" if rcfg.method == "affine" else "torch_svf"
     prep = time.perf_counter() - t0
 
@@ -305,13 +227,13 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     if rcfg.method != "affine":
         weights = [float(rcfg.channel_weights.get(c, 1.0)) if isinstance(c, str) else 1.0
                    for c in names[0]]
-        fixed_ch = _tensor(np.stack([_normalised(fixed.channel(c)) for c in names[0]]), dev,
+        fixed_ch = _tensor(np.stack([normalised(fixed.channel(c)) for c in names[0]]), dev,
                            dt)[None]
         with torch.no_grad():
             grid = F.affine_grid(_theta(m_ras, ref_n2w[None], mov_w2n),
                                  (n, 1, *fixed.shape), align_corners=True)
             warped = _sample_each(
-                [_tensor(np.stack([_normalised(m.channel(c)) for c in nm]), dev, dt)[None]
+                [_tensor(np.stack([normalised(m.channel(c)) for c in nm]), dev, dt)[None]
                  for m, nm in zip(movings, names)], grid)
             del grid
         spacing_zyx = np.linalg.norm(np.asarray(fixed.affine)[:3, :3], axis=0)[::-1]
@@ -356,5 +278,3 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     return results
 
 
-def config_summary(rcfg) -> dict[str, Any]:
-    return asdict(torch_config(rcfg))
