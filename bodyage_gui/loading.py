@@ -1,4 +1,4 @@
-"""Loading volumes for the viewer: ``bodyage_core.io`` when present, a small nibabel fallback.
+"""Loading volumes for the viewer: ``bodyage_core.io`` with the fastest gzip reader there is.
 
 Reading a ``.nii.gz`` is mostly inflating gzip. When `isal <https://pypi.org/project/isal/>`_
 (Intel ISA-L bindings) is installed, the viewer process reads gzip files through it (about
@@ -9,8 +9,6 @@ opener with nibabel; writing keeps nibabel's own.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from bodyage_core.errors import LoadError
 from bodyage_core.volume import Volume
@@ -72,36 +70,9 @@ def load_for_viewer(path: str | Path, labels: bool = False) -> Volume:
     if not path.exists():
         raise LoadError("no such file or folder", path=path, hint="check the path")
     use_fast_gzip()
-    try:
-        from bodyage_core import io as bio
-        loader = bio.load_labels if labels else bio.load_volume
-    except (ImportError, AttributeError):
-        return _load_nifti_fallback(path, labels)
-    return loader(path)
+    from bodyage_core import io as bio  # here, not at import: the window shows before it loads
 
-
-def _load_nifti_fallback(path: Path, labels: bool) -> Volume:
-    import nibabel as nib
-
-    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
-        raise LoadError("only NIfTI files can be opened until bodyage_core.io is installed",
-                        path=path)
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for a corrupt file
-        raise LoadError(f"not a readable NIfTI file ({exc.__class__.__name__}: {exc})",
-                        path=path, hint="check the file is complete and really NIfTI") from exc
-    if not labels:
-        data = data.astype(np.float32)
-    if data.ndim == 3:
-        arr = data.transpose(2, 1, 0)[None]
-    elif data.ndim == 4:
-        arr = data.transpose(3, 2, 1, 0)
-    else:
-        raise LoadError(f"expected a 3D or 4D image, got {data.ndim}D", path=path)
-    return Volume(np.ascontiguousarray(arr), img.affine,
-                  ("labels",) if labels else ("image",), {"path": str(path), "format": "nifti"})
+    return bio.load_labels(path) if labels else bio.load_volume(path)
 
 
 def load_many(paths: list[str | Path], labels: list[bool] | None = None) -> list[Volume]:

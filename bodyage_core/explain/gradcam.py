@@ -143,12 +143,9 @@ def layer_names(model: nn.Module) -> list[str]:
     """The layer names to offer for Grad-CAM: ``stem, layer1, ... layer4`` for the ResNets,
     ``features.<i>`` block ends for VGG (``bodyage_core.models.list_layers``), else the model's
     top-level children. Any dotted sub-module name (``'layer3.1'``) is accepted too."""
-    try:
-        from bodyage_core.models import list_layers
+    from bodyage_core.models import list_layers
 
-        names = list_layers(model)
-    except ImportError:  # pragma: no cover - models always ship with explain
-        names = []
+    names = list_layers(model)
     return names or [name for name, _ in model.named_children()]
 
 
