@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -58,11 +59,16 @@ def _centre_of_mass(img: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return (np.asarray(affine) @ np.r_[idx[::-1], 1.0])[:3]
 
 
-def _sample_each(imgs: list[torch.Tensor], grids: torch.Tensor) -> torch.Tensor:
-    """Each subject's image at its own grid (one batched call when their grids agree)."""
+def _sample_each(imgs: list[torch.Tensor], grids: torch.Tensor,
+                 grads: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Each subject's image at its own grid (one batched call when their grids agree);
+    ``grads``: their :func:`~torch_svf.spatial_gradient` (the gradient with respect to the
+    grid, :func:`~torch_svf.sample_image`), when the grid needs one."""
+    grads = grads or [None] * len(imgs)
     if all(t.shape == imgs[0].shape for t in imgs):
-        return S.sample(torch.cat(imgs), grids)
-    return torch.cat([S.sample(t, g[None]) for t, g in zip(imgs, grids)])
+        return S.sample_image(torch.cat(imgs), grids,
+                              None if grads[0] is None else torch.cat(grads))
+    return torch.cat([S.sample_image(t, g[None], d) for t, g, d in zip(imgs, grids, grads)])
 
 
 def _theta(m_ras: torch.Tensor, ref_n2w: torch.Tensor, mov_w2n: torch.Tensor) -> torch.Tensor:
@@ -92,18 +98,22 @@ def _affine_stage(fixed_c, moving_c, ref_n2w, mov_w2n, centres, cfg: TorchConfig
 
     loss = torch.zeros(n, device=dev, dtype=dt)
     done = 0
+    f_pyr = S.pyramid(fixed_c, cfg.affine_levels)
+    m_pyr = [S.pyramid(m, cfg.affine_levels) for m in moving_c]
     for shrink, iters in zip(cfg.affine_levels, cfg.affine_iterations):
-        f = S.downsample(fixed_c, shrink)
-        movs = [S.downsample(m, shrink) for m in moving_c]
+        f = f_pyr[shrink]
+        movs = [p[shrink] for p in m_pyr]
+        grads = [S.spatial_gradient(m) for m in movs]
+        ref = S.lncc_reference(f, cfg.affine_window) if cfg.similarity == "lncc" else None
         size = tuple(f.shape[2:])
         opt = torch.optim.Adam([lin, trans], lr=cfg.affine_lr)
         for _ in range(iters):
             opt.zero_grad(set_to_none=True)
             grid = F.affine_grid(_theta(maps(), ref_n2w, mov_w2n), (n, 1, *size),
                                  align_corners=True)
-            warped = _sample_each(movs, grid)
+            warped = _sample_each(movs, grid, grads)
             loss = S.similarity(warped, f.expand(n, -1, -1, -1, -1), cfg.similarity,
-                                cfg.affine_window)
+                                cfg.affine_window, ref, cfg.lncc_eps)
             loss.sum().backward()
             opt.step()
             done += 1
@@ -114,9 +124,10 @@ def _affine_stage(fixed_c, moving_c, ref_n2w, mov_w2n, centres, cfg: TorchConfig
 
 # -- deformable -----------------------------------------------------------------------------
 def _deformable_stage(fixed_ch, warped_ch, weights, mm_norm, spacing_zyx, cfg: TorchConfig,
-                      reporter) -> tuple[torch.Tensor, torch.Tensor]:
-    """Velocity ``(N, 3, Z, Y, X)`` (normalised, reference grid) aligning the affinely
-    pre-warped subject channels to the reference's; and the last similarity ``(N,)``."""
+                      reporter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and inverse displacements ``(N, 3, Z, Y, X)`` (normalised, reference grid) of
+    the velocity aligning the affinely pre-warped subject channels to the reference's; and
+    the last similarity ``(N,)``."""
     n = warped_ch.shape[0]
     dev, dt = fixed_ch.device, fixed_ch.dtype
     full = tuple(fixed_ch.shape[2:])
@@ -134,9 +145,13 @@ def _deformable_stage(fixed_ch, warped_ch, weights, mm_norm, spacing_zyx, cfg: T
     total = sum(cfg.iterations)
     done = 0
     sim = loss
+    f_pyr, m_pyr = S.pyramid(fixed_ch, cfg.levels), S.pyramid(warped_ch, cfg.levels)
     for shrink, iters in zip(cfg.levels, cfg.iterations):
-        f = S.downsample(fixed_ch, shrink).expand(n, -1, -1, -1, -1)
-        m = S.downsample(warped_ch, shrink)
+        f = f_pyr[shrink].expand(n, -1, -1, -1, -1)
+        m = m_pyr[shrink]
+        m_grad = S.spatial_gradient(m)
+        refs = [S.lncc_reference(f[:1, c:c + 1], cfg.window) if cfg.similarity == "lncc"
+                else None for c in range(f.shape[1])]
         img_size = tuple(f.shape[2:])
         img_ident = S.identity_grid(img_size, dev, dt)
         size = S.level_size(img_size, cfg.field_shrink)
@@ -155,9 +170,10 @@ def _deformable_stage(fixed_ch, warped_ch, weights, mm_norm, spacing_zyx, cfg: T
             c_norm = coef * to_norm
             v = S.bspline_dense(c_norm, stride, size)
             d = S.resize_field(S.exp_velocity(v, cfg.steps, ident), img_size)
-            moved = S.warp(m, d, img_ident)
+            moved = S.warp(m, d, img_ident, m_grad)
             sim = sum(w[c] * S.similarity(moved[:, c:c + 1], f[:, c:c + 1], cfg.similarity,
-                                          cfg.window) for c in range(m.shape[1]))
+                                          cfg.window, refs[c], cfg.lncc_eps)
+                      for c in range(m.shape[1]))
             loss = sim + cfg.bending * S.bending_energy(c_norm, h)
             loss.sum().backward()
             opt.step()
@@ -165,8 +181,13 @@ def _deformable_stage(fixed_ch, warped_ch, weights, mm_norm, spacing_zyx, cfg: T
             reporter.update("deformable", done, total)
         with torch.no_grad():
             v_prev = S.bspline_dense(coef * to_norm, stride, size)
+    # the saved fields: the last level's velocity integrated on the grid it was optimised on
+    # (the field the similarity saw, with more squaring steps), upsampled to the reference grid
     with torch.no_grad():
-        return S.resize_field(v_prev, full), sim.detach()
+        ident = S.identity_grid(tuple(v_prev.shape[2:]), dev, dt)
+        fwd = S.resize_field(S.exp_velocity(v_prev, cfg.final_steps, ident), full)
+        inv = S.resize_field(S.exp_velocity(-v_prev, cfg.final_steps, ident), full)
+    return fwd, inv, sim.detach()
 
 
 # -- public ---------------------------------------------------------------------------------
@@ -194,8 +215,11 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     cfg = torch_config(rcfg)
     reporter = ensure_reporter(reporter)
     dev, dt = resolve(device if device is not None else rcfg.torch_device, dtype, cfg)
-    if rcfg.threads and dev.type == "cpu":
-        torch.set_num_threads(int(rcfg.threads))
+    if rcfg.threads:
+        # the quality block's warping is SimpleITK's, as in the SimpleITK engine
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(rcfg.threads))
+        if dev.type == "cpu":
+            torch.set_num_threads(int(rcfg.threads))
     moving_labels = list(moving_labels or [None] * len(movings))
     t0 = time.perf_counter()
     n = len(movings)
@@ -237,14 +261,10 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
                  for m, nm in zip(movings, names)], grid)
             del grid
         spacing_zyx = np.linalg.norm(np.asarray(fixed.affine)[:3, :3], axis=0)[::-1]
-        vel, metric = _deformable_stage(fixed_ch, warped, weights,
-                                        mm_per_normalised(fixed.shape, fixed.affine),
-                                        spacing_zyx, cfg, reporter)
+        fwd, inv, metric = _deformable_stage(fixed_ch, warped, weights,
+                                             mm_per_normalised(fixed.shape, fixed.affine),
+                                             spacing_zyx, cfg, reporter)
         del warped
-        with torch.no_grad():
-            ident = S.identity_grid(tuple(fixed.shape), dev, dt)
-            fwd = S.exp_velocity(vel, cfg.final_steps, ident)
-            inv = S.exp_velocity(-vel, cfg.final_steps, ident)
     t_def = time.perf_counter() - t1
     shared = time.perf_counter() - t0
 
