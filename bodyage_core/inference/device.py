@@ -43,7 +43,11 @@ def is_3d(model: nn.Module) -> bool:
 
 def prepare_model(model: nn.Module, device: torch.device,
                   channels_last: bool | None = None) -> nn.Module:
-    """Move ``model`` to ``device``, 3D models in the layout :func:`use_channels_last` picks."""
+    """Move ``model`` to ``device``, 3D models in the layout :func:`use_channels_last` picks.
+    On CUDA the cuDNN autotuner is turned on: the model grid is fixed, so the fastest
+    convolution algorithms are found once per batch shape and kept."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     model = model.to(device)
     if use_channels_last(device, channels_last) and is_3d(model):
         model = model.to(memory_format=torch.channels_last_3d)
@@ -51,11 +55,40 @@ def prepare_model(model: nn.Module, device: torch.device,
 
 
 def to_device(x, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float32)
-    t = t.to(device, non_blocking=True)
+    """A float32 tensor of ``x`` on ``device`` (3D batches in the layout
+    :func:`use_channels_last` picks). A float16 batch (the input cache's dtype) travels as
+    float16 -- half the bytes over PCIe -- and is widened on the device; a pinned host tensor
+    is copied asynchronously."""
+    t = torch.as_tensor(x)
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        t = t.to(torch.float32)
+    t = t.to(device, non_blocking=True).to(torch.float32)
     if use_channels_last(device, channels_last) and t.ndim == 5:
         t = t.contiguous(memory_format=torch.channels_last_3d)
     return t
+
+
+#: ``BODYAGE_COMPILE=1`` turns :func:`maybe_compile` on for every loaded ensemble.
+ENV_COMPILE = "BODYAGE_COMPILE"
+
+
+def compile_wanted(flag: bool | None = None) -> bool:
+    """``flag`` when given, else ``BODYAGE_COMPILE`` (off by default: compiling costs tens of
+    seconds per network shape, worth it only for a cohort on a GPU)."""
+    if flag is not None:
+        return bool(flag)
+    import os
+
+    return os.environ.get(ENV_COMPILE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def maybe_compile(model: nn.Module, enable: bool) -> nn.Module:
+    """``torch.compile(model)`` when ``enable`` (the same weights, a faster forward after the
+    first call of each input shape), else ``model``. Hooks (Grad-CAM, the QC features) go on the
+    plain module, never on the compiled one."""
+    if not enable:
+        return model
+    return torch.compile(model, dynamic=False)
 
 
 def autocast(device: torch.device, amp: bool = True):

@@ -74,13 +74,17 @@ class AgeDataset:
         """Bytes of the arrays held in memory now."""
         return self._bytes
 
-    def array(self, i: int) -> np.ndarray:
+    def array(self, i: int, dtype: Any = np.float32) -> np.ndarray:
+        """The input of record ``i`` as ``dtype`` (None: as loaded and held in memory --
+        float16 from the workspace cache, half the bytes)."""
         if self._cache is not None and i in self._cache:
             self._cache.move_to_end(i)
-            return self._cache[i]
+            return _as(self._cache[i], dtype)
         rec = self.records[i]
         try:
-            a = np.asarray(rec.loader(), dtype=np.float32)
+            a = np.asarray(rec.loader())
+            if a.dtype not in (np.float16, np.float32):
+                a = a.astype(np.float32)
         except BodyageError:
             raise
         except Exception as exc:  # noqa: BLE001 - name the subject, keep the cause
@@ -92,10 +96,13 @@ class AgeDataset:
             while self.max_bytes is not None and self._bytes > self.max_bytes:
                 _, old = self._cache.popitem(last=False)
                 self._bytes -= old.nbytes
-        return a
+        return _as(a, dtype)
 
-    def batch(self, indices: Sequence[int]) -> np.ndarray:
-        return np.stack([self.array(int(i)) for i in indices])
+    def batch(self, indices: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        """The inputs of ``indices`` stacked, as ``dtype`` (None: their stored dtype, float16
+        from the cache: the trainer sends that to the device and widens it there)."""
+        out = np.stack([self.array(int(i), None) for i in indices])
+        return out if dtype is None else out.astype(dtype, copy=False)
 
     @property
     def ages(self) -> np.ndarray:
@@ -113,6 +120,10 @@ class AgeDataset:
         for i in range(len(self)):
             self.array(i)
             rep.update("load", i + 1, len(self), self.records[i].subject_id)
+
+
+def _as(a: np.ndarray, dtype: Any) -> np.ndarray:
+    return a if dtype is None else a.astype(dtype, copy=False)
 
 
 def records_from_arrays(arrays: Sequence[np.ndarray] | np.ndarray, ages: Sequence[float],

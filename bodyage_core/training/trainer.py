@@ -275,7 +275,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def _train_step(self, sel: np.ndarray, gen: torch.Generator) -> float:
         cfg, st = self.config, self.state
-        x = _to_device(self.dataset.batch(sel), self.device)
+        x = _to_device(self.dataset.batch(sel, dtype=None), self.device)
         y = torch.as_tensor(self._targets[sel], device=self.device)
         if cfg.augment.enabled:
             x = augment_batch(x, cfg.augment, gen)
@@ -435,7 +435,7 @@ class Trainer:
             if len(sel) < 2:
                 break
             with _autocast(self.device, self.config.amp):
-                self.model(_to_device(self.dataset.batch(sel), self.device))
+                self.model(_to_device(self.dataset.batch(sel, dtype=None), self.device))
         for m, mom in zip(bns, momenta):
             m.momentum = mom
 

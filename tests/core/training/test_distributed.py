@@ -159,7 +159,7 @@ def test_ddp_mode_ranks_end_with_identical_weights(tmp_path):
         x = np.load(next((tmp_path / "ws" / "cache").glob(f"*/{row['subject_id']}.npy")))
         net, info = nets[row["fold"]]
         with torch.no_grad():
-            mu = float(net(torch.as_tensor(x[None]))[0, 0])
+            mu = float(net(torch.as_tensor(x[None]).float())[0, 0])   # the cache is float16
         assert row["members"][0]["mu"] == pytest.approx(
             mu * info["target_std"] + info["target_mean"], abs=1e-3)
 
