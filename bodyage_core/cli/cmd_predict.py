@@ -4,8 +4,9 @@
 scan, a QC PNG per scan, Grad-CAM NIfTI with ``--explain`` (:mod:`bodyage_core.inference.files`).
 
 ``bodyage predict WORKSPACE --run RUN`` (or ``--model NAME|DIR``): every subject (or
-``--subject IDs``) is one task (:mod:`bodyage_core.cluster`): finished subjects are skipped,
-failed ones retried, then recorded failed; ``--scheduler`` picks where the tasks run."""
+``--subject IDs``) is one job (:mod:`bodyage_core.cluster`): finished subjects are skipped,
+failed ones retried, then recorded failed; ``--scheduler`` picks where the tasks run. On a GPU
+a task predicts ``--batch-size`` subjects at once (default 16)."""
 
 from __future__ import annotations
 
@@ -59,15 +60,28 @@ def register(sub) -> None:
     p.add_argument("--ages", default=None, metavar="CSV",
                    help="scans: chronological ages (columns id/subject_id/MRID/eid and age)")
     p.add_argument("--subject", nargs="+", default=None, metavar="ID")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="(kept for compatibility: subjects are predicted one per task)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="workspace: subjects per batch on the device, 4 batches per task "
+                        "(the next batch's cached inputs read while one runs; all members on "
+                        "each batch); default 16 with a CUDA device, else 1: one subject per "
+                        "task")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--compile", action="store_true",
+                   help="run the networks through torch.compile (also BODYAGE_COMPILE=1; off "
+                        "by default: tens of seconds to compile, worth it for a cohort on a "
+                        "GPU)")
     p.add_argument("--overwrite", action="store_true", help="predict finished subjects again")
     add_engine_arguments(p)
     p.set_defaults(func=run, workspace=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "compile", False):
+        import os
+
+        from bodyage_core.inference.device import ENV_COMPILE
+
+        os.environ[ENV_COMPILE] = "1"        # this process and the workers it starts
     if args.workspace:
         return _workspace(args)
     return _scans(args)
@@ -124,7 +138,8 @@ def _workspace(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     try:
         stage = PredictStage(name, args.subject, device=args.device,
-                             overwrite=args.overwrite, csv_path=args.csv, model_dir=model_dir)
+                             overwrite=args.overwrite, csv_path=args.csv, model_dir=model_dir,
+                             batch_size=args.batch_size)
         out = run_stages(ws, args, [stage])
         if isinstance(out, int):
             return out

@@ -21,24 +21,69 @@ from bodyage_core.names import check_name
 
 def predict_one(root: str, run: str, device: str, subject,
                 model_dir: str | None = None) -> dict[str, Any]:
-    """Worker: predict one subject with run ``run``
-    (:func:`bodyage_core.inference.subject.predict_subject` on the subject's cached model-grid
-    input); writes ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
-    from bodyage_core.inference.subject import predict_subject
+    """Worker: predict one subject with run ``run`` (:func:`predict_group` of one subject);
+    writes ``subjects/<id>/prediction_<run>.json`` and returns the predictions row."""
+    (_s, out), = _predict(root, run, device, [subject], model_dir, 1)
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+def predict_group(root: str, run: str, device: str, subjects: Sequence[Any],
+                  model_dir: str | None = None, batch_size: int | None = None
+                  ) -> dict[str, Any]:
+    """Worker: predict several subjects with run ``run`` through
+    :func:`bodyage_core.inference.subject.predict_subjects` (their cached model-grid inputs
+    read in the background, ``batch_size`` of them at a time on the device, all members on each
+    batch); each subject's ``prediction_<run>.json`` is written as :func:`predict_one` writes
+    it. Returns ``{"results": [...]}`` in the form :meth:`Stage.group_task` describes."""
+    from bodyage_core.cluster.tasks import describe_error
+
+    results = []
+    for _s, out in _predict(root, run, device, subjects, model_dir, batch_size):
+        if isinstance(out, BaseException):
+            results.append({"error": describe_error(out),
+                            "user_error": isinstance(out, BodyageError)})
+        else:
+            results.append({"out": out})
+    return {"results": results}
+
+
+def _predict(root: str, run: str, device: str, subjects: Sequence[Any],
+             model_dir: str | None, batch_size: int | None) -> list[tuple[Any, Any]]:
+    """``(subject, {"row": ...} or the exception)`` per subject."""
+    from bodyage_core.inference.subject import CohortInput, predict_subjects
     from bodyage_core.training.data import cached_input
 
     ws = _Paths(root)
     ar = cached_run(model_dir or run_source(ws, run), device)
-    arr = cached_input(ws, subject, ar.spec)
-    pred = predict_subject(ar, subject_id=subject.subject_id, age=subject.age,
-                           model_input=arr)
-    row = pred.row()
-    row.update(sex=subject.sex, bmi_group=subject.bmi_group, site=subject.site)
-    ws.subject_dir(subject.subject_id, create=True)
-    target = ws.prediction_file(subject.subject_id, run)
-    with writing(target):
-        write_json(target, dict(row, run=run))
-    return {"row": row}
+    inputs = [CohortInput(s.subject_id, (lambda s=s: cached_input(ws, s, ar.spec)), s.age)
+              for s in subjects]
+    b = batch_size or len(inputs)
+    preds = predict_subjects(ar, inputs, batch_size=b, prefetch_depth=2 if len(inputs) > b else 0)
+    out: list[tuple[Any, Any]] = []
+    for s, pred in zip(subjects, preds):
+        if isinstance(pred, BaseException):
+            out.append((s, pred))
+            continue
+        try:
+            row = pred.row()
+            row.update(sex=s.sex, bmi_group=s.bmi_group, site=s.site)
+            ws.subject_dir(s.subject_id, create=True)
+            target = ws.prediction_file(s.subject_id, run)
+            with writing(target):
+                write_json(target, dict(row, run=run))
+            out.append((s, {"row": row}))
+        except Exception as exc:  # noqa: BLE001 - that subject's failure
+            out.append((s, exc))
+    return out
+
+
+#: Subjects per batch on a CUDA device when ``--batch-size`` is not given (on a CPU one subject
+#: per task: the workers share the cores instead).
+GPU_BATCH = 16
+#: Batches per predict task: the next batch's inputs are read while one runs on the device
+TASK_BATCHES = 4
 
 
 class PredictStage(Stage):
@@ -50,8 +95,14 @@ class PredictStage(Stage):
 
     def __init__(self, run: str, subject_ids: Sequence[str] | None = None,
                  device: str = "auto", overwrite: bool = False,
-                 csv_path: str | Path | None = None, model_dir: str | Path | None = None):
+                 csv_path: str | Path | None = None, model_dir: str | Path | None = None,
+                 batch_size: int | None = None):
         self.run = check_name(run, "run name")
+        #: subjects per task and per batch on the device (None: :data:`GPU_BATCH` with CUDA,
+        #: else 1)
+        if batch_size is not None and int(batch_size) < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        self.batch_size = None if batch_size is None else int(batch_size)
         #: a model bundle to predict with instead of the workspace's run ``run`` (its name)
         self.model_dir = None if model_dir is None else str(model_dir)
         self.subject_ids = list(subject_ids) if subject_ids else None
@@ -90,6 +141,31 @@ class PredictStage(Stage):
                                          "subject": job.payload["subject"],
                                          "model_dir": self.model_dir},
                            folder=str(ws.subject_dir(job.subject_id)))
+
+    def device_batch(self) -> int:
+        """Subjects per batch on the device: ``batch_size``, else :data:`GPU_BATCH` with a
+        CUDA device (``auto`` looks at this machine), else 1."""
+        if self.batch_size is not None:
+            return self.batch_size
+        dev = str(self.device or "auto")
+        if dev.startswith("cuda"):
+            return GPU_BATCH
+        if dev == "auto":
+            import torch
+
+            return GPU_BATCH if torch.cuda.is_available() else 1
+        return 1
+
+    def group_size(self) -> int:
+        b = self.device_batch()
+        return 1 if b == 1 else b * TASK_BATCHES
+
+    def group_task(self, ws, jobs) -> SubjectTask:
+        return SubjectTask(predict_group, {"root": str(ws.root), "run": self.run,
+                                           "device": self.device,
+                                           "subjects": [j.payload["subject"] for j in jobs],
+                                           "model_dir": self.model_dir,
+                                           "batch_size": self.device_batch()})
 
     def record(self, ws, job, out) -> None:
         ws.db.add_predictions(self.run, [out["row"]])

@@ -6,6 +6,10 @@ worker; the task reads the subject's files and writes its own result files atomi
 workspace (never the database), and returns a small dict. The client process, the single writer
 of ``cohort.sqlite``, records that dict and the job's ``tasks`` row in one transaction.
 
+A stage may group subjects (:meth:`Stage.group_size`): predict on a GPU runs one task for a
+batch of subjects, each still a job with its own ``tasks`` row, result, failure and retries (a
+subject retried runs alone).
+
 The stages (``tasks.stage`` / ``tasks.key``), in :mod:`~bodyage_core.cluster.model_stages` and
 :mod:`~bodyage_core.cluster.atlas_stages`:
 
@@ -251,6 +255,18 @@ class Stage:
         return row is not None and row.get("status") == "done"
 
     def task(self, ws, job: Job) -> SubjectTask:
+        raise NotImplementedError
+
+    def group_size(self) -> int:
+        """Jobs per task: 1 (a task per subject) unless the stage batches subjects (predict on
+        a GPU: one batch on the device for several subjects); then it implements
+        :meth:`group_task`."""
+        return 1
+
+    def group_task(self, ws, jobs: list[Job]) -> SubjectTask:
+        """One task for several jobs; its function returns ``{"results": [...]}``, one entry
+        per job in order: ``{"out": dict}`` (what :meth:`record` takes) or ``{"error": one
+        line, "user_error": bool}`` (a :class:`BodyageError`: not retried)."""
         raise NotImplementedError
 
     def record(self, ws, job: Job, out: dict[str, Any]) -> None:

@@ -15,6 +15,11 @@ Array conventions: inputs are torch/numpy ``(N, C, D, H, W)`` (3D; D = z, H = y,
 Volume's numpy order) or ``(N, C, H, W)`` (2.5D). Maps are numpy ``float32`` of shape
 ``(N, D, H, W)`` / ``(N, H, W)``; per-member maps carry a leading member axis ``K``.
 
+Batches: :func:`gradcam` sends each batch of ``batch_size`` inputs (default all) to the device
+once and runs every member on it, one backward pass per member for the whole batch (the networks
+are in eval mode, so the inputs of a batch do not interact: the maps are those of one input at a
+time, to float precision).
+
 Everything runs without building the autograd graph upstream of the explained layer: parameters
 are frozen for the call, and the layer's output is re-rooted as the only tensor that needs a
 gradient. The models are put in eval mode for the call; their training flag, parameter
@@ -179,6 +184,14 @@ def _batches(n: int, batch_size: int | None) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
+def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float32 copy of the batch on ``device``, 3D batches ``channels_last_3d`` on CUDA (the
+    layout the prepared networks run in)."""
+    from bodyage_core.inference.device import to_device
+
+    return to_device(x, device)
+
+
 def _upsample(cam: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """``(N, *s)`` -> ``(N, *size)``, trilinear (3D) or bilinear (2D), align_corners=False."""
     mode = "trilinear" if len(size) == 3 else "bilinear"
@@ -285,12 +298,17 @@ def gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tenso
     scales = member_scales(target_std, len(members))
     maps = np.zeros((len(members), *xb.shape[:1], *xb.shape[2:]), dtype=np.float32)
     mus = np.zeros((len(members), xb.shape[0]), dtype=np.float32)
-    for k, model in enumerate(members):
-        module = resolve_layer(model, layer)
-        dev = model_device(model)
-        with eval_frozen(model):
-            for sl in _batches(xb.shape[0], batch_size):
-                cam, mu = _gradcam_tensor(model, xb[sl].to(dev), module, layer, variant)
+    modules = [resolve_layer(m, layer) for m in members]
+    with contextlib.ExitStack() as frozen:
+        for m in members:
+            frozen.enter_context(eval_frozen(m))
+        for sl in _batches(xb.shape[0], batch_size):
+            on: dict[torch.device, torch.Tensor] = {}     # the batch once per device
+            for k, model in enumerate(members):
+                dev = model_device(model)
+                if dev not in on:
+                    on[dev] = _on_device(xb[sl], dev)
+                cam, mu = _gradcam_tensor(model, on[dev], modules[k], layer, variant)
                 maps[k, sl] = cam.float().cpu().numpy() * scales[k]
                 mus[k, sl] = mu.float().cpu().numpy()
     return MapResult(members=maps, mean=maps.mean(axis=0), mu=mus, method="gradcam",
@@ -339,7 +357,7 @@ def gradient_x_input(models: nn.Module | Sequence[nn.Module], x: np.ndarray | to
         dev = model_device(model)
         with eval_frozen(model):
             for sl in _batches(xb.shape[0], batch_size):
-                inp = xb[sl].to(dev).requires_grad_(True)
+                inp = _on_device(xb[sl], dev).requires_grad_(True)
                 with torch.enable_grad():
                     mu = predicted_mean(model(inp))
                     (g,) = torch.autograd.grad(mu.sum(), inp, allow_unused=True)

@@ -73,14 +73,35 @@ def predict_tta(model: nn.Module, dataset: Any, tta: tuple[str, ...] | list[str]
     """:func:`predict_arrays`, averaged over the test-time augmentations ``tta`` (``"flip_x"``:
     the input and its left-right mirror image): mu is the mean, the log-variance that of the
     mean variance (the log-variance clamped to the loss's range first)."""
-    from bodyage_core.training.losses import LOGVAR_RANGE
-
     outs = [predict_arrays(model, dataset, indices, batch_size, device, amp, reporter, stage)]
     if "flip_x" in tta:
         outs.append(predict_arrays(model, _Flipped(dataset), indices, batch_size, device, amp,
                                    reporter, stage))
+    return combine_tta(outs)
+
+
+def combine_tta(outs: list[np.ndarray]) -> np.ndarray:
+    """Raw outputs ``(N, 2)`` of one network on each test-time augmentation of the same inputs
+    -> one ``(N, 2)``: mu the mean, the log-variance that of the mean variance (clamped to the
+    loss's range first). One output is returned as it is."""
+    from bodyage_core.training.losses import LOGVAR_RANGE
+
     if len(outs) == 1:
         return outs[0]
     mu = np.mean([o[:, 0] for o in outs], axis=0)
     var = np.mean([np.exp(np.clip(o[:, 1], *LOGVAR_RANGE)) for o in outs], axis=0)
     return np.stack([mu, np.log(var)], axis=1)
+
+
+@torch.no_grad()
+def forward_tta(model: nn.Module, x: torch.Tensor, tta: tuple[str, ...] | list[str] = (),
+                amp: bool = True) -> np.ndarray:
+    """Raw outputs ``(N, 2)`` (float64) of ``model`` on a batch already on its device, averaged
+    over ``tta`` as :func:`predict_tta` does (``flip_x`` mirrors the batch on the device)."""
+    outs = []
+    views = [x] + ([torch.flip(x, dims=(-1,))] if "flip_x" in tta else [])
+    for v in views:
+        with autocast(x.device, amp):
+            y = model(v)
+        outs.append(y.float().cpu().numpy().astype(np.float64))
+    return combine_tta(outs)

@@ -48,10 +48,17 @@ class AgeRun:
     subject, and every subject of a bundle, gets all members with the global fits.
     """
 
-    def __init__(self, source: str | Path, device: str = "cpu"):
+    def __init__(self, source: str | Path, device: str = "cpu", compile: bool | None = None):
+        from bodyage_core.inference.device import compile_wanted
+
         self.run_dir = Path(source)
         self.device = device
+        #: predict through ``torch.compile`` d networks (``BODYAGE_COMPILE=1``; off by default)
+        self.compile = compile_wanted(compile)
+        #: bfloat16 autocast on CUDA (no effect on the CPU)
+        self.amp = True
         self._models: list[Any] | None = None
+        self._compiled: list[Any] | None = None
         if (self.run_dir / "model.json").is_file():
             self._init_bundle()
         else:
@@ -189,6 +196,19 @@ class AgeRun:
             self._models = models
         return self._models
 
+    def forward_nets(self) -> list[Any]:
+        """The networks :meth:`member_outputs` runs: :meth:`load_members`, each through
+        ``torch.compile`` when :attr:`compile` (the plain modules stay what hooks and Grad-CAM
+        use)."""
+        models = self.load_members()
+        if not self.compile:
+            return models
+        if self._compiled is None:
+            from bodyage_core.inference.device import maybe_compile
+
+            self._compiled = [maybe_compile(m, True) for m in models]
+        return self._compiled
+
     @property
     def n_members(self) -> int:
         return len(self.members)
@@ -210,32 +230,60 @@ class AgeRun:
                 hint="prepare the image with the model's input config (bodyage predict does)")
 
     # -- prediction ------------------------------------------------------------------------
-    def member_outputs(self, arrays: np.ndarray, batch_size: int = 8,
+    def member_outputs(self, arrays, batch_size: int = 8,
                        reporter: ProgressReporter | None = None,
                        members: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(mu, var)`` in years, each ``(K, N)``, of every member on ``arrays`` (members not
-        in ``members``, when given, are NaN)."""
-        from bodyage_core.inference.batch import predict_tta
-        from bodyage_core.inference.device import resolve_device
+        in ``members``, when given, are NaN).
+
+        ``arrays``: numpy or torch ``(N, C, ...)``, float32 or float16 (the input cache's
+        dtype; widened on the device). Batches of ``batch_size`` subjects go to the device once
+        and every member (and test-time augmentation) runs on that same on-device batch; an
+        out-of-memory error halves the batch. Progress: one unit per member and subject
+        (``member k/K``)."""
+        from bodyage_core.inference.batch import forward_tta
+        from bodyage_core.inference.device import is_oom, resolve_device, to_device
         from bodyage_core.training.losses import LOGVAR_RANGE
 
         self.check_input(arrays)
         rep = ensure_reporter(reporter)
-        models = self.load_members()
+        models = self.forward_nets()
         dev = resolve_device(self.device)
         n = len(arrays)
         mu = np.full((len(models), n), np.nan)
         var = np.zeros((len(models), n))
-        x = np.asarray(arrays, dtype=np.float32)
-        wanted = range(len(models)) if members is None else list(members)
-        for step, k in enumerate(wanted):
-            net, m = models[k], self.members[k]
-            out = predict_tta(net, x, self.tta, None, batch_size, dev)
-            std = float(m["target_std"])
-            mu[k] = out[:, 0] * std + float(m["target_mean"])
-            if self.uses_variance:
-                var[k] = np.exp(np.clip(out[:, 1], *LOGVAR_RANGE)) * std ** 2
-            rep.update("predict", step + 1, len(wanted), f"member {step + 1}/{len(wanted)}")
+        arrays = _as_batch(arrays)
+        wanted = list(range(len(models))) if members is None else list(members)
+        total = len(wanted) * n
+        pos, bs = 0, max(1, int(batch_size))
+        while pos < n:
+            sl = slice(pos, min(n, pos + bs))
+            try:
+                x = to_device(arrays[sl], dev)
+                outs = []
+                for j, k in enumerate(wanted):
+                    outs.append(forward_tta(models[k], x, self.tta, self.amp))
+                    rep.update("predict", pos * len(wanted) + (j + 1) * (sl.stop - pos), total,
+                               f"member {j + 1}/{len(wanted)}")
+            except Exception as exc:
+                if is_oom(exc) and bs > 1:
+                    x = outs = None
+                    bs = max(1, bs // 2)
+                    if dev.type == "cuda":
+                        import torch
+
+                        torch.cuda.empty_cache()
+                    rep.update("predict", pos * len(wanted), total,
+                               f"out of memory: batch size now {bs}")
+                    continue
+                raise
+            for k, out in zip(wanted, outs):
+                m = self.members[k]
+                std = float(m["target_std"])
+                mu[k, sl] = out[:, 0] * std + float(m["target_mean"])
+                if self.uses_variance:
+                    var[k, sl] = np.exp(np.clip(out[:, 1], *LOGVAR_RANGE)) * std ** 2
+            pos = sl.stop
         return mu, var
 
     def fold_of(self, subject_id: str) -> int | None:
@@ -258,7 +306,7 @@ class AgeRun:
                 out_of_fold: bool = True) -> Predictions:
         """Predict ages for ``arrays`` (numpy, the model's grid). With ``out_of_fold``, subjects
         a run held out in a fold get only that fold's members and fits."""
-        arrays = np.asarray(arrays, dtype=np.float32)
+        arrays = _as_batch(arrays)
         n = len(arrays)
         ids = list(subject_ids) if subject_ids is not None else [f"#{i}" for i in range(n)]
         mu, var = self.member_outputs(arrays, batch_size, reporter)
@@ -308,6 +356,17 @@ class AgeRun:
 
 #: The ensemble *is* the run: one name for readers who think of it so.
 Ensemble = AgeRun
+
+
+def _as_batch(arrays):
+    """A torch tensor as it is; anything else as a numpy float16 or float32 array."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(arrays, torch.Tensor):
+        return arrays
+    arrays = np.asarray(arrays)
+    return arrays if arrays.dtype in (np.float16, np.float32) else arrays.astype(np.float32)
 
 
 def read_json(path: Path) -> Any:

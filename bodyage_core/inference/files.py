@@ -205,38 +205,46 @@ def predict_scans(scans: Sequence[Scan], model: str | Path | None, csv_path: Pat
     rows."""
     from bodyage_core.inference.bundle import find_model
     from bodyage_core.inference.ensemble import AgeRun
+    from bodyage_core.inference.loader import prefetch
 
     rep = ensure_reporter(reporter)
     out_dir = Path(out_dir) if out_dir is not None else Path(csv_path).parent
     runs: dict[str, AgeRun] = {}
     fixed = None if model is None else find_model(model)
     rows = []
-    for i, scan in enumerate(scans):
-        rep.update("predict", i, len(scans), scan.id)
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"id": scan.id, "path": str(scan.path)}
-        try:
-            vol = scan.load()
-            age = age_for(scan.id, ages) if ages else None
-            if age is None and vol.metadata.get("age") is not None:
-                age = float(vol.metadata["age"])
-            mdir = fixed
-            if mdir is None:
-                mdir, reason = choose_model(vol, age)
-                row["message"] = f"model chosen: {reason}"
-            key = str(mdir)
-            if key not in runs:
-                runs[key] = AgeRun(mdir, device=device)
-            run = runs[key]
-            pred = _predict_one(run, vol, scan, age, out_dir, explain, qc_png, row, rep)
-            row.update(_row_values(pred, run))
-            row["status"] = "ok"
-        except BodyageError as err:
-            refused = "envelope" in str(err) or "needs" in str(err)
-            row["status"] = "refused" if refused else "failed"
-            row["message"] = str(err)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        rows.append(row)
+    # the next scan is read (a UK Biobank zip stitched, a DICOM series decoded) in the
+    # background while this one is predicted
+    loaded = prefetch(scans, lambda sc: sc.load(), depth=1 if len(scans) > 1 else 0)
+    try:
+        for i, (scan, vol) in enumerate(loaded):
+            rep.update("predict", i, len(scans), scan.id)
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"id": scan.id, "path": str(scan.path)}
+            try:
+                if isinstance(vol, BaseException):
+                    raise vol
+                age = age_for(scan.id, ages) if ages else None
+                if age is None and vol.metadata.get("age") is not None:
+                    age = float(vol.metadata["age"])
+                mdir = fixed
+                if mdir is None:
+                    mdir, reason = choose_model(vol, age)
+                    row["message"] = f"model chosen: {reason}"
+                key = str(mdir)
+                if key not in runs:
+                    runs[key] = AgeRun(mdir, device=device)
+                run = runs[key]
+                pred = _predict_one(run, vol, scan, age, out_dir, explain, qc_png, row, rep)
+                row.update(_row_values(pred, run))
+                row["status"] = "ok"
+            except BodyageError as err:
+                refused = "envelope" in str(err) or "needs" in str(err)
+                row["status"] = "refused" if refused else "failed"
+                row["message"] = str(err)
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            rows.append(row)
+    finally:
+        loaded.close()
     rep.update("predict", len(scans), len(scans))
     write_text(csv_path, rows_csv(rows))
     return rows

@@ -273,6 +273,15 @@ class Predictions:
     fold: list[int | None] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
 
+    def subset(self, indices: Sequence[int]) -> Predictions:
+        """The predictions of the subjects at ``indices`` (in that order)."""
+        idx = [int(i) for i in indices]
+        return Predictions([self.subject_ids[i] for i in idx], self.member_mu[idx],
+                           self.member_sigma[idx], self.mean[idx], self.sigma[idx],
+                           self.corrected[idx],
+                           [self.fold[i] for i in idx] if self.fold else [],
+                           [self.split[i] for i in idx] if self.split else [])
+
     def rows(self, ages: dict[str, float | None] | None = None) -> list[dict[str, Any]]:
         """One dict per subject, the shape ``CohortDB.add_predictions`` takes."""
         out = []

@@ -453,3 +453,49 @@ def test_schema_1_workspace_is_migrated_for_task_timings(tmp_path):
     assert row["attempts"] == 2 and row["seconds"] == 1.5 and row["worker"] == "w"
     db.close()
     assert CohortDB.open(path).schema_version == SCHEMA_VERSION      # opening again changes nothing
+
+
+# -- grouped predict tasks (a GPU's batch of subjects per task) ------------------------------
+
+def test_grouped_predict_tasks_match_one_per_task_and_fail_per_subject(ws_path, monkeypatch):
+    """``--batch-size 2`` (tasks of 2 batches here): 4 subjects per task, predicted 2 at a time
+    on the device, the next batch read meanwhile (inference.subject.predict_subjects), give
+    what one task per subject gives; a subject whose image is gone fails alone (not retried, a
+    user error) and the others of its batch are stored; a task that fails as a whole runs each
+    of its subjects again alone."""
+    from bodyage_core.cluster import model_stages
+
+    monkeypatch.setattr(model_stages, "TASK_BATCHES", 2)
+    with Workspace.open(ws_path) as ws:
+        expected = {r["subject_id"]: r for r in _batch_predict(ws, "r")}
+        ids = sorted(expected)
+        with Engine(ws, _threads(2)) as eng:
+            s = eng.run(PredictStage("r", device="cpu", batch_size=2, overwrite=True))
+        assert sorted(s.done) == ids and not s.failed
+        got = {p["subject_id"]: p for p in ws.db.predictions("r")}
+        for sid, e in expected.items():
+            assert got[sid]["corrected"] == pytest.approx(e["corrected"], abs=1e-4)
+            assert got[sid]["fold"] == e["fold"]
+        assert all(t["seconds"] > 0 for t in ws.db.tasks("predict", "r").values())
+
+        calls = []
+        real = model_stages.predict_group
+
+        def flaky(root, run, device, subjects, model_dir=None, batch_size=None):
+            calls.append(len(subjects))
+            if len(subjects) > 1:
+                raise RuntimeError("worker lost")
+            return real(root, run, device, subjects, model_dir, batch_size)
+
+        monkeypatch.setattr(model_stages, "predict_group", flaky)
+        bad = ids[1]
+        (ws.subject_dir(bad) / "water.nii.gz").unlink()
+        for p in (ws.root / "cache").rglob(f"{bad}.*"):
+            p.unlink()
+        with Engine(ws, _sync(retries=1)) as eng:
+            s = eng.run(PredictStage("r", device="cpu", batch_size=2, overwrite=True))
+        assert sorted(calls) == [1] * 6 + [2, 4]                 # each subject again alone
+        assert sorted(s.done) == [i for i in ids if i != bad] and list(s.failed) == [bad]
+        tasks = ws.db.tasks("predict", "r")
+        assert tasks[bad]["status"] == "failed" and tasks[bad]["attempts"] == 1 + 2
+        assert all(tasks[i]["attempts"] == 1 + 2 for i in ids if i != bad)   # 1 + 2 this run
