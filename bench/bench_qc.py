@@ -6,8 +6,10 @@ flips, noise x5, a quarter of the field of view blanked (truncated), a station's
 missing; plus real files of other kinds (a brain T1 from IXI, the TotalSegmentator CT), a
 constant and a NaN image. Each input goes through ``predict_subject`` as ``bodyage predict``
 does: refused by the checks or the envelope counts as caught (score +inf); otherwise its QC
-score. Per corruption type: AUROC of the score between clean and corrupted, and the share
-flagged or refused. Writes ``bench/results/qc.json``::
+score (the feature distance plus the laterality term of ``inference.ood``). Per corruption
+type: AUROC of the score between clean and corrupted, the share flagged (``unlike_training`` or
+``laterality``) or refused, and the share with the ``laterality`` flag. Writes
+``bench/results/qc.json``::
 
     .venv/bin/python bench/bench_qc.py [--n 20]
 """
@@ -59,12 +61,15 @@ def main(argv=None) -> int:
     run = AgeRun(find_model("wholebody-synthetic"))
     rng = np.random.default_rng(0)
 
-    def score(vol) -> tuple[float, bool]:
+    def score(vol) -> tuple[float, bool, bool]:
+        """(QC score, flagged by it or refused, flagged for its laterality)"""
         try:
             p = predict_subject(run, vol, subject_id="x", out_of_fold=False)
         except BodyageError:
-            return float("inf"), True
-        return float(p.qc_score), any(f["flag"] == "unlike_training" for f in p.qc)
+            return float("inf"), True, False
+        got = {f["flag"] for f in p.qc}
+        return (float(p.qc_score), bool(got & {"unlike_training", "laterality"}),
+                "laterality" in got)
 
     def corrupt(v, kind):
         d = np.asarray(v.data, dtype=np.float32)
@@ -94,24 +99,28 @@ def main(argv=None) -> int:
              "truncated_fov", "missing_station", "constant")
     scores: dict[str, list[float]] = {"clean": [], **{k: [] for k in kinds}}
     flagged: dict[str, list[bool]] = {k: [] for k in scores}
+    laterality: dict[str, list[bool]] = {k: [] for k in scores}
     for d in sorted((ws / "subjects").iterdir()):
         v = load_channels({"water": d / "water.nii.gz", "fat": d / "fat.nii.gz"})
         for k in ("clean", *kinds):
-            s, f = score(v if k == "clean" else corrupt(v, k))
+            s, f, lat = score(v if k == "clean" else corrupt(v, k))
             scores[k].append(s)
             flagged[k].append(f or not np.isfinite(s))
+            laterality[k].append(lat)
     real = {"brain_t1_ixi": DATA / "ixi_t1_2mm" / "t1" / "IXI013-HH-1212_T1.nii.gz",
             "ct_totalsegmentator": DATA / "totalsegmentator" / "example_ct.nii.gz"}
     for name, path in real.items():
         if path.exists():
             v = load_volume(path)
             two = v.with_data(np.concatenate([v.data, v.data]), channels=("water", "fat"))
-            s, f = score(two)                   # even given as a water/fat pair
+            s, f, lat = score(two)              # even given as a water/fat pair
             scores[name], flagged[name] = [s], [f or not np.isfinite(s)]
+            laterality[name] = [lat]
     rows = []
     for k, v in scores.items():
         row = {"input": k, "n": len(v), "median_score": float(np.median(v)),
-               "flagged_or_refused": float(np.mean(flagged[k]))}
+               "flagged_or_refused": float(np.mean(flagged[k])),
+               "laterality_flagged": float(np.mean(laterality[k]))}
         if k != "clean":
             row["auroc_vs_clean"] = _auroc(scores["clean"], v)
         rows.append(row)
@@ -120,11 +129,12 @@ def main(argv=None) -> int:
            "target": "AUROC >= 0.95 per corruption that changes the anatomy or contrast"}
     out = ROOT / "bench" / "results" / "qc.json"
     write_json(out, res)
-    print(f"{'input':<22} {'n':>3} {'median score':>13} {'flagged':>8} {'AUROC':>6}")
+    print(f"{'input':<22} {'n':>3} {'median score':>13} {'flagged':>8} {'lat.':>5} "
+          f"{'AUROC':>6}")
     for r in rows:
         au = f"{r['auroc_vs_clean']:.2f}" if "auroc_vs_clean" in r else ""
         print(f"{r['input']:<22} {r['n']:>3} {r['median_score']:>13.2f} "
-              f"{r['flagged_or_refused']:>8.2f} {au:>6}")
+              f"{r['flagged_or_refused']:>8.2f} {r['laterality_flagged']:>5.2f} {au:>6}")
     print(f"wrote {out}")
     return 0
 

@@ -42,6 +42,34 @@ def verify_model(model_dir: str | Path) -> list[str]:
     return lines
 
 
+def add_laterality_reference(model_dir: str | Path, inputs) -> dict[str, Any]:
+    """Add the QC score's laterality statistics (:mod:`bodyage_core.inference.ood`) to a
+    bundle whose reference was made before they existed, without touching its weights or
+    its feature statistics: ``inputs`` are model inputs of training-set subjects, prepared
+    as the model prepares them (:func:`~bodyage_core.preprocess.spec.prepare_model_input`:
+    arrays on RAS grids, or ``(array, affine)`` pairs). Rewrites ``ood.safetensors`` and the
+    card's sha256 of it, then verifies the bundle. Returns the statistics."""
+    from bodyage_core.inference import ood
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    entry = next((f for f in card.get("files", []) if f["file"] == ood.FILE), None)
+    if entry is None:
+        raise BodyageError("the model has no QC reference to add laterality statistics to",
+                           path=model_dir, hint="export it again from a run with one")
+    verify_file(model_dir / ood.FILE, entry["sha256"])
+    lat = ood.fit_laterality(inputs, tuple(AgeRun(model_dir, device="cpu").spec.array_shape))
+    if lat is None:
+        raise BodyageError(f"laterality statistics need at least {ood.LAT_MIN_SUBJECTS} "
+                           f"3D model inputs", path=model_dir)
+    entry["sha256"] = ood.add_laterality(model_dir / ood.FILE, lat)
+    body = json.loads((model_dir / CARD_NAME).read_text())
+    body["files"] = card["files"]
+    write_json(model_dir / CARD_NAME, body)
+    verify_model(model_dir)
+    return lat
+
+
 # -- exporting ------------------------------------------------------------------------------
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = None,
@@ -90,6 +118,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, name: str | None = N
         src = run_dir / extra
         shutil.copy2(src, work / src.name)
         files.append({"file": src.name, "sha256": sha256_file(work / src.name)})
+    if run.qc_stats is not None and run.qc_stats.get("laterality") is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "run %s: its QC reference has no laterality statistics, so the model will not "
+            "notice a left-right mirrored scan; refit it (training.workflow.add_qc_reference) "
+            "before exporting, or add them to the bundle (add_laterality_reference)", run.name)
     ws = workspace if workspace is not None else _run_workspace(run_dir)
     try:
         cohort, envelope = _cohort_and_envelope(run, ws)
