@@ -184,6 +184,9 @@ def bench_predict(run, cache_root: Path, spec, n: int, batch: int, dev, reps: in
     def loader(sid):
         return lambda: cache.lookup(sid, [src / sid], shape)
 
+    def loader_into(sid):
+        return lambda row: cache.lookup(sid, [src / sid], shape, out=row)
+
     t0 = time.perf_counter()
     for sid in ids:
         assert loader(sid)() is not None
@@ -198,7 +201,7 @@ def bench_predict(run, cache_root: Path, spec, n: int, batch: int, dev, reps: in
     sync(dev)
     compute_s = (time.perf_counter() - t0) / (reps * batch)
 
-    inputs = [CohortInput(sid, loader(sid), 50.0) for sid in ids]
+    inputs = [CohortInput(sid, loader(sid), 50.0, load_into=loader_into(sid)) for sid in ids]
     predict_subjects(run, inputs[:batch], batch_size=batch, check=False)   # warm-up
     sync(dev)
     t0 = time.perf_counter()

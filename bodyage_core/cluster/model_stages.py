@@ -57,7 +57,8 @@ def _predict(root: str, run: str, device: str, subjects: Sequence[Any],
 
     ws = _Paths(root)
     ar = cached_run(model_dir or run_source(ws, run), device)
-    inputs = [CohortInput(s.subject_id, (lambda s=s: cached_input(ws, s, ar.spec)), s.age)
+    inputs = [CohortInput(s.subject_id, (lambda s=s: cached_input(ws, s, ar.spec)), s.age,
+                          load_into=(lambda row, s=s: cached_input(ws, s, ar.spec, out=row)))
               for s in subjects]
     b = batch_size or len(inputs)
     preds = predict_subjects(ar, inputs, batch_size=b, prefetch_depth=2 if len(inputs) > b else 0)

@@ -5,9 +5,9 @@ batch of subjects' model-grid inputs from the workspace cache (``np.load`` of ``
 file I/O and memory copies, which release the GIL) while the device computes the previous batch.
 :func:`prefetch` runs a loader over items in background threads, at most ``depth`` results
 ahead, and hands back each item with its result *or the exception it raised* (one unreadable
-subject does not stop the others). :func:`stack_batch` makes the batch tensor: the arrays in the
-dtype they were stored in (float16 from the cache: half the bytes to copy), written straight
-into pinned memory when the batch goes to a CUDA device (an asynchronous copy).
+subject does not stop the others). :func:`empty_batch` is the batch tensor the readers fill row
+by row (float16 from the cache: half the bytes to copy; pinned memory when the batch goes to a
+CUDA device: an asynchronous copy), :func:`stack_batch` the same from arrays in hand.
 
 Threads, not DataLoader worker processes: the arrays are ready-made (no decoding or
 augmentation to parallelise), and threads share them without pickling 50-100 MB per subject
@@ -73,22 +73,27 @@ def _call(load, item):
         return exc
 
 
+def empty_batch(n: int, shape: Sequence[int], dtype=np.float16, pin: bool = False):
+    """An uninitialised torch tensor ``(n, *shape)`` of ``dtype`` (float16 or float32), in
+    pinned memory when ``pin`` (falls back to ordinary memory without a CUDA driver)."""
+    import torch
+
+    tdt = torch.float16 if np.dtype(dtype) == np.float16 else torch.float32
+    try:
+        return torch.empty((n, *shape), dtype=tdt, pin_memory=bool(pin))
+    except RuntimeError:
+        return torch.empty((n, *shape), dtype=tdt)
+
+
 def stack_batch(arrays: Sequence[np.ndarray], pin: bool = False):
     """The arrays ``(C, ...)`` in one torch tensor ``(N, C, ...)`` of their common dtype
     (float16 stays float16; anything else but float32 becomes float32), written straight into
     pinned memory when ``pin`` (a batch bound for a CUDA device: one copy, and the copy to the
     device runs asynchronously)."""
-    import torch
-
     dt = np.result_type(*arrays) if len(arrays) else np.dtype(np.float32)
     if dt not in (np.float16, np.float32):
         dt = np.dtype(np.float32)
-    shape = (len(arrays), *np.shape(arrays[0])) if len(arrays) else (0,)
-    tdt = torch.float16 if dt == np.float16 else torch.float32
-    try:
-        out = torch.empty(shape, dtype=tdt, pin_memory=bool(pin))
-    except RuntimeError:      # no CUDA driver after all: ordinary memory does
-        out = torch.empty(shape, dtype=tdt)
+    out = empty_batch(len(arrays), np.shape(arrays[0]) if len(arrays) else (), dt, pin)
     view = out.numpy()
     for i, a in enumerate(arrays):
         view[i] = a

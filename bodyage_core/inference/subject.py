@@ -133,7 +133,8 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
         warnings are kept in ``qc``.
     prediction
         This subject's :class:`~bodyage_core.models.ensemble.Predictions` when the ensemble
-        already ran on it within a batch (:func:`predict_subjects`); None runs it here.
+        already ran on it within a batch (:func:`predict_subjects`, which has checked
+        ``model_input``, kept as it is: float16 from the cache); None runs it here.
     """
     from bodyage_core.inference.envelope import check_envelope, match_channels, refusals
 
@@ -174,10 +175,12 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
         x = mi.array
         rep.update("prepare", 1, 1)
     else:
-        x = np.asarray(model_input, dtype=np.float32)
-        if check and not np.all(np.isfinite(x)):
-            raise BodyageError(f"{what}: the model input holds NaN or inf",
-                               hint="rebuild the input cache (delete WORKSPACE/cache)")
+        if prediction is not None:   # predict_subjects checked it, in its reader threads
+            x = np.asarray(model_input)
+        else:
+            x = np.asarray(model_input, dtype=np.float32)
+            if check and not np.all(np.isfinite(x)):
+                raise BodyageError(_NOT_FINITE.format(what=what), hint=_NOT_FINITE_HINT)
     members = run.members_for(subject_id, out_of_fold)
     pred = prediction if prediction is not None else \
         run.predict(x[None], [subject_id], reporter=rep, out_of_fold=out_of_fold)
@@ -196,12 +199,10 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
     if stats is not None and len(stats["members"]) == run.n_members:
         from bodyage_core.inference import ood
 
-        # the laterality term reads the input in RAS through its grid's affine (a cached
-        # model input: made from a RAS volume)
-        a = ood.assess(run.load_members(), stats, x, members,
-                       affine=None if mi is None else mi.affine)
-        res.qc_score, res.qc_percentile = a["score"], a["percentile"]
-        res.qc += a["flags"]
+        res.qc_score, res.qc_percentile = ood.score(run.load_members(), stats, x, members)
+        f = ood.flag_for(res.qc_score, res.qc_percentile, stats.get("n", 0))
+        if f is not None:
+            res.qc.append(f)
     if maps:
         if mi is None or spec.mode != "3d":
             raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",
@@ -212,6 +213,9 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
     res.seconds = time.perf_counter() - t0
     return res
 
+
+_NOT_FINITE = "{what}: the model input holds NaN or inf"
+_NOT_FINITE_HINT = "rebuild the input cache (delete WORKSPACE/cache)"
 
 #: Threads reading the cache for a CUDA device (page cache and NVMe reads scale with threads;
 #: one thread copies ~2-5 GB/s, a batch of 16 full-grid subjects is 0.9 GB in float16)
@@ -226,6 +230,9 @@ class CohortInput:
     subject_id: str
     load: Callable[[], np.ndarray]
     age: float | None = None
+    #: optional: fill the given row of the batch (C-contiguous, float16) and return it, or
+    #: return an array of its own (another dtype, e.g. a float32 cache entry) -- saves a copy
+    load_into: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def predict_subjects(run, subjects: Sequence[CohortInput], *, batch_size: int = 8,
@@ -236,17 +243,20 @@ def predict_subjects(run, subjects: Sequence[CohortInput], *, batch_size: int = 
     WORKSPACE`` and its cluster tasks), the same prediction as :func:`predict_subject` gives
     each subject alone.
 
-    The inputs of the next batches of ``batch_size`` subjects are read in ``readers``
+    The inputs of the next batches of ``batch_size`` subjects are read by ``readers``
     background threads (:func:`~bodyage_core.inference.loader.prefetch`, ``prefetch_depth``
-    batches ahead; default 4 readers for a CUDA device, into pinned memory, else 1;
-    ``prefetch_depth=0``: read in this thread) while the current batch runs; each batch goes to the device once
-    and every member runs on it (:meth:`AgeRun.predict
+    batches ahead; default 4 readers for a CUDA device, else 1; ``prefetch_depth=0``: read in
+    this thread) while the current batch runs, each straight into its row of the batch (float16,
+    pinned memory for a CUDA device: :attr:`CohortInput.load_into`); each batch goes to the
+    device once and every member runs on it (:meth:`AgeRun.predict
     <bodyage_core.inference.ensemble.AgeRun.predict>`). Then each subject goes through
-    :func:`predict_subject` with its row of that prediction (input checks, out-of-fold choice,
-    QC score). Returns one entry per subject, in order: its :class:`SubjectPrediction`, or the
-    exception that its input or its checks raised (the others go on)."""
+    :func:`predict_subject` with its row of that prediction (out-of-fold choice, QC score). A
+    non-finite input is found by its non-finite prediction (NaN and inf reach the output of
+    their own subject only) and then refused, so finite inputs cost no scan on the host.
+    Returns one entry per subject, in order: its :class:`SubjectPrediction`, or the exception
+    that its input or its checks raised (the others go on)."""
     from bodyage_core.inference.device import resolve_device
-    from bodyage_core.inference.loader import batched, prefetch, stack_batch
+    from bodyage_core.inference.loader import batched, empty_batch, prefetch
 
     rep = ensure_reporter(reporter)
     subjects = list(subjects)
@@ -256,17 +266,27 @@ def predict_subjects(run, subjects: Sequence[CohortInput], *, batch_size: int = 
     want = tuple(run.spec.array_shape)
 
     def load(group: list[tuple[int, CohortInput]]):
-        arrays, ok, failed = [], [], {}
+        buf = empty_batch(len(group), want, np.float16, pin)
+        view = buf.numpy()
+        ok, failed = [], {}
         for i, s in group:
             try:
-                a = np.asarray(s.load())
-                if tuple(a.shape) != want:
-                    run.check_input(a[None], source=f"subject {s.subject_id}")
-                arrays.append(a)
+                slot = view[len(ok)]
+                a = s.load_into(slot) if s.load_into is not None else s.load()
+                if a is not slot:
+                    a = np.asarray(a)
+                    if tuple(a.shape) != want:
+                        run.check_input(a[None], source=f"subject {s.subject_id}")
+                    if a.dtype != view.dtype and view.dtype == np.float16:
+                        wide = empty_batch(len(group), want, np.float32, pin)  # kept float32
+                        wide.numpy()[:len(ok)] = view[:len(ok)]
+                        buf, view = wide, wide.numpy()
+                        slot = view[len(ok)]
+                    slot[...] = a
                 ok.append(i)
             except Exception as exc:  # noqa: BLE001 - that subject's failure, kept
                 failed[i] = exc
-        return ok, (stack_batch(arrays, pin) if arrays else None), failed
+        return ok, (buf[:len(ok)] if ok else None), failed
 
     out: list[SubjectPrediction | Exception | None] = [None] * len(subjects)
     done = 0
@@ -286,11 +306,17 @@ def predict_subjects(run, subjects: Sequence[CohortInput], *, batch_size: int = 
                 pred = run.predict(batch, ids, batch_size=len(ok), out_of_fold=out_of_fold)
                 for j, i in enumerate(ok):
                     s = subjects[i]
+                    row = pred.subset([j])
+                    x = batch[j].numpy()
                     try:
+                        if check and not (np.isfinite(row.mean).all()
+                                          and np.isfinite(row.sigma).all()) \
+                                and not np.isfinite(x).all():
+                            raise BodyageError(_NOT_FINITE.format(what=f"subject {s.subject_id}"),
+                                               hint=_NOT_FINITE_HINT)
                         out[i] = predict_subject(
-                            run, subject_id=s.subject_id, age=s.age,
-                            model_input=batch[j].numpy(), out_of_fold=out_of_fold, check=check,
-                            prediction=pred.subset([j]))
+                            run, subject_id=s.subject_id, age=s.age, model_input=x,
+                            out_of_fold=out_of_fold, check=check, prediction=row)
                     except Exception as exc:  # noqa: BLE001 - that subject's failure, kept
                         out[i] = exc
             done += len(group)

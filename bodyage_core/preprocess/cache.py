@@ -269,8 +269,11 @@ class PreprocessCache:
 
     # -- lookup / store -------------------------------------------------------------------------
     def lookup(self, subject_id: str, sources: Sequence[str | Path],
-               shape: Sequence[int] | None = None) -> np.ndarray | None:
-        """The cached array when its key matches the sources now, else None (counted)."""
+               shape: Sequence[int] | None = None, out: np.ndarray | None = None
+               ) -> np.ndarray | None:
+        """The cached array when its key matches the sources now, else None (counted).
+        ``out`` (a C-contiguous array): the entry is read straight into it and ``out``
+        returned when its dtype and shape are the entry's; else the entry as its own array."""
         if self.max_bytes == 0:
             return None
         sig = source_signature(sources)
@@ -286,7 +289,9 @@ class PreprocessCache:
             self.stats.invalidated += 1
             return None
         try:
-            arr = np.load(npy, allow_pickle=False)
+            arr = None if out is None else _read_into(npy, out)
+            if arr is None:
+                arr = np.load(npy, allow_pickle=False)
         except (OSError, ValueError):
             return None                   # deleted by an eviction in between, or damaged
         if shape is not None and tuple(arr.shape) != tuple(shape):
@@ -326,10 +331,12 @@ class PreprocessCache:
             self._enforce(protect=npy)
 
     def get(self, subject_id: str, sources: Sequence[str | Path],
-            compute: Callable[[], np.ndarray], shape: Sequence[int] | None = None) -> np.ndarray:
+            compute: Callable[[], np.ndarray], shape: Sequence[int] | None = None,
+            out: np.ndarray | None = None) -> np.ndarray:
         """The cached array of ``subject_id``, or ``compute()`` stored for next time (returned
-        as stored: float16 unless the cache keeps float32, or the disk cache is off)."""
-        arr = self.lookup(subject_id, sources, shape)
+        as stored: float16 unless the cache keeps float32, or the disk cache is off). ``out``:
+        as for :meth:`lookup` (a hit is read into it; a miss is returned as its own array)."""
+        arr = self.lookup(subject_id, sources, shape, out=out)
         if arr is not None:
             return arr
         self.stats.misses += 1
@@ -416,6 +423,27 @@ class PreprocessCache:
             self.stats.evicted += 1
             self.stats.evicted_bytes += size
         return total
+
+
+def _read_into(npy: Path, out: np.ndarray) -> np.ndarray | None:
+    """Read a ``.npy`` file's data straight into ``out`` (no intermediate array) when its
+    header's dtype and shape are ``out``'s (C order); None when they are not."""
+    if not out.flags.c_contiguous:
+        return None
+    with open(npy, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shp, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shp, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            return None
+        if fortran or dtype != out.dtype or tuple(shp) != out.shape:
+            return None
+        got = fh.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+    if got != out.nbytes:
+        raise ValueError(f"{npy}: truncated ({got} of {out.nbytes} bytes)")
+    return out
 
 
 _CACHES: dict[tuple[str, str], PreprocessCache] = {}

@@ -188,16 +188,17 @@ def checked_subject_volume(ws, subject, kinds: Sequence[str]) -> Volume:
     return vol
 
 
-def cached_input(ws, subject, spec: InputSpec) -> np.ndarray:
+def cached_input(ws, subject, spec: InputSpec, out: np.ndarray | None = None) -> np.ndarray:
     """The model-grid input of a workspace subject, from ``cache/<grid-hash>/<id>.npy`` when
     its source files are unchanged (size and mtime), else loaded, checked
     (:func:`checked_subject_volume`), prepared and stored atomically (within the workspace's
-    cache size limit; a failed cache write only means no cache)."""
+    cache size limit; a failed cache write only means no cache). ``out``: a cache hit is read
+    straight into that array (a row of a batch) and it is returned."""
     sources = subject_sources(ws, subject, spec.channels)
     return input_cache(ws, spec).get(
         subject.subject_id, sources,
         lambda: prepare_input(checked_subject_volume(ws, subject, spec.channels), spec),
-        shape=spec.array_shape)
+        shape=spec.array_shape, out=out)
 
 
 #: ``tasks`` stage under which subjects whose training input failed are recorded (key: the

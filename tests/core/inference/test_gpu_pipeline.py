@@ -76,6 +76,9 @@ def test_float16_cache_halves_the_bytes_and_keeps_the_prediction(run, tmp_path, 
         full.store(f"s{i}", [src], x)
         got32.append(full.lookup(f"s{i}", [src]))
     assert got32[0].dtype == np.float32 and np.array_equal(got32[0], xs[0])
+    row = np.empty(run.spec.array_shape, np.float16)          # read straight into a batch row
+    assert half.lookup("s1", [src], out=row) is row and np.array_equal(row, got16[1])
+    assert full.lookup("s1", [src], out=row) is not row        # float32 entry: its own array
     n16 = (half.dir / "s0.npy").stat().st_size
     n32 = (full.dir / "s0.npy").stat().st_size
     assert n16 < 0.51 * n32                                       # half the bytes
@@ -96,7 +99,8 @@ def test_batched_ensemble_equals_one_subject_at_a_time(run, monkeypatch):
     outputs of the one-member-at-a-time, one-subject-at-a-time path; predict_subjects gives each
     subject what predict_subject gives it alone, and a broken input fails alone."""
     shape = run.spec.array_shape
-    xs = np.stack([phantom(shape, 10 + i) for i in range(5)])
+    xs16 = np.stack([phantom(shape, 10 + i) for i in range(5)]).astype(np.float16)
+    xs = xs16.astype(np.float32)                        # exact in float16 and float32
     monkeypatch.setattr(run, "tta", ["flip_x"])
     mu, var = run.member_outputs(xs, batch_size=3)
     for k, net in enumerate(run.load_members()):
@@ -104,11 +108,24 @@ def test_batched_ensemble_equals_one_subject_at_a_time(run, monkeypatch):
         m = run.members[k]
         assert np.abs(out[:, 0] * m["target_std"] + m["target_mean"] - mu[k]).max() < 1e-4
     monkeypatch.setattr(run, "tta", [])
-    ins = [CohortInput(f"s{i}", (lambda i=i: xs[i]), 40.0 + i) for i in range(5)]
+    def into(i):
+        def fill(row):
+            row[...] = xs16[i]
+            return row
+        return fill
+
+    # even subjects read into their row of the float16 batch, odd ones come as float32 arrays
+    # of their own (the batch is widened to float32 then)
+    ins = [CohortInput(f"s{i}", (lambda i=i: xs[i]), 40.0 + i,
+                       load_into=into(i) if i % 2 == 0 else None) for i in range(5)]
+    nan = xs[0].astype(np.float16)
+    nan[0, 5, 5, 5] = np.nan
     ins.insert(2, CohortInput("broken", lambda: np.zeros((2, 4, 4, 4), np.float32)))
+    ins.insert(4, CohortInput("nan", lambda: nan))
     got = predict_subjects(run, ins, batch_size=2, out_of_fold=False)
     assert isinstance(got[2], Exception) and "does not match model" in str(got[2])
-    got = got[:2] + got[3:]
+    assert isinstance(got[4], Exception) and "NaN or inf" in str(got[4])
+    got = got[:2] + got[3:4] + got[5:]
     for i, g in enumerate(got):
         one = predict_subject(run, subject_id=f"s{i}", age=40.0 + i, model_input=xs[i],
                               out_of_fold=False)
