@@ -199,10 +199,12 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
     if stats is not None and len(stats["members"]) == run.n_members:
         from bodyage_core.inference import ood
 
-        res.qc_score, res.qc_percentile = ood.score(run.load_members(), stats, x, members)
-        f = ood.flag_for(res.qc_score, res.qc_percentile, stats.get("n", 0))
-        if f is not None:
-            res.qc.append(f)
+        # the laterality term reads the input in RAS through its grid's affine (a cached
+        # model input: made from a RAS volume)
+        a = ood.assess(run.load_members(), stats, x, members,
+                       affine=None if mi is None else mi.affine)
+        res.qc_score, res.qc_percentile = a["score"], a["percentile"]
+        res.qc += a["flags"]
     if maps:
         if mi is None or spec.mode != "3d":
             raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",
