@@ -25,7 +25,9 @@ only writer of ``cohort.sqlite``, stores it together with the job's ``done`` row
 transaction. A job whose task raised is resubmitted up to ``retries`` times (a user error, a
 :class:`~bodyage_core.errors.BodyageError`, is not retried: the input must change), then recorded
 ``failed`` with a one-line error. A worker that dies mid-subject fails its task with Dask's
-``KilledWorker`` (the local cluster's nanny restarts the worker), which counts as one attempt.
+``KilledWorker`` (the local cluster's nanny restarts the worker), which counts as one attempt;
+the tasks merely queued on it die too, and since each task writes a start marker before it
+begins, those that never began go back in the queue without using one.
 
 Ctrl+C (KeyboardInterrupt) or a cancelled reporter cancels the outstanding futures, marks
 their jobs ``cancelled``, closes the cluster and releases the workspace lock; what finished is
@@ -38,12 +40,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bodyage_core.cluster.lock import WorkspaceLock
@@ -52,6 +56,18 @@ from bodyage_core.errors import BodyageError, Cancelled, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 
 SYNC_SCHEDULERS = ("none", "sync")
+MARKER_DIR = ".bodyage_started"
+# times a task lost on a dying worker before it began is requeued without using a try
+_MAX_REQUEUES = 5
+
+
+def _lost_with_worker(exc: BaseException | None) -> bool:
+    """Whether a task's failure is its worker's death (KilledWorker, or dropped by the cluster
+    with no exception of its own), not something the task raised."""
+    if exc is None or (isinstance(exc, RuntimeError) and
+                       str(exc).startswith("the cluster dropped the task")):
+        return True
+    return type(exc).__name__ == "KilledWorker"
 
 
 def default_workers() -> int:
@@ -244,8 +260,8 @@ class Engine:
             if opts.processes:
                 t = str(opts.threads_per_worker)
                 extra["env"] = {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}
-            # worker-saturation 1: a worker holds only the subjects it is computing, so a
-            # worker that dies takes no queued bystanders down with it
+            # worker-saturation 1 queues root-ish tasks on the scheduler; subject tasks are
+            # not root-ish, so a dying worker can still hold bystanders (see the start markers)
             with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                                   "distributed.scheduler.worker-saturation": 1.0}), \
                     _no_sigint():
@@ -465,6 +481,13 @@ class Engine:
         else:
             threads = self._min_worker_threads()
         n_done = len(summary.skipped)
+        # Dask assigns tasks to a worker ahead of its free threads, and a worker that dies fails
+        # them all (KilledWorker). Each task writes a start marker first: one lost without it
+        # had not begun there and goes back in the queue without using a try (a few times).
+        markers = self._marker_dir(stage)
+        started_files: dict[Any, Path | None] = {}
+        requeued: dict[tuple[str, str], int] = {}
+        n_submitted = [0]
 
         def fill() -> None:
             window = self.options.max_in_flight or max(16, 4 * self._threads())
@@ -484,9 +507,17 @@ class Engine:
                 task = stage.task(ws, job)
                 if threads:
                     task.threads = threads
+                n_submitted[0] += 1
+                marker = None
+                if markers is not None and hasattr(task, "started"):
+                    marker = markers / str(n_submitted[0])
+                    task.started = str(marker)
+                # a unique key per submission: a requeued task must not meet its lost twin
                 fut = client.submit(task, key=f"bodyage-{stage.name}-{self.token}-"
-                                    f"{job.key}-{job.subject_id}-{attempt}", pure=False)
+                                    f"{job.key}-{job.subject_id}-{attempt}-{n_submitted[0]}",
+                                    pure=False)
                 in_flight[fut] = (job, attempt)
+                started_files[fut] = marker
 
         try:
             fill()
@@ -500,6 +531,7 @@ class Engine:
                     continue
                 for fut in finished:
                     job, attempt = in_flight.pop(fut)
+                    marker = started_files.pop(fut, None)
                     if fut.status == "finished":
                         result = fut.result()
                         fut.release()
@@ -517,6 +549,13 @@ class Engine:
                             exc = RuntimeError(f"the cluster dropped the task (status "
                                                f"{fut.status})")
                         fut.release()
+                        if marker is not None and _lost_with_worker(exc) and \
+                                not marker.exists() and \
+                                requeued.get((job.key, job.subject_id), 0) < _MAX_REQUEUES:
+                            k = (job.key, job.subject_id)
+                            requeued[k] = requeued.get(k, 0) + 1
+                            queue.appendleft((job, attempt))
+                            continue
                         if isinstance(exc, BaseException) and \
                                 self._retryable(stage, exc, attempt):
                             summary.retried += 1
@@ -537,6 +576,23 @@ class Engine:
         except BaseException:
             self._cancel(stage, in_flight, queue)
             raise
+        finally:
+            if markers is not None:
+                shutil.rmtree(markers, ignore_errors=True)
+                try:
+                    markers.parent.rmdir()      # unless another run's markers are there
+                except OSError:
+                    pass
+
+    def _marker_dir(self, stage: Stage) -> Path | None:
+        """``<workspace>/.bodyage_started/<stage>-<token>/`` for the tasks' start markers
+        (the workers see the workspace); None where it cannot be made (no markers)."""
+        d = Path(self.ws.root) / MARKER_DIR / f"{stage.name}-{self.token}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return d
 
     def _run_groups(self, stage, todo, jobs, summary, rep, size: int, sync: bool) -> None:
         """Run ``todo`` in tasks of ``size`` jobs (:meth:`Stage.group_task`), in this process

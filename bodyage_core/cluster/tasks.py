@@ -62,14 +62,20 @@ class SubjectTask:
     and names the file when a write fails (an ``OSError`` without a file name gets the subject
     folder). Returns ``{"out": fn's dict, "seconds": wall, "cpu_seconds": CPU time of the
     worker process during the call (exact with one task per process), "worker": "host:pid"}``.
+
+    ``started``, when the engine sets it, is a file the task writes (and syncs) before it begins:
+    a task lost with a dying worker that never wrote it was only queued there.
     """
 
     fn: Callable[..., dict[str, Any]]
     kwargs: dict[str, Any]
     threads: int | None = None
     folder: str | None = None
+    started: str | None = None
 
     def __call__(self) -> dict[str, Any]:
+        if self.started:
+            mark_started(self.started)
         if self.threads:
             limit_threads(self.threads)
         t0 = time.perf_counter()
@@ -86,6 +92,16 @@ class SubjectTask:
         return {"out": out, "seconds": time.perf_counter() - t0,
                 "cpu_seconds": time.process_time() - c0,
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def mark_started(path: str) -> None:
+    """Write ``path`` to disk before a task begins (synced: the worker may die right after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _THREADS_SET: dict[str, int] = {}

@@ -242,6 +242,27 @@ def test_worker_killed_mid_subject_is_retried_then_recorded(ws_path, tmp_path):
     assert not (ws_path / "subjects" / "synth000_00001" / "probe.nii.gz").exists()
 
 
+
+def test_a_bystander_lost_with_a_dying_worker_does_not_use_a_try(ws_path, tmp_path):
+    """One worker: the second subject is assigned to it while the first kills it. Without the
+    start marker the bystander fails with the dying subject (retries=0)."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    modes = {"synth000_00000": "always", "synth000_00001": "ok", "synth000_00002": "ok"}
+    with Workspace.open(ws_path) as ws:
+        opts = EngineOptions(scheduler="local", workers=1, processes=True, retries=0,
+                             min_cluster_jobs=1)
+        with Engine(ws, opts) as eng:
+            s = eng.run(_ProbeStage(modes, str(tmp_path)))
+        tasks = ws.db.tasks("probe", "k")
+    assert list(s.failed) == ["synth000_00000"], s.failed
+    assert sorted(s.done) == ["synth000_00001", "synth000_00002"]
+    assert tasks["synth000_00000"]["attempts"] == 1
+    assert len((tmp_path / "synth000_00000").read_text().split()) == 1    # died once
+    assert all(tasks[sid]["attempts"] == 1 for sid in s.done)
+    assert not (ws_path / ".bodyage_started").exists()                  # markers cleaned up
+
 # -- bad input: a full disk -------------------------------------------------------------------
 
 def _mount_full_tmpfs(folder: Path) -> bool:
