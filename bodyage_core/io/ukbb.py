@@ -236,8 +236,8 @@ def load_ukbb_zip(path: str | Path, channels: Sequence[str] | str = ("water", "f
         (station 1's in-plane spacing and the smallest slice step).
     stitch
         :class:`~bodyage_core.io.ukbb_stitch.StitchSettings` (or a mapping of its fields); the
-        defaults follow the references (docs/UKBB.md). ``StitchSettings.plain()`` is the reader
-        before issue 17.
+        defaults follow the references (docs/UKBB.md). ``StitchSettings.plain()`` is the simplest
+        fusion (no trimming, no intensity correction).
     settings
         Single settings by name (``trim_volume_ends=0``, ``intensity_correction=False`` ...),
         applied on top of ``stitch``.

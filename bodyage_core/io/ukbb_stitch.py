@@ -85,7 +85,7 @@ class StitchSettings:
         Scale the blended slices so their means run linearly across each overlap.
     repeats
         A station acquired more than once: ``"newest"`` (AcquisitionTime, then SeriesTime, then
-        SeriesNumber) or ``"highest_series_number"`` (the reader before issue 17). The older
+        SeriesNumber) or ``"highest_series_number"`` (the older rule). The older
         acquisition is used only where the kept one leaves a gap.
     repeat_overlap
         Two series are the same station (a repeat, or water and fat of one station) when their
@@ -145,7 +145,7 @@ class StitchSettings:
 
     @classmethod
     def plain(cls, **overrides: Any) -> StitchSettings:
-        """The reader before issue 17: the stations' own grid, nothing trimmed, a cross-fade over
+        """The simplest fusion: the stations' own grid, nothing trimmed, a cross-fade over
         the whole overlap, no intensity correction (repeats and swaps as the defaults)."""
         base = dict(spacing_xyz=None, trim_volume_ends=0, trim_station_ends=0,
                     max_blend_slices=None, intensity_correction=False)

@@ -1,7 +1,7 @@
 """Population maps of one atlas group in linked views: the accelerated and decelerated agers'
 mean maps, their difference, and the age trend of the group's maps, over the group's template.
 
-Every statistical map says what it is and what the test found (issue 14 item 3): the
+Every statistical map says what it is and what the test found: the
 difference shows n per group, the test (Welch t, permutation, FWE by the max statistic), the
 number of voxels at p(FWE) <= alpha and the smallest p(FWE), as ``bodyage compare`` wrote them,
 and offers the FWE < 0.05 mask (on by default: where nothing is significant the view shows the

@@ -1,4 +1,4 @@
-"""What the end-to-end audit of issue 14 found still wrong (driving the real window under Xvfb
+"""What an end-to-end audit of the viewer found wrong (driving the real window under Xvfb
 on ../shared/data/ and a small synthetic workspace), each fixed and proved here:
 
 * the calmer window: the Prediction dock shows only while a model can predict what is on

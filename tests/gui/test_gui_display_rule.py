@@ -1,4 +1,4 @@
-"""What the last audit of issue 14 left (tests/gui/test_gui_issue14_audit.py), each proved here:
+"""What the viewer audit left (tests/gui/test_gui_window_defaults.py), each proved here:
 
 * one display rule for every map on top: the population dialog showed its maps at opacity 0.75
   with its own threshold (a tenth of the maximum), ``display.importance_display`` said 0.7,
