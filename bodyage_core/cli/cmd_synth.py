@@ -36,6 +36,10 @@ def register(sub) -> None:
                         "ORGAN (an effect name) aged YEARS more (negative: less) than the rest "
                         "of their body, e.g. heart=+10@0.15. Off by default; recorded in "
                         "truth.json and cohort.sqlite")
+    p.add_argument("--gap-sd", type=float, default=None, metavar="YEARS",
+                   help="SD of the whole-body biological-age gap (default 2.5 years); 0: none, "
+                        "so planted organ ageing (--accelerate) is the only ageing that differs "
+                        "between subjects of one age")
     p.add_argument("--natural", action="store_true",
                    help="draw sex and BMI freely instead of balancing sex x BMI group")
     p.add_argument("--overwrite", action="store_true",
@@ -67,10 +71,12 @@ def run(args) -> int:
     ids = generate_cohort(args.workspace, args.n, seed=args.seed, grid=grid, effects=effects,
                           reporter=TerminalProgress(), overwrite=args.overwrite,
                           start=args.start, balanced=not args.natural,
-                          register=not args.no_register, acquisition=acq, accelerate=acc)
+                          register=not args.no_register, acquisition=acq, accelerate=acc,
+                          gap_sd=args.gap_sd)
     dt = time.perf_counter() - t0
     params = [sample_subject(args.seed, args.start + i, balanced=not args.natural,
-                             acquisition=acq, accelerate=acc) for i in range(len(ids))]
+                             acquisition=acq, accelerate=acc, gap_sd=args.gap_sd)
+              for i in range(len(ids))]
     ages = [p.age for p in params]
     groups = Counter(f"{p.sex}_{p.bmi_group}" for p in params)
     sx, sy, sz = grid.spacing
@@ -89,6 +95,8 @@ def run(args) -> int:
         hit = Counter(k for p in params for k in (p.acceleration or {}))
         print(f"  accelerate  {acc.to_text()}: "
               + (", ".join(f"{k} {v} subject(s)" for k, v in hit.items()) or "no subject chosen"))
+    if args.gap_sd is not None:
+        print(f"  gap SD    {args.gap_sd:g} years (whole-body biological-age gap)")
     print(f"  ids       {ids[0]} .. {ids[-1]}")
     if not args.no_register:
         print("  registered in cohort.sqlite; images: water, fat, labels, age_mask")

@@ -6,7 +6,9 @@
   :mod:`~bodyage_core.cluster.atlas_stages` (register, warp);
 * :mod:`~bodyage_core.cluster.engine` runs them on a LocalCluster, an existing scheduler
   (``tcp://host:port``, e.g. dask-jobqueue on SLURM) or in-process, with retries, a progress bar
-  fed by the futures, clean Ctrl+C and one writer of ``cohort.sqlite``;
+  fed by the futures, clean Ctrl+C and one writer of ``cohort.sqlite``; its settings and
+  summary in :mod:`~bodyage_core.cluster.options`, tasks of several subjects (GPU batches) in
+  :mod:`~bodyage_core.cluster.grouped`;
 * :mod:`~bodyage_core.cluster.lock`   one batch run per workspace (``.bodyage.lock``).
 
 Dask is imported only when a cluster is started. See docs/CLUSTER.md.

@@ -38,7 +38,6 @@ rows: the next run redoes those jobs (tasks are idempotent; every table is keyed
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -46,16 +45,19 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bodyage_core.cluster.lock import WorkspaceLock
-from bodyage_core.cluster.tasks import Job, Stage, describe_error
+from bodyage_core.cluster.options import (
+    EngineOptions,
+    StageSummary,
+    default_workers,
+)
+from bodyage_core.cluster.tasks import Job, Stage, describe_error, first_line
 from bodyage_core.errors import BodyageError, Cancelled, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 
-SYNC_SCHEDULERS = ("none", "sync")
 MARKER_DIR = ".bodyage_started"
 # times a task lost on a dying worker before it began is requeued without using a try
 _MAX_REQUEUES = 5
@@ -68,127 +70,6 @@ def _lost_with_worker(exc: BaseException | None) -> bool:
                        str(exc).startswith("the cluster dropped the task")):
         return True
     return type(exc).__name__ == "KilledWorker"
-
-
-def default_workers() -> int:
-    """Worker processes of ``--scheduler local``: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-@dataclass
-class EngineOptions:
-    """How to run per-subject stages.
-
-    Parameters
-    ----------
-    scheduler
-        ``"local"``, ``"none"``/``"sync"``, or a scheduler address ``tcp://host:port``.
-    workers
-        Worker processes of the local cluster (default :func:`default_workers`).
-    threads_per_worker
-        Threads per local worker (1: torch and SimpleITK get one core per worker).
-    processes
-        Local workers as processes (True, default) or threads of this process.
-    retries
-        Extra attempts of a failed subject (default 2, so at most 3 tries per run).
-    connect_timeout
-        Seconds to reach a ``tcp://`` scheduler before giving up with a clear error.
-    wait_lock, lock_timeout
-        Queue behind another run of the same workspace instead of refusing.
-    max_in_flight
-        Jobs submitted at once (default: 4 per worker thread, at least 16).
-    min_cluster_jobs
-        With ``"local"``, fewer unfinished jobs than this run in-process: starting worker
-        processes would cost more than it saves (default 2: one subject never starts a cluster).
-    dashboard_address
-        Where the local cluster's Dask dashboard listens (default ``127.0.0.1:0``: this machine
-        only, any free port; task names carry subject ids). ``:8787`` or ``0.0.0.0:8787`` opens
-        it to the network (``--dashboard-address``); ``none`` turns it off.
-    """
-
-    scheduler: str = "local"
-    workers: int | None = None
-    threads_per_worker: int = 1
-    processes: bool = True
-    retries: int = 2
-    connect_timeout: float = 10.0
-    wait_lock: bool = False
-    lock_timeout: float | None = None
-    max_in_flight: int | None = None
-    min_cluster_jobs: int = 2
-    silence_logs: int = logging.ERROR
-    dashboard_address: str = "127.0.0.1:0"
-
-    def validate(self) -> EngineOptions:
-        s = (self.scheduler or "local").strip()
-        self.scheduler = s
-        if s not in ("local", *SYNC_SCHEDULERS) and "://" not in s:
-            raise ConfigError(f"--scheduler {s!r} is not local, none, sync or an address "
-                              "like tcp://host:8786",
-                              hint="see docs/CLUSTER.md for clusters")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if self.retries < 0:
-            raise ConfigError(f"--retries must be 0 or more, got {self.retries}")
-        if self.connect_timeout <= 0:
-            raise ConfigError("--connect-timeout must be positive")
-        addr = (self.dashboard_address or "").strip()
-        if addr.lower() in ("none", "off", "no", ""):
-            self.dashboard_address = None
-        else:
-            host, sep, port = addr.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ConfigError(f"--dashboard-address {addr!r} is not HOST:PORT",
-                                  hint="e.g. 127.0.0.1:8787 (this machine), :8787 (every "
-                                       "interface) or none")
-            self.dashboard_address = addr
-        return self
-
-    @property
-    def is_sync(self) -> bool:
-        return self.scheduler in SYNC_SCHEDULERS
-
-
-@dataclass
-class StageSummary:
-    """What one :meth:`Engine.run` did."""
-
-    stage: str
-    description: str
-    total: int = 0
-    done: list[str] = field(default_factory=list)          # computed in this run
-    skipped: list[str] = field(default_factory=list)       # finished before
-    failed: dict[str, str] = field(default_factory=dict)   # subject (key) -> error
-    attempts: int = 0
-    retried: int = 0
-    seconds: float = 0.0
-    task_seconds: list[float] = field(default_factory=list)
-    task_cpu_seconds: list[float] = field(default_factory=list)
-    cancelled: bool = False
-    scheduler: str = ""
-    workers: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)   # stage-specific output
-
-    @property
-    def subjects_per_minute(self) -> float | None:
-        return 60.0 * len(self.done) / self.seconds if self.seconds > 0 and self.done else None
-
-    def lines(self) -> list[str]:
-        rate = self.subjects_per_minute
-        out = [f"{self.description}: {len(self.done)} done, {len(self.skipped)} skipped "
-               f"(finished before), {len(self.failed)} failed of {self.total} in "
-               f"{self.seconds:.1f} s" + (f" ({rate:.1f}/min" if rate else "")
-               + (f", {self.retried} retried" if self.retried else "")
-               + (")" if rate else "")
-               + f" [{self.scheduler}, {self.workers} worker(s)]"]
-        for sid, msg in list(self.failed.items())[:20]:
-            out.append(f"  failed {sid}: {msg}")
-        if len(self.failed) > 20:
-            out.append(f"  ... and {len(self.failed) - 20} more (tasks table of cohort.sqlite)")
-        return out
 
 
 class Engine:
@@ -274,7 +155,7 @@ class Engine:
                 except (OSError, RuntimeError, TimeoutError, asyncio.TimeoutError) as err:
                     raise BodyageError(
                         f"could not start a local Dask cluster of {n} worker(s) "
-                        f"({_first_line(err)})",
+                        f"({first_line(err)})",
                         hint="try fewer --workers, or --scheduler none to run in this "
                              "process") from None
             self.client = Client(self.cluster, timeout=opts.connect_timeout,
@@ -286,11 +167,11 @@ class Engine:
         except (OSError, TimeoutError, asyncio.TimeoutError) as err:
             raise BodyageError(
                 f"cannot reach the Dask scheduler at {opts.scheduler} within "
-                f"{opts.connect_timeout:g} s ({_first_line(err)})",
+                f"{opts.connect_timeout:g} s ({first_line(err)})",
                 hint="start it (`dask scheduler`, or a SLURMCluster as in docs/CLUSTER.md) and "
                      "check the address, or use --scheduler local") from None
         except ValueError as err:   # a malformed address
-            raise ConfigError(f"bad scheduler address {opts.scheduler!r} ({_first_line(err)})",
+            raise ConfigError(f"bad scheduler address {opts.scheduler!r} ({first_line(err)})",
                               hint="use tcp://host:port") from None
         self._check_workers()
 
@@ -304,7 +185,7 @@ class Engine:
         bad = [w for w, ok in seen.items() if ok is not True]
         if bad:
             what = seen[bad[0]]
-            reason = (f"cannot import bodyage ({_first_line(what)})"
+            reason = (f"cannot import bodyage ({first_line(what)})"
                       if isinstance(what, BaseException) else "do not see the workspace folder")
             raise BodyageError(
                 f"{len(bad)} of {len(seen)} Dask worker(s) (e.g. {bad[0]}) {reason}",
@@ -542,7 +423,7 @@ class Engine:
                         except BaseException as err:  # noqa: BLE001 - cancelled by the cluster
                             if isinstance(err, KeyboardInterrupt):
                                 raise
-                            exc = RuntimeError(f"the cluster dropped the task ({_first_line(err)})")
+                            exc = RuntimeError(f"the cluster dropped the task ({first_line(err)})")
                         if exc is None:
                             # a task lost with a worker that died beside it (status 'lost' or
                             # 'cancelled', no exception of its own): not this subject's fault
@@ -570,7 +451,7 @@ class Engine:
         except OSError as err:   # the scheduler went away (CommClosedError is an OSError)
             self._cancel(stage, in_flight, queue)
             raise BodyageError(f"lost the Dask scheduler {self.options.scheduler} "
-                               f"({_first_line(err)}); {len(summary.done)} subject(s) finished "
+                               f"({first_line(err)}); {len(summary.done)} subject(s) finished "
                                "in this run are kept", self.ws.root,
                                "run the same command again to resume") from None
         except BaseException:
@@ -595,141 +476,9 @@ class Engine:
         return d
 
     def _run_groups(self, stage, todo, jobs, summary, rep, size: int, sync: bool) -> None:
-        """Run ``todo`` in tasks of ``size`` jobs (:meth:`Stage.group_task`), in this process
-        (``sync``) or on the Dask client. Each job is recorded on its own; a job that failed
-        and may be retried runs again alone, and so does every job of a task that failed as a
-        whole (a killed worker), so one bad subject costs the others of its batch nothing."""
-        ws = self.ws
-        units: deque[list[tuple[Job, int]]] = deque(
-            [(j, 1) for j in todo[i:i + size]] for i in range(0, len(todo), size))
-        in_flight: dict[Any, list[tuple[Job, int]]] = {}
-        n_done = len(summary.skipped)
+        from bodyage_core.cluster.grouped import run_groups
 
-        def finished(job: Job) -> None:
-            nonlocal n_done
-            n_done += 1
-            rep.update(stage.name, n_done, len(jobs), job.subject_id,
-                       failed=len(summary.failed))
-
-        def settle(unit: list[tuple[Job, int]], result: Any) -> None:
-            if isinstance(result, BaseException):     # the whole task failed
-                for job, attempt in unit:
-                    if self._retryable(stage, result, attempt):
-                        summary.retried += 1
-                        units.appendleft([(job, attempt + 1)])
-                        continue
-                    self._record_failed(stage, job, describe_error(result), attempt, summary)
-                    finished(job)
-                return
-            entries = result["out"]["results"]
-            share = {k: float(result[k]) / len(unit) for k in ("seconds", "cpu_seconds")
-                     if result.get(k) is not None}
-            for (job, attempt), entry in zip(unit, entries):
-                if "out" in entry:
-                    self._record_ok(stage, job, {"out": entry["out"],
-                                                 "worker": result.get("worker"), **share},
-                                    attempt, summary)
-                elif attempt <= self.options.retries and (
-                        stage.retry_user_errors or not entry.get("user_error")):
-                    summary.retried += 1
-                    units.appendleft([(job, attempt + 1)])
-                    continue
-                else:
-                    self._record_failed(stage, job, entry["error"], attempt, summary)
-                finished(job)
-
-        def mark(unit, status: str, message: str | None = None, **kw) -> None:
-            by_key: dict[str, list[str]] = {}
-            for job, _a in unit:
-                by_key.setdefault(job.key, []).append(job.subject_id)
-            with ws.db.transaction():
-                for key, sids in by_key.items():
-                    ws.db.mark_tasks(stage.name, key, sids, status, message, **kw)
-
-        def make_task(unit):
-            task = stage.group_task(ws, [job for job, _a in unit])
-            if threads:
-                task.threads = threads
-            return task
-
-        if self.options.scheduler == "local":
-            threads = self.options.threads_per_worker if self.options.processes else None
-        else:
-            threads = self._min_worker_threads()
-        if sync:
-            threads = None
-            while units:
-                unit = units.popleft()
-                mark(unit, "running")
-                try:
-                    try:
-                        result = make_task(unit)()
-                    except Cancelled:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - recorded per subject
-                        result = exc
-                    settle(unit, result)
-                except BaseException:
-                    try:
-                        mark(unit, "cancelled", "interrupted", only_status=("running",))
-                    except Exception:  # noqa: BLE001 - never mask the error on its way
-                        pass
-                    raise
-            return
-
-        from distributed import wait
-
-        client = self.client
-
-        def fill() -> None:
-            window = self.options.max_in_flight or max(16, 4 * self._threads())
-            window = max(1, -(-window // size))          # tasks of ``size`` jobs
-            while units and len(in_flight) < window:
-                unit = units.popleft()
-                mark(unit, "running")
-                first, attempt = unit[0]
-                fut = client.submit(make_task(unit), key=f"bodyage-{stage.name}-{self.token}-"
-                                    f"{first.key}-{first.subject_id}-g{len(unit)}-{attempt}",
-                                    pure=False)
-                in_flight[fut] = unit
-
-        try:
-            fill()
-            while in_flight:
-                try:
-                    with client.as_current():
-                        done, _ = wait(list(in_flight), timeout=0.5,
-                                       return_when="FIRST_COMPLETED")
-                except (TimeoutError, asyncio.TimeoutError):
-                    rep.check()
-                    continue
-                for fut in done:
-                    unit = in_flight.pop(fut)
-                    if fut.status == "finished":
-                        result: Any = fut.result()
-                    else:
-                        try:
-                            result = fut.exception()
-                        except BaseException as err:  # noqa: BLE001 - cancelled by the cluster
-                            if isinstance(err, KeyboardInterrupt):
-                                raise
-                            result = RuntimeError(f"the cluster dropped the task "
-                                                  f"({_first_line(err)})")
-                        if result is None:
-                            result = RuntimeError(f"the cluster dropped the task (status "
-                                                  f"{fut.status})")
-                    fut.release()
-                    settle(unit, result)
-                fill()
-        except OSError as err:   # the scheduler went away (CommClosedError is an OSError)
-            self._cancel_units(stage, in_flight, units)
-            raise BodyageError(f"lost the Dask scheduler {self.options.scheduler} "
-                               f"({_first_line(err)}); {len(summary.done)} subject(s) finished "
-                               "in this run are kept", self.ws.root,
-                               "run the same command again to resume") from None
-        except BaseException:
-            self._cancel_units(stage, in_flight, units)
-            raise
+        run_groups(self, stage, todo, jobs, summary, rep, size, sync)
 
     def _cancel_units(self, stage, in_flight, units) -> None:
         pairs = [p for unit in list(in_flight.values()) + list(units) for p in unit]
@@ -770,11 +519,6 @@ def _probe_worker(root: str):
     if importlib.util.find_spec("bodyage_core") is None:
         raise ModuleNotFoundError("No module named 'bodyage_core'")
     return os.path.isdir(root)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _quiet(fn, *args, **kwargs) -> None:

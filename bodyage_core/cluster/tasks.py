@@ -94,6 +94,12 @@ class SubjectTask:
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's text (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def mark_started(path: str) -> None:
     """Write ``path`` to disk before a task begins (synced: the worker may die right after)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

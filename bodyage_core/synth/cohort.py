@@ -37,7 +37,7 @@ from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.synth.acceleration import Acceleration
 from bodyage_core.synth.acquisition import Acquisition
 from bodyage_core.synth.effects import AgeEffects
-from bodyage_core.synth.params import SubjectParams, sample_subject
+from bodyage_core.synth.params import BIO_GAP_SD, SubjectParams, check_gap_sd, sample_subject
 from bodyage_core.synth.phantom import SynthGrid, generate_subject
 from bodyage_core.volume import Volume
 
@@ -81,17 +81,18 @@ def subject_files(subject_dir: Path) -> dict[str, Path]:
 def cohort_params(n: int, seed: int = 0, effects: AgeEffects | dict | str | None = None,
                   start: int = 0, balanced: bool = True,
                   acquisition: Acquisition | str | None = None,
-                  accelerate: Acceleration | str | None = None) -> list[SubjectParams]:
+                  accelerate: Acceleration | str | None = None,
+                  gap_sd: float | None = None) -> list[SubjectParams]:
     """Parameters of subjects ``start .. start+n-1`` of cohort ``seed`` (no images)."""
     eff = AgeEffects.from_dict(effects)
     acq, acc = Acquisition.parse(acquisition), Acceleration.parse(accelerate)
     return [sample_subject(seed, i, effects=eff, balanced=balanced, acquisition=acq,
-                           accelerate=acc) for i in range(start, start + n)]
+                           accelerate=acc, gap_sd=gap_sd) for i in range(start, start + n)]
 
 
 def _config(n: int, seed: int, grid: SynthGrid, effects: AgeEffects, balanced: bool,
-            acquisition: Acquisition | None = None, accelerate: Acceleration | None = None
-            ) -> dict[str, Any]:
+            acquisition: Acquisition | None = None, accelerate: Acceleration | None = None,
+            gap_sd: float | None = None) -> dict[str, Any]:
     cfg = {"generator": "bodyage_core.synth", "version": GENERATOR_VERSION, "seed": int(seed),
            "grid": grid.to_dict(), "effects": effects.to_dict(), "balanced": balanced, "n": n}
     # only when given: a cohort made without them keeps its settings (and files) as before
@@ -99,10 +100,13 @@ def _config(n: int, seed: int, grid: SynthGrid, effects: AgeEffects, balanced: b
         cfg["acquisition"] = acquisition.to_dict()
     if accelerate:
         cfg["accelerate"] = accelerate.to_dict()
+    if gap_sd is not None and float(gap_sd) != BIO_GAP_SD:
+        cfg["gap_sd"] = float(gap_sd)
     return cfg
 
 
-_SETTINGS = ("version", "seed", "grid", "effects", "balanced", "acquisition", "accelerate")
+_SETTINGS = ("version", "seed", "grid", "effects", "balanced", "acquisition", "accelerate",
+             "gap_sd")
 
 
 def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -177,7 +181,8 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
                     reporter: ProgressReporter | None = None, overwrite: bool = False,
                     start: int = 0, balanced: bool = True, register: bool = True,
                     acquisition: Acquisition | str | None = None,
-                    accelerate: Acceleration | str | None = None) -> list[str]:
+                    accelerate: Acceleration | str | None = None,
+                    gap_sd: float | None = None) -> list[str]:
     """Generate ``n`` synthetic subjects into the workspace and register them.
 
     Parameters
@@ -204,6 +209,9 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
     accelerate
         Organ-specific accelerated ageing (:mod:`bodyage_core.synth.acceleration`), e.g.
         ``"heart=+10@0.15"``; off by default.
+    gap_sd
+        SD (years) of the whole-body biological-age gap (default 2.5; 0: none, so planted
+        organ ageing is the only ageing that differs between subjects of one age).
 
     Returns
     -------
@@ -222,7 +230,9 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
     root.mkdir(parents=True, exist_ok=True)
     (root / "subjects").mkdir(exist_ok=True)
     cfg_path = root / CONFIG_NAME
-    cfg = _config(start + n, seed, g, eff, balanced, acq, acc)
+    if gap_sd is not None:
+        gap_sd = check_gap_sd(gap_sd)
+    cfg = _config(start + n, seed, g, eff, balanced, acq, acc, gap_sd)
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
@@ -238,7 +248,7 @@ def generate_cohort(workspace_path: str | Path, n: int, seed: int = 0,
         cfg["n"] = max(int(old.get("n", 0)) if _same_settings(old, cfg) else 0, start + n)
     write_json(cfg_path, cfg)
 
-    all_params = cohort_params(cfg["n"], seed, eff, 0, balanced, acq, acc)
+    all_params = cohort_params(cfg["n"], seed, eff, 0, balanced, acq, acc, gap_sd)
     todo = all_params[start:start + n]
     ids = [check_name(p.subject_id, "subject id") for p in todo]
     pending: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.cohort.database import bmi_group
+from bodyage_core.errors import ConfigError
 from bodyage_core.synth.acceleration import Acceleration, realize_accelerated
 from bodyage_core.synth.acquisition import Acquisition
 from bodyage_core.synth.effects import EFFECTS, AgeEffects
@@ -103,11 +104,24 @@ def noise_rng(params: SubjectParams) -> np.random.Generator:
     return _streams(params.seed, params.index)[3]
 
 
+def check_gap_sd(gap_sd: float) -> float:
+    """``gap_sd`` as a float; a ConfigError unless it is a number in 0-20 years."""
+    try:
+        v = float(gap_sd)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gap SD {gap_sd!r} is not a number", hint="e.g. --gap-sd 0") from None
+    if not np.isfinite(v) or not 0.0 <= v <= 20.0:
+        raise ConfigError(f"gap SD {v:g} years is out of range", hint="use 0-20 years "
+                          f"(default {BIO_GAP_SD:g})")
+    return v
+
+
 def sample_subject(seed: int, index: int, *, age: float | None = None, sex: str | None = None,
                    bmi: float | None = None, bio_gap: float | None = None,
                    effects: AgeEffects | dict | str | None = None,
                    balanced: bool = True, accelerate: Acceleration | str | None = None,
-                   acquisition: Acquisition | str | None = None) -> SubjectParams:
+                   acquisition: Acquisition | str | None = None,
+                   gap_sd: float | None = None) -> SubjectParams:
     """Parameters of subject ``index`` of the cohort with ``seed``.
 
     Ages are uniform in 44-82 (UK Biobank imaging); with ``balanced`` the sex x BMI group cycles
@@ -116,13 +130,18 @@ def sample_subject(seed: int, index: int, *, age: float | None = None, sex: str 
     bmi, bio_gap`` can be fixed; the other draws do not change. ``accelerate``
     (:mod:`~bodyage_core.synth.acceleration`, e.g. ``"heart=+10@0.15"``) and ``acquisition``
     (:mod:`~bodyage_core.synth.acquisition`, e.g. ``"noise=0.3@2,swap=0.05"``) draw from
-    streams of their own; off (None) unless given.
+    streams of their own; off (None) unless given. ``gap_sd`` sets the SD of the whole-body
+    biological-age gap (default :data:`BIO_GAP_SD`; 0: biological age = chronological age, so
+    the only ageing differences between subjects are the planted ones). It scales the same draw,
+    so nothing else changes.
     """
     demo, anat, base, _ = _streams(seed, index)
     # -- demographics (own stream) -----------------------------------------------------------
     u_age, u_sex, u_site = demo.random(3)
     bmi_draws = np.exp(np.log(26.8) + 0.16 * demo.standard_normal(64))
     gap = float(np.clip(demo.normal(0.0, BIO_GAP_SD), -3 * BIO_GAP_SD, 3 * BIO_GAP_SD))
+    if gap_sd is not None:
+        gap *= check_gap_sd(gap_sd) / BIO_GAP_SD
     a = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * u_age if age is None else float(age)
     if balanced:
         g_sex, g_bmi = BALANCED_GROUPS[index % len(BALANCED_GROUPS)]
