@@ -63,8 +63,11 @@ def map_kinds(maps: str, model: str) -> list[str]:
 
 
 def commands(ws: str, n: int, seed: int, accelerate: str | None, permutations: int,
-             model: str, device: str, kinds: list[str]) -> list[list[str]]:
+             model: str, device: str, kinds: list[str],
+             gap_sd: float | None = None) -> list[list[str]]:
     synth = ["synth", ws, "--n", str(n), "--seed", str(seed)]
+    if gap_sd is not None:
+        synth += ["--gap-sd", f"{gap_sd:g}"]
     if accelerate:
         synth += ["--accelerate", accelerate]
     out = [synth, ["predict", ws, "--model", model, "--device", device]]
@@ -172,6 +175,11 @@ def main(argv=None) -> int:
                     help="cohort seed (default 31; the shipped model was trained on seed 20)")
     ap.add_argument("--accelerate", default="heart=+10@0.15",
                     help="the planted acceleration (one organ; default heart=+10@0.15)")
+    ap.add_argument("--gap-sd", type=float, default=0.0,
+                    help="SD of the whole-body biological-age gap in both cohorts (default 0: "
+                         "the planted organ is the only true ageing difference, so the right "
+                         "answer is that organ and the control has none; 2.5 is the synthetic "
+                         "cohort's usual gap, which makes accelerated agers older everywhere)")
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--model", default=MODEL)
@@ -194,17 +202,20 @@ def main(argv=None) -> int:
     results: dict = {"n": args.n, "seed": args.seed, "accelerate": acc.to_text(),
                      "organ": organ, "model": args.model, "permutations": args.permutations,
                      "alpha": args.alpha, "target_inside": TARGET_INSIDE, "maps": args.maps,
+                     "gap_sd": args.gap_sd,
                      "cohorts": {}}
     kinds = map_kinds(args.maps, args.model)
     t_all = time.perf_counter()
     for name, planted in (("accelerated", acc.to_text()), ("control", None)):
-        ws = work / f"{name}_n{args.n}_s{args.seed}"
+        # the control depends only on n, seed and gap SD: --keep reuses it for another organ
+        tag = f"n{args.n}_s{args.seed}_gap{args.gap_sd:g}"
+        ws = work / (f"{name}_{organ}_{tag}" if planted else f"{name}_{tag}")
         if ws.exists() and not args.keep:
             shutil.rmtree(ws)
         steps: list[dict] = []
         t0 = time.perf_counter()
         run_product(commands(str(ws), args.n, args.seed, planted, args.permutations,
-                             args.model, args.device, kinds), steps)
+                             args.model, args.device, kinds, args.gap_sd), steps)
         res = {"workspace": str(ws), "steps": steps, "by_kind": {}}
         for kind in kinds:
             run_product([compare_command(str(ws), args.model, args.permutations, kind)], steps)
