@@ -119,6 +119,13 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default="unc")
     ap.add_argument("--work", default=str(ROOT / "bench" / "_work" / "unc"))
     ap.add_argument("--tag", default=None, help="write uncertainty_<tag>.json")
+    ap.add_argument("--gap-sd", type=float, default=None,
+                    help="SD of the whole-body biological-age gap of both cohorts (default: "
+                         "the generator's 2.5 y, an error no image can explain and the same "
+                         "for every subject; 0 leaves the acquisition as what makes a subject "
+                         "hard to age)")
+    ap.add_argument("--model", default=None,
+                    help="judge this model (a name or folder) instead of training one")
     args = ap.parse_args(argv)
 
     work = Path(args.work)
@@ -128,15 +135,23 @@ def main(argv=None) -> int:
     steps: list[dict] = []
     t0 = time.perf_counter()
     # synth skips subjects already written; train and export refuse to overwrite a finished run
-    run_product(["synth", str(train), "--n", str(args.n_train), "--seed", "30",
-                 "--acquisition", args.acquisition], steps)
+    gap = [] if args.gap_sd is None else ["--gap-sd", f"{args.gap_sd:g}"]
+    if args.model is None:
+        run_product(["synth", str(train), "--n", str(args.n_train), "--seed", "30",
+                     "--acquisition", args.acquisition, *gap], steps)
     run_product(["synth", str(fresh), "--n", str(args.n_eval), "--seed", "31",
-                 "--acquisition", args.acquisition], steps)
-    if not (train / "models" / args.run / "config.json").exists():
+                 "--acquisition", args.acquisition, *gap], steps)
+    if args.model is not None:
+        from bodyage_core.inference.bundle import find_model
+
+        model = find_model(args.model)
+    elif not (train / "models" / args.run / "config.json").exists():
         run_product(["train", str(train), "--run", args.run, "--folds", "1", "--members",
                      str(args.members), "--epochs", str(args.epochs), "--seed", "30",
                      "--threads", str(args.threads)], steps)
-    run_product(["export", str(train), "--run", args.run, str(model), "--overwrite"], steps)
+    if args.model is None:
+        run_product(["export", str(train), "--run", args.run, str(model), "--overwrite"],
+                    steps)
     run_product(["predict", str(fresh), "--model", str(model), "--overwrite"], steps)
     from bodyage_core.inference.bundle import read_card
 
@@ -144,11 +159,15 @@ def main(argv=None) -> int:
     run_product(["report", str(fresh), "--run", name, "--no-baselines"], steps)
     report = json.loads((fresh / "reports" / f"{name}_metrics.json").read_text())
     res = analyse(rows_of(fresh, name), report)
-    out = {"cohorts": {"train": f"bodyage synth --n {args.n_train} --seed 30 --acquisition "
-                                f"{args.acquisition}",
+    g = f" --gap-sd {args.gap_sd:g}" if args.gap_sd is not None else ""
+    out = {"cohorts": {"train": None if args.model else
+                       f"bodyage synth --n {args.n_train} --seed 30 --acquisition "
+                       f"{args.acquisition}{g}",
                        "eval": f"bodyage synth --n {args.n_eval} --seed 31 --acquisition "
-                               f"{args.acquisition}"},
-           "training": {"members": args.members, "epochs": args.epochs, "folds": 1},
+                               f"{args.acquisition}{g}"},
+           "gap_sd": args.gap_sd, "model": args.model,
+           "training": None if args.model else {"members": args.members, "epochs": args.epochs,
+                                                "folds": 1},
            "fresh_cohort": res, "steps": steps, "wall_s": round(time.perf_counter() - t0, 1),
            "targets": {"spearman": TARGET_SPEARMAN,
                        "met_spearman": bool(res["spearman_sigma_abs_error"] >= TARGET_SPEARMAN),
