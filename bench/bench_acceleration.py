@@ -73,7 +73,9 @@ def commands(ws: str, n: int, seed: int, accelerate: str | None, permutations: i
     out = [synth, ["predict", ws, "--model", model, "--device", device]]
     if f"gradcam_{model}" in kinds:
         out.append(["explain", ws, "--run", model])
-    out += [["atlas", "install", ws, model], ["register", ws]]
+    if not (Path(ws) / "atlases").is_dir():           # --keep: installed by the earlier run
+        out.append(["atlas", "install", ws, model])
+    out.append(["register", ws])
     if f"gradxinput_signed_vs_atlas_{model}" in kinds:
         out.append(["explain", ws, "--run", model, "--method", "gradxinput", "--signed",
                     "--reference", "atlas"])
@@ -104,7 +106,8 @@ def organ_masks(ws, group: str, effect_id: int):
     age-effect masks carrying ``effect_id`` (and the union of all effects, for reference)."""
     import numpy as np
 
-    from bodyage_core.atlas.workspace import LABEL_INTERPOLATION, warped_maps
+    from bodyage_core.atlas.workspace import warped_maps
+    from bodyage_core.registration.transform import LABEL_INTERPOLATION
 
     _, masks, _ = warped_maps(ws, group, "age_mask", LABEL_INTERPOLATION)
     if masks is None:
