@@ -21,7 +21,7 @@ Beside them, the
 RMS error of each subject's set of degradations would reach (that RMS measured on this same
 cohort, so an optimistic bound) -- how much ranking there is to find.
 
-Targets (issue 15): Spearman >= 0.4; coverage within 3 points of 68 / 95 %. Writes
+Targets: Spearman >= 0.4; coverage within 3 points of 68 / 95 %. Writes
 ``bench/results/uncertainty.json`` (``uncertainty_<tag>.json``) and prints a table::
 
     .venv/bin/python bench/bench_uncertainty.py                  # ~45 min on 2 cores
