@@ -264,6 +264,9 @@ def _train(args, ws, dist, reporter) -> int:
     g = bias.get("global", {})
     if g.get("why") or g.get("fallback"):
         print(f"bias correction ({cfg.bias_correction}): {g.get('why') or g.get('fallback')}")
+    cal = json.loads((res.run_dir / "calibration.json").read_text()).get("global", {})
+    if cal.get("why"):
+        print(f"uncertainty calibration: {cal['why']}")
     fallbacks = [f"fold {f}: {b['fallback']}" for f, b in bias.get("folds", {}).items()
                  if b.get("fallback")]
     if fallbacks:

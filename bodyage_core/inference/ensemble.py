@@ -311,6 +311,7 @@ class AgeRun:
         ids = list(subject_ids) if subject_ids is not None else [f"#{i}" for i in range(n)]
         mu, var = self.member_outputs(arrays, batch_size, reporter)
         mean = np.zeros(n)
+        raw_var = np.zeros(n)
         total_var = np.zeros(n)
         corrected = np.zeros(n)
         folds: list[int | None] = []
@@ -323,12 +324,12 @@ class AgeRun:
             mu_used[~sel, i] = np.nan
             m_i, v_i = combine_members(mu[sel, i:i + 1], var[sel, i:i + 1])
             key = str(f) if f is not None else None
-            cal = self.calibration.get("folds", {}).get(key) if key else None
             bias = self.bias.get("folds", {}).get(key) if key else None
-            cal = cal or self.calibration["global"]
             bias = bias or self.bias["global"]
             mean[i] = m_i[0]
-            total_var[i] = apply_variance_scale(v_i, cal)[0]
+            raw_var[i] = v_i[0]
+            # without a QC score yet: a calibration with a QC term gives its scale-only one
+            total_var[i] = apply_variance_scale(v_i, self.calibration_for(f))[0]
             corrected[i] = apply_bias_correction(m_i, bias)[0]
             folds.append(f)
             if f is not None:
@@ -338,7 +339,20 @@ class AgeRun:
         sig = np.sqrt(var)
         sig_used = np.where(np.isfinite(mu_used), sig, np.nan)
         return Predictions(ids, mu_used.T, sig_used.T, mean, np.sqrt(total_var), corrected,
-                           folds, splits)
+                           folds, splits, raw_var)
+
+    def calibration_for(self, fold: int | None) -> dict[str, Any]:
+        """The variance calibration of a subject held out in ``fold`` (None: a new subject)."""
+        cal = self.calibration.get("folds", {}).get(str(fold)) if fold is not None else None
+        return cal or self.calibration["global"]
+
+    def calibrated_sigma(self, variance: float, fold: int | None, qc_score: float | None
+                         ) -> float:
+        """sigma from the ensemble's raw ``variance`` and the input's QC score (None: the
+        calibration's scale-only fit)."""
+        cal = self.calibration_for(fold)
+        qc = None if qc_score is None else np.array([qc_score])
+        return float(np.sqrt(apply_variance_scale(np.array([variance]), cal, qc)[0]))
 
     def predict_volume(self, volume, subject_id: str | None = None) -> Predictions:
         """Prepare one :class:`~bodyage_core.volume.Volume` for the model's grid and predict."""

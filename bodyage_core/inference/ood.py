@@ -117,25 +117,31 @@ def fit(nets: Sequence[torch.nn.Module], batch, unseen: Sequence[np.ndarray]
     """Reference statistics of ``nets``: member k on the subjects ``unseen[k]`` (indices it was
     never trained on: its validation and held-out subjects), their inputs from
     ``batch(indices)``. The reference score of a subject averages the members that never saw
-    it."""
+    it. ``held_out_scores`` (index -> score, not saved) are the same subjects' cross-fitted
+    scores (:func:`_cross_fitted`): what each would score as a new input."""
     stats: dict[str, Any] = {"members": []}
     total: dict[int, list[float]] = {}
+    held: dict[int, list[float]] = {}
     maps: dict[int, np.ndarray] = {}
     shape: tuple[int, ...] | None = None
     for net, idx in zip(nets, unseen):
         idx = np.asarray(idx, dtype=int)
         x = batch(idx)
-        mu, prec, dist = _fit_member(pooled_features(net, x))
+        feats = pooled_features(net, x)
+        mu, prec, dist = _fit_member(feats)
         med = float(np.median(dist)) or 1.0
         stats["members"].append({"mean": mu, "precision": prec, "median": med})
         for i, d in zip(idx.tolist(), dist / med):
             total.setdefault(i, []).append(float(d))
+        for i, d in zip(idx.tolist(), _cross_fitted(feats)):
+            held.setdefault(i, []).append(float(d))
         if np.ndim(x) == 5:                              # 3D inputs: the laterality maps too
             shape = tuple(np.shape(x)[1:])
             for i, xi in zip(idx.tolist(), x):
                 if i not in maps:
                     maps[i] = asymmetry(np.asarray(xi))  # cached inputs are RAS grids
     ref = {i: float(np.mean(v)) for i, v in total.items()}
+    out = {i: float(np.mean(v)) for i, v in held.items()}
     stats["laterality"] = None
     if shape is not None and len(maps) >= LAT_MIN_SUBJECTS:
         ids = sorted(maps)
@@ -144,9 +150,33 @@ def fit(nets: Sequence[torch.nn.Module], batch, unseen: Sequence[np.ndarray]
         for i, zi in zip(ids, z):                        # the reference scores with the term
             if i in ref:
                 ref[i] += _lat_excess(lat, float(zi))
+                out[i] += _lat_excess(lat, float(zi))    # leave-one-out already
     stats["reference_scores"] = np.sort(list(ref.values()))
     stats["n"] = len(total)
+    stats["held_out_scores"] = out
     return stats
+
+
+#: folds of the cross-fitted reference scores (:func:`_cross_fitted`)
+CROSS_FOLDS = 5
+
+
+def _cross_fitted(feats: np.ndarray, folds: int = CROSS_FOLDS) -> np.ndarray:
+    """Each reference subject's distance to a reference fitted without it (``folds``-fold,
+    over the median of that fit's own distances), i.e. the score it would get as a new
+    input. The in-sample distances are smaller (the covariance is fitted to them, the more so
+    the fewer subjects per feature), so a model of sigma on the QC score (the variance
+    calibration) is fitted on these, never on the reference scores."""
+    n = len(feats)
+    out = np.full(n, np.nan)
+    if n < 2 * folds:
+        return out
+    order = np.random.default_rng(0).permutation(n)
+    for part in np.array_split(order, folds):
+        rest = np.setdiff1d(order, part)
+        mu, prec, dist = _fit_member(feats[rest])
+        out[part] = _distances(feats[part], mu, prec) / (float(np.median(dist)) or 1.0)
+    return out
 
 
 # -- laterality --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.models.ensemble import Z95
+from bodyage_core.models.ensemble import Z95, has_qc_term
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -205,6 +205,8 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
                        affine=None if mi is None else mi.affine)
         res.qc_score, res.qc_percentile = a["score"], a["percentile"]
         res.qc += a["flags"]
+        if pred.variance is not None and has_qc_term(run.calibration_for(res.fold)):
+            res.sigma = run.calibrated_sigma(float(pred.variance[0]), res.fold, res.qc_score)
     if maps:
         if mi is None or spec.mode != "3d":
             raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",

@@ -39,7 +39,7 @@ from bodyage_core.models.ensemble import (
     apply_variance_scale,
     combine_members,
     fit_bias_policy,
-    fit_variance_scale,
+    fit_variance_calibration,
 )
 from bodyage_core.models.factory import build_model, is_3d, model_config
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -461,6 +461,16 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         fold_var[test] = var_f[test]
     v_idx, v_mean, v_var = (np.concatenate(val_idx), np.concatenate(val_mean),
                             np.concatenate(val_var))
+    # the QC reference first: each subject's cross-fitted QC score (what it would score as a
+    # new input) lets the calibration make sigma follow it
+    config["members"] = member_info
+    qc_stats = _fit_qc(work, plan, config, ds, val_sets, fold_of)
+    if qc_stats is not None:
+        config["files"] = [*config.get("files", []), "ood.safetensors"]
+        held = qc_stats["held_out_scores"]
+        qc_all = np.array([held.get(i, np.nan) for i in range(n)], dtype=float)
+    else:
+        qc_all = None
     # mean-variance members: their own variance ranks the subjects, so only a scale is fitted
     # (a floor fitted on ~45 subjects made one IXI fold's sigma a constant)
     calib_how = {"floor": not use_var}
@@ -471,10 +481,12 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         use = fold_of[v_idx] != f
         bias["folds"][str(f)] = fit_bias_policy(ages[v_idx[use]], v_mean[use],
                                                 train.bias_correction)
-        calib["folds"][str(f)] = fit_variance_scale(v_mean[use] - ages[v_idx[use]],
-                                                    v_var[use], **calib_how)
+        calib["folds"][str(f)] = fit_variance_calibration(
+            v_mean[use] - ages[v_idx[use]], v_var[use],
+            None if qc_all is None else qc_all[v_idx[use]], **calib_how)
     bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
-    calib["global"] = fit_variance_scale(v_mean - ages[v_idx], v_var, **calib_how)
+    calib["global"] = fit_variance_calibration(
+        v_mean - ages[v_idx], v_var, None if qc_all is None else qc_all[v_idx], **calib_how)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
                     + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
@@ -489,11 +501,16 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     write_json(work / "validation_predictions.json", {
         "subject_id": [ids[i] for i in v_idx], "age": ages[v_idx].tolist(),
         "fold_held_out": fold_of[v_idx].tolist(), "mean": v_mean.tolist(),
-        "variance": v_var.tolist()})
+        "variance": v_var.tolist(),
+        "qc_score": None if qc_all is None else [None if not np.isfinite(v) else float(v)
+                                                 for v in qc_all[v_idx]]})
     calib["note"] = ("calibrated variance = scale * ensemble variance"
                      + (" (mean-variance members: scale only, their variance ranks the subjects)"
                         if use_var else " + floor, both by the Gaussian NLL")
-                     + " fitted on validation errors (pooled as for the bias fit)")
+                     + " fitted on validation errors (pooled as for the bias fit); where "
+                       "'qc' is given, times (QC score / median) ** power, the score clipped "
+                       "to [low, high], kept where it lowered the held-out validation NLL "
+                       "('chosen', 'why')")
 
     # -- out-of-fold rows ----------------------------------------------------------------------
     oof = []
@@ -503,7 +520,8 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
             continue
         key = str(f)
         sel = member_fold == f
-        var_c = apply_variance_scale(fold_var[i:i + 1], calib["folds"][key])[0]
+        var_c = apply_variance_scale(fold_var[i:i + 1], calib["folds"][key],
+                                     None if qc_all is None else qc_all[i:i + 1])[0]
         corr = apply_bias_correction(fold_mean[i:i + 1], bias["folds"][key])[0]
         mem = [{"mu": float(mu_all[j, i]), "sigma": float(math.sqrt(var_all[j, i]))}
                for j in np.where(sel)[0]]
@@ -528,9 +546,6 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
                                 "target_std": m["target_std"]} for m in member_info}})
     write_text(work / "oof_predictions.csv", predictions_csv(oof))
     write_json(work / "metrics.json", metrics)
-    if _fit_qc(work, plan, config, ds, val_sets, fold_of):
-        config["files"] = [*config.get("files", []), "ood.safetensors"]
-    config["members"] = member_info
     config["status"] = "complete"
     config["finished"] = time.time()
     write_json(work / "config.json", config)
@@ -540,10 +555,11 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
 
 
 def _fit_qc(work: Path, plan, config: dict[str, Any], ds: AgeDataset,
-            val_sets: dict[int, np.ndarray], fold_of: np.ndarray) -> bool:
+            val_sets: dict[int, np.ndarray], fold_of: np.ndarray) -> dict[str, Any] | None:
     """Fit the QC score's reference (:mod:`bodyage_core.inference.ood`) on the subjects each
-    member never trained on; writes ``ood.safetensors``. False (no score) for a network
-    without a regression head or too few unseen subjects."""
+    member never trained on; writes ``ood.safetensors`` and returns the statistics (with the
+    subjects' cross-fitted ``held_out_scores``). None (no score) for a network without a
+    regression head or too few unseen subjects."""
     from bodyage_core.inference import ood
     from bodyage_core.inference.weights import load_torch_file
 
@@ -551,16 +567,17 @@ def _fit_qc(work: Path, plan, config: dict[str, Any], ds: AgeDataset,
     for p, m in zip(plan, config["members"]):
         idx = np.union1d(val_sets[p["fold"]], np.where(fold_of == p["fold"])[0])
         if len(idx) < 5:
-            return False
+            return None
         net = build_model(dict(config["model"], weights=None))
         net.load_state_dict(load_torch_file(work / m["file"], what="ensemble member")
                             ["state_dict"])
         if getattr(net, "head", None) is None:
-            return False
+            return None
         nets.append(net.eval())
         unseen.append(idx)
-    ood.save(ood.fit(nets, ds.batch, unseen), work / ood.FILE)
-    return True
+    stats = ood.fit(nets, ds.batch, unseen)
+    ood.save(stats, work / ood.FILE)
+    return stats
 
 
 def _publish(work: Path, run_dir: Path) -> None:

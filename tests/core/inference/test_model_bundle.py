@@ -110,6 +110,37 @@ def test_predict_files_gives_the_runs_own_prediction(wb, tmp_path, capsys):
                                                         abs=0.1)
 
 
+def test_sigma_follows_the_qc_score_where_the_calibration_has_a_qc_term(wb, tmp_path):
+    """A calibration fitted with a QC term (a degraded cohort's) turns the ensemble's raw
+    variance into sigma with the input's own QC score; without a score, the scale-only
+    fallback."""
+    from bodyage_core.inference.subject import predict_subject
+
+    src = wb / "ws" / "models" / "r"
+    run_dir = tmp_path / "r"
+    shutil.copytree(src, run_dir)
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    for fit in [cal["global"], *cal["folds"].values()]:
+        fit["fallback"] = {"scale": fit["scale"], "floor": fit["floor"]}
+        fit["qc"] = {"median": 0.5, "low": 0.01, "high": 100.0, "power": 2.0}
+        fit["scale"], fit["floor"], fit["chosen"] = 3.0, 0.0, "qc"
+    (run_dir / "calibration.json").write_text(json.dumps(cal))
+    run = AgeRun(run_dir)
+    assert run.qc_stats is not None
+    sid = "synth000_00003"
+    vol = load_channels(_subject_files(wb / "ws", sid))
+    res = predict_subject(run, vol, subject_id="new", out_of_fold=False)
+    raw = run.predict(prepare_input(vol, run.spec)[None], ["new"], out_of_fold=False)
+    assert res.qc_score is not None and res.qc_score > 0
+    want = np.sqrt(raw.variance[0] * 3.0 * (res.qc_score / 0.5) ** 2)
+    assert res.sigma == pytest.approx(want, rel=1e-6)
+    assert raw.sigma[0] == pytest.approx(np.sqrt(raw.variance[0] * cal["global"]["fallback"]
+                                                 ["scale"] + cal["global"]["fallback"]
+                                                 ["floor"]), rel=1e-6)
+    unchecked = predict_subject(run, vol, subject_id="new", out_of_fold=False, check=False)
+    assert unchecked.qc_score is None and unchecked.sigma == pytest.approx(raw.sigma[0])
+
+
 def test_workspace_predict_with_a_model(wb, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(wb / "ws", ws)

@@ -118,6 +118,23 @@ def test_fit_adds_the_laterality_reference():
     assert stats["laterality"]["n"] == 24 and ood.separation(stats["laterality"]) > 4
     flat = ood.fit([Net()], lambda idx: data[idx].mean(axis=2), [np.arange(24)])
     assert flat["laterality"] is None
+    # every reference subject also gets its cross-fitted score (what it scores as new)
+    assert sorted(stats["held_out_scores"]) == list(range(24))
+    assert all(np.isfinite(v) and v > 0 for v in stats["held_out_scores"].values())
+
+
+def test_cross_fitted_scores_are_those_of_new_inputs():
+    """In-sample distances are deflated (the covariance is fitted to them); a subject left
+    out of the fit scores like a new input from the same population. A variance model on the
+    QC score fitted to in-sample scores would overstate every new subject's sigma."""
+    rng = np.random.default_rng(4)
+    feats, new = rng.normal(size=(60, 30)), rng.normal(size=(2000, 30))
+    mu, prec, dist = ood._fit_member(feats)
+    med = float(np.median(dist))
+    as_new = float(np.median(ood._distances(new, mu, prec) / med))
+    held = float(np.median(ood._cross_fitted(feats)))
+    assert as_new > 1.1                                 # the in-sample median is 1
+    assert held == pytest.approx(as_new, rel=0.06)
 
 
 # -- the shipped whole-body model -------------------------------------------------------------

@@ -13,6 +13,7 @@ from bodyage_core.models.ensemble import (
     apply_variance_scale,
     combine_members,
     fit_bias_correction,
+    fit_variance_calibration,
     fit_variance_scale,
 )
 
@@ -175,6 +176,52 @@ def test_mean_variance_calibration_fits_a_scale_and_keeps_the_ranking():
         collapsed += fit_variance_scale(e, v)["scale"] < 1e-3
         assert fit_variance_scale(e, v, floor=False)["scale"] > 0.05
     assert collapsed > 0            # the floor fit does collapse on some such sets
+
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b)[0])
+
+
+def test_calibration_follows_a_qc_score_that_predicts_the_error():
+    # degraded inputs: the error SD grows with the QC score as qc ** 1, while the networks'
+    # variance is nearly blind to it (as measured on the degraded synthetic cohort)
+    rng = np.random.default_rng(5)
+
+    def cohort(n):
+        qc = np.exp(rng.normal(0.0, 0.5, n))
+        var = rng.uniform(8, 12, n)
+        return qc, var, rng.normal(0, 3.0 * qc)
+
+    qc, var, err = cohort(300)                       # a large validation set
+    cal = fit_variance_calibration(err, var, qc, floor=False)
+    assert cal["chosen"] == "qc", cal["why"]
+    assert cal["qc"]["power"] == pytest.approx(2.0, abs=0.6)     # variance ~ qc ** 2
+    assert cal["cv_nll_qc"] < cal["cv_nll_scale"]
+    q2, v2, e2 = cohort(4000)                        # new subjects, out of sample
+    sig = np.sqrt(apply_variance_scale(v2, cal, q2))
+    base = np.sqrt(apply_variance_scale(v2, cal))    # no score: the scale-only fallback
+    assert np.allclose(base, np.sqrt(v2 * cal["fallback"]["scale"]))
+    assert _spearman(sig, np.abs(e2)) > 0.3 > _spearman(base, np.abs(e2)) + 0.2
+    for z, nominal in ((1.0, 0.683), (1.959964, 0.95)):   # the scale's sampling error at
+        assert np.mean(np.abs(e2) <= z * sig) == pytest.approx(nominal, abs=0.05)  # n=300
+    # a score beyond the validation range is clipped: no extrapolation without evidence
+    far = apply_variance_scale(np.array([10.0]), cal, np.array([1e3]))[0]
+    edge = apply_variance_scale(np.array([10.0]), cal, np.array([cal["qc"]["high"]]))[0]
+    assert far == pytest.approx(edge)
+
+
+def test_calibration_keeps_scale_only_where_the_qc_score_says_nothing():
+    rng = np.random.default_rng(6)
+    qc = np.exp(rng.normal(0.0, 0.5, 120))
+    var = rng.uniform(1, 40, 120)
+    err = rng.normal(0, np.sqrt(0.5 * var))          # the variance alone explains the error
+    cal = fit_variance_calibration(err, var, qc, floor=False)
+    assert cal["chosen"] == "scale" and "qc" not in cal, cal["why"]
+    assert cal["scale"] == fit_variance_scale(err, var, floor=False)["scale"]
+    few = fit_variance_calibration(err[:10], var[:10], qc[:10], floor=False)
+    assert few["chosen"] == "scale" and "10 validation subjects" in few["why"]
 
 
 def test_bias_correction_shrunk_by_loo():
