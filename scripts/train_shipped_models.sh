@@ -5,8 +5,8 @@
 #   brain      ~3 min to build the IXI template, ~25 min to train 5 folds x 3 members
 # Usage: scripts/train_shipped_models.sh wholebody|brain [WORKDIR]   (default bench/_work)
 # The QC reference (ood.safetensors) is fitted when training finishes, laterality statistics
-# included; the bundles shipped now were made before those existed and got them afterwards,
-# weights untouched, from scripts/add_laterality_reference.py wholebody|brain.
+# included; the whole-body bundle shipped now was made before those existed and got them
+# afterwards, weights untouched, from scripts/add_laterality_reference.py wholebody.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin/bodyage
