@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bodyage_core.errors import BodyageError, ConfigError
+from bodyage_core.evaluation.metrics import spearman
 from bodyage_core.models import VGG2D, ResNet2D, ResNet3D, build_model, list_layers, load_weights
 from bodyage_core.models.ensemble import (
     apply_bias_correction,
@@ -178,12 +179,6 @@ def test_mean_variance_calibration_fits_a_scale_and_keeps_the_ranking():
     assert collapsed > 0            # the floor fit does collapse on some such sets
 
 
-def _spearman(a, b):
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b)[0])
-
-
 def test_calibration_follows_a_qc_score_that_predicts_the_error():
     # degraded inputs: the error SD grows with the QC score as qc ** 1, while the networks'
     # variance is nearly blind to it (as measured on the degraded synthetic cohort)
@@ -203,7 +198,7 @@ def test_calibration_follows_a_qc_score_that_predicts_the_error():
     sig = np.sqrt(apply_variance_scale(v2, cal, q2))
     base = np.sqrt(apply_variance_scale(v2, cal))    # no score: the scale-only fallback
     assert np.allclose(base, np.sqrt(v2 * cal["fallback"]["scale"]))
-    assert _spearman(sig, np.abs(e2)) > 0.3 > _spearman(base, np.abs(e2)) + 0.2
+    assert spearman(sig, np.abs(e2)) > 0.3 > spearman(base, np.abs(e2)) + 0.2
     for z, nominal in ((1.0, 0.683), (1.959964, 0.95)):   # the scale's sampling error at
         assert np.mean(np.abs(e2) <= z * sig) == pytest.approx(nominal, abs=0.05)  # n=300
     # a score beyond the validation range is clipped: no extrapolation without evidence
