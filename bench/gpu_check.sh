@@ -68,6 +68,12 @@ if ! PY=$(cuda_python); then
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
     echo "torch sees no GPU"; copy_out; exit 1; }
 fi
+# Without an install, the top-level resources/ folder is not yet the package bodyage_resources
+# (setup.py maps it): a link does it.
+if ! "$PY" -c "import bodyage_resources" 2>/dev/null; then
+  mkdir -p /tmp/bodyage-res && ln -sfn "$ROOT/resources" /tmp/bodyage-res/bodyage_resources
+  export PYTHONPATH=/tmp/bodyage-res:$PYTHONPATH
+fi
 "$PY" -c "import torch, bodyage_core; print('python', __import__('sys').version.split()[0], \
 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 STATUS=0
