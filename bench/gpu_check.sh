@@ -102,10 +102,15 @@ for amp in (False, True):
                          "max_abs_diff_sigma_y": float(np.abs(got.sigma - ref.sigma).max())}
 gpu = AgeRun(src, device="cuda")
 a = gradcam(cpu.load_members(), x[:2], layer="layer3", variant="signed")
-b = gradcam(gpu.load_members(), x[:2], layer="layer3", variant="signed")
+b = gradcam(gpu.load_members(), x[:2], layer="layer3", variant="signed", amp=False)
+c = gradcam(gpu.load_members(), x[:2], layer="layer3", variant="signed")    # bfloat16
 out["gradcam_max_abs_diff_rel"] = float(np.abs(a.mean - b.mean).max() / np.abs(a.mean).max())
+out["gradcam_bf16_max_abs_diff_rel"] = float(np.abs(a.mean - c.mean).max()
+                                             / np.abs(a.mean).max())
+out["gradcam_bf16_corr"] = float(np.corrcoef(a.mean.ravel(), c.mean.ravel())[0, 1])
 ok = out["amp_False"]["max_abs_diff_corrected_y"] < 0.01 and \
-    out["amp_True"]["max_abs_diff_corrected_y"] < 1.0 and out["gradcam_max_abs_diff_rel"] < 0.01
+    out["amp_True"]["max_abs_diff_corrected_y"] < 1.0 and \
+    out["gradcam_max_abs_diff_rel"] < 0.01 and out["gradcam_bf16_corr"] > 0.99
 out["ok"] = bool(ok)
 json.dump(out, open("bench/results/gpu_check_equal.json", "w"), indent=2)
 print(json.dumps(out, indent=1))
@@ -132,13 +137,9 @@ REG=bench/bench_registration_engines.py
 if [ -f "$REG" ] && [ "$(left)" -gt 60 ]; then
   echo "== 4. registration engines on CUDA  [$(elapsed) s]"
   if "$PY" -c "import SimpleITK, nibabel" 2>/dev/null; then
-    if "$PY" "$REG" --help 2>/dev/null | grep -q -- "--device"; then
-      DEV=(--device cuda)
-    else
-      DEV=(--engines cuda,cuda_paper)
-    fi
-    timeout $(( $(left) - 10 )) "$PY" "$REG" "${DEV[@]}" --grids default --pairs 2 \
-      --out registration_engines_cuda || echo "(registration bench did not finish)"
+    timeout $(( $(left) - 10 )) "$PY" "$REG" --engines cuda,cuda_batch,cuda_paper \
+      --grids default --pairs 4 --out registration_engines_cuda \
+      || echo "(registration bench did not finish)"
   else
     echo "SimpleITK / nibabel missing for the registration bench: carry their wheels in .whl/"
   fi

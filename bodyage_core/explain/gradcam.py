@@ -224,14 +224,19 @@ def _capture(module: nn.Module, store: dict) -> Iterator[None]:
 
 
 def _gradcam_tensor(model: nn.Module, x: torch.Tensor, module: nn.Module, layer: str,
-                    variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    variant: str, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM of one model for a batch already on the model's device.
 
-    Returns the upsampled map ``(N, *spatial)`` and ``mu`` ``(N,)`` (both detached).
+    The forward and backward pass run under the prediction's bfloat16 autocast on CUDA
+    (``amp``); the map itself is formed in float32 from the reduced-precision activations and
+    gradients. Returns the upsampled map ``(N, *spatial)`` and ``mu`` ``(N,)`` (both detached).
     """
+    from bodyage_core.inference.device import autocast
+
     store: dict[str, torch.Tensor] = {}
     with _capture(module, store), torch.enable_grad():
-        mu = predicted_mean(model(x))
+        with autocast(x.device, amp):
+            mu = predicted_mean(model(x))
         act = store.get("act")
         if act is None:
             raise BodyageError(f"layer {layer!r} was not used by the model's forward pass",
@@ -246,8 +251,8 @@ def _gradcam_tensor(model: nn.Module, x: torch.Tensor, module: nn.Module, layer:
         grad = torch.zeros_like(act)
     with torch.no_grad():
         spatial = tuple(range(2, act.ndim))
-        weights = grad.mean(dim=spatial, keepdim=True)            # (N, K, 1, 1[, 1])
-        cam = (weights * act.detach()).sum(dim=1)                  # (N, *s)
+        weights = grad.float().mean(dim=spatial, keepdim=True)    # (N, K, 1, 1[, 1])
+        cam = (weights * act.detach().float()).sum(dim=1)          # (N, *s)
         if variant == "relu":
             cam = torch.relu(cam)
         cam = _upsample(cam, tuple(x.shape[2:]))
@@ -263,7 +268,7 @@ def _check_variant(variant: str) -> str:
 
 def gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tensor,
             layer: str = "layer3", variant: str = "relu", batch_size: int | None = None,
-            target_std: float | Sequence[float] = 1.0) -> MapResult:
+            target_std: float | Sequence[float] = 1.0, amp: bool = True) -> MapResult:
     """Grad-CAM maps of one model or an ensemble for a batch of inputs.
 
     Parameters
@@ -284,6 +289,9 @@ def gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tenso
         Multiplier of each member's map (one value or one per member): the run's target
         standard deviation(s) express the gradient in years; 1.0 (default) keeps standardised
         units. ``mu`` is always returned in standardised units.
+    amp
+        bfloat16 autocast for members on CUDA, as prediction uses (default); no effect on the
+        CPU. ``False``: float32 throughout.
 
     Returns
     -------
@@ -308,7 +316,7 @@ def gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tenso
                 dev = model_device(model)
                 if dev not in on:
                     on[dev] = _on_device(xb[sl], dev)
-                cam, mu = _gradcam_tensor(model, on[dev], modules[k], layer, variant)
+                cam, mu = _gradcam_tensor(model, on[dev], modules[k], layer, variant, amp)
                 maps[k, sl] = cam.float().cpu().numpy() * scales[k]
                 mus[k, sl] = mu.float().cpu().numpy()
     return MapResult(members=maps, mean=maps.mean(axis=0), mu=mus, method="gradcam",
@@ -429,7 +437,7 @@ def guided_backprop(models: nn.Module | Sequence[nn.Module], x: np.ndarray | tor
 def guided_gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torch.Tensor,
                    layer: str = "layer3", variant: str = "relu",
                    batch_size: int | None = None,
-                   target_std: float | Sequence[float] = 1.0) -> MapResult:
+                   target_std: float | Sequence[float] = 1.0, amp: bool = True) -> MapResult:
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM, per member.
 
     Designed for the 2.5D model (inputs ``(N, C, H, W)``), works for 3D inputs too. The
@@ -437,7 +445,7 @@ def guided_gradcam(models: nn.Module | Sequence[nn.Module], x: np.ndarray | torc
     :func:`gradcam`; ``info['grad_cam']`` holds the plain Grad-CAM result's ensemble mean.
     """
     cam = gradcam(models, x, layer=layer, variant=variant, batch_size=batch_size,
-                  target_std=target_std)
+                  target_std=target_std, amp=amp)
     guided = guided_backprop(models, x, batch_size=batch_size)    # (K, N, C, *s)
     maps = (guided * cam.members[:, :, None]).sum(axis=2).astype(np.float32)
     return MapResult(members=maps, mean=maps.mean(axis=0), mu=cam.mu, method="guided_gradcam",

@@ -346,13 +346,15 @@ class AgeRun:
         cal = self.calibration.get("folds", {}).get(str(fold)) if fold is not None else None
         return cal or self.calibration["global"]
 
-    def calibrated_sigma(self, variance: float, fold: int | None, qc_score: float | None
-                         ) -> float:
-        """sigma from the ensemble's raw ``variance`` and the input's QC score (None: the
+    def calibrated_sigma(self, variance: float, fold: int | None,
+                         covariates: dict[str, float | None] | float | None) -> float:
+        """sigma from the ensemble's raw ``variance`` and the input's covariates (``{"qc": QC
+        score, "extent": head-foot extent}``, or the QC score alone; a missing one: the
         calibration's scale-only fit)."""
         cal = self.calibration_for(fold)
-        qc = None if qc_score is None else np.array([qc_score])
-        return float(np.sqrt(apply_variance_scale(np.array([variance]), cal, qc)[0]))
+        if covariates is not None and not isinstance(covariates, dict):
+            covariates = {"qc": covariates}
+        return float(np.sqrt(apply_variance_scale(np.array([variance]), cal, covariates)[0]))
 
     def predict_volume(self, volume, subject_id: str | None = None) -> Predictions:
         """Prepare one :class:`~bodyage_core.volume.Volume` for the model's grid and predict."""

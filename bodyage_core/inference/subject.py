@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.models.ensemble import Z95, has_qc_term
+from bodyage_core.models.ensemble import Z95, variance_terms
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -205,8 +205,12 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
                        affine=None if mi is None else mi.affine)
         res.qc_score, res.qc_percentile = a["score"], a["percentile"]
         res.qc += a["flags"]
-        if pred.variance is not None and has_qc_term(run.calibration_for(res.fold)):
-            res.sigma = run.calibrated_sigma(float(pred.variance[0]), res.fold, res.qc_score)
+    terms = variance_terms(run.calibration_for(res.fold))
+    if pred.variance is not None and terms:
+        from bodyage_core.qc.field_of_view import body_extent
+
+        covs = {"qc": res.qc_score, "extent": body_extent(x) if "extent" in terms else None}
+        res.sigma = run.calibrated_sigma(float(pred.variance[0]), res.fold, covs)
     if maps:
         if mi is None or spec.mode != "3d":
             raise BodyageError(f"{what}: maps need the subject's 3D image and a 3D model",
@@ -349,7 +353,8 @@ def _add_maps(run, res: SubjectPrediction, x: np.ndarray, affine: np.ndarray,
     for i, req in enumerate(maps):
         rep.update("explain", i, len(maps), f"{req.method} {req.variant}")
         if req.method == "gradcam":
-            out = gradcam(nets, xb, layer=req.layer, variant=req.variant, target_std=stds)
+            out = gradcam(nets, xb, layer=req.layer, variant=req.variant, target_std=stds,
+                          amp=run.amp)
         elif req.method == "gradxinput":
             ref = req.options.get("reference")
             rb = None if ref is None else _reference_input(run.spec, ref, affine)[None]

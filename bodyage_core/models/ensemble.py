@@ -22,7 +22,7 @@ The loaded ensemble itself (a run folder or a model bundle) is
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,110 +254,166 @@ def fit_variance_scale(errors: Sequence[float], variance: Sequence[float], *,
     return fit
 
 
-#: the QC term's exponent is searched on this grid (0: sigma does not follow the QC score)
-QC_POWERS = np.round(np.arange(0.0, 4.0001, 0.1), 2)
-#: the QC term is fitted with at least this many validation subjects with a score ...
+#: each covariate term's exponent is searched on its grid (0: sigma does not follow it). The
+#: QC score can only raise the variance as it grows; the body's head-foot extent (the share of
+#: the model grid's slices with body) only as it shrinks (a truncated field of view).
+TERM_POWERS = {"qc": np.round(np.arange(0.0, 4.0001, 0.1), 2),
+               "extent": np.round(np.arange(-8.0, 0.0001, 0.2), 2)}
+QC_POWERS = TERM_POWERS["qc"]
+#: what each covariate is, for the fit's ``why``
+TERM_NAMES = {"qc": "QC score", "extent": "head-foot extent"}
+#: the terms are fitted with at least this many validation subjects with every covariate ...
 QC_MIN_SUBJECTS = 20
-#: ... and chosen where it lowers the cross-validated NLL by more than this (per subject)
+#: ... and chosen where they lower the cross-validated NLL by more than this (per subject)
 QC_MIN_GAIN = 0.005
 QC_CV_FOLDS = 5
+#: rounds of the coordinate search over several terms' exponents
+_TERM_ROUNDS = 3
 
 
-def _qc_ratio(qc, fit_qc: dict[str, float]) -> np.ndarray:
-    q = np.asarray(qc, dtype=np.float64)
-    q = np.where(np.isfinite(q), q, fit_qc["median"])
-    return np.clip(q, fit_qc["low"], fit_qc["high"]) / fit_qc["median"]
+def _ratio(x, ref: dict[str, float]) -> np.ndarray:
+    q = np.asarray(x, dtype=np.float64)
+    q = np.where(np.isfinite(q), q, ref["median"])
+    return np.clip(q, ref["low"], ref["high"]) / ref["median"]
 
 
-def _fit_with_qc(err: np.ndarray, var: np.ndarray, qc: np.ndarray, floor: bool
-                 ) -> dict[str, Any]:
-    """``r ** b * (scale * var + floor)`` with ``r`` the QC score over its median (clipped to
-    the range seen here): the best ``b`` on :data:`QC_POWERS` by the Gaussian NLL, ``scale``
-    (and ``floor``) refitted for each. Since ``v = r**b * u``, fitting ``u`` to the errors over
-    ``r ** (b / 2)`` is the same fit, plus ``b * mean(log r) / 2`` in the NLL."""
-    ref = {"median": float(np.median(qc)), "low": float(np.min(qc)),
-           "high": float(np.max(qc))}
-    lr = np.log(_qc_ratio(qc, ref))
-    best = None
-    for b in QC_POWERS:
-        f = fit_variance_scale(err / np.exp(0.5 * b * lr), var, floor=floor)
-        nll = f.get("nll", np.inf) + 0.5 * b * float(np.mean(lr))
-        if best is None or nll < best[0]:
-            best = (nll, float(b), f)
-    nll, b, f = best
+def _covariates(cov) -> dict[str, np.ndarray] | None:
+    """``{name: values}``; a bare array is the QC score (the first covariate there was)."""
+    if cov is None:
+        return None
+    if isinstance(cov, Mapping):
+        out = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in cov.items()
+               if v is not None}
+        return out or None
+    return {"qc": np.atleast_1d(np.asarray(cov, dtype=np.float64))}
+
+
+def variance_terms(fit: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The covariate terms of a calibration (``{}``: scale only). Files written before several
+    terms existed hold the QC term alone under ``qc``."""
+    if not fit:
+        return {}
+    if "terms" in fit:
+        return dict(fit["terms"])
+    return {"qc": fit["qc"]} if "qc" in fit else {}
+
+
+def _fit_with_terms(err: np.ndarray, var: np.ndarray, covs: dict[str, np.ndarray],
+                    floor: bool) -> dict[str, Any]:
+    """``prod_k r_k ** b_k * (scale * var + floor)``, ``r_k`` each covariate over its median
+    (clipped to the range seen here): the exponents by a coordinate search on their
+    :data:`TERM_POWERS` grids by the Gaussian NLL, ``scale`` (and ``floor``) refitted for each.
+    Since ``v = R * u`` with ``log R = sum_k b_k log r_k``, fitting ``u`` to the errors over
+    ``sqrt(R)`` is the same fit, plus ``mean(log R) / 2`` in the NLL."""
+    refs = {k: {"median": float(np.median(v)), "low": float(np.min(v)),
+                "high": float(np.max(v))} for k, v in covs.items()}
+    logs = {k: np.log(_ratio(v, refs[k])) for k, v in covs.items()}
+    powers = {k: 0.0 for k in covs}
+
+    def score(pw):
+        lr = sum(pw[k] * logs[k] for k in logs)
+        f = fit_variance_scale(err / np.exp(0.5 * lr), var, floor=floor)
+        return f.get("nll", np.inf) + 0.5 * float(np.mean(lr)), f
+
+    best, f = score(powers)
+    for _ in range(_TERM_ROUNDS if len(covs) > 1 else 1):
+        before = dict(powers)
+        for k in covs:
+            for b in TERM_POWERS.get(k, np.round(np.arange(-4.0, 4.0001, 0.1), 2)):
+                trial = dict(powers, **{k: float(b)})
+                nll, fk = score(trial)
+                if nll < best - 1e-12:
+                    best, f, powers = nll, fk, trial
+        if powers == before:
+            break
     out = {k: f[k] for k in ("scale", "floor", "n") if k in f}
-    out.update(method=f.get("method", "scale") + "+qc", nll=nll, qc=dict(ref, power=b))
+    out.update(method=f.get("method", "scale") + "+terms", nll=best,
+               terms={k: dict(refs[k], power=powers[k]) for k in covs if powers[k] != 0})
     return out
 
 
-def _nll_of(fit: dict[str, Any], err, var, qc) -> float:
-    return gaussian_nll(err, apply_variance_scale(var, fit, qc))
+def _nll_of(fit: dict[str, Any], err, var, covs) -> float:
+    return gaussian_nll(err, apply_variance_scale(var, fit, covs))
+
+
+def _describe(terms: dict[str, dict[str, float]]) -> str:
+    return " and ".join(f"({TERM_NAMES.get(k, k)} / {t['median']:.2f}) ** {t['power'] / 2:.2f}"
+                        for k, t in terms.items())
 
 
 def fit_variance_calibration(errors: Sequence[float], variance: Sequence[float],
-                             qc: Sequence[float] | None = None, *, floor: bool = True
-                             ) -> dict[str, Any]:
-    """:func:`fit_variance_scale`, and where each validation subject has a QC score (its
-    cross-fitted one, what it would score as a new input) a variance that also grows with the
-    score: ``(qc / median) ** b * (scale * var + floor)``, the score clipped to the range seen
-    on validation (no evidence beyond it). A degraded scan (noise, ghosts, a swapped station)
-    is both harder to age and further from the training scans in the network's features,
-    which the networks' own variance does not learn from a few hundred subjects.
+                             qc=None, *, floor: bool = True) -> dict[str, Any]:
+    """:func:`fit_variance_scale`, and where each validation subject has covariates (``qc``: its
+    cross-fitted QC score, what it would score as a new input, or ``{"qc": ..., "extent": ...}``
+    with the body's head-foot extent too) a variance that also follows them:
+    ``prod_k (c_k / median_k) ** b_k * (scale * var + floor)``, each covariate clipped to the
+    range seen on validation (no evidence beyond it). A degraded scan (noise, ghosts, a swapped
+    station) is both harder to age and further from the training scans in the network's
+    features, and a truncated one shows less of the body, which the networks' own variance does
+    not learn from a few hundred subjects.
 
-    The QC term is kept only where it lowers the Gaussian NLL of held-out validation subjects
+    The terms are kept only where they lower the Gaussian NLL of held-out validation subjects
     (:data:`QC_CV_FOLDS`-fold within them, by more than :data:`QC_MIN_GAIN`); ``chosen`` and
     ``why`` say which won and by how much. The scale-only fit stays in ``fallback`` for an
-    input without a score."""
+    input without the covariates."""
     base = fit_variance_scale(errors, variance, floor=floor)
-    if qc is None:
+    covs = _covariates(qc)
+    if covs is None:
         return base
     err = np.asarray(errors, dtype=np.float64)
     var = np.asarray(variance, dtype=np.float64)
-    q = np.asarray(qc, dtype=np.float64)
-    ok = np.isfinite(err) & np.isfinite(var) & np.isfinite(q) & (q > 0)
+    ok = np.isfinite(err) & np.isfinite(var)
+    for v in covs.values():
+        ok &= np.isfinite(v) & (v > 0)
+    names = ", ".join(TERM_NAMES.get(k, k) for k in covs)
     if ok.sum() < QC_MIN_SUBJECTS or base.get("n", 0) < QC_MIN_SUBJECTS:
-        return dict(base, chosen="scale", why=f"no QC term: {int(ok.sum())} validation "
-                    f"subjects with a QC score (it needs {QC_MIN_SUBJECTS})")
-    err, var, q = err[ok], np.maximum(var[ok], 0.0), q[ok]
+        return dict(base, chosen="scale", why=f"no covariate term: {int(ok.sum())} validation "
+                    f"subjects with a {names} (it needs {QC_MIN_SUBJECTS})")
+    err, var = err[ok], np.maximum(var[ok], 0.0)
+    covs = {k: v[ok] for k, v in covs.items()}
     order = np.random.default_rng(0).permutation(len(err))
-    cv_base = cv_qc = 0.0
+    cv_base = cv_terms = 0.0
     for part in np.array_split(order, QC_CV_FOLDS):
         rest = np.setdiff1d(order, part)
         fb = fit_variance_scale(err[rest], var[rest], floor=floor)
-        fq = _fit_with_qc(err[rest], var[rest], q[rest], floor)
+        ft = _fit_with_terms(err[rest], var[rest], {k: v[rest] for k, v in covs.items()},
+                             floor)
         cv_base += _nll_of(fb, err[part], var[part], None) * len(part)
-        cv_qc += _nll_of(fq, err[part], var[part], q[part]) * len(part)
+        cv_terms += _nll_of(ft, err[part], var[part],
+                            {k: v[part] for k, v in covs.items()}) * len(part)
     cv_base /= len(err)
-    cv_qc /= len(err)
-    withq = _fit_with_qc(err, var, q, floor)
-    gain = cv_base - cv_qc
-    cv = {"cv_nll_scale": cv_base, "cv_nll_qc": cv_qc, "n_qc": int(len(err))}
-    if gain > QC_MIN_GAIN and withq["qc"]["power"] > 0:
+    cv_terms /= len(err)
+    withc = _fit_with_terms(err, var, covs, floor)
+    gain = cv_base - cv_terms
+    cv = {"cv_nll_scale": cv_base, "cv_nll_terms": cv_terms, "n_terms": int(len(err)),
+          "covariates": sorted(covs)}
+    if gain > QC_MIN_GAIN and withc["terms"]:
         fallback = {k: base[k] for k in ("scale", "floor", "n", "method") if k in base}
-        return dict(withq, **cv, fallback=fallback, chosen="qc",
-                    why=f"sigma grows as (QC score / {withq['qc']['median']:.2f}) ** "
-                        f"{withq['qc']['power'] / 2:.2f}: it lowered the held-out validation "
-                        f"NLL from {cv_base:.3f} to {cv_qc:.3f} ({QC_CV_FOLDS}-fold)")
+        return dict(withc, **cv, fallback=fallback, chosen="terms",
+                    why=f"sigma grows as {_describe(withc['terms'])}: it lowered the held-out "
+                        f"validation NLL from {cv_base:.3f} to {cv_terms:.3f} "
+                        f"({QC_CV_FOLDS}-fold)")
     return dict(base, **cv, chosen="scale",
-                why=f"scale only: a QC term did not lower the held-out validation NLL "
-                    f"({cv_qc:.3f} vs {cv_base:.3f}, {QC_CV_FOLDS}-fold)")
+                why=f"scale only: terms in the {names} did not lower the held-out validation "
+                    f"NLL ({cv_terms:.3f} vs {cv_base:.3f}, {QC_CV_FOLDS}-fold)")
 
 
 def apply_variance_scale(variance: np.ndarray, fit: dict[str, Any], qc=None) -> np.ndarray:
-    """The calibrated variance; with a QC term in ``fit`` it needs each input's ``qc`` score
-    (None: the scale-only ``fallback``)."""
+    """The calibrated variance; with covariate terms in ``fit`` it needs each input's
+    covariates (``qc``: the QC score, or ``{"qc": ..., "extent": ...}``); without one of them
+    the scale-only ``fallback``."""
     v = np.asarray(variance, dtype=np.float64)
-    if "qc" in fit:
-        if qc is None:
+    terms = variance_terms(fit)
+    if terms:
+        covs = _covariates(qc) or {}
+        if not all(k in covs for k in terms):
             fit = fit.get("fallback", fit)
         else:
-            return _qc_ratio(qc, fit["qc"]) ** fit["qc"]["power"] * (
-                v * fit.get("scale", 1.0) + fit.get("floor", 0.0))
+            r = np.ones_like(v)
+            for k, t in terms.items():
+                r = r * _ratio(covs[k], t) ** t["power"]
+            return r * (v * fit.get("scale", 1.0) + fit.get("floor", 0.0))
     return v * fit.get("scale", 1.0) + fit.get("floor", 0.0)
-
-
-def has_qc_term(fit: dict[str, Any] | None) -> bool:
-    return bool(fit) and "qc" in fit
 
 
 # -- predictions ------------------------------------------------------------------------------

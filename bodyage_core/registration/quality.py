@@ -123,6 +123,15 @@ def jacobian_stats(field: sitk.Image, mask: np.ndarray | None = None) -> dict[st
     folded voxels (determinant <= 0), within ``mask`` when given."""
     f = field if field.GetPixelID() == sitk.sitkVectorFloat64 else sitk.Cast(
         field, sitk.sitkVectorFloat64)
+    direction = np.asarray(f.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if not np.allclose(direction, np.eye(3)):
+        # ITK's filter differentiates along the index axes and ignores the direction, so an
+        # axis whose direction is flipped (x and y of every RAS volume in LPS) entered with the
+        # wrong sign: express the displacement along the index axes first
+        along = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(f) @ direction, isVector=True)
+        along.SetSpacing(f.GetSpacing())
+        along.SetOrigin(f.GetOrigin())
+        f = along
     # keep the image alive while its array view is read (a view of a temporary is a dangling
     # pointer: it crashed Dask worker processes)
     det = sitk.DisplacementFieldJacobianDeterminant(f)

@@ -42,44 +42,70 @@ class RegistrationResult:
         return self.quality.get("status") == "ok"
 
 
+class SitkWarps:
+    """The resampling a quality block needs, through the transform files' SimpleITK path (any
+    engine's transform). :class:`~bodyage_core.registration.torch_quality.TorchWarps` does the
+    same on the torch engine's device."""
+
+    def __init__(self, moving: Volume, fixed: Volume, transform: SubjectTransform):
+        self.moving, self.transform = moving, transform
+        self.ref_grid = (fixed.shape, fixed.affine)
+
+    def image(self, vol: Volume) -> Volume:
+        return warp_map(vol, self.transform, self.ref_grid, "linear")
+
+    def mask(self, m: np.ndarray) -> np.ndarray:
+        return warp_map(Volume(m.astype(np.uint8), self.moving.affine), self.transform,
+                        self.ref_grid, "nearest").data[0] > 0
+
+    def labels(self, lab: np.ndarray) -> Volume:
+        return warp_map(Volume(lab, self.moving.affine, channels=("labels",)), self.transform,
+                        self.ref_grid, LABEL_INTERPOLATION)
+
+    def unregistered(self, img: np.ndarray) -> np.ndarray:
+        """``img`` on the reference grid through world coordinates alone (no transform)."""
+        return warp_map(Volume(img, self.moving.affine), SubjectTransform(
+            sitk.AffineTransform(3), *self.ref_grid), self.ref_grid).data[0]
+
+    def field_stats(self, fmask: np.ndarray) -> dict[str, float]:
+        fwd = self.transform.forward_field
+        if fwd is None:
+            return {}
+        out = jacobian_stats(fwd, fmask)
+        disp = np.linalg.norm(sitk.GetArrayViewFromImage(fwd), axis=-1)
+        out["max_displacement_mm"] = float(disp[fmask].max() if fmask.any() else disp.max())
+        out["mean_displacement_mm"] = float(disp[fmask].mean() if fmask.any() else 0.0)
+        return out
+
+
 def assess(moving: Volume, fixed: Volume, transform: SubjectTransform, quality: dict[str, Any],
            thresholds: QualityThresholds, moving_c: np.ndarray, fixed_c: np.ndarray,
            fmask: np.ndarray, mov_lab: np.ndarray | None, fix_lab: np.ndarray | None,
-           reporter: ProgressReporter, t0: float) -> RegistrationResult:
+           reporter: ProgressReporter, t0: float, warps=None) -> RegistrationResult:
     """The quality block of a finished registration, whichever engine made ``transform``: the
     subject warped onto the reference grid, body Dice, NCC, label Dice, Jacobian and
-    displacement facts, and the failure reasons (``quality`` is filled in place)."""
+    displacement facts, and the failure reasons (``quality`` is filled in place). ``warps``
+    resamples (default :class:`SitkWarps`; the torch engine passes its device's)."""
     timings = quality["timings"]
-    fwd = transform.forward_field
-    ref_grid = (fixed.shape, fixed.affine)
+    warps = warps or SitkWarps(moving, fixed, transform)
     reporter.update("quality", 0, 1)
     t1 = time.perf_counter()
-    warped = warp_map(moving, transform, ref_grid, "linear")
-    warped_c = warp_map(Volume(moving_c, moving.affine), transform, ref_grid, "linear").data[0]
-    mmask = body_mask(moving_c)
-    wmask = warp_map(Volume(mmask.astype(np.uint8), moving.affine), transform, ref_grid,
-                     "nearest").data[0] > 0
+    warped = warps.image(moving)
+    warped_c = warps.image(Volume(moving_c, moving.affine)).data[0]
+    wmask = warps.mask(body_mask(moving_c))
     quality["dice_body"] = dice(wmask, fmask)
     quality["ncc"] = normalized_cross_correlation(warped_c, fixed_c, fmask | wmask)
-    quality["ncc_before"] = normalized_cross_correlation(
-        warp_map(Volume(moving_c, moving.affine), SubjectTransform(
-            sitk.AffineTransform(3), fixed.shape, fixed.affine), ref_grid).data[0],
-        fixed_c, fmask)
-    det = float(np.linalg.det(transform.affine_matrix[:3, :3]))
-    quality["affine_det"] = det
+    quality["ncc_before"] = normalized_cross_correlation(warps.unregistered(moving_c),
+                                                         fixed_c, fmask)
+    quality["affine_det"] = float(np.linalg.det(transform.affine_matrix[:3, :3]))
     warped_labels = None
     if mov_lab is not None:
-        warped_labels = warp_map(Volume(mov_lab, moving.affine, channels=("labels",)),
-                                 transform, ref_grid, LABEL_INTERPOLATION)
+        warped_labels = warps.labels(mov_lab)
         if fix_lab is not None:
             per = label_dice(warped_labels.data[0], fix_lab)
             quality["dice_labels"] = {str(k): v for k, v in per.items()}
             quality["dice_labels_mean"] = float(np.mean(list(per.values()))) if per else None
-    if fwd is not None:
-        quality.update(jacobian_stats(fwd, fmask))
-        disp = np.linalg.norm(sitk.GetArrayViewFromImage(fwd), axis=-1)
-        quality["max_displacement_mm"] = float(disp[fmask].max() if fmask.any() else disp.max())
-        quality["mean_displacement_mm"] = float(disp[fmask].mean() if fmask.any() else 0.0)
+    quality.update(warps.field_stats(fmask))
     quality["reasons"] = _failure_reasons(quality, thresholds)
     if quality["reasons"]:
         quality["status"] = "failed"

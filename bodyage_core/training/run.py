@@ -470,7 +470,15 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         held = qc_stats["held_out_scores"]
         qc_all = np.array([held.get(i, np.nan) for i in range(n)], dtype=float)
     else:
-        qc_all = None
+        qc_all = np.full(n, np.nan)
+    # and the body's head-foot extent on the model grid: a truncated scan shows less of it
+    from bodyage_core.qc.field_of_view import body_extent
+
+    extent = np.array([body_extent(ds.array(i, None)) for i in range(n)], dtype=float)
+
+    def covariates(idx):
+        return {"qc": qc_all[idx] if qc_stats is not None else None, "extent": extent[idx]}
+
     # mean-variance members: their own variance ranks the subjects, so only a scale is fitted
     # (a floor fitted on ~45 subjects made one IXI fold's sigma a constant)
     calib_how = {"floor": not use_var}
@@ -482,11 +490,10 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         bias["folds"][str(f)] = fit_bias_policy(ages[v_idx[use]], v_mean[use],
                                                 train.bias_correction)
         calib["folds"][str(f)] = fit_variance_calibration(
-            v_mean[use] - ages[v_idx[use]], v_var[use],
-            None if qc_all is None else qc_all[v_idx[use]], **calib_how)
+            v_mean[use] - ages[v_idx[use]], v_var[use], covariates(v_idx[use]), **calib_how)
     bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
     calib["global"] = fit_variance_calibration(
-        v_mean - ages[v_idx], v_var, None if qc_all is None else qc_all[v_idx], **calib_how)
+        v_mean - ages[v_idx], v_var, covariates(v_idx), **calib_how)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
                     + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
@@ -502,15 +509,17 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         "subject_id": [ids[i] for i in v_idx], "age": ages[v_idx].tolist(),
         "fold_held_out": fold_of[v_idx].tolist(), "mean": v_mean.tolist(),
         "variance": v_var.tolist(),
-        "qc_score": None if qc_all is None else [None if not np.isfinite(v) else float(v)
-                                                 for v in qc_all[v_idx]]})
+        "qc_score": None if qc_stats is None else [None if not np.isfinite(v) else float(v)
+                                                   for v in qc_all[v_idx]],
+        "extent": extent[v_idx].tolist()})
     calib["note"] = ("calibrated variance = scale * ensemble variance"
                      + (" (mean-variance members: scale only, their variance ranks the subjects)"
                         if use_var else " + floor, both by the Gaussian NLL")
                      + " fitted on validation errors (pooled as for the bias fit); where "
-                       "'qc' is given, times (QC score / median) ** power, the score clipped "
-                       "to [low, high], kept where it lowered the held-out validation NLL "
-                       "('chosen', 'why')")
+                       "'terms' are given, times (covariate / median) ** power for each (the "
+                       "QC score, the body's head-foot extent on the model grid), the "
+                       "covariate clipped to [low, high], kept where they lowered the held-out "
+                       "validation NLL ('chosen', 'why')")
 
     # -- out-of-fold rows ----------------------------------------------------------------------
     oof = []
@@ -521,7 +530,7 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         key = str(f)
         sel = member_fold == f
         var_c = apply_variance_scale(fold_var[i:i + 1], calib["folds"][key],
-                                     None if qc_all is None else qc_all[i:i + 1])[0]
+                                     covariates(slice(i, i + 1)))[0]
         corr = apply_bias_correction(fold_mean[i:i + 1], bias["folds"][key])[0]
         mem = [{"mu": float(mu_all[j, i]), "sigma": float(math.sqrt(var_all[j, i]))}
                for j in np.where(sel)[0]]

@@ -131,6 +131,24 @@ def test_gradcam_points_at_box(trained, test_data, layer, variant):
     assert centre_of_mass_in_box(res.mean[keep])
 
 
+def test_gradcam_from_bfloat16_activations(trained, test_data):
+    """What CUDA's bfloat16 autocast hands the map: activations and gradients in bfloat16. The
+    map is formed in float32 and matches the float32 one (the CPU stands in for the device by
+    running the network itself in bfloat16)."""
+    import copy
+
+    from bodyage_core.explain.gradcam import _gradcam_tensor
+
+    x, _ = test_data
+    ref, _ = _gradcam_tensor(trained, x, trained.layer1, "layer1", "signed")
+    low = copy.deepcopy(trained).to(torch.bfloat16)
+    cam, mu = _gradcam_tensor(low, x.to(torch.bfloat16), low.layer1, "layer1", "signed")
+    assert cam.dtype == torch.float32 and mu.shape == (len(x),)
+    r = np.corrcoef(cam.numpy().ravel(), ref.numpy().ravel())[0, 1]
+    assert r > 0.98, r
+    assert centre_of_mass_in_box(cam.numpy())
+
+
 @pytest.mark.parametrize("variant", ["relu", "signed", "abs"])
 def test_gradient_x_input_points_at_box(trained, test_data, variant):
     x, a = test_data

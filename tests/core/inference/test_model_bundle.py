@@ -348,3 +348,36 @@ def test_fine_tuning_starts_from_the_init_model(wb, tmp_path):
         assert conv and all(torch.allclose(got["state_dict"][n], want[n], atol=1e-6)
                             for n in conv)
         assert got["info"]["target_mean"] == pytest.approx(init.members[k]["target_mean"])
+
+
+def test_sigma_follows_the_body_extent_where_the_calibration_has_that_term(wb, tmp_path):
+    """A calibration with a head-foot extent term (and none for the QC score): sigma grows as
+    the input shows less of the body, with or without the QC check."""
+    from bodyage_core.inference.subject import predict_subject
+    from bodyage_core.qc.field_of_view import body_extent
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(wb / "ws" / "models" / "r", run_dir)
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    for fit in [cal["global"], *cal["folds"].values()]:
+        fit["fallback"] = {"scale": fit["scale"], "floor": fit["floor"]}
+        fit["terms"] = {"extent": {"median": 0.9, "low": 0.3, "high": 1.0, "power": -4.0}}
+        fit["scale"], fit["floor"], fit["chosen"] = 2.0, 0.0, "terms"
+    (run_dir / "calibration.json").write_text(json.dumps(cal))
+    run = AgeRun(run_dir)
+    vol = load_channels(_subject_files(wb / "ws", "synth000_00003"))
+    x = prepare_input(vol, run.spec)
+    cut = x.copy()
+    cut[:, : x.shape[1] // 3] = cut.min()            # the top third of the field of view gone
+    raw = run.predict(np.stack([x, cut]), ["a", "b"], out_of_fold=False)
+    for arr, k in ((x, 0), (cut, 1)):
+        for check in (True, False):
+            res = predict_subject(run, model_input=arr, subject_id="new", out_of_fold=False,
+                                  check=check)
+            ext = np.clip(body_extent(arr), 0.3, 1.0)
+            want = np.sqrt(raw.variance[k] * 2.0 * (ext / 0.9) ** -4.0)
+            assert res.sigma == pytest.approx(want, rel=1e-5)
+    whole = predict_subject(run, model_input=x, subject_id="new", out_of_fold=False)
+    part = predict_subject(run, model_input=cut, subject_id="new", out_of_fold=False)
+    assert body_extent(cut) < body_extent(x) - 0.2
+    assert part.sigma > 1.5 * whole.sigma * np.sqrt(raw.variance[1] / raw.variance[0])

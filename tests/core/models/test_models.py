@@ -191,9 +191,9 @@ def test_calibration_follows_a_qc_score_that_predicts_the_error():
 
     qc, var, err = cohort(300)                       # a large validation set
     cal = fit_variance_calibration(err, var, qc, floor=False)
-    assert cal["chosen"] == "qc", cal["why"]
-    assert cal["qc"]["power"] == pytest.approx(2.0, abs=0.6)     # variance ~ qc ** 2
-    assert cal["cv_nll_qc"] < cal["cv_nll_scale"]
+    assert cal["chosen"] == "terms" and list(cal["terms"]) == ["qc"], cal["why"]
+    assert cal["terms"]["qc"]["power"] == pytest.approx(2.0, abs=0.6)   # variance ~ qc ** 2
+    assert cal["cv_nll_terms"] < cal["cv_nll_scale"]
     q2, v2, e2 = cohort(4000)                        # new subjects, out of sample
     sig = np.sqrt(apply_variance_scale(v2, cal, q2))
     base = np.sqrt(apply_variance_scale(v2, cal))    # no score: the scale-only fallback
@@ -203,8 +203,39 @@ def test_calibration_follows_a_qc_score_that_predicts_the_error():
         assert np.mean(np.abs(e2) <= z * sig) == pytest.approx(nominal, abs=0.05)  # n=300
     # a score beyond the validation range is clipped: no extrapolation without evidence
     far = apply_variance_scale(np.array([10.0]), cal, np.array([1e3]))[0]
-    edge = apply_variance_scale(np.array([10.0]), cal, np.array([cal["qc"]["high"]]))[0]
+    edge = apply_variance_scale(np.array([10.0]), cal,
+                                np.array([cal["terms"]["qc"]["high"]]))[0]
     assert far == pytest.approx(edge)
+    # a calibration file written when the QC term was the only one still applies
+    old = {"scale": cal["scale"], "floor": cal["floor"], "qc": cal["terms"]["qc"],
+           "fallback": cal["fallback"]}
+    assert np.allclose(apply_variance_scale(v2, old, q2), sig ** 2)
+
+
+def test_calibration_follows_the_extent_of_truncated_scans_beside_the_qc_score():
+    """Two covariates: the QC score says nothing here, a truncated field of view (a smaller
+    head-foot extent) doubles the error SD. The search keeps the extent's term alone, with a
+    negative power (less body, more variance)."""
+    rng = np.random.default_rng(7)
+
+    def cohort(n):
+        qc = np.exp(rng.normal(0.0, 0.4, n))
+        extent = np.where(rng.random(n) < 0.2, rng.uniform(0.6, 0.8, n), 1.0)
+        extent = np.clip(extent - rng.uniform(0, 0.03, n), 0, 1)
+        var = rng.uniform(8, 12, n)
+        return {"qc": qc, "extent": extent}, var, rng.normal(0, 3.0 / extent ** 2.5)
+
+    covs, var, err = cohort(300)
+    cal = fit_variance_calibration(err, var, covs, floor=False)
+    assert cal["chosen"] == "terms" and "extent" in cal["terms"], cal["why"]
+    assert cal["terms"]["extent"]["power"] < -2.0
+    assert abs(cal["terms"].get("qc", {}).get("power", 0.0)) <= 0.5
+    assert "head-foot extent" in cal["why"]
+    c2, v2, e2 = cohort(4000)
+    sig = np.sqrt(apply_variance_scale(v2, cal, c2))
+    assert spearman(sig, np.abs(e2)) > 0.25
+    assert np.allclose(apply_variance_scale(v2, cal, {"qc": c2["qc"]}),      # extent missing:
+                       v2 * cal["fallback"]["scale"])                          # scale only
 
 
 def test_calibration_keeps_scale_only_where_the_qc_score_says_nothing():
@@ -213,7 +244,7 @@ def test_calibration_keeps_scale_only_where_the_qc_score_says_nothing():
     var = rng.uniform(1, 40, 120)
     err = rng.normal(0, np.sqrt(0.5 * var))          # the variance alone explains the error
     cal = fit_variance_calibration(err, var, qc, floor=False)
-    assert cal["chosen"] == "scale" and "qc" not in cal, cal["why"]
+    assert cal["chosen"] == "scale" and "terms" not in cal, cal["why"]
     assert cal["scale"] == fit_variance_scale(err, var, floor=False)["scale"]
     few = fit_variance_calibration(err[:10], var[:10], qc[:10], floor=False)
     assert few["chosen"] == "scale" and "10 validation subjects" in few["why"]

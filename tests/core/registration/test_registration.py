@@ -232,3 +232,31 @@ def test_label_map_on_another_grid_is_a_clear_error():
                    provenance={"path": "labels.nii.gz"})
     with pytest.raises(BodyageError, match="another grid.*labels.nii.gz|labels.nii.gz.*another"):
         register(fixed, fixed, moving_labels=wrong)
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1),
+                                       (0, 1, 0, 1, 0, 0, 0, 0, -1)])
+@pytest.mark.parametrize("rate", [0.1, -0.2])
+def test_jacobian_of_a_stretch_whatever_the_direction(direction, rate):
+    """u = rate * (p - c) along one physical axis stretches by 1 + rate, on any grid. ITK's
+    filter alone ignores the direction: on an LPS grid of a RAS volume it gave 1 - rate."""
+    from bodyage_core.registration.quality import jacobian_stats
+
+    shape, spacing, origin = (12, 14, 16), (2.0, 3.0, 4.0), (5.0, -7.0, 9.0)
+    ref = sitk.Image(shape[::-1], sitk.sitkUInt8)
+    ref.SetSpacing(spacing)
+    ref.SetOrigin(origin)
+    ref.SetDirection(direction)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    idx = np.stack([x, y, z], -1)                                   # (Z, Y, X, 3), x y z
+    phys = origin + (idx * spacing) @ np.asarray(direction, float).reshape(3, 3).T
+    disp = np.zeros_like(phys)
+    disp[..., 0] = rate * (phys[..., 0] - phys[..., 0].mean())
+    field = sitk.GetImageFromArray(disp, isVector=True)
+    field.CopyInformation(ref)
+    inner = np.zeros(shape, bool)
+    inner[1:-1, 1:-1, 1:-1] = True      # ITK's border differences are one-sided
+    stats = jacobian_stats(field, inner)
+    assert stats["jacobian_min"] == pytest.approx(1 + rate, abs=1e-6)
+    assert stats["jacobian_max"] == pytest.approx(1 + rate, abs=1e-6)
+    assert stats["folding_fraction"] == 0.0

@@ -65,12 +65,14 @@ def _gap_slope(rows, key):
 def test_bias_correction_full_removes_the_gaps_age_dependence(tmp_path):
     """The default (DESIGN.md, Starck appendix B) inverts the validation fit predicted =
     a * age + b: the out-of-fold gap of a network that regresses to the mean loses most of its
-    age dependence. ``loo`` shrinks the correction by leave-one-out MAE and says so. Eight
+    age dependence. ``loo`` shrinks the correction by leave-one-out MAE and says so. Six
     epochs: after three this network tracks age with a validation slope of 0.37, below
-    ``MIN_FULL_SLOPE``, where training falls back to the shrink (tested in test_models)."""
+    ``MIN_FULL_SLOPE``, where training falls back to the shrink (tested in test_models); after
+    eight it tracks age so well on some CPUs (slope 0.87 on an AMD EPYC, raw gap slope -0.08)
+    that there is little regression to the mean left to remove. At six: 0.70-0.76 per fold."""
     x, ages = age_volumes(60, 12, seed=1)
     recs = records_from_arrays(x, ages)
-    cfg = TrainConfig(epochs=8, batch_size=8, lr=5e-3, loss="l1", early_stopping=0,
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=5e-3, loss="l1", early_stopping=0,
                       augment=AugmentConfig(0, 0, 0, 0, 0, 0, False), device="cpu")
     res = train_run(recs, tmp_path / "full", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
                     folds=3, members=1, seed=0, val_fraction=0.3)
@@ -78,8 +80,8 @@ def test_bias_correction_full_removes_the_gaps_age_dependence(tmp_path):
     assert bias["method"] == "full"
     assert all("shrink" not in f and f["a"] != 1.0 for f in bias["folds"].values())
     raw, corr = _gap_slope(res.oof, "mean"), _gap_slope(res.oof, "corrected")
-    assert raw < -0.15, raw                        # regression to the mean (-0.22)
-    assert abs(corr) < 0.4 * abs(raw), (raw, corr)  # (0.05)
+    assert raw < -0.15, raw                        # regression to the mean (-0.29)
+    assert abs(corr) < 0.4 * abs(raw), (raw, corr)  # (-0.02)
     cfg.bias_correction = "loo"
     train_run(recs, tmp_path / "loo", SPEC, {"arch": "resnet3d", "width": 4}, cfg,
               folds=3, members=1, seed=0, val_fraction=0.3)
