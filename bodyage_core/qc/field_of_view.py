@@ -15,6 +15,8 @@ from bodyage_core.preprocess.grid import otsu_threshold
 
 #: a slice holds body where the body covers at least this share of the fullest slice's area
 SLICE_SHARE = 0.05
+#: about this many voxels are looked at (every slice, the in-plane axes thinned)
+MAX_VOXELS = 1_000_000
 
 
 def body_extent(x: np.ndarray) -> float:
@@ -22,7 +24,14 @@ def body_extent(x: np.ndarray) -> float:
     that hold body: Otsu's threshold on the sum of the channels (the input normalisation does
     not move it), then each slice's body area against the fullest slice's. 0 for an input
     without body."""
-    a = np.asarray(x, dtype=np.float32).sum(axis=0)
+    x = np.asarray(x)
+    if x.ndim >= 3:
+        # every head-foot slice, the in-plane axes thinned to ~1M voxels: the share of slices
+        # does not need every voxel, and a cohort run computes it in the thread that feeds the
+        # GPU (0.27 s per subject at the UK Biobank grid in full)
+        step = max(1, int(np.sqrt(x[0].size / MAX_VOXELS)))
+        x = x[(slice(None), slice(None)) + (slice(None, None, step),) * (x.ndim - 2)]
+    a = x.astype(np.float32).sum(axis=0)
     if a.ndim < 2 or not np.isfinite(a).any():
         return 0.0
     body = a > otsu_threshold(a)

@@ -38,3 +38,15 @@ def test_extent_does_not_depend_on_the_input_normalisation(subject):
 def test_extent_without_body():
     assert body_extent(np.zeros((1, 10, 8, 8), np.float32)) == 0.0
     assert body_extent(np.full((1, 10, 8, 8), np.nan, np.float32)) == 0.0
+
+
+def test_thinning_the_slices_keeps_the_extent(subject, monkeypatch):
+    import bodyage_core.qc.field_of_view as fov
+
+    x, _ = subject
+    full = body_extent(x)
+    cut = x.copy()
+    cut[:, : x.shape[1] // 3] = 0
+    monkeypatch.setattr(fov, "MAX_VOXELS", x[0].size // 9)      # every third row and column
+    assert body_extent(x) == pytest.approx(full, abs=0.03)
+    assert body_extent(cut) == pytest.approx(full - (x.shape[1] // 3) / x.shape[1], abs=0.03)
