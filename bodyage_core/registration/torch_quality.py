@@ -78,17 +78,19 @@ class TorchWarps:
         out = F.grid_sample(x, g, mode=mode, padding_mode="border", align_corners=True)
         return out * inside
 
-    def _volume(self, data: np.ndarray, like: Volume, interpolation: str,
-                channels=None) -> Volume:
-        prov = dict(like.provenance)
+    def _volume(self, data: np.ndarray, interpolation: str, like: Volume | None = None,
+                channels: tuple[str, ...] | None = None) -> Volume:
+        """On the reference grid, with the provenance ``warp_map`` gives."""
+        prov = dict(like.provenance) if like is not None else {}
         prov.update({"warped": "to_reference", "interpolation": interpolation})
-        return Volume(data, self.fixed.affine, channels=channels or like.channels,
-                      provenance=prov, metadata=dict(like.metadata))
+        return Volume(data, self.fixed.affine,
+                      channels=like.channels if like is not None else channels,
+                      provenance=prov, metadata=dict(like.metadata) if like is not None else {})
 
     def image(self, vol: Volume) -> Volume:
         data = np.asarray(vol.data, dtype=np.float32)
         out = self._sample(data, "bilinear")[0].to("cpu", torch.float32).numpy()
-        return self._volume(out, vol, "linear")
+        return self._volume(out, "linear", vol)
 
     def mask(self, m: np.ndarray) -> np.ndarray:
         return self._sample(m.astype(np.float32), "nearest")[0, 0].cpu().numpy() > 0.5
@@ -138,8 +140,7 @@ class TorchWarps:
             out[p0:p0 + step] = best * ok[p0:p0 + step]
         res = out.reshape(self.fixed.shape).cpu().numpy()
         res = res.astype(lab.dtype) if lab.dtype.kind in "biu" else res.astype(np.float32)
-        return self._volume(res[None], Volume(res[None], self.moving.affine,
-                                              channels=("labels",)), "label_linear")
+        return self._volume(res[None], "label_linear", channels=("labels",))
 
     def field_stats(self, fmask: np.ndarray) -> dict[str, float]:
         if self.disp is None:
