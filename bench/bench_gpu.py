@@ -21,7 +21,8 @@ What each figure is (all through the product's own code):
   subjects/s).
 * **gradcam**: :func:`~bodyage_core.explain.gradcam.gradcam` of the 5 members at ``layer3`` for
   a batch of subjects on the device (one backward per member for the batch), and for one
-  subject at a time, as ``bodyage explain`` does per subject task.
+  subject at a time, as ``bodyage explain`` does per subject task (the ensemble's mean map
+  only, summed on the device: ``members=False``).
 * **train**: a few optimiser steps of :class:`~bodyage_core.training.trainer.Trainer` (the
   3D defaults of :mod:`bodyage_core.training.presets`: mean-variance loss, shifts and intensity
   jitter on the device, bfloat16 autocast on CUDA) on float16 inputs held in memory, timed after
@@ -236,18 +237,20 @@ def bench_gradcam(run, spec, batch: int, dev, reps: int) -> dict:
     xs = to_device(np.stack([phantom(shape, 100 + i) for i in range(batch)]), dev)
     out = {}
     for b in sorted({1, batch}):
-        gradcam(nets, xs[:b], layer="layer3", variant="relu")      # warm-up
+        # as `bodyage explain` calls it: the ensemble's mean map, without each member's
+        gradcam(nets, xs[:b], layer="layer3", variant="relu", members=False)      # warm-up
         sync(dev)
         t0 = time.perf_counter()
         for _ in range(reps):
-            gradcam(nets, xs[:b], layer="layer3", variant="relu")
+            gradcam(nets, xs[:b], layer="layer3", variant="relu", members=False)
         sync(dev)
         dt = (time.perf_counter() - t0) / reps
         out[f"batch_{b}"] = {"seconds_per_call": dt, "subjects_per_s": b / dt}
     best = max(out.values(), key=lambda r: r["subjects_per_s"])
     return {"members": len(nets), "layer": "layer3", **out,
             "subjects_per_s": best["subjects_per_s"],
-            "note": "maps copied back to the host (K x N x the input grid, float32)"}
+            "note": "the ensemble's mean map copied back to the host (N x the input grid, "
+                    "float32), as `bodyage explain` without --members"}
 
 
 def bench_train(mcfg: dict, spec, batch: int, steps: int, dev) -> dict:

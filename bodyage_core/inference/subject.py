@@ -354,7 +354,7 @@ def _add_maps(run, res: SubjectPrediction, x: np.ndarray, affine: np.ndarray,
         rep.update("explain", i, len(maps), f"{req.method} {req.variant}")
         if req.method == "gradcam":
             out = gradcam(nets, xb, layer=req.layer, variant=req.variant, target_std=stds,
-                          amp=run.amp)
+                          amp=run.amp, members=bool(req.options.get("members")))
         elif req.method == "gradxinput":
             ref = req.options.get("reference")
             rb = None if ref is None else _reference_input(run.spec, ref, affine)[None]

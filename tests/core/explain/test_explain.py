@@ -131,6 +131,19 @@ def test_gradcam_points_at_box(trained, test_data, layer, variant):
     assert centre_of_mass_in_box(res.mean[keep])
 
 
+def test_mean_only_gradcam_equals_the_members_mean(trained, inverted, test_data):
+    """``members=False`` (what ``bodyage explain`` uses without --members) sums the maps on the
+    device and keeps no member's: the same mean, the same predictions."""
+    x, _ = test_data
+    both = gradcam([trained, inverted], x, layer="layer1", variant="signed", batch_size=3,
+                   target_std=[2.0, 3.0])
+    mean = gradcam([trained, inverted], x, layer="layer1", variant="signed", batch_size=3,
+                   target_std=[2.0, 3.0], members=False)
+    assert mean.members is None and both.members.shape == (2, *both.mean.shape)
+    assert np.allclose(mean.mean, both.members.mean(axis=0), atol=1e-6)
+    assert np.allclose(mean.mean, both.mean) and np.array_equal(mean.mu, both.mu)
+
+
 def test_gradcam_from_bfloat16_activations(trained, test_data):
     """What CUDA's bfloat16 autocast hands the map: activations and gradients in bfloat16. The
     map is formed in float32 and matches the float32 one (the CPU stands in for the device by
