@@ -84,7 +84,9 @@ def test_garbage_is_collected_in_the_gui_thread_while_a_worker_runs(qtbot):
     with qtbot.waitSignal(w.finished, timeout=20000):
         w.start()
     assert not gc.isenabled()
-    assert seen_in == []  # nothing collected in the worker
+    # nothing collected in the worker; the GUI thread's timer may already have collected some
+    # of its garbage (it fires while the worker runs)
+    assert set(seen_in) <= {threading.main_thread().name}, set(seen_in)
     probe = Cycle()
     ref = weakref.ref(probe)
     del probe
