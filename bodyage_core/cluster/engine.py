@@ -38,6 +38,7 @@ rows: the next run redoes those jobs (tasks are idempotent; every table is keyed
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -112,6 +113,10 @@ class Engine:
     def stop_cluster(self) -> None:
         """Close the Dask client and the local cluster (the workspace stays locked)."""
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
+        if client is not None and cluster is not None:
+            # our own workers: a heartbeat that meets the closing scheduler logs a traceback
+            # (seen after Ctrl+C), which says nothing about the run
+            _quiet(client.run, _silence_dask_logs, on_error="ignore")
         if client is not None:
             _quiet(client.close, timeout=10)
         if cluster is not None:
@@ -526,6 +531,13 @@ def _quiet(fn, *args, **kwargs) -> None:
         fn(*args, **kwargs)
     except Exception:  # noqa: BLE001 - closing a cluster that is going away anyway
         pass
+
+
+def _silence_dask_logs() -> None:
+    """On a worker that is about to be closed: only critical messages from Dask."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+    for name in ("distributed", *names):   # silence_logs sets some of them one by one
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class _no_sigint:
