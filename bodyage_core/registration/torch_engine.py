@@ -36,9 +36,10 @@ from bodyage_core.registration.torch_geometry import (
     affine_to_itk,
     field_to_itk,
     mm_per_normalised,
+    normalised_to_mm,
     normalised_to_world,
 )
-from bodyage_core.registration.torch_quality import TorchWarps, displacement_to_mm
+from bodyage_core.registration.torch_quality import TorchWarps
 from bodyage_core.registration.transform import SubjectTransform
 from bodyage_core.volume import Volume
 
@@ -272,7 +273,7 @@ def register_batch(movings: list[Volume], fixed: Volume, config=None,
     with torch.no_grad():
         theta = _theta(m_ras, ref_n2w[None], mov_w2n)
         theta0 = (mov_w2n @ ref_n2w[None])[:, :3]
-    mm = displacement_to_mm(fixed)
+    mm = normalised_to_mm(fixed.shape, fixed.affine)
     for i, mov in enumerate(movings):
         t_i = time.perf_counter()
         ok_vals = np.isfinite(m_np[i]).all() and (fwd is None or bool(

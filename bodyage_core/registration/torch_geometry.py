@@ -41,6 +41,11 @@ def normalised_to_world(shape_zyx, affine) -> np.ndarray:
     return np.asarray(affine, dtype=np.float64) @ normalised_to_voxel(shape_zyx)
 
 
+def normalised_to_mm(shape_zyx, affine) -> np.ndarray:
+    """3 x 3: a normalised displacement (components x, y, z) on a grid -> RAS millimetres."""
+    return np.asarray(affine, dtype=np.float64)[:3, :3] @ np.diag(half_extent_voxels(shape_zyx))
+
+
 def mm_per_normalised(shape_zyx, affine) -> np.ndarray:
     """Millimetres per normalised unit along the grid's x, y, z voxel axes."""
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
@@ -70,8 +75,7 @@ def affine_from_itk(tx: sitk.AffineTransform) -> np.ndarray:
 def field_to_itk(disp: torch.Tensor, shape_zyx, affine) -> sitk.Image:
     """One normalised displacement ``(3, Z, Y, X)`` (components x, y, z) on the reference grid
     as the ITK vector image of the transform files (LPS mm, VectorFloat64)."""
-    k = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3, :3] \
-        @ np.diag(half_extent_voxels(shape_zyx))
+    k = _F4[:3, :3] @ normalised_to_mm(shape_zyx, affine)
     d = disp.detach().to("cpu", torch.float64).numpy()
     lps = np.einsum("ij,jzyx->zyxi", k, d)
     return array_to_field(lps, reference_image((tuple(shape_zyx), affine)))
@@ -79,7 +83,6 @@ def field_to_itk(disp: torch.Tensor, shape_zyx, affine) -> sitk.Image:
 
 def field_from_itk(img: sitk.Image, shape_zyx, affine) -> np.ndarray:
     """An ITK (LPS mm) displacement on the reference grid as normalised ``(3, Z, Y, X)``."""
-    k = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3, :3] \
-        @ np.diag(half_extent_voxels(shape_zyx))
+    k = _F4[:3, :3] @ normalised_to_mm(shape_zyx, affine)
     lps = sitk.GetArrayFromImage(img).astype(np.float64)
     return np.einsum("ij,zyxj->izyx", np.linalg.inv(k), lps)

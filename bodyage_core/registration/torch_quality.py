@@ -22,6 +22,7 @@ from bodyage_core.registration.torch_geometry import (
     affine_from_itk,
     field_from_itk,
     half_extent_voxels,
+    normalised_to_mm,
     normalised_to_world,
 )
 from bodyage_core.volume import Volume
@@ -62,12 +63,13 @@ class TorchWarps:
         fwd = transform.forward_field
         disp = None if fwd is None else torch.as_tensor(
             field_from_itk(fwd, fixed.shape, fixed.affine), device=device, dtype=dtype)
-        return cls(moving, fixed, theta, disp, theta0, displacement_to_mm(fixed))
+        return cls(moving, fixed, theta, disp, theta0,
+                   normalised_to_mm(fixed.shape, fixed.affine))
 
     def _inside(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The grid and where it lies inside the subject's image (SimpleITK's buffer test)."""
-        half = torch.as_tensor([max(n - 1, 1) / 2.0 for n in self.moving.shape[::-1]],
-                               device=self.dev, dtype=self.dt)
+        half = torch.as_tensor(half_extent_voxels(self.moving.shape), device=self.dev,
+                               dtype=self.dt)
         limit = 1.0 + 0.5 / half                        # half a voxel beyond the end centres
         return grid, (grid.abs() <= limit).all(dim=-1)[:, None]
 
@@ -104,8 +106,7 @@ class TorchWarps:
         src = torch.as_tensor(work, device=self.dev).reshape(-1)
         nz, ny, nx = work.shape
         g, inside = self.grid
-        half = torch.as_tensor([max(n - 1, 1) / 2.0 for n in (nx, ny, nz)], device=self.dev,
-                               dtype=self.dt)
+        half = torch.as_tensor(half_extent_voxels(work.shape), device=self.dev, dtype=self.dt)
         cont = ((g[0] + 1.0) * half).reshape(-1, 3)              # continuous index, x y z
         ok = inside.reshape(-1)
         out = torch.zeros(len(cont), device=self.dev, dtype=torch.int32)
@@ -156,12 +157,6 @@ class TorchWarps:
                 "max_displacement_mm": float(norm[mask].max() if mask is not None
                                              else norm.max()),
                 "mean_displacement_mm": float(norm[mask].mean() if mask is not None else 0.0)}
-
-
-def displacement_to_mm(fixed: Volume) -> np.ndarray:
-    """3 x 3: a normalised displacement on ``fixed``'s grid -> RAS millimetres."""
-    return np.asarray(fixed.affine, dtype=np.float64)[:3, :3] @ np.diag(
-        half_extent_voxels(fixed.shape))
 
 
 def _jacobian_det(d: torch.Tensor) -> torch.Tensor:
