@@ -351,10 +351,8 @@ class AgeRun:
         """sigma from the ensemble's raw ``variance`` and the input's covariates (``{"qc": QC
         score, "extent": head-foot extent}``, or the QC score alone; a missing one: the
         calibration's scale-only fit)."""
-        cal = self.calibration_for(fold)
-        if covariates is not None and not isinstance(covariates, dict):
-            covariates = {"qc": covariates}
-        return float(np.sqrt(apply_variance_scale(np.array([variance]), cal, covariates)[0]))
+        return float(np.sqrt(apply_variance_scale(np.array([variance]),
+                                                  self.calibration_for(fold), covariates)[0]))
 
     def predict_volume(self, volume, subject_id: str | None = None) -> Predictions:
         """Prepare one :class:`~bodyage_core.volume.Volume` for the model's grid and predict."""

@@ -259,7 +259,6 @@ def fit_variance_scale(errors: Sequence[float], variance: Sequence[float], *,
 #: the model grid's slices with body) only as it shrinks (a truncated field of view).
 TERM_POWERS = {"qc": np.round(np.arange(0.0, 4.0001, 0.1), 2),
                "extent": np.round(np.arange(-8.0, 0.0001, 0.2), 2)}
-QC_POWERS = TERM_POWERS["qc"]
 #: what each covariate is, for the fit's ``why``
 TERM_NAMES = {"qc": "QC score", "extent": "head-foot extent"}
 #: the terms are fitted with at least this many validation subjects with every covariate ...
@@ -319,7 +318,7 @@ def _fit_with_terms(err: np.ndarray, var: np.ndarray, covs: dict[str, np.ndarray
     for _ in range(_TERM_ROUNDS if len(covs) > 1 else 1):
         before = dict(powers)
         for k in covs:
-            for b in TERM_POWERS.get(k, np.round(np.arange(-4.0, 4.0001, 0.1), 2)):
+            for b in TERM_POWERS[k]:
                 trial = dict(powers, **{k: float(b)})
                 nll, fk = score(trial)
                 if nll < best - 1e-12:
