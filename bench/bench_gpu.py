@@ -16,9 +16,9 @@ What each figure is (all through the product's own code):
   CUDA). ``read_subjects_per_s``: the cache read alone (one thread); ``compute_subjects_per_s``:
   the ensemble alone on a batch already on the device; ``pipeline_subjects_per_s``: both
   together, the second of two passes over the subjects (the first, also recorded, page-locks
-  the host buffers that torch then keeps for the rest of a cohort run). The files were just written, so reads come from the page cache: a cold disk is
-  slower (the figure to compare is its read bandwidth against ``bytes_per_subject`` x
-  subjects/s).
+  the host buffers that torch then keeps for the rest of a cohort run). The files were just
+  written, so reads come from the page cache: a cold disk is slower (the figure to compare is
+  its read bandwidth against ``bytes_per_subject`` x subjects/s).
 * **gradcam**: :func:`~bodyage_core.explain.gradcam.gradcam` of the 5 members at ``layer3`` for
   a batch of subjects on the device (one backward per member for the batch), and for one
   subject at a time, as ``bodyage explain`` does per subject task (the ensemble's mean map
