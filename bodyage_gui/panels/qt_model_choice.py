@@ -11,8 +11,8 @@ One combo lists, in this order:
   ``wholebody-synthetic 1.0.0 (shipped)``;
 * run or model folders chosen with Folder... .
 
-Without a workspace run the default is Automatic; with one, the run the viewer shows by default
-(:func:`default_run`).
+The default is what made the workspace's latest predictions, a run or a model found by name,
+else its newest run, else Automatic (:func:`default_run`).
 """
 
 from __future__ import annotations
@@ -56,13 +56,20 @@ def complete_runs(ws) -> list[str]:
     return out
 
 
-def default_run(ws, runs: list[str]) -> str | None:
-    """The run the viewer shows by default: the one with the latest predictions, else the
-    newest complete run."""
-    if not runs:
-        return None
+def default_run(ws, runs: list[str], models: list[dict[str, Any]] | None = None) -> str | None:
+    """The item the viewer shows by default (its data): whatever made the latest predictions
+    -- a workspace run, or a model found by name (a cohort predicted with ``bodyage predict
+    WORKSPACE --model NAME`` stores them under the model's name, with no run folder) -- else
+    the newest complete run. The cohort table shows the latest predictions, so the age panel
+    then speaks of the same model."""
     latest = ws.db.latest_run() if ws is not None else None
-    return latest if latest in runs else runs[-1]
+    if latest is not None and latest in runs:
+        return latest
+    if latest is not None:
+        for m in found_models() if models is None else models:
+            if (m.get("card") or {}).get("name") == latest:
+                return MODEL + str(m["dir"])
+    return runs[-1] if runs else None
 
 
 def found_models() -> list[dict[str, Any]]:
@@ -140,7 +147,7 @@ class QtModelChoice(QtWidgets.QWidget):
             self.combo.addItem(f"{p.name} (folder)", FOLDER + str(p))
         want = select if select is not None else (
             current if current is not None and self.combo.findData(current) >= 0
-            else (default_run(ws, runs) or AUTO))
+            else (default_run(ws, runs, models) or AUTO))
         idx = self.combo.findData(want)
         self.combo.setCurrentIndex(idx if idx >= 0 else 0)
         self.combo.blockSignals(False)

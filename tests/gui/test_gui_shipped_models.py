@@ -126,3 +126,24 @@ def test_run_box_lists_models_beside_the_workspace_runs(qtbot, window, models):
     # a model chosen for a workspace subject predicts it (and is not stored: no run of it)
     assert panel.select_model(MODEL)
     assert panel.selected_run_dir() == models / MODEL
+
+
+def test_run_box_defaults_to_the_model_whose_predictions_the_cohort_shows(qtbot, window, models,
+                                                                          tmp_path):
+    """A cohort predicted by a model found by name (``bodyage predict WS --model NAME``: stored
+    under the model's name, no run folder) after a training run: the run box opens on that
+    model, the one whose ages the cohort table shows, not on the training run."""
+    from test_gui_prediction_data import copy_workspace
+
+    from bodyage_core.cohort import Workspace
+
+    win, panel = window
+    root = copy_workspace(tmp_path / "ws")
+    with Workspace.open(root) as ws:
+        sid = ws.db.subject_ids()[0]
+        ws.db.add_predictions(MODEL, [{"subject_id": sid, "mean": 50.0, "sigma": 3.0}])
+        assert ws.db.latest_run() == MODEL
+    assert win.open_workspace(root, wait=True), win.last_error
+    assert panel.run_names() == [RUN]
+    assert panel.selected().kind == "model" and panel.selected().name == MODEL
+    assert panel.selected_run_dir() == models / MODEL
