@@ -26,6 +26,12 @@ gradient x (input - atlas template) maps the demo reads its age trend from: Grad
 cells are ~10 cm at the model grid, larger than the heart) or ``both`` (default; the second
 comparison costs one permutation test once the maps exist).
 
+``compare`` tests the voxels behind its gate (more subjects outside their own 95 % interval
+than chance, ``bodyage_core.atlas.cohort_maps.gap_gate``): without it, choosing subjects by their
+gap makes the groups' maps differ where the model reads age in the control too. The table shows
+the gate's p and the voxels the test alone would call significant (``ungated``).
+``--versus aligned`` and ``--interval 0.95`` choose the groups another way.
+
 Target: >= 0.6 of the significant difference inside the planted organ; the control has no
 significant voxel at the same n. A planted organ can only be found where the model reads age
 (``bench_organ_sensitivity.py``: the shipped model moves 0.80 y per year of back-muscle ageing,
@@ -84,9 +90,16 @@ def commands(ws: str, n: int, seed: int, accelerate: str | None, permutations: i
     return out
 
 
-def compare_command(ws: str, model: str, permutations: int, kind: str) -> list[str]:
-    return ["compare", "accelerated", "decelerated", ws, "--run", model, "--permutations",
-            str(permutations), "--kind", kind]
+def compare_command(ws: str, model: str, permutations: int, kind: str,
+                    versus: str = "decelerated", interval: float | None = None) -> list[str]:
+    out = ["compare", "accelerated", versus, ws, "--run", model, "--permutations",
+           str(permutations), "--kind", kind]
+    return out + (["--interval", f"{interval:g}"] if interval is not None else [])
+
+
+def _gate_p(row: dict) -> str:
+    gate = row.get("gate") or {}
+    return "-" if gate.get("p") is None else f"{gate['p']:.2g}"
 
 
 def run_product(argvs: list[list[str]], log: list[dict]) -> None:
@@ -117,7 +130,8 @@ def organ_masks(ws, group: str, effect_id: int):
     return (np.mean(masks == effect_id, axis=0) >= 0.5), (np.mean(masks > 0, axis=0) >= 0.5)
 
 
-def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
+def analyse(ws_path: Path, model: str, organ: str, alpha: float,
+            versus: str = "decelerated") -> dict:
     """What the last ``compare`` wrote, against the planted organ."""
     import numpy as np
     from scipy import ndimage
@@ -135,15 +149,18 @@ def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
         out["n_subjects"] = ws.db.count()
         out["n_planted"] = len(planted)
         for g in ("F", "M"):
-            jpath = ws.compare_file(g, model)
+            jpath = ws.compare_file(g, model, versus=versus)
             if not jpath.exists():
                 out["groups"][g] = {"error": "compare wrote nothing for this group"}
                 continue
             cmp_ = json.loads(jpath.read_text())
             row = {"n_accelerated": cmp_.get("n_accelerated"),
-                   "n_decelerated": cmp_.get("n_decelerated"),
+                   "n_versus": len(cmp_.get(versus, [])),
                    "planted_in_accelerated": sum(s in planted for s in cmp_.get("accelerated", [])),
-                   "planted_in_decelerated": sum(s in planted for s in cmp_.get("decelerated", []))}
+                   "planted_in_versus": sum(s in planted for s in cmp_.get(versus, []))}
+            for key in ("n_decelerated", "n_aligned", "rule", "gate"):
+                if key in cmp_:
+                    row[key] = cmp_[key]
             if "error" in cmp_:
                 row["error"] = cmp_["error"]
                 out["groups"][g] = row
@@ -153,7 +170,8 @@ def analyse(ws_path: Path, model: str, organ: str, alpha: float) -> dict:
             sig = p <= alpha
             om, union = organ_masks(ws, g, eff_id)
             row.update({"significant_voxels": int(sig.sum()), "min_p_fwe": cmp_["min_p_fwe"],
-                        "max_abs_t": cmp_["max_stat"]})
+                        "max_abs_t": cmp_["max_stat"],
+                        "significant_voxels_ungated": cmp_.get("significant_voxels_ungated")})
             if om is not None:
                 om_d = ndimage.binary_dilation(om, iterations=1)
                 n_sig = int(sig.sum())
@@ -195,6 +213,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default=None, help="write acceleration_<tag>.json")
     ap.add_argument("--maps", choices=("gradcam", "atlas", "both"), default="both",
                     help="the subject maps compared (default both)")
+    ap.add_argument("--versus", choices=("decelerated", "aligned"), default="decelerated",
+                    help="what the accelerated agers are compared with (`bodyage compare "
+                         "accelerated VERSUS`)")
+    ap.add_argument("--interval", type=float, default=None,
+                    help="choose the groups by the subjects' own interval (`compare "
+                         "--interval`, e.g. 0.95) instead of compare's default rule")
     args = ap.parse_args(argv)
 
     from bodyage_core.synth.acceleration import Acceleration
@@ -207,7 +231,7 @@ def main(argv=None) -> int:
     results: dict = {"n": args.n, "seed": args.seed, "accelerate": acc.to_text(),
                      "organ": organ, "model": args.model, "permutations": args.permutations,
                      "alpha": args.alpha, "target_inside": TARGET_INSIDE, "maps": args.maps,
-                     "gap_sd": args.gap_sd,
+                     "gap_sd": args.gap_sd, "versus": args.versus, "interval": args.interval,
                      "cohorts": {}}
     kinds = map_kinds(args.maps, args.model)
     t_all = time.perf_counter()
@@ -223,8 +247,9 @@ def main(argv=None) -> int:
                              args.model, args.device, kinds, args.gap_sd), steps)
         res = {"workspace": str(ws), "steps": steps, "by_kind": {}}
         for kind in kinds:
-            run_product([compare_command(str(ws), args.model, args.permutations, kind)], steps)
-            res["by_kind"][kind] = analyse(ws, args.model, organ, args.alpha)
+            run_product([compare_command(str(ws), args.model, args.permutations, kind,
+                                         args.versus, args.interval)], steps)
+            res["by_kind"][kind] = analyse(ws, args.model, organ, args.alpha, args.versus)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         results["cohorts"][name] = res
 
@@ -236,15 +261,19 @@ def main(argv=None) -> int:
         for g in ("F", "M"):
             ra, rc = a["groups"].get(g, {}), c["groups"].get(g, {})
             rows.append({"maps": kind.replace(f"_{args.model}", ""), "atlas": g,
-                         "n_acc/dec": f"{ra.get('n_accelerated')}/{ra.get('n_decelerated')}",
-                         "planted acc/dec": f"{ra.get('planted_in_accelerated')}/"
-                                            f"{ra.get('planted_in_decelerated')}",
+                         f"n acc/{args.versus[:3]}": f"{ra.get('n_accelerated')}/"
+                                                     f"{ra.get('n_versus')}",
+                         f"planted acc/{args.versus[:3]}": f"{ra.get('planted_in_accelerated')}/"
+                                                           f"{ra.get('planted_in_versus')}",
+                         "gate p acc/ctrl": f"{_gate_p(ra)}/{_gate_p(rc)}",
                          "sig voxels": ra.get("significant_voxels"),
                          "inside organ": ra.get("inside_organ"),
                          "inside (+1 vox)": ra.get("inside_organ_dilated1"),
                          "|diff| inside": ra.get("abs_diff_inside_organ"),
                          "organ vol frac": ra.get("organ_volume_fraction"),
                          "control sig voxels": rc.get("significant_voxels"),
+                         "ungated acc/ctrl": f"{ra.get('significant_voxels_ungated')}/"
+                                             f"{rc.get('significant_voxels_ungated')}",
                          "min p acc/ctrl": f"{ra.get('min_p_fwe', float('nan')):.3f}/"
                                            f"{rc.get('min_p_fwe', float('nan')):.3f}"})
         sig_a = sum(r.get("significant_voxels") or 0 for r in a["groups"].values())

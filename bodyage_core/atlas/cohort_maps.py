@@ -20,9 +20,10 @@ from bodyage_core.atlas.build import (
 )
 from bodyage_core.atlas.population import normalise_maps, population_maps
 from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline, write_shares
-from bodyage_core.atlas.stats import age_trend, gap_classes, permutation_test
+from bodyage_core.atlas.stats import age_trend, describe_gap_rule, gap_classes, permutation_test
 from bodyage_core.atlas.workspace import built_atlases, warped_maps
 from bodyage_core.atomic import write_json
+from bodyage_core.cohort.paths import COMPARE_VERSUS
 from bodyage_core.errors import CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.transform import (
@@ -78,8 +79,10 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
                           reporter: ProgressReporter | None = None, kind: str | None = None,
                           normalise: str = "none", tag: str | None = None,
                           trend_p: float | None = 0.01, trend_correction: str = "none",
-                          trend_permutations: int = 1000) -> dict[str, Any]:
-    """Population maps (mean, std) per atlas group, per age band and per gap class of ``run``,
+                          trend_permutations: int = 1000,
+                          gap_interval: float | None = None) -> dict[str, Any]:
+    """Population maps (mean, std) per atlas group, per age band and per gap class of ``run``
+    (by ``gap_threshold``, ``gap_quantile`` or the subjects' own ``gap_interval``),
     the age trend (:func:`~bodyage_core.atlas.stats.age_trend`: where the maps change with
     chronological age, kept where p < ``trend_p``, voxel-wise or, with ``trend_correction=
     "tfce"``, family-wise by TFCE over ``trend_permutations`` permutations; written as
@@ -113,13 +116,16 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         maps = normalise_maps(maps, atlas_body, normalise)
         ages = [preds[s]["age"] if s in preds else None for s in ids]
         gaps = [preds[s]["gap"] if s in preds else None for s in ids]
+        sigmas = [preds[s].get("sigma") if s in preds else None for s in ids]
         for s in ids:
             if s not in preds:
                 skipped[s] = f"no prediction in run {run_tag} (left out of gap classes)"
-        pm = population_maps(maps, ages, gaps, age_edges, gap_threshold, gap_quantile, min_n)
+        pm = population_maps(maps, ages, gaps, age_edges, gap_threshold, gap_quantile, min_n,
+                             gap_interval, sigmas)
         gsum: dict[str, Any] = {"subgroups": {}, "skipped": skipped,
                                 "age_edges": list(age_edges),
-                                "gap_threshold": gap_threshold, "gap_quantile": gap_quantile}
+                                "gap_threshold": gap_threshold, "gap_quantile": gap_quantile,
+                                "gap_interval": gap_interval}
         names = _label_names(adir, label_names)
         labels = atlas["labels"].data[0] if atlas["labels"] is not None else None
         body = atlas["body_mask"]
@@ -193,20 +199,44 @@ def _age_trend_maps(ws, adir: Path, run: str, ids: list[str], maps: np.ndarray, 
             "voxels_kept": int(np.count_nonzero(tr["map"]))}
 
 
+#: the interval whose exceedances open the comparison (``compare_gap_groups(gate=...)``)
+GATE_INTERVAL = 0.95
+
+
 def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
                        threshold: float | None = None, quantile: float | None = None,
                        permutations: int = 1000, seed: int = 0, statistic: str = "t",
                        alpha: float = 0.05, reporter: ProgressReporter | None = None,
-                       kind: str | None = None) -> dict[str, Any]:
-    """Accelerated minus decelerated agers per atlas group: difference of mean maps, voxel-wise
-    permutation test (Welch t, two-sided) with FWE by max-statistic within the atlas body mask.
-    Gap classes come from the run's bias-corrected gaps (threshold in years or quantile).
-    ``kind``: the subject map compared (default the run's Grad-CAM), recorded in the result."""
+                       kind: str | None = None, interval: float | None = None,
+                       versus: str = "decelerated",
+                       gate: float | None = GATE_INTERVAL) -> dict[str, Any]:
+    """Accelerated minus decelerated (or ``versus="aligned"``) agers per atlas group:
+    difference of mean maps, voxel-wise permutation test (Welch t, two-sided) with FWE by
+    max-statistic within the atlas body mask. Gap classes come from the run's bias-corrected
+    gaps (:func:`~bodyage_core.atlas.stats.gap_classes`: a threshold in years, a quantile, or
+    the subjects' own ``interval``). ``kind``: the subject map compared (default the run's
+    Grad-CAM), recorded in the result.
+
+    The gate. Choosing subjects by their gap chooses those whose evidence deviates where the
+    model reads age, so the two groups' maps differ there even in a cohort without any true
+    acceleration: a voxel test alone finds the model's own reading. Hence a hierarchical test
+    (:func:`gap_gate`): first, do more of the group's subjects lie outside their own ``gate``
+    interval (e.g. 95 %) than chance gives (binomial, one-sided)? Only then can a difference be
+    more than selection. The voxels' FWE p-values are adjusted to ``max(p_voxel, p_gate)``
+    (the fixed-sequence procedure, which keeps the family-wise error at ``alpha``); the
+    unadjusted figures stay in the summary as ``*_ungated``. ``gate=None`` tests the voxels
+    alone."""
     reporter = ensure_reporter(reporter)
     preds, default_kind, atlases = _maps_inputs(ws, run, groups)
     kind = kind or default_kind
+    if versus not in COMPARE_VERSUS:
+        raise ConfigError(f"accelerated agers compare with {' or '.join(COMPARE_VERSUS)}, "
+                          f"not {versus!r}")
+    rule = describe_gap_rule(threshold, quantile, interval)
     summary: dict[str, Any] = {"run": run, "kind": kind, "threshold": threshold,
-                               "quantile": quantile, "permutations": permutations, "groups": {}}
+                               "quantile": quantile, "interval": interval, "versus": versus,
+                               "rule": rule, "gate_interval": gate,
+                               "permutations": permutations, "groups": {}}
     for g in atlases:
         adir = ws.atlas_dir(g)
         atlas = load_atlas(adir)
@@ -216,33 +246,78 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
             continue
         keep = [i for i, s in enumerate(ids) if s in preds and preds[s]["gap"] is not None]
         gaps = [preds[ids[i]]["gap"] for i in keep]
-        cls = gap_classes(gaps, threshold, quantile)
+        sigmas = [preds[ids[i]].get("sigma") for i in keep]
+        cls = gap_classes(gaps, threshold, quantile, interval, sigmas)
         ia = [keep[j] for j, c in enumerate(cls) if c == "accelerated"]
-        ib = [keep[j] for j, c in enumerate(cls) if c == "decelerated"]
-        gsum: dict[str, Any] = {"kind": kind, "n_accelerated": len(ia), "n_decelerated": len(ib),
+        ib = [keep[j] for j, c in enumerate(cls) if c == versus]
+        gsum: dict[str, Any] = {"kind": kind, "rule": rule, "versus": versus,
+                                "n_accelerated": len(ia),
+                                "n_decelerated": sum(c == "decelerated" for c in cls),
+                                "n_aligned": sum(c == "aligned" for c in cls),
                                 "accelerated": [ids[i] for i in ia],
-                                "decelerated": [ids[i] for i in ib]}
+                                versus: [ids[i] for i in ib]}
+        p_gate = 0.0
+        if gate is not None:
+            gsum["gate"] = gap_gate(gaps, sigmas, gate, alpha)
+            p_gate = gsum["gate"]["p"] if gsum["gate"]["p"] is not None else 0.0
         if len(ia) < 2 or len(ib) < 2:
             gsum["error"] = (f"too few subjects to compare ({len(ia)} accelerated, {len(ib)} "
-                             "decelerated; need 2 each)")
+                             f"{versus}; need 2 each)")
+            write_json(ws.compare_file(g, run, versus=versus), gsum)
             summary["groups"][g] = gsum
             continue
         reporter.update("permutations", 0, 1, group=g)
         res = permutation_test(maps[ia], maps[ib], permutations, seed, atlas["body_mask"],
                                statistic)
+        raw_p = res["p_fwe"]
+        res["p_fwe"] = np.maximum(raw_p, p_gate).astype(raw_p.dtype)
         aff = atlas["template"].affine
         for key, name in (("diff", "diff"), ("stat", "t" if statistic == "t" else "stat"),
                           ("p_fwe", "p_fwe"), ("p_uncorrected", "p_uncorrected")):
-            path = ws.compare_file(g, run, f"_{name}.nii.gz")
+            path = ws.compare_file(g, run, f"_{name}.nii.gz", versus=versus)
             save_image(Volume(res[key], aff, channels=(name,)), path)
             gsum[name] = ws.relative(path)
         gsum.update({
             "min_p_fwe": float(res["p_fwe"].min()),
             "significant_voxels": int((res["p_fwe"] <= alpha).sum()),
+            "min_p_fwe_ungated": float(raw_p.min()),
+            "significant_voxels_ungated": int((raw_p <= alpha).sum()),
             "alpha": alpha, "statistic": statistic,
             "max_stat": float(np.abs(res["stat"]).max()),
         })
-        write_json(ws.compare_file(g, run), gsum)
+        write_json(ws.compare_file(g, run, versus=versus), gsum)
         summary["groups"][g] = gsum
         reporter.update("permutations", 1, 1, group=g)
     return summary
+
+
+def gap_gate(gaps: Sequence[float], sigmas: Sequence[float | None], interval: float,
+             alpha: float = 0.05) -> dict[str, Any]:
+    """Do more subjects lie outside their own ``interval`` (corrected age +- z sigma) than the
+    ``1 - interval`` chance gives? The one-sided binomial p of the count, and ``open`` when
+    ``p <= alpha``. Without a sigma for every subject the gate cannot be judged (``p`` None,
+    ``open`` True: the voxels are tested alone, and ``reason`` says so)."""
+    from scipy.stats import binom
+
+    cls = gap_classes(gaps, interval=interval, sigmas=list(sigmas))
+    judged = [c for c in cls if c is not None]
+    out: dict[str, Any] = {"interval": interval, "n": len(judged),
+                           "outside": sum(c != "aligned" for c in judged),
+                           "above": sum(c == "accelerated" for c in judged),
+                           "below": sum(c == "decelerated" for c in judged),
+                           "expected": round((1.0 - interval) * len(judged), 2)}
+    if len(judged) < len(cls) or not judged:
+        out.update({"p": None, "open": True,
+                    "reason": f"{len(cls) - len(judged)} subject(s) without a sigma: the gate "
+                              "was not applied"})
+        return out
+    p = float(binom.sf(out["outside"] - 1, len(judged), 1.0 - interval))
+    out.update({"p": p, "open": p <= alpha})
+    out["reason"] = (f"{out['outside']} of {len(judged)} subjects outside their own "
+                     f"{100 * interval:g} % interval ({out['above']} above, {out['below']} "
+                     f"below; chance {out['expected']:g}): p = {p:.2g}"
+                     + ("" if out["open"] else
+                        "; no more than chance, so the difference is what choosing subjects "
+                        "by their gap gives (where the model reads age) and no voxel counts "
+                        "as significant"))
+    return out

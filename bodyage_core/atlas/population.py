@@ -76,12 +76,15 @@ def population_maps(maps: np.ndarray, ages: Sequence[float] | None = None,
                     gaps: Sequence[float] | None = None,
                     age_edges: Sequence[float] = (60.0, 70.0),
                     gap_threshold: float | tuple[float, float] | None = None,
-                    gap_quantile: float | None = None, min_n: int = 1
+                    gap_quantile: float | None = None, min_n: int = 1,
+                    gap_interval: float | None = None, sigmas: Sequence[float] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """All population maps of one atlas group.
 
     Returns ``{"all": ..., "age_<band>": ..., "<gap class>": ...}`` with the entries of
-    :func:`subgroup_maps` (mean, std, n, index). Age bands need ``ages``, gap classes ``gaps``.
+    :func:`subgroup_maps` (mean, std, n, index). Age bands need ``ages``, gap classes ``gaps``
+    (and ``sigmas`` for the ``gap_interval`` rule of :func:`~bodyage_core.atlas.stats.
+    gap_classes`).
     """
     maps = np.asarray(maps)
     n = maps.shape[0]
@@ -90,7 +93,8 @@ def population_maps(maps: np.ndarray, ages: Sequence[float] | None = None,
         for k, v in subgroup_maps(maps, age_bands(ages, age_edges), min_n).items():
             out[f"age_{k}"] = v
     if gaps is not None:
-        out.update(subgroup_maps(maps, gap_classes(gaps, gap_threshold, gap_quantile), min_n))
+        out.update(subgroup_maps(maps, gap_classes(gaps, gap_threshold, gap_quantile,
+                                                   gap_interval, sigmas), min_n))
     return out
 
 

@@ -55,8 +55,24 @@ def age_bands(ages: Sequence[float], edges: Sequence[float] = (60.0, 70.0)) -> l
     return out
 
 
+#: what the groups are cut at when no rule is given: the top / bottom quarter of the gaps
+DEFAULT_QUANTILE = 0.25
+
+
+def interval_z(interval: float) -> float:
+    """The Gaussian z of a two-sided ``interval`` (0.95 -> 1.96), as the predictions' own
+    intervals are ``corrected +- z sigma``."""
+    from scipy.stats import norm
+
+    c = float(interval)
+    if not 0 < c < 1:
+        raise ConfigError(f"the interval must be a coverage in (0, 1), e.g. 0.95; got {c}")
+    return float(norm.ppf(0.5 + c / 2))
+
+
 def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | None = None,
-                quantile: float | None = None) -> list[str | None]:
+                quantile: float | None = None, interval: float | None = None,
+                sigmas: Sequence[float] | None = None) -> list[str | None]:
     """Label each subject ``accelerated`` / ``aligned`` / ``decelerated`` by its age gap.
 
     Parameters
@@ -68,16 +84,33 @@ def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | 
         decelerated, gap >= hi accelerated.
     quantile
         ``Q`` in (0, 0.5]: the top ``Q`` fraction of gaps accelerated, the bottom ``Q``
-        decelerated. Used when ``threshold`` is None (default 0.25).
+        decelerated. Used when no other rule is given (default 0.25).
+    interval
+        A coverage such as 0.95: accelerated when the chronological age lies below the
+        subject's own interval (gap >= z sigma), decelerated when above it (gap <= -z sigma).
+        Only a gap the model's uncertainty does not explain counts, so a cohort without true
+        acceleration has about (1 - interval) / 2 of its subjects in each group by chance,
+        where a quantile rule always fills both. Needs ``sigmas``.
+    sigmas
+        Each subject's predictive SD (years), for ``interval``.
     """
     g = np.array([np.nan if v is None else float(v) for v in gaps], dtype=float)
-    finite = np.isfinite(g)
-    if threshold is not None and quantile is not None:
-        raise ConfigError("give either a gap threshold or a quantile, not both")
-    if threshold is None:
-        q = 0.25 if quantile is None else float(quantile)
+    if sum(x is not None for x in (threshold, quantile, interval)) > 1:
+        raise ConfigError("give one rule for the gap groups: a threshold, a quantile or an "
+                          "interval")
+    if interval is not None:
+        z = interval_z(interval)
+        if sigmas is None or len(sigmas) != len(g):
+            raise ConfigError("the interval rule needs each subject's sigma")
+        s = np.array([np.nan if v is None else float(v) for v in sigmas], dtype=float)
+        s[~(s > 0)] = np.nan
+        g = g / s          # a subject without a usable sigma has no class
+        lo, hi = -z, z
+    elif threshold is None:
+        q = DEFAULT_QUANTILE if quantile is None else float(quantile)
         if not 0 < q <= 0.5:
             raise ConfigError(f"gap quantile must be in (0, 0.5], got {q}")
+        finite = np.isfinite(g)
         if not finite.any():
             return [None] * len(g)
         lo, hi = np.quantile(g[finite], [q, 1 - q])
@@ -102,10 +135,16 @@ def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | 
 
 
 def describe_gap_rule(threshold: float | tuple[float, float] | None = None,
-                      quantile: float | None = None) -> str:
+                      quantile: float | None = None, interval: float | None = None) -> str:
     """The rule :func:`gap_classes` applies, in words: the one definition of accelerated and
     decelerated agers, shown wherever the groups are used (cohort panel, population maps,
     comparison)."""
+    if interval is not None:
+        c = 100 * float(interval)
+        z = interval_z(interval)
+        return (f"accelerated: chronological age below the subject's {c:g} % interval "
+                f"(bias-corrected gap >= {z:.2f} sigma); decelerated: above it "
+                f"(<= -{z:.2f} sigma)")
     if threshold is not None:
         if isinstance(threshold, (tuple, list)):
             lo, hi = float(threshold[0]), float(threshold[1])
@@ -113,7 +152,7 @@ def describe_gap_rule(threshold: float | tuple[float, float] | None = None,
                     f"<= {lo:+g} y")
         t = float(threshold)
         return f"accelerated: bias-corrected gap >= +{t:g} y; decelerated: <= -{t:g} y"
-    q = 100 * (0.25 if quantile is None else float(quantile))
+    q = 100 * (DEFAULT_QUANTILE if quantile is None else float(quantile))
     return (f"accelerated: top {q:g} % of bias-corrected gaps; decelerated: bottom {q:g} % "
             "(of the cohort's)")
 

@@ -57,6 +57,9 @@ def register(sub) -> None:
     g = m.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="gap (years) for accelerated/decelerated")
     g.add_argument("--quantile", type=float, help="top/bottom gap quantile (default 0.25)")
+    g.add_argument("--interval", type=float,
+                   help="coverage, e.g. 0.95: accelerated / decelerated when the chronological "
+                        "age lies below / above the subject's own interval")
     add_engine_arguments(m)
     m.set_defaults(func=run_maps)
     i = asub.add_parser("install", help="install a shipped atlas (one per group) into the "
@@ -152,6 +155,7 @@ def run_maps(args) -> int:
                          after=lambda: build_population_maps(
                              ws, args.run, groups=args.group, age_edges=edges,
                              gap_threshold=args.threshold, gap_quantile=args.quantile,
+                             gap_interval=args.interval,
                              reporter=TerminalProgress(), kind=args.kind,
                              tag=_kind_tag(args.kind, args.run),
                              trend_p=args.trend_p if args.trend_p < 1 else None,

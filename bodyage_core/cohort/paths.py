@@ -9,7 +9,7 @@
       atlases/<group>/                        template, labels, members.json,
         population_<tag>[_<subgroup>_<stat>].nii.gz / population_<tag>.json
         population_<tag>_age_trend[_cov|_t].nii.gz
-        compare_<run>_accelerated_vs_decelerated[_<what>].nii.gz / .json
+        compare_<run>_accelerated_vs_{decelerated,aligned}[_<what>].nii.gz / .json
         regions_<tag>.csv / .json
       reports/                                predictions_<run>.csv, regions_<tag>.csv,
                                               demo_summary.md/.json, plots
@@ -29,6 +29,8 @@ from bodyage_core.names import check_name
 DB_NAME = "cohort.sqlite"
 FOLDERS = ("subjects", "models", "atlases", "reports")
 COMPARE_SUFFIX = "accelerated_vs_decelerated"
+#: the groups accelerated agers can be compared with
+COMPARE_VERSUS = ("decelerated", "aligned")
 
 
 class WorkspacePaths:
@@ -127,10 +129,16 @@ class WorkspacePaths:
         suffix = f"_{part}" if part else ""
         return self.atlas_dir(group) / f"population_{tag}_age_trend{suffix}.nii.gz"
 
-    def compare_file(self, group: str, run: str, suffix: str = ".json") -> Path:
+    def compare_file(self, group: str, run: str, suffix: str = ".json",
+                     versus: str = "decelerated") -> Path:
         """``atlases/<group>/compare_<run>_accelerated_vs_decelerated<suffix>``: ``.json`` (what
-        ``compare`` found), ``_t.nii.gz``, ``_diff.nii.gz``, ``_p_fwe.nii.gz``, ..."""
-        return self.atlas_dir(group) / f"compare_{run}_{COMPARE_SUFFIX}{suffix}"
+        ``compare`` found), ``_t.nii.gz``, ``_diff.nii.gz``, ``_p_fwe.nii.gz``, ...; with
+        ``versus="aligned"``, ``..._accelerated_vs_aligned...``."""
+        if versus not in COMPARE_VERSUS:
+            raise ValueError(f"accelerated agers compare with {' or '.join(COMPARE_VERSUS)}, "
+                             f"not {versus!r}")
+        stem = COMPARE_SUFFIX if versus == "decelerated" else f"accelerated_vs_{versus}"
+        return self.atlas_dir(group) / f"compare_{run}_{stem}{suffix}"
 
     def regions_stem(self, tag: str, group: str | None = None) -> Path:
         """``atlases/<group>/regions_<tag>`` or, for the whole cohort, ``reports/regions_<tag>``

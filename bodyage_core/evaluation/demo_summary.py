@@ -83,7 +83,8 @@ def write_demo_summary(ws_root: Path, model: str, timings: list[dict[str, Any]],
                 "importance_in_age_mask")
         if cmp_:
             entry["compare"] = {k: cmp_.get(k) for k in (
-                "n_accelerated", "n_decelerated", "significant_voxels", "min_p_fwe", "alpha")}
+                "n_accelerated", "n_decelerated", "significant_voxels", "min_p_fwe", "alpha",
+                "significant_voxels_ungated", "gate")}
         maps[g] = entry
         v = entry.get("trend_in_age_mask")
         if v is not None:
@@ -135,6 +136,7 @@ def _text(s: dict[str, Any]) -> str:
             comp = (f"accelerated ({c.get('n_accelerated')}) vs decelerated "
                     f"({c.get('n_decelerated')}): {sig} voxel(s) at p(FWE) <= "
                     f"{c.get('alpha')}, min p(FWE) {c.get('min_p_fwe', float('nan')):.2f}"
+                    + (f" (gate: {c['gate']['reason']})" if c.get("gate") else "")
                     + (" — nothing significant: in this cohort the gap acts on every organ "
                        "alike, so no region separates the groups" if not sig else ""))
         else:

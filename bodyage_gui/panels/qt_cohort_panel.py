@@ -54,20 +54,42 @@ def group_of(row: dict[str, Any]) -> str:
 
 
 def gap_classes(rows: list[dict[str, Any]], threshold: float | None,
-                quantile: float | None = None) -> dict[str, list[str]]:
-    """Subject ids with bias-corrected gap ``>= threshold`` (accelerated), ``<= -threshold``
-    (decelerated) and the rest (aligned), by the atlas module's own rule
-    (:func:`bodyage_core.atlas.stats.gap_classes`); subjects without a gap are left out."""
+                quantile: float | None = None,
+                interval: float | None = None) -> dict[str, list[str]]:
+    """Subject ids accelerated, decelerated and aligned by the atlas module's own rule
+    (:func:`bodyage_core.atlas.stats.gap_classes`: a gap ``threshold`` in years, the top /
+    bottom ``quantile``, or beyond the subject's own ``interval``, from its sigma); subjects
+    without a gap are left out."""
     from bodyage_core.atlas.stats import gap_classes as core_gap_classes
 
     rows = [r for r in rows if r.get("gap") is not None and np.isfinite(r["gap"])]
     out: dict[str, list[str]] = {"accelerated": [], "decelerated": [], "aligned": []}
     thr = None if threshold is None else float(threshold)
-    for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], thr,
-                                           None if thr is not None else quantile)):
+    if interval is not None:
+        thr = quantile = None
+    elif thr is not None:
+        quantile = None
+    sigmas = [r.get("sigma") for r in rows] if interval is not None else None
+    for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], thr, quantile, interval,
+                                           sigmas)):
         if c is not None:
             out[c].append(r["subject_id"])
     return out
+
+
+def _same_rule(a: tuple, b: tuple) -> bool:
+    """Whether two ``(threshold, quantile, interval)`` rules choose the same groups (a rule
+    with none set is the quartile)."""
+    def norm(r):
+        thr, q, iv = (tuple(r) + (None, None, None))[:3]
+        if thr is not None:
+            return ("threshold", float(thr))
+        if iv is not None:
+            return ("interval", float(iv))
+        return ("quantile", 0.25 if q is None else float(q))
+
+    (ka, va), (kb, vb) = norm(a), norm(b)
+    return ka == kb and abs(va - vb) < 1e-9
 
 
 def subgroup_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,11 +173,12 @@ class QtCohortPanel(QtWidgets.QWidget):
                                        "decelerated: at or below -threshold")
         self.threshold_spin.valueChanged.connect(lambda _v: self._select())
         # the one definition of the groups (bodyage_core.atlas.stats.gap_classes): the top /
-        # bottom quantile (the atlas module's default) or a gap in years; by default the rule
-        # the run's population maps were built with
+        # bottom quantile (the atlas module's default), a gap in years, or a gap beyond the
+        # subject's own interval; by default the rule the run's population maps were built with
         self.rule_combo = QtWidgets.QComboBox()
         self.rule_combo.addItem("top / bottom", "quantile")
         self.rule_combo.addItem("gap beyond ±", "threshold")
+        self.rule_combo.addItem("outside own interval", "interval")
         self.rule_combo.setToolTip("how accelerated and decelerated agers are chosen")
         self.quantile_spin = QtWidgets.QDoubleSpinBox()
         self.quantile_spin.setRange(1.0, 50.0)
@@ -165,6 +188,16 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.quantile_spin.setToolTip("accelerated: the top fraction of bias-corrected gaps; "
                                       "decelerated: the bottom fraction")
         self.quantile_spin.valueChanged.connect(lambda _v: self._select())
+        self.interval_spin = QtWidgets.QDoubleSpinBox()
+        self.interval_spin.setRange(50.0, 99.9)
+        self.interval_spin.setDecimals(1)
+        self.interval_spin.setValue(95.0)
+        self.interval_spin.setSuffix(" %")
+        self.interval_spin.setToolTip("accelerated: chronological age below the subject's own "
+                                      "interval (corrected age +- z sigma); decelerated: above "
+                                      "it. Only gaps the model's uncertainty does not explain")
+        self.interval_spin.valueChanged.connect(lambda _v: self._select())
+        self.interval_spin.setVisible(False)
         self.rule_combo.currentIndexChanged.connect(lambda _i: self._rule_changed())
         self._maps_rule: tuple | None = None
         self.threshold_spin.setVisible(False)
@@ -225,6 +258,7 @@ class QtCohortPanel(QtWidgets.QWidget):
         rule.addWidget(self.rule_combo)
         rule.addWidget(self.quantile_spin)
         rule.addWidget(self.threshold_spin)
+        rule.addWidget(self.interval_spin)
         top.addLayout(rule, 1, 0, 1, 3)
         top.addWidget(self.maps_button, 1, 3)
         top.setColumnStretch(1, 1)
@@ -351,50 +385,55 @@ class QtCohortPanel(QtWidgets.QWidget):
                 + (f"\ngap {gap:+.1f} y" if gap is not None else "") + "\nclick to open")
 
     @property
-    def rule(self) -> tuple[float | None, float | None]:
-        """``(threshold, quantile)`` of the groups now (one of them None)."""
-        if self.rule_combo.currentData() == "threshold":
-            return float(self.threshold_spin.value()), None
-        return None, float(self.quantile_spin.value()) / 100.0
+    def rule(self) -> tuple[float | None, float | None, float | None]:
+        """``(threshold, quantile, interval)`` of the groups now (one of them set)."""
+        how = self.rule_combo.currentData()
+        if how == "threshold":
+            return float(self.threshold_spin.value()), None, None
+        if how == "interval":
+            return None, None, round(float(self.interval_spin.value()) / 100.0, 4)
+        return None, float(self.quantile_spin.value()) / 100.0, None
 
-    def set_rule(self, threshold: float | None = None, quantile: float | None = None) -> None:
-        """Choose the groups by a gap ``threshold`` (years) or the top / bottom
-        ``quantile``."""
-        for w in (self.rule_combo, self.threshold_spin, self.quantile_spin):
+    def set_rule(self, threshold: float | None = None, quantile: float | None = None,
+                 interval: float | None = None) -> None:
+        """Choose the groups by a gap ``threshold`` (years), the subject's own ``interval``
+        (a coverage such as 0.95) or the top / bottom ``quantile``."""
+        widgets = (self.rule_combo, self.threshold_spin, self.quantile_spin, self.interval_spin)
+        for w in widgets:
             w.blockSignals(True)
         if threshold is not None:
             self.rule_combo.setCurrentIndex(self.rule_combo.findData("threshold"))
             self.threshold_spin.setValue(float(threshold))
+        elif interval is not None:
+            self.rule_combo.setCurrentIndex(self.rule_combo.findData("interval"))
+            self.interval_spin.setValue(100.0 * float(interval))
         else:
             self.rule_combo.setCurrentIndex(self.rule_combo.findData("quantile"))
             self.quantile_spin.setValue(100.0 * (0.25 if quantile is None else quantile))
-        for w in (self.rule_combo, self.threshold_spin, self.quantile_spin):
+        for w in widgets:
             w.blockSignals(False)
         self._rule_changed()
 
     def _rule_changed(self) -> None:
-        by_years = self.rule_combo.currentData() == "threshold"
-        self.threshold_spin.setVisible(by_years)
-        self.quantile_spin.setVisible(not by_years)
+        how = self.rule_combo.currentData()
+        self.threshold_spin.setVisible(how == "threshold")
+        self.quantile_spin.setVisible(how == "quantile")
+        self.interval_spin.setVisible(how == "interval")
         self._select()
 
     def rule_text(self) -> str:
         """The rule in words, and whether the run's population maps used it."""
         from bodyage_core.atlas.stats import describe_gap_rule
 
-        thr, q = self.rule
-        out = describe_gap_rule(thr, q)
+        out = describe_gap_rule(*self.rule)
         if self._maps_rule is not None:
-            m_thr, m_q = self._maps_rule
-            same = (thr is not None and m_thr is not None and abs(thr - m_thr) < 1e-9) or \
-                (thr is None and m_thr is None and abs(q - (m_q or 0.25)) < 1e-9)
+            same = _same_rule(self.rule, self._maps_rule)
             out += ("; " + text.GAP_RULE_MAPS if same else
-                    "; " + text.GAP_RULE_OTHER.format(rule=describe_gap_rule(m_thr, m_q)))
+                    "; " + text.GAP_RULE_OTHER.format(rule=describe_gap_rule(*self._maps_rule)))
         return out
 
     def _select(self) -> None:
-        thr, q = self.rule
-        self.classes = gap_classes(self.rows, thr, q)
+        self.classes = gap_classes(self.rows, *self.rule)
         acc, dec = set(self.classes["accelerated"]), set(self.classes["decelerated"])
         if len(self.scatter.data):
             pens, sizes = [], []

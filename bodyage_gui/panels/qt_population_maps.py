@@ -74,10 +74,10 @@ def population_map_groups(ws, run: str) -> list[str]:
             if d.name in gap or age_trend_file(ws, d.name, run) is not None]
 
 
-def maps_rule(ws, run: str) -> tuple[float | None, float | None] | None:
-    """``(gap_threshold, gap_quantile)`` the population maps of ``run`` were built with (the
-    first group that says; the atlas module's default, the quartile, when it says neither);
-    None when no population maps of the run exist."""
+def maps_rule(ws, run: str) -> tuple[float | None, float | None, float | None] | None:
+    """``(gap_threshold, gap_quantile, gap_interval)`` the population maps of ``run`` were
+    built with (the first group that says; the atlas module's default, the quartile, when it
+    says none); None when no population maps of the run exist."""
     root = ws.atlases_root
     if not root.is_dir():
         return None
@@ -85,7 +85,12 @@ def maps_rule(ws, run: str) -> tuple[float | None, float | None] | None:
         info = _read_json(ws.population_json(d.name, run))
         if info:
             thr, q = info.get("gap_threshold"), info.get("gap_quantile")
-            return (thr, None) if thr is not None else (None, 0.25 if q is None else q)
+            iv = info.get("gap_interval")
+            if thr is not None:
+                return thr, None, None
+            if iv is not None:
+                return None, None, iv
+            return None, 0.25 if q is None else q, None
     return None
 
 
@@ -243,9 +248,9 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         subs = info.get("subgroups", {})
         n_acc = subs.get("accelerated", {}).get("n", "?")
         n_dec = subs.get("decelerated", {}).get("n", "?")
-        thr = info.get("gap_threshold")
-        q = info.get("gap_quantile")
-        rule = describe_gap_rule(thr, None if thr is not None else q)
+        thr, q, iv = (info.get(k) for k in ("gap_threshold", "gap_quantile", "gap_interval"))
+        rule = describe_gap_rule(thr, None if thr is not None or iv is not None else q,
+                                 None if thr is not None else iv)
         # the viewer's one rule for maps on top, on both maps at once: one colour range and
         # one threshold, so that the two groups compare
         both = importance_overlay(np.concatenate([np.ravel(acc.data[0]), np.ravel(dec.data[0])]))
@@ -265,7 +270,14 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             title = (f"difference (acc − dec), {test}\n"
                      f"n={cmp['n_accelerated']} vs {cmp['n_decelerated']}: {sig} voxels "
                      f"p(FWE) ≤ {alpha:g}, min p(FWE) {minp:.3g}")
-            if sig == 0:
+            gate = cmp.get("gate")
+            if gate and gate.get("p") is not None:
+                title += "\n" + text.GATE_LINE.format(
+                    outside=gate["outside"], n=gate["n"], c=100 * gate["interval"],
+                    expected=gate["expected"], p=f"{gate['p']:.2g}")
+            if gate and not gate.get("open", True):
+                verdicts.append(text.GATE_SHUT.format(reason=gate["reason"]))
+            elif sig == 0:
                 verdicts.append(text.NOTHING_SIGNIFICANT.format(alpha=alpha, minp=minp))
             if self.fwe_check.isChecked() and cmp.get("p_fwe_path") is not None:
                 p = load_for_viewer(cmp["p_fwe_path"]).data[0]

@@ -72,6 +72,8 @@ DIFF_UNTESTED = ("The difference is not tested: run `bodyage compare accelerated
 NOTHING_SIGNIFICANT = ("Nothing in the difference is significant: no voxel has p(FWE) <= "
                        "{alpha:g} (smallest p(FWE) {minp:.3g}). The accelerated and decelerated "
                        "agers' maps do not differ beyond chance.")
+GATE_SHUT = "The comparison's gate is shut: {reason}."
+GATE_LINE = "gate: {outside} of {n} outside own {c:g} % interval (chance {expected:g}), p {p}"
 TREND_STATS = "voxel-wise t, uncorrected: {kept} voxels {p}, min p {minp}"
 TREND_STATS_TFCE = "TFCE permutation test: {kept} voxels {p}, min p(FWE) {minp}"
 TREND_NOTHING = "No voxel of the age trend passes {p}."

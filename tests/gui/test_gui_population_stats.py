@@ -18,7 +18,7 @@ from test_gui_cohort import _AFF, _fake_age_trend, _fake_atlas_outputs, open_win
 from test_gui_prediction_data import RUN, copy_workspace  # noqa: E402
 
 
-def _fake_compare(root, group="F_healthy", p_min=0.65, significant=None):
+def _fake_compare(root, group="F_healthy", p_min=0.65, significant=None, gate=None):
     """What `bodyage compare` writes: diff, p(FWE) maps and the summary JSON."""
     from bodyage_core.atomic import write_json
     from bodyage_core.explain.space import save_map
@@ -37,7 +37,8 @@ def _fake_compare(root, group="F_healthy", p_min=0.65, significant=None):
     n_sig = int((p <= 0.05).sum())
     write_json(f"{stem}.json", {"n_accelerated": 3, "n_decelerated": 2, "statistic": "t",
                                 "alpha": 0.05, "min_p_fwe": float(p.min()),
-                                "significant_voxels": n_sig, "max_stat": 2.1})
+                                "significant_voxels": n_sig, "max_stat": 2.1,
+                                **({"gate": gate} if gate else {})})
     return diff, p
 
 
@@ -91,6 +92,23 @@ def test_fwe_mask_keeps_the_significant_voxels(qtbot, tmp_path):
     dlg.close()
 
 
+def test_a_shut_gate_is_said_with_its_counts(qtbot, tmp_path):
+    from bodyage_core.atlas.cohort_maps import gap_gate
+
+    root = copy_workspace(tmp_path / "ws")
+    _fake_atlas_outputs(root)
+    gate = gap_gate([0.5, -1.0, 2.0, 0.0, 1.0], [1.0] * 5, 0.95)   # 1 of 5 outside
+    assert not gate["open"]
+    _fake_compare(root, p_min=0.65, gate=gate)
+    win, panel = open_window(qtbot, tmp_path, root)
+    dlg = _dialog(qtbot, win, panel)
+    t = list(dlg.states)[2]
+    assert "gate: 1 of 5 outside own 95 % interval (chance 0.25), p 0.23" in t
+    assert "gate is shut" in dlg.verdict.text() and "no more than chance" in dlg.verdict.text()
+    assert "Nothing in the difference" not in dlg.verdict.text()
+    dlg.close()
+
+
 def test_untested_difference_says_so(qtbot, tmp_path):
     root = copy_workspace(tmp_path / "ws")
     _fake_atlas_outputs(root)                       # no `bodyage compare` outputs
@@ -109,7 +127,7 @@ def test_one_definition_of_the_groups_where_they_are_used(qtbot, tmp_path):
     _fake_atlas_outputs(root)                       # maps built with gap_threshold 2.0
     win, panel = open_window(qtbot, tmp_path, root)
     # the panel uses the maps' rule (it used +-3 y whatever the maps were built with)
-    assert panel.rule == (2.0, None)
+    assert panel.rule == (2.0, None, None)
     rule = describe_gap_rule(2.0)
     assert rule in panel.count_label.text() and "were built with" in panel.count_label.text()
     gaps = {p["subject_id"]: p["gap"] for p in win.workspace.db.predictions(RUN)}
@@ -131,8 +149,33 @@ def test_one_definition_of_the_groups_where_they_are_used(qtbot, tmp_path):
     panel._maps_rule = None
     panel.set_rule(threshold=3.0)
     panel.reload()
-    assert panel.rule == (None, 0.25)
+    assert panel.rule == (None, 0.25, None)
     assert "top 25 %" in panel.count_label.text()
+    # maps built by the subjects' own 95 % interval: the panel follows, and its groups are the
+    # gaps beyond 1.96 sigma
+    info.pop("gap_quantile")
+    info["gap_interval"] = 0.95
+    js.write_text(json.dumps(info))
+    panel._maps_rule = None
+    panel.set_rule(threshold=3.0)
+    panel.reload()
+    assert panel.rule == (None, None, 0.95)
+    assert describe_gap_rule(None, None, 0.95) in panel.count_label.text()
+    assert "were built with" in panel.count_label.text()
+    # each subject's sigma set so that its gap is 1.5 or 3 sigma: only the latter are outside
+    far = set()
+    for i, r in enumerate(panel.rows):
+        r["sigma"] = abs(r["gap"]) / (3.0 if i % 2 else 1.5)
+        if i % 2:
+            far.add(r["subject_id"])
+    panel.set_rule(interval=0.95)
+    acc = sorted(r["subject_id"] for r in panel.rows if r["subject_id"] in far and r["gap"] > 0)
+    dec = sorted(r["subject_id"] for r in panel.rows if r["subject_id"] in far and r["gap"] < 0)
+    assert acc and dec
+    assert sorted(panel.classes["accelerated"]) == acc
+    assert sorted(panel.classes["decelerated"]) == dec
+    assert len(panel.classes["aligned"]) == len(panel.rows) - len(acc) - len(dec)
+    assert panel.interval_spin.isVisibleTo(panel) and not panel.quantile_spin.isVisibleTo(panel)
 
 
 def test_age_trend_shows_its_test_kept_voxels_and_smallest_p(qtbot, tmp_path):

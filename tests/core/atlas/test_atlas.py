@@ -127,6 +127,17 @@ def test_groups_by_age_and_gap():
     assert q.count("accelerated") == 2 and q.count("decelerated") == 2
     with pytest.raises(ConfigError):
         gap_classes([1, 2], threshold=1, quantile=0.2)
+    # the subject's own interval: gap 5 is beyond 1.96 sigma at sigma 2, not at sigma 3; a
+    # subject without a sigma has no class
+    assert gap_classes([5, 5, -5, 1, 5], interval=0.95, sigmas=[2, 3, 2, 0.1, None]) == [
+        "accelerated", "aligned", "decelerated", "accelerated", None]
+    assert gap_classes([3.0], interval=0.68, sigmas=[3.1]) == ["aligned"]   # z 0.994
+    with pytest.raises(ConfigError, match="sigma"):
+        gap_classes([5], interval=0.95)
+    with pytest.raises(ConfigError, match="one rule"):
+        gap_classes([5], quantile=0.2, interval=0.95, sigmas=[1])
+    with pytest.raises(ConfigError, match="coverage"):
+        gap_classes([5], interval=95, sigmas=[1])
     maps = np.stack([np.full((2, 2, 2), float(i)) for i in range(4)])
     out = population_maps(maps, ages=[50, 65, 75, 80], gaps=[-4, 0, 4, 5], gap_threshold=3)
     assert out["all"]["n"] == 4 and out["age_ge70"]["n"] == 2
@@ -257,6 +268,34 @@ def workspace(tmp_path_factory):
     return root
 
 
+def test_gate_keeps_a_cohort_without_acceleration_clean():
+    """Choosing subjects by their gap makes their maps differ where the model reads age, in a
+    cohort with no true acceleration too: the voxel test alone is significant there. The gate
+    (more subjects outside their own 95 % interval than chance?) stays shut on such a cohort
+    and opens when a fifth of it is planted 8 years older."""
+    from bodyage_core.atlas.cohort_maps import gap_gate
+
+    rng = np.random.default_rng(7)
+    n, sigma = 120, 2.0
+    gaps = rng.normal(0.0, sigma, n)                      # the model's error alone
+    maps = rng.normal(0.0, 1.0, (n, 4, 4, 4))
+    maps[:, :2] += 0.6 * gaps[:, None, None, None]        # where the model reads age
+    cls = gap_classes(gaps, quantile=0.25)
+    a = [i for i, c in enumerate(cls) if c == "accelerated"]
+    b = [i for i, c in enumerate(cls) if c == "decelerated"]
+    alone = permutation_test(maps[a], maps[b], 200, seed=0)
+    assert (alone["p_fwe"] <= 0.05).sum() >= 16          # selection, not ageing
+    gate = gap_gate(gaps, [sigma] * n, 0.95)
+    assert not gate["open"] and gate["p"] > 0.05
+    assert gate["expected"] == pytest.approx(6.0) and gate["n"] == n
+    planted = gaps.copy()
+    planted[:24] += 8.0
+    opened = gap_gate(planted, [sigma] * n, 0.95)
+    assert opened["open"] and opened["above"] >= 20 and opened["p"] < 1e-6
+    missing = gap_gate(gaps, [sigma] * (n - 1) + [None], 0.95)
+    assert missing["p"] is None and missing["open"] and "without a sigma" in missing["reason"]
+
+
 def test_workspace_atlas_maps_compare(workspace):
     from bodyage_core.atlas.cohort_maps import build_population_maps, compare_gap_groups
     from bodyage_core.atlas.workspace import build_atlases, register_subjects
@@ -307,6 +346,40 @@ def test_workspace_atlas_maps_compare(workspace):
         assert c["n_accelerated"] == 2 and c["n_decelerated"] == 2
         assert (ws.resolve(c["p_fwe"])).exists()
         assert cmp_["kind"] == c["kind"] == "gradcam_r1"
+        # the gate: all four gaps (5-6 y at sigma 1) lie outside their own 95 % intervals,
+        # against 0.2 by chance, so the voxel test counts (p_gate = 0.05 ** 4)
+        gate = c["gate"]
+        assert (gate["outside"], gate["above"], gate["below"], gate["n"]) == (4, 2, 2, 4)
+        assert gate["p"] == pytest.approx(0.05 ** 4) and gate["open"]
+        assert c["significant_voxels"] == c["significant_voxels_ungated"]
+        # the subjects' own 95 % intervals as the groups' rule: the same four
+        iv = compare_gap_groups(ws, "r1", interval=0.95, permutations=20)
+        c = iv["groups"]["F_healthy"]
+        assert (c["n_accelerated"], c["n_decelerated"], c["n_aligned"]) == (2, 2, 0)
+        assert "95 % interval" in iv["rule"]
+        va = compare_gap_groups(ws, "r1", interval=0.95, permutations=20, versus="aligned")
+        assert "0 aligned" in va["groups"]["F_healthy"]["error"]
+        assert ws.compare_file("F_healthy", "r1", versus="aligned").exists()
+        assert ws.compare_file("F_healthy", "r1", versus="aligned").name == \
+            "compare_r1_accelerated_vs_aligned.json"
+        with pytest.raises(ConfigError, match="aligned"):
+            compare_gap_groups(ws, "r1", versus="everyone")
+        # sigma 10: every gap lies inside its interval, the gate stays shut (p 1) and so does
+        # every voxel, whatever the voxel test alone says
+        wide = [dict(p, sigma=10.0) for p in ws.db.predictions("r1")]
+        ws.db.add_predictions("r1", [{k: p[k] for k in ("subject_id", "mean", "sigma",
+                                                        "corrected")} for p in wide])
+        shut = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20)["groups"]["F_healthy"]
+        assert not shut["gate"]["open"] and shut["gate"]["p"] == 1.0
+        assert "no more than chance" in shut["gate"]["reason"]
+        assert shut["min_p_fwe"] == 1.0 and shut["significant_voxels"] == 0
+        assert shut["min_p_fwe_ungated"] < 1.0
+        from bodyage_core.atlas.build import load_image
+        assert float(np.min(load_image(ws.resolve(shut["p_fwe"])).data)) == 1.0
+        ungated = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20, gate=None)
+        assert "gate" not in ungated["groups"]["F_healthy"]
+        assert ungated["groups"]["F_healthy"]["min_p_fwe"] == shut["min_p_fwe_ungated"]
+        ws.db.add_predictions("r1", [dict(p, sigma=1.0) for p in wide])   # as the next test expects
         other = compare_gap_groups(ws, "r1", threshold=3.0, permutations=20, kind="nope_r1")
         assert other["groups"]["F_healthy"] == {"error": "no registered nope_r1 maps"}
         with pytest.raises(BodyageError, match="no predictions for run"):
@@ -332,7 +405,19 @@ def test_cli_commands(workspace, capsys):
     assert "no group has nope_r1 maps" in err and "gradcam_r1" in err
     assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
                  "--threshold", "3", "--permutations", "10"]) == 0
-    assert "min p(FWE)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "min p(FWE)" in out and "gate: 4 of 4 subjects outside their own 95 % interval" in out
+    assert main(["compare", "accelerated", "aligned", str(workspace), "--run", "r1",
+                 "--interval", "0.95", "--permutations", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "chronological age below the subject's 95 % interval" in out
+    assert "too few subjects to compare (2 accelerated, 0 aligned" in out
+    assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
+                 "--threshold", "3", "--permutations", "10", "--gate", "0"]) == 0
+    assert "gate:" not in capsys.readouterr().out
+    assert main(["compare", "accelerated", "decelerated", str(workspace), "--run", "r1",
+                 "--gate", "95"]) == 2
+    assert "--gate must be a coverage" in capsys.readouterr().err
     assert main(["atlas", "build", str(workspace), "--group", "M_healthy"]) == 2
     assert "at least 3" in capsys.readouterr().err
     assert main(["register", str(workspace), "--group", "X_none"]) == 2
