@@ -45,8 +45,26 @@ def robust_max(a: np.ndarray) -> float:
     fg = finite[finite > 0.01 * top]
     if fg.size == 0:
         return top
-    v = float(np.percentile(fg, 99.0))
+    v = percentile99(fg)
     return v if v > 0 else top
+
+
+def percentile99(a: np.ndarray) -> float:
+    """``np.percentile(a, 99)`` (linear), the same value to the bit, from one partition: numpy
+    partitions twice for the two neighbouring ranks, 40x slower at the UK Biobank grid (0.66 s
+    against 0.015 s for 14 M voxels)."""
+    a = np.ravel(a)
+    pos = 0.99 * (a.size - 1)
+    k = int(np.floor(pos))
+    t = pos - k
+    part = np.partition(a, k)
+    lo = part[k]
+    if k + 1 >= a.size:
+        return float(lo)
+    hi = part[k + 1:].min()
+    d = hi - lo
+    # numpy's lerp: from the nearer end, so that t = 1 gives hi exactly
+    return float(hi - d * (1 - t)) if t >= 0.5 else float(lo + d * t)
 
 
 def body_mask(image: np.ndarray | Volume, threshold: float = 0.15,

@@ -260,3 +260,19 @@ def test_jacobian_of_a_stretch_whatever_the_direction(direction, rate):
     assert stats["jacobian_min"] == pytest.approx(1 + rate, abs=1e-6)
     assert stats["jacobian_max"] == pytest.approx(1 + rate, abs=1e-6)
     assert stats["folding_fraction"] == 0.0
+
+
+def test_percentile99_is_numpys_to_the_bit():
+    from bodyage_core.registration.quality import percentile99, robust_max
+
+    rng = np.random.default_rng(1)
+    for n in [1, 2, 3, 100, 101, 4999, *rng.integers(1, 20000, 40).tolist()]:
+        x = (rng.gamma(2.0, 1.0, int(n)) * rng.uniform(0.1, 1000)).astype(np.float32)
+        if n % 2:
+            x = np.round(x)                 # ties
+        assert percentile99(x) == float(np.percentile(x, 99.0)), n
+    img = rng.gamma(2.0, 1.0, (20, 30, 40)).astype(np.float32)
+    img[:, :5] = 0
+    img[0, 0, 0] = np.nan
+    fin = img[np.isfinite(img)]
+    assert robust_max(img) == float(np.percentile(fin[fin > 0.01 * fin.max()], 99.0))
