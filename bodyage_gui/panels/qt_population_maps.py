@@ -273,7 +273,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             gate = cmp.get("gate")
             if gate and gate.get("p") is not None:
                 title += "\n" + text.GATE_LINE.format(
-                    outside=gate["outside"], n=gate["n"], c=100 * gate["interval"],
+                    state="open" if gate.get("open") else "shut", outside=gate["outside"], n=gate["n"], c=100 * gate["interval"],
                     expected=gate["expected"], p=f"{gate['p']:.2g}")
             if gate and not gate.get("open", True):
                 verdicts.append(text.GATE_SHUT.format(reason=gate["reason"]))

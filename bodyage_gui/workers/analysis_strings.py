@@ -73,7 +73,7 @@ NOTHING_SIGNIFICANT = ("Nothing in the difference is significant: no voxel has p
                        "{alpha:g} (smallest p(FWE) {minp:.3g}). The accelerated and decelerated "
                        "agers' maps do not differ beyond chance.")
 GATE_SHUT = "The comparison's gate is shut: {reason}."
-GATE_LINE = "gate: {outside} of {n} outside own {c:g} % interval (chance {expected:g}), p {p}"
+GATE_LINE = "gate {state}: {outside}/{n} outside {c:g} % (chance {expected:g}), p {p}"
 TREND_STATS = "voxel-wise t, uncorrected: {kept} voxels {p}, min p {minp}"
 TREND_STATS_TFCE = "TFCE permutation test: {kept} voxels {p}, min p(FWE) {minp}"
 TREND_NOTHING = "No voxel of the age trend passes {p}."

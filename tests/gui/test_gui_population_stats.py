@@ -103,7 +103,7 @@ def test_a_shut_gate_is_said_with_its_counts(qtbot, tmp_path):
     win, panel = open_window(qtbot, tmp_path, root)
     dlg = _dialog(qtbot, win, panel)
     t = list(dlg.states)[2]
-    assert "gate: 1 of 5 outside own 95 % interval (chance 0.25), p 0.23" in t
+    assert "gate shut: 1/5 outside 95 % (chance 0.25), p 0.23" in t
     assert "gate is shut" in dlg.verdict.text() and "no more than chance" in dlg.verdict.text()
     assert "Nothing in the difference" not in dlg.verdict.text()
     dlg.close()
