@@ -151,7 +151,9 @@ class TorchWarps:
         det = _jacobian_det(d)
         vals = det[mask] if mask is not None else det.reshape(-1)
         mm = torch.as_tensor(self.mm, device=self.dev, dtype=d.dtype)
-        norm = torch.linalg.vector_norm(torch.einsum("ij,jzyx->izyx", mm, d), dim=0)
+        # a matrix product and a plain root of squares: vector_norm over the first axis of a
+        # (3, Z, Y, X) field is 15x slower on the CPU (0.17 s against 0.011 at the default grid)
+        norm = (mm @ d.reshape(3, -1)).square().sum(0).sqrt().reshape(d.shape[1:])
         return {"jacobian_min": float(vals.min()), "jacobian_max": float(vals.max()),
                 "folding_fraction": float((vals <= 0).double().mean()),
                 "max_displacement_mm": float(norm[mask].max() if mask is not None
