@@ -30,6 +30,18 @@ SIGMA_TIP = ("± is one standard deviation (sigma) of the predicted age: the ens
 _SEVERITY_COLOUR = {"refuse": "#c00000", "warning": "#b05a00", "info": "#555555"}
 
 
+def gap_verdict(p: ShownPrediction) -> str:
+    """Whether the age gap is more than the prediction's own uncertainty explains: the
+    chronological age outside the 95 % interval (accelerated / decelerated beyond it) or
+    inside (not significant), with the gap in sigmas."""
+    if p.gap is None or not (p.sigma > 0):
+        return ""
+    z = p.gap / p.sigma
+    if abs(z) >= Z95:
+        return f"<b>beyond the 95 % interval</b> ({z:+.1f} sigma; 1 in 40 by chance)"
+    return f"within the 95 % interval: not significant ({z:+.1f} sigma)"
+
+
 @dataclass
 class ShownPrediction:
     """One subject's prediction as the panel shows it (ages in years)."""
@@ -105,13 +117,14 @@ class QtPredictionResult(QtWidgets.QWidget):
         for key, label in ROWS:
             lab = QtWidgets.QLabel("–")
             lab.setTextInteractionFlags(_Qt.TextInteractionFlag.TextSelectableByMouse)
-            lab.setWordWrap(key in ("members", "qc", "run"))
+            lab.setWordWrap(key in ("members", "qc", "run", "gap"))
             self.values[key] = lab
             form.addRow(label, lab)
         self.values["corrected"].setStyleSheet("font-weight: bold;")
         for key in ("raw", "corrected", "interval"):
             self.values[key].setToolTip(SIGMA_TIP)
-        self.values["qc"].setTextFormat(_Qt.TextFormat.RichText)
+        for key in ("qc", "gap"):
+            self.values[key].setTextFormat(_Qt.TextFormat.RichText)
         self.note = QtWidgets.QLabel("")
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: #666;")
@@ -147,7 +160,7 @@ class QtPredictionResult(QtWidgets.QWidget):
 
     def values_text(self) -> dict[str, str]:
         """What each row shows, as plain text."""
-        return {k: re.sub(r"<[^>]+>", "", lab.text()).replace("<br>", "\n")
+        return {k: re.sub(r"<[^>]+>", "", lab.text().replace("<br>", "\n"))
                 for k, lab in self.values.items()}
 
     def clear(self, note: str = "") -> None:
@@ -174,7 +187,8 @@ class QtPredictionResult(QtWidgets.QWidget):
         if p.gap is None:
             v["gap"].setText("– (no chronological age)")
         else:
-            v["gap"].setText(f"{p.gap:+.1f} y corrected  ({p.raw_gap:+.1f} y raw)")
+            v["gap"].setText(f"{p.gap:+.1f} y corrected  ({p.raw_gap:+.1f} y raw)<br>"
+                             + gap_verdict(p))
         mu = np.asarray(p.member_mu, float)
         spread = f"  (sd {float(np.std(mu)):.1f} y)" if len(mu) > 1 else ""
         v["members"].setText(f"{len(mu)}: " + ", ".join(f"{m:.1f}" for m in mu) + spread)

@@ -84,10 +84,27 @@ def test_stored_prediction_is_shown_at_once(qtbot, window):
     assert vals["subject"] == ids[0]
     assert f"{p['corrected']:.1f} ± {p['sigma']:.1f} y" in vals["corrected"]
     assert f"{p['gap']:+.1f} y corrected" in vals["gap"]
+    z = p["gap"] / p["sigma"]
+    assert f"({z:+.1f} sigma" in vals["gap"]
+    assert ("not significant" in vals["gap"]) == (abs(z) < 1.959964)
     assert win.open_subject(ids[2], wait=True)
     p2 = _stored(win)[ids[2]]
     assert panel.values_text()["subject"] == ids[2]
     assert f"{p2['corrected']:.1f}" in panel.values_text()["corrected"]
+
+
+def test_the_gap_says_whether_it_is_beyond_the_interval():
+    from bodyage_gui.panels.qt_prediction_result import ShownPrediction, gap_verdict
+
+    def shown(corrected, sigma):
+        return ShownPrediction("s", "m", corrected, sigma, corrected, age=60.0)
+
+    assert gap_verdict(shown(70.0, 4.0)) == ("<b>beyond the 95 % interval</b> (+2.5 sigma; "
+                                             "1 in 40 by chance)")
+    assert "(-2.5 sigma" in gap_verdict(shown(50.0, 4.0))
+    inside = gap_verdict(shown(67.0, 4.0))                                        # 1.75 sd
+    assert "within the 95 % interval: not significant" in inside and "+1.8 sigma" in inside
+    assert gap_verdict(ShownPrediction("s", "m", 60, 3, 60)) == ""               # no age
 
 
 def test_pgdown_after_predict_shows_the_next_subject_not_the_previous(qtbot, window):
