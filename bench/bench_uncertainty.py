@@ -79,12 +79,67 @@ def rows_of(ws_path: Path, run: str) -> list[dict]:
         out = []
         for p in ws.db.predictions(run):
             s = subjects[p["subject_id"]]
-            out.append({"id": p["subject_id"], "age": s.age, "corrected": p["corrected"],
+            out.append({"id": p["subject_id"], "run": run, "age": s.age,
+                        "corrected": p["corrected"],
                         "mean": p["mean"], "sigma": p["sigma"], "qc_score": p.get("qc_score"),
                         "effects": sorted(s.meta.get("acquisition") or {})})
         return out
     finally:
         ws.close()
+
+
+def headroom(ws_path: Path, model: Path, rows: list[dict]) -> dict:
+    """How far the calibration's covariates can rank the errors at all, on the fresh cohort:
+    the Spearman of each (the members' mean variance, the QC score, the head-foot extent),
+    the best log-linear combination ``var ** a * qc ** b / extent ** c`` fitted on this same
+    cohort (an optimistic bound for any calibration over them), that of a perfect clean /
+    degraded indicator, and how well each covariate tells each degradation from clean scans
+    (AUROC)."""
+    from scipy.stats import mannwhitneyu
+
+    from bodyage_core.cohort import Workspace
+    from bodyage_core.evaluation.metrics import spearman
+    from bodyage_core.inference.ensemble import AgeRun
+    from bodyage_core.qc.field_of_view import body_extent
+    from bodyage_core.training.data import cached_input
+
+    spec = AgeRun(model).spec
+    ws = Workspace.open(ws_path)
+    try:
+        subjects = {s.subject_id: s for s in ws.db.subjects()}
+        preds = {p["subject_id"]: p for p in ws.db.predictions(rows[0]["run"])}
+        extent = np.array([body_extent(cached_input(ws, subjects[r["id"]], spec))
+                           for r in rows])
+    finally:
+        ws.close()
+    err = np.abs(np.array([r["corrected"] - r["age"] for r in rows], float))
+    var = np.array([np.mean([m["sigma"] ** 2 for m in preds[r["id"]]["members"]])
+                    for r in rows])
+    qc = np.array([r["qc_score"] if r["qc_score"] is not None else np.nan for r in rows])
+    covs = {"member_variance": var, "qc_score": qc, "extent_inverse": 1.0 / extent}
+    out: dict = {"spearman": {k: spearman(v, err) for k, v in covs.items()}}
+    best, how = -1.0, None
+    if np.isfinite(qc).all():
+        lv, lq, le = np.log(var), np.log(qc), np.log(extent)
+        for a in np.linspace(0, 2, 11):
+            for b in np.linspace(0, 4, 17):
+                for c in np.linspace(0, 12, 13):
+                    rho = spearman(a * lv + b * lq - c * le, err) if a or b or c else -1.0
+                    if rho > best:
+                        best, how = rho, {"var": float(a), "qc": float(b), "extent": float(-c)}
+    out["best_combination"] = {"spearman": best, "exponents": how}
+    clean = np.array([not r["effects"] for r in rows])
+    out["spearman_clean_degraded_indicator"] = spearman((~clean).astype(float), err)
+    auroc: dict = {}
+    for k, v in covs.items():
+        auroc[k] = {}
+        for eff in sorted({e for r in rows for e in r["effects"]}):
+            m = np.array([eff in r["effects"] for r in rows])
+            if m.any() and clean.any():
+                u = mannwhitneyu(v[m], v[clean]).statistic
+                auroc[k][eff] = float(u / (m.sum() * clean.sum()))
+    out["auroc_against_clean"] = auroc
+    return out
 
 
 def analyse(rows: list[dict], report: dict) -> dict:
@@ -128,12 +183,34 @@ def main(argv=None) -> int:
                          "hard to age)")
     ap.add_argument("--model", default=None,
                     help="judge this model (a name or folder) instead of training one")
+    ap.add_argument("--analyse-only", action="store_true",
+                    help="no command: analyse the workspaces and model of the last run again "
+                         "(what the report wrote, the headroom) and update its JSON")
     args = ap.parse_args(argv)
 
     work = Path(args.work)
     train, fresh, model = work / "train", work / "eval", work / "models" / args.run
     # `report --run NAME` finds an exported model by name on the model path
     os.environ["BODYAGE_MODEL_PATH"] = str(model.parent)
+    path = ROOT / "bench" / "results" / (f"uncertainty_{args.tag}.json" if args.tag
+                                         else "uncertainty.json")
+    if args.analyse_only:
+        from bodyage_core.inference.bundle import read_card
+
+        if args.model is not None:
+            from bodyage_core.inference.bundle import find_model
+
+            model = find_model(args.model)
+        name = read_card(model)["name"]
+        report = json.loads((fresh / "reports" / f"{name}_metrics.json").read_text())
+        rows = rows_of(fresh, name)
+        out = json.loads(path.read_text())
+        out["fresh_cohort"] = analyse(rows, report)
+        out["fresh_cohort"]["headroom"] = headroom(fresh, model, rows)
+        write_json(path, out)
+        print(json.dumps(out["fresh_cohort"]["headroom"], indent=1))
+        print(f"updated {path}")
+        return 0
     steps: list[dict] = []
     t0 = time.perf_counter()
     # synth skips subjects already written; train and export refuse to overwrite a finished run
@@ -160,7 +237,9 @@ def main(argv=None) -> int:
     name = read_card(model)["name"]
     run_product(["report", str(fresh), "--run", name, "--no-baselines"], steps)
     report = json.loads((fresh / "reports" / f"{name}_metrics.json").read_text())
-    res = analyse(rows_of(fresh, name), report)
+    rows = rows_of(fresh, name)
+    res = analyse(rows, report)
+    res["headroom"] = headroom(fresh, model, rows)
     g = f" --gap-sd {args.gap_sd:g}" if args.gap_sd is not None else ""
     out = {"cohorts": {"train": None if args.model else
                        f"bodyage synth --n {args.n_train} --seed 30 --acquisition "
@@ -177,8 +256,6 @@ def main(argv=None) -> int:
                            abs(res["coverage_68"] - 0.683) * 100 <= TARGET_COVERAGE_POINTS
                            and abs(res["coverage_95"] - 0.95) * 100 <= TARGET_COVERAGE_POINTS)},
            "machine": machine()}
-    path = ROOT / "bench" / "results" / (f"uncertainty_{args.tag}.json" if args.tag
-                                         else "uncertainty.json")
     write_json(path, out)
     print()
     print_table(res["by_effect"])
@@ -188,6 +265,11 @@ def main(argv=None) -> int:
           f"Spearman(QC score, |error|) {res['spearman_qc_score_abs_error'] or float('nan'):.2f}; "
           f"AUSE {res['ause']:.2f} y; coverage 68 % {res['coverage_68']:.3f}, 95 % "
           f"{res['coverage_95']:.3f}")
+    h = res["headroom"]
+    print("headroom: Spearman of each covariate "
+          + ", ".join(f"{k} {v:.2f}" for k, v in h["spearman"].items())
+          + f"; their best combination, fitted on this cohort, {h['best_combination']['spearman']:.2f}"
+          f"; a perfect clean/degraded indicator {h['spearman_clean_degraded_indicator']:.2f}")
     print(f"wrote {path}")
     return 0
 
