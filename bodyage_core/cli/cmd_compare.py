@@ -1,6 +1,8 @@
 """``bodyage compare accelerated decelerated|aligned WORKSPACE --run RUN``: voxel-wise
 permutation test of accelerated vs decelerated (or aligned) agers' maps (Grad-CAM, or --kind) in
-atlas space (FWE by max-statistic)."""
+atlas space (FWE by max-statistic), behind the gate of
+:func:`~bodyage_core.atlas.cohort_maps.gap_gate` (more subjects outside their own interval than
+chance)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ def register(sub) -> None:
         "compare", help="compare accelerated with decelerated agers in atlas space",
         description="Difference of population maps (accelerated minus decelerated, or aligned, "
                     "agers, by bias-corrected gap) with a voxel-wise permutation test; "
-                    "family-wise error by the max-statistic. Writes NIfTI maps under "
-                    "atlases/<group>/.")
+                    "family-wise error by the max-statistic. The voxels count only when more "
+                    "of the group's subjects lie outside their own 95 % interval than chance "
+                    "(--gate). Writes NIfTI maps under atlases/<group>/.")
     p.add_argument("group_a", choices=("accelerated",), help="accelerated")
     p.add_argument("group_b", choices=COMPARE_VERSUS,
                    help="decelerated, or aligned (the subjects in neither group)")
