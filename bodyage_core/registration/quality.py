@@ -35,29 +35,41 @@ def combined_intensity(volume: Volume, weights: Mapping[str, float] | None = Non
 
 
 def robust_max(a: np.ndarray) -> float:
+    """The 99th percentile of the finite voxels above 1 % of the maximum (1.0 for an empty or
+    non-positive image). One mask and one copy of the foreground, partitioned in place: at the
+    UK Biobank grid each full-size temporary costs more in fresh pages than the arithmetic."""
     a = np.asarray(a, dtype=np.float32)
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
+    if a.size == 0:
         return 1.0
-    top = float(finite.max())
+    top = float(a.max())
+    if not np.isfinite(top):            # NaN or inf somewhere: leave them out first
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return 1.0
+        top = float(a.max())
     if top <= 0:
         return 1.0
-    fg = finite[finite > 0.01 * top]
+    fg = a[a > 0.01 * top]              # a copy of our own: partitioned in place
     if fg.size == 0:
         return top
-    v = percentile99(fg)
+    v = percentile99(fg, overwrite=True)
     return v if v > 0 else top
 
 
-def percentile99(a: np.ndarray) -> float:
+def percentile99(a: np.ndarray, overwrite: bool = False) -> float:
     """``np.percentile(a, 99)`` (linear), the same value to the bit, from one partition: numpy
     partitions twice for the two neighbouring ranks, 40x slower at the UK Biobank grid (0.66 s
-    against 0.015 s for 14 M voxels)."""
+    against 0.015 s for 14 M voxels). ``overwrite``: partition ``a`` itself (reordered, not
+    copied)."""
     a = np.ravel(a)
     pos = 0.99 * (a.size - 1)
     k = int(np.floor(pos))
     t = pos - k
-    part = np.partition(a, k)
+    if overwrite:
+        a.partition(k)
+        part = a
+    else:
+        part = np.partition(a, k)
     lo = part[k]
     if k + 1 >= a.size:
         return float(lo)

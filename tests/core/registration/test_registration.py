@@ -276,3 +276,19 @@ def test_percentile99_is_numpys_to_the_bit():
     img[0, 0, 0] = np.nan
     fin = img[np.isfinite(img)]
     assert robust_max(img) == float(np.percentile(fin[fin > 0.01 * fin.max()], 99.0))
+
+
+def test_robust_max_leaves_out_nan_and_inf_and_keeps_its_input():
+    from bodyage_core.registration.quality import robust_max
+
+    rng = np.random.default_rng(2)
+    img = rng.gamma(2.0, 1.0, (10, 20, 30)).astype(np.float32)
+    clean = robust_max(img)
+    before = img.copy()
+    assert robust_max(img) == clean and np.array_equal(img, before)   # not reordered
+    dirty = img.copy()
+    dirty[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    fin = dirty[np.isfinite(dirty)]
+    assert robust_max(dirty) == float(np.percentile(fin[fin > 0.01 * fin.max()], 99.0))
+    assert robust_max(np.zeros((4, 4))) == 1.0 and robust_max(np.full(3, np.nan)) == 1.0
+    assert robust_max(np.array([], np.float32)) == 1.0
