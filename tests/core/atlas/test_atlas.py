@@ -3,6 +3,8 @@ phantoms (36 x 28 x 28 voxels)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -395,6 +397,12 @@ def test_cli_commands(workspace, capsys):
     out = capsys.readouterr().out
     assert "F_healthy" in out and "importance inside age-effect regions" in out
     assert "age trend (n=4, p < 0.01)" in out
+    # by the subjects' own 95 % intervals (sigma 1, gaps -6 -5 5 6): two and two, recorded
+    assert main(["atlas", "maps", str(workspace), "--run", "r1", "--interval", "0.95"]) == 0
+    out = capsys.readouterr().out
+    assert "accelerated n=2" in out and "decelerated n=2" in out
+    info = json.loads((workspace / "atlases" / "F_healthy" / "population_r1.json").read_text())
+    assert info["gap_interval"] == 0.95 and info["gap_quantile"] is None
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0"]) == 2
     assert main(["atlas", "maps", str(workspace), "--run", "r1", "--trend-p", "0.05",
                  "--trend-correction", "tfce", "--trend-permutations", "5"]) == 0
