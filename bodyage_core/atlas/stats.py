@@ -70,6 +70,18 @@ def interval_z(interval: float) -> float:
     return float(norm.ppf(0.5 + c / 2))
 
 
+def gap_rule(threshold: float | None = None, quantile: float | None = None,
+             interval: float | None = None) -> tuple[float | None, float | None, float | None]:
+    """The ``(threshold, quantile, interval)`` rule that applies, with exactly one set: a
+    threshold before an interval before a quantile, the quartile when none is given (how a
+    population map's JSON, which records all three, says which rule built it)."""
+    if threshold is not None:
+        return float(threshold), None, None
+    if interval is not None:
+        return None, None, float(interval)
+    return None, DEFAULT_QUANTILE if quantile is None else float(quantile), None
+
+
 def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | None = None,
                 quantile: float | None = None, interval: float | None = None,
                 sigmas: Sequence[float] | None = None) -> list[str | None]:

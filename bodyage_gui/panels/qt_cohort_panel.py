@@ -61,14 +61,11 @@ def gap_classes(rows: list[dict[str, Any]], threshold: float | None,
     bottom ``quantile``, or beyond the subject's own ``interval``, from its sigma); subjects
     without a gap are left out."""
     from bodyage_core.atlas.stats import gap_classes as core_gap_classes
+    from bodyage_core.atlas.stats import gap_rule
 
     rows = [r for r in rows if r.get("gap") is not None and np.isfinite(r["gap"])]
     out: dict[str, list[str]] = {"accelerated": [], "decelerated": [], "aligned": []}
-    thr = None if threshold is None else float(threshold)
-    if interval is not None:
-        thr = quantile = None
-    elif thr is not None:
-        quantile = None
+    thr, quantile, interval = gap_rule(threshold, quantile, interval)
     sigmas = [r.get("sigma") for r in rows] if interval is not None else None
     for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], thr, quantile, interval,
                                            sigmas)):
@@ -80,16 +77,10 @@ def gap_classes(rows: list[dict[str, Any]], threshold: float | None,
 def _same_rule(a: tuple, b: tuple) -> bool:
     """Whether two ``(threshold, quantile, interval)`` rules choose the same groups (a rule
     with none set is the quartile)."""
-    def norm(r):
-        thr, q, iv = (tuple(r) + (None, None, None))[:3]
-        if thr is not None:
-            return ("threshold", float(thr))
-        if iv is not None:
-            return ("interval", float(iv))
-        return ("quantile", 0.25 if q is None else float(q))
+    from bodyage_core.atlas.stats import gap_rule
 
-    (ka, va), (kb, vb) = norm(a), norm(b)
-    return ka == kb and abs(va - vb) < 1e-9
+    return all((x is None) == (y is None) and (x is None or abs(x - y) < 1e-9)
+               for x, y in zip(gap_rule(*a), gap_rule(*b)))
 
 
 def subgroup_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -163,15 +154,9 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.mode_combo.addItem("raw", "raw")
         self.mode_combo.setToolTip("which predicted age the plot shows")
         self.mode_combo.currentIndexChanged.connect(lambda _i: self._plot())
-        self.threshold_spin = QtWidgets.QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 50.0)
-        self.threshold_spin.setSingleStep(0.5)
-        self.threshold_spin.setDecimals(1)
-        self.threshold_spin.setValue(3.0)
-        self.threshold_spin.setSuffix(" y")
-        self.threshold_spin.setToolTip("accelerated: bias-corrected gap at or above +threshold; "
-                                       "decelerated: at or below -threshold")
-        self.threshold_spin.valueChanged.connect(lambda _v: self._select())
+        self.threshold_spin = self._rule_spin(
+            (0.0, 50.0), 1, 3.0, " y", "accelerated: bias-corrected gap at or above +threshold; "
+            "decelerated: at or below -threshold", step=0.5)
         # the one definition of the groups (bodyage_core.atlas.stats.gap_classes): the top /
         # bottom quantile (the atlas module's default), a gap in years, or a gap beyond the
         # subject's own interval; by default the rule the run's population maps were built with
@@ -180,23 +165,13 @@ class QtCohortPanel(QtWidgets.QWidget):
         self.rule_combo.addItem("gap beyond ±", "threshold")
         self.rule_combo.addItem("outside own interval", "interval")
         self.rule_combo.setToolTip("how accelerated and decelerated agers are chosen")
-        self.quantile_spin = QtWidgets.QDoubleSpinBox()
-        self.quantile_spin.setRange(1.0, 50.0)
-        self.quantile_spin.setDecimals(0)
-        self.quantile_spin.setValue(25.0)
-        self.quantile_spin.setSuffix(" %")
-        self.quantile_spin.setToolTip("accelerated: the top fraction of bias-corrected gaps; "
-                                      "decelerated: the bottom fraction")
-        self.quantile_spin.valueChanged.connect(lambda _v: self._select())
-        self.interval_spin = QtWidgets.QDoubleSpinBox()
-        self.interval_spin.setRange(50.0, 99.9)
-        self.interval_spin.setDecimals(1)
-        self.interval_spin.setValue(95.0)
-        self.interval_spin.setSuffix(" %")
-        self.interval_spin.setToolTip("accelerated: chronological age below the subject's own "
-                                      "interval (corrected age +- z sigma); decelerated: above "
-                                      "it. Only gaps the model's uncertainty does not explain")
-        self.interval_spin.valueChanged.connect(lambda _v: self._select())
+        self.quantile_spin = self._rule_spin(
+            (1.0, 50.0), 0, 25.0, " %", "accelerated: the top fraction of bias-corrected gaps; "
+            "decelerated: the bottom fraction")
+        self.interval_spin = self._rule_spin(
+            (50.0, 99.9), 1, 95.0, " %", "accelerated: chronological age below the subject's "
+            "own interval (corrected age +- z sigma); decelerated: above it. Only gaps the "
+            "model's uncertainty does not explain")
         self.interval_spin.setVisible(False)
         self.rule_combo.currentIndexChanged.connect(lambda _i: self._rule_changed())
         self._maps_rule: tuple | None = None
@@ -279,6 +254,21 @@ class QtCohortPanel(QtWidgets.QWidget):
         if sig is not None:
             sig.connect(lambda _ws: self.refresh_runs())
         self.refresh_runs()
+
+    def _rule_spin(self, bounds: tuple[float, float], decimals: int, value: float,
+                   suffix: str, tip: str, step: float | None = None
+                   ) -> QtWidgets.QDoubleSpinBox:
+        """One rule's value box; a change re-chooses the groups."""
+        spin = QtWidgets.QDoubleSpinBox()
+        spin.setRange(*bounds)
+        if step is not None:
+            spin.setSingleStep(step)
+        spin.setDecimals(decimals)
+        spin.setValue(value)
+        spin.setSuffix(suffix)
+        spin.setToolTip(tip)
+        spin.valueChanged.connect(lambda _v: self._select())
+        return spin
 
     def needed_width(self) -> int:
         """Pixels that show every column of the subgroup table without scrolling."""

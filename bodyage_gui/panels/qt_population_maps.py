@@ -84,14 +84,15 @@ def maps_rule(ws, run: str) -> tuple[float | None, float | None, float | None] |
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         info = _read_json(ws.population_json(d.name, run))
         if info:
-            thr, q = info.get("gap_threshold"), info.get("gap_quantile")
-            iv = info.get("gap_interval")
-            if thr is not None:
-                return thr, None, None
-            if iv is not None:
-                return None, None, iv
-            return None, 0.25 if q is None else q, None
+            return built_rule(info)
     return None
+
+
+def built_rule(info: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """``(threshold, quantile, interval)`` a population map JSON says it was built with."""
+    from bodyage_core.atlas.stats import gap_rule
+
+    return gap_rule(*(info.get(k) for k in ("gap_threshold", "gap_quantile", "gap_interval")))
 
 
 def compare_info(ws, group: str, run: str) -> dict[str, Any] | None:
@@ -248,9 +249,7 @@ class QtGapMapsDialog(QtWidgets.QDialog):
         subs = info.get("subgroups", {})
         n_acc = subs.get("accelerated", {}).get("n", "?")
         n_dec = subs.get("decelerated", {}).get("n", "?")
-        thr, q, iv = (info.get(k) for k in ("gap_threshold", "gap_quantile", "gap_interval"))
-        rule = describe_gap_rule(thr, None if thr is not None or iv is not None else q,
-                                 None if thr is not None else iv)
+        rule = describe_gap_rule(*built_rule(info))
         # the viewer's one rule for maps on top, on both maps at once: one colour range and
         # one threshold, so that the two groups compare
         both = importance_overlay(np.concatenate([np.ravel(acc.data[0]), np.ravel(dec.data[0])]))
@@ -273,8 +272,9 @@ class QtGapMapsDialog(QtWidgets.QDialog):
             gate = cmp.get("gate")
             if gate and gate.get("p") is not None:
                 title += "\n" + text.GATE_LINE.format(
-                    state="open" if gate.get("open") else "shut", outside=gate["outside"], n=gate["n"], c=100 * gate["interval"],
-                    expected=gate["expected"], p=f"{gate['p']:.2g}")
+                    state="open" if gate.get("open") else "shut", outside=gate["outside"],
+                    n=gate["n"], c=100 * gate["interval"], expected=gate["expected"],
+                    p=f"{gate['p']:.2g}")
             if gate and not gate.get("open", True):
                 verdicts.append(text.GATE_SHUT.format(reason=gate["reason"]))
             elif sig == 0:
