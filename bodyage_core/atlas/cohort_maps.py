@@ -23,7 +23,7 @@ from bodyage_core.atlas.regions import importance_inside_mask, uniform_baseline,
 from bodyage_core.atlas.stats import age_trend, describe_gap_rule, gap_classes, permutation_test
 from bodyage_core.atlas.workspace import built_atlases, warped_maps
 from bodyage_core.atomic import write_json
-from bodyage_core.cohort.paths import COMPARE_VERSUS
+from bodyage_core.cohort.paths import check_versus
 from bodyage_core.errors import CohortError, ConfigError
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.registration.transform import (
@@ -229,9 +229,7 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
     reporter = ensure_reporter(reporter)
     preds, default_kind, atlases = _maps_inputs(ws, run, groups)
     kind = kind or default_kind
-    if versus not in COMPARE_VERSUS:
-        raise ConfigError(f"accelerated agers compare with {' or '.join(COMPARE_VERSUS)}, "
-                          f"not {versus!r}")
+    check_versus(versus)
     rule = describe_gap_rule(threshold, quantile, interval)
     summary: dict[str, Any] = {"run": run, "kind": kind, "threshold": threshold,
                                "quantile": quantile, "interval": interval, "versus": versus,

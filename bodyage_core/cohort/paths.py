@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bodyage_core.errors import ConfigError
 from bodyage_core.names import check_name
 
 DB_NAME = "cohort.sqlite"
@@ -31,6 +32,14 @@ FOLDERS = ("subjects", "models", "atlases", "reports")
 COMPARE_SUFFIX = "accelerated_vs_decelerated"
 #: the groups accelerated agers can be compared with
 COMPARE_VERSUS = ("decelerated", "aligned")
+
+
+def check_versus(versus: str) -> str:
+    """``versus`` when accelerated agers can be compared with it (:data:`COMPARE_VERSUS`)."""
+    if versus not in COMPARE_VERSUS:
+        raise ConfigError(f"accelerated agers compare with {' or '.join(COMPARE_VERSUS)}, "
+                          f"not {versus!r}")
+    return versus
 
 
 class WorkspacePaths:
@@ -134,9 +143,7 @@ class WorkspacePaths:
         """``atlases/<group>/compare_<run>_accelerated_vs_decelerated<suffix>``: ``.json`` (what
         ``compare`` found), ``_t.nii.gz``, ``_diff.nii.gz``, ``_p_fwe.nii.gz``, ...; with
         ``versus="aligned"``, ``..._accelerated_vs_aligned...``."""
-        if versus not in COMPARE_VERSUS:
-            raise ValueError(f"accelerated agers compare with {' or '.join(COMPARE_VERSUS)}, "
-                             f"not {versus!r}")
+        check_versus(versus)
         stem = COMPARE_SUFFIX if versus == "decelerated" else f"accelerated_vs_{versus}"
         return self.atlas_dir(group) / f"compare_{run}_{stem}{suffix}"
 
