@@ -474,7 +474,11 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     # and the body's head-foot extent on the model grid: a truncated scan shows less of it
     from bodyage_core.qc.field_of_view import body_extent
 
-    extent = np.array([body_extent(ds.array(i, None)) for i in range(n)], dtype=float)
+    # of the subjects the calibration is fitted on or applied to (validation, out of fold),
+    # not the training-only ones: each reads its input once more
+    extent = np.full(n, np.nan)
+    for i in np.union1d(v_idx, np.flatnonzero(fold_of >= 0)):
+        extent[i] = body_extent(ds.array(int(i), None))
 
     def covariates(idx):
         return {"qc": qc_all[idx] if qc_stats is not None else None, "extent": extent[idx]}
