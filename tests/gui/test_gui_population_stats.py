@@ -142,23 +142,24 @@ def test_one_definition_of_the_groups_where_they_are_used(qtbot, tmp_path):
     assert "another rule: " + rule in panel.count_label.text()
     # maps built by quartile (the atlas default): the panel follows
     js = root / "atlases" / "F_healthy" / f"population_{RUN}.json"
-    info = json.loads(js.read_text())
-    info.pop("gap_threshold")
-    info["gap_quantile"] = 0.25
-    js.write_text(json.dumps(info))
-    panel._maps_rule = None
-    panel.set_rule(threshold=3.0)
-    panel.reload()
+
+    def maps_built_with(**rule):
+        """Rewrite the maps' JSON as built by ``rule``; the panel, on another rule, reloads."""
+        info = json.loads(js.read_text())
+        for k in ("gap_threshold", "gap_quantile", "gap_interval"):
+            info.pop(k, None)
+        info.update(rule)
+        js.write_text(json.dumps(info))
+        panel._maps_rule = None
+        panel.set_rule(threshold=3.0)
+        panel.reload()
+
+    maps_built_with(gap_quantile=0.25)
     assert panel.rule == (None, 0.25, None)
     assert "top 25 %" in panel.count_label.text()
     # maps built by the subjects' own 95 % interval: the panel follows, and its groups are the
     # gaps beyond 1.96 sigma
-    info.pop("gap_quantile")
-    info["gap_interval"] = 0.95
-    js.write_text(json.dumps(info))
-    panel._maps_rule = None
-    panel.set_rule(threshold=3.0)
-    panel.reload()
+    maps_built_with(gap_interval=0.95)
     assert panel.rule == (None, None, 0.95)
     assert describe_gap_rule(None, None, 0.95) in panel.count_label.text()
     assert "were built with" in panel.count_label.text()
