@@ -85,3 +85,13 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def auroc(clean, bad) -> float:
+    """Area under the ROC curve of a score that should be higher on ``bad`` than on ``clean``
+    (ties count half)."""
+    import numpy as np
+
+    c, b = np.asarray(clean, float), np.asarray(bad, float)
+    wins = (b[:, None] > c[None, :]).sum() + 0.5 * (b[:, None] == c[None, :]).sum()
+    return float(wins / (len(c) * len(b)))

@@ -28,18 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine  # noqa: E402
+from _common import auroc, machine  # noqa: E402
 
 from bodyage_core.atomic import write_json  # noqa: E402
 from bodyage_core.errors import BodyageError  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-
-
-def _auroc(clean: list[float], bad: list[float]) -> float:
-    c, b = np.asarray(clean), np.asarray(bad)
-    wins = (b[:, None] > c[None, :]).sum() + 0.5 * (b[:, None] == c[None, :]).sum()
-    return float(wins / (len(c) * len(b)))
 
 
 def main(argv=None) -> int:
@@ -122,7 +116,7 @@ def main(argv=None) -> int:
                "flagged_or_refused": float(np.mean(flagged[k])),
                "laterality_flagged": float(np.mean(laterality[k]))}
         if k != "clean":
-            row["auroc_vs_clean"] = _auroc(scores["clean"], v)
+            row["auroc_vs_clean"] = auroc(scores["clean"], v)
         rows.append(row)
     res = {"model": "wholebody-synthetic", "n_clean": len(scores["clean"]), "rows": rows,
            "scores": scores, "time_s": time.perf_counter() - t0, "machine": machine(),

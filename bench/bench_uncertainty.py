@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import machine, print_table  # noqa: E402
+from _common import auroc, machine, print_table  # noqa: E402
 
 from bodyage_core.atomic import write_json  # noqa: E402
 
@@ -95,8 +95,6 @@ def headroom(ws_path: Path, model: Path, rows: list[dict]) -> dict:
     cohort (an optimistic bound for any calibration over them), that of a perfect clean /
     degraded indicator, and how well each covariate tells each degradation from clean scans
     (AUROC)."""
-    from scipy.stats import mannwhitneyu
-
     from bodyage_core.cohort import Workspace
     from bodyage_core.evaluation.metrics import spearman
     from bodyage_core.inference.ensemble import AgeRun
@@ -130,15 +128,14 @@ def headroom(ws_path: Path, model: Path, rows: list[dict]) -> dict:
     out["best_combination"] = {"spearman": best, "exponents": how}
     clean = np.array([not r["effects"] for r in rows])
     out["spearman_clean_degraded_indicator"] = spearman((~clean).astype(float), err)
-    auroc: dict = {}
+    aurocs: dict = {}
     for k, v in covs.items():
-        auroc[k] = {}
+        aurocs[k] = {}
         for eff in sorted({e for r in rows for e in r["effects"]}):
             m = np.array([eff in r["effects"] for r in rows])
             if m.any() and clean.any():
-                u = mannwhitneyu(v[m], v[clean]).statistic
-                auroc[k][eff] = float(u / (m.sum() * clean.sum()))
-    out["auroc_against_clean"] = auroc
+                aurocs[k][eff] = auroc(v[clean], v[m])
+    out["auroc_against_clean"] = aurocs
     return out
 
 
