@@ -117,11 +117,12 @@ def build_population_maps(ws, run: str, groups: Sequence[str] | None = None,
         ages = [preds[s]["age"] if s in preds else None for s in ids]
         gaps = [preds[s]["gap"] if s in preds else None for s in ids]
         sigmas = [preds[s].get("sigma") if s in preds else None for s in ids]
+        tables = [preds[s].get("interval_z") if s in preds else None for s in ids]
         for s in ids:
             if s not in preds:
                 skipped[s] = f"no prediction in run {run_tag} (left out of gap classes)"
         pm = population_maps(maps, ages, gaps, age_edges, gap_threshold, gap_quantile, min_n,
-                             gap_interval, sigmas)
+                             gap_interval, sigmas, tables)
         gsum: dict[str, Any] = {"subgroups": {}, "skipped": skipped,
                                 "age_edges": list(age_edges),
                                 "gap_threshold": gap_threshold, "gap_quantile": gap_quantile,
@@ -245,7 +246,8 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
         keep = [i for i, s in enumerate(ids) if s in preds and preds[s]["gap"] is not None]
         gaps = [preds[ids[i]]["gap"] for i in keep]
         sigmas = [preds[ids[i]].get("sigma") for i in keep]
-        cls = gap_classes(gaps, threshold, quantile, interval, sigmas)
+        tables = [preds[ids[i]].get("interval_z") for i in keep]
+        cls = gap_classes(gaps, threshold, quantile, interval, sigmas, tables)
         ia = [keep[j] for j, c in enumerate(cls) if c == "accelerated"]
         ib = [keep[j] for j, c in enumerate(cls) if c == versus]
         gsum: dict[str, Any] = {"kind": kind, "rule": rule, "versus": versus,
@@ -256,7 +258,7 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
                                 versus: [ids[i] for i in ib]}
         p_gate = 0.0
         if gate is not None:
-            gsum["gate"] = gap_gate(gaps, sigmas, gate, alpha)
+            gsum["gate"] = gap_gate(gaps, sigmas, gate, alpha, tables)
             p_gate = gsum["gate"]["p"] if gsum["gate"]["p"] is not None else 0.0
         if len(ia) < 2 or len(ib) < 2:
             gsum["error"] = (f"too few subjects to compare ({len(ia)} accelerated, {len(ib)} "
@@ -290,14 +292,16 @@ def compare_gap_groups(ws, run: str, groups: Sequence[str] | None = None,
 
 
 def gap_gate(gaps: Sequence[float], sigmas: Sequence[float | None], interval: float,
-             alpha: float = 0.05) -> dict[str, Any]:
-    """Do more subjects lie outside their own ``interval`` (corrected age +- z sigma) than the
+             alpha: float = 0.05, tables: Sequence[dict | None] | None = None
+             ) -> dict[str, Any]:
+    """Do more subjects lie outside their own ``interval`` (corrected age +- z sigma, z from
+    each prediction's interval multipliers ``tables`` where the model has them) than the
     ``1 - interval`` chance gives? The one-sided binomial p of the count, and ``open`` when
     ``p <= alpha``. Without a sigma for every subject the gate cannot be judged (``p`` None,
     ``open`` True: the voxels are tested alone, and ``reason`` says so)."""
     from scipy.stats import binom
 
-    cls = gap_classes(gaps, interval=interval, sigmas=list(sigmas))
+    cls = gap_classes(gaps, interval=interval, sigmas=list(sigmas), tables=tables)
     judged = [c for c in cls if c is not None]
     out: dict[str, Any] = {"interval": interval, "n": len(judged),
                            "outside": sum(c != "aligned" for c in judged),

@@ -77,13 +77,15 @@ def population_maps(maps: np.ndarray, ages: Sequence[float] | None = None,
                     age_edges: Sequence[float] = (60.0, 70.0),
                     gap_threshold: float | tuple[float, float] | None = None,
                     gap_quantile: float | None = None, min_n: int = 1,
-                    gap_interval: float | None = None, sigmas: Sequence[float] | None = None
+                    gap_interval: float | None = None, sigmas: Sequence[float] | None = None,
+                    tables: Sequence[dict | None] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """All population maps of one atlas group.
 
     Returns ``{"all": ..., "age_<band>": ..., "<gap class>": ...}`` with the entries of
     :func:`subgroup_maps` (mean, std, n, index). Age bands need ``ages``, gap classes ``gaps``
-    (and ``sigmas`` for the ``gap_interval`` rule of :func:`~bodyage_core.atlas.stats.
+    (and ``sigmas``, with ``tables`` the predictions' interval multipliers, for the
+    ``gap_interval`` rule of :func:`~bodyage_core.atlas.stats.
     gap_classes`).
     """
     maps = np.asarray(maps)
@@ -94,7 +96,7 @@ def population_maps(maps: np.ndarray, ages: Sequence[float] | None = None,
             out[f"age_{k}"] = v
     if gaps is not None:
         out.update(subgroup_maps(maps, gap_classes(gaps, gap_threshold, gap_quantile,
-                                                   gap_interval, sigmas), min_n))
+                                                   gap_interval, sigmas, tables), min_n))
     return out
 
 

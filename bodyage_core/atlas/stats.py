@@ -84,7 +84,8 @@ def gap_rule(threshold: float | None = None, quantile: float | None = None,
 
 def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | None = None,
                 quantile: float | None = None, interval: float | None = None,
-                sigmas: Sequence[float] | None = None) -> list[str | None]:
+                sigmas: Sequence[float] | None = None,
+                tables: Sequence[dict | None] | None = None) -> list[str | None]:
     """Label each subject ``accelerated`` / ``aligned`` / ``decelerated`` by its age gap.
 
     Parameters
@@ -105,6 +106,9 @@ def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | 
         where a quantile rule always fills both. Needs ``sigmas``.
     sigmas
         Each subject's predictive SD (years), for ``interval``.
+    tables
+        Each subject's interval multipliers (its prediction's ``interval_z``: the model's
+        split-conformal ones), for ``interval``; None or a None entry: the Gaussian z.
     """
     g = np.array([np.nan if v is None else float(v) for v in gaps], dtype=float)
     if sum(x is not None for x in (threshold, quantile, interval)) > 1:
@@ -116,6 +120,11 @@ def gap_classes(gaps: Sequence[float], threshold: float | tuple[float, float] | 
             raise ConfigError("the interval rule needs each subject's sigma")
         s = np.array([np.nan if v is None else float(v) for v in sigmas], dtype=float)
         s[~(s > 0)] = np.nan
+        if tables is not None:
+            from bodyage_core.models.ensemble import interval_z as model_z
+
+            # in units of the subject's own half-width: beyond +-1 lies outside
+            s = s * np.array([model_z(interval, t) for t in tables]) / z
         g = g / s          # a subject without a usable sigma has no class
         lo, hi = -z, z
     elif threshold is None:
@@ -155,8 +164,8 @@ def describe_gap_rule(threshold: float | tuple[float, float] | None = None,
         c = 100 * float(interval)
         z = interval_z(interval)
         return (f"accelerated: chronological age below the subject's {c:g} % interval "
-                f"(bias-corrected gap >= {z:.2f} sigma); decelerated: above it "
-                f"(<= -{z:.2f} sigma)")
+                f"(bias-corrected gap >= {z:.2f} sigma, or the model's split-conformal "
+                f"multiplier where it has one); decelerated: above it")
     if threshold is not None:
         if isinstance(threshold, (tuple, list)):
             lo, hi = float(threshold[0]), float(threshold[1])

@@ -116,6 +116,8 @@ def _scans(args: argparse.Namespace) -> int:
               f"{r['ci95_high']:.1f}; sigma {r['sigma']:.1f} = 1 SD){chrono}{flags}")
     if len(rows) > 20:
         print(f"... {len(rows) - 20} more in the CSV")
+    for how in sorted({r["intervals"] for r in rows if r.get("intervals")}):
+        print(f"intervals: {how}")
     ok = sum(r.get("status") == "ok" for r in rows)
     print(f"{ok} of {len(rows)} scan(s) predicted; {csv_path}")
     return 0 if ok == len(rows) else 1

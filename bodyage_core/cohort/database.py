@@ -423,7 +423,8 @@ class CohortDB:
 
         Each row: ``subject_id, mean, sigma`` and optionally ``fold, split, members`` (list of
         ``{"mu":..., "sigma":...}`` per ensemble member), ``corrected``, ``gap``, ``qc`` (the
-        QC flags, ``{"flag", "message", "severity"}``) and ``qc_score``. When ``gap``
+        QC flags, ``{"flag", "message", "severity"}``), ``qc_score`` and ``interval_z`` (the
+        multipliers of sigma per coverage, ``{"0.95": z, ...}``; None: Gaussian). When ``gap``
         is missing it is computed as (corrected, else mean) minus the subject's age.
         """
         rows = list(rows)
@@ -443,12 +444,13 @@ class CohortDB:
             data.append((run_id, sid, row.get("fold"), row.get("split"),
                          json.dumps(row.get("members") or [], default=float), mean,
                          _float_or_none(row.get("sigma")), corrected, gap, now,
-                         json.dumps(row.get("qc") or []), _float_or_none(row.get("qc_score"))))
+                         json.dumps(row.get("qc") or []), _float_or_none(row.get("qc_score")),
+                         _interval_json(row.get("interval_z"))))
         with self.transaction() as cur:
             cur.executemany(
                 "INSERT OR REPLACE INTO predictions (run_id, subject_id, fold, split, members,"
-                " mean, sigma, corrected, gap, created, qc, qc_score)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
+                " mean, sigma, corrected, gap, created, qc, qc_score, interval_z)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
         return len(data)
 
     def _ages(self, ids: set[str]) -> dict[str, float | None]:
@@ -486,6 +488,7 @@ class CohortDB:
             d = dict(r)
             d["members"] = json.loads(d["members"])
             d["qc"] = json.loads(d.get("qc") or "[]")
+            d["interval_z"] = json.loads(d["interval_z"]) if d.get("interval_z") else None
             out.append(d)
         return out
 
@@ -592,6 +595,19 @@ def normalise_sex(value: Any) -> str | None:
     if s in ("", "nan", "none", "o", "other", "u", "unknown"):
         return None
     raise CohortError(f"sex {value!r} is neither M nor F", hint="use M/F or male/female")
+
+
+def _interval_json(table) -> str | None:
+    """An interval table as stored (finite positive multipliers only; None: Gaussian)."""
+    if not table:
+        return None
+    out = {}
+    for k, v in dict(table).items():
+        z = _float_or_none(v)
+        if z is None or not math.isfinite(z) or z <= 0:
+            return None
+        out[str(k)] = z
+    return json.dumps(out, sort_keys=True)
 
 
 def _float_or_none(v: Any) -> float | None:

@@ -4,7 +4,7 @@ Add a version here; never edit an old one (databases in the field were made with
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA_V1 = """
 CREATE TABLE subjects (
@@ -83,6 +83,11 @@ ALTER TABLE predictions ADD COLUMN qc TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE predictions ADD COLUMN qc_score REAL;
 """
 
+# Schema 4: each prediction's interval multipliers (JSON {coverage: z}; NULL: Gaussian).
+SCHEMA_V4 = """
+ALTER TABLE predictions ADD COLUMN interval_z TEXT;
+"""
+
 # Not a schema version: created on first use (see the module docstring).
 EXCLUSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS exclusions (
@@ -94,7 +99,7 @@ CREATE TABLE IF NOT EXISTS exclusions (
 
 # version -> SQL that brings a database from version-1 to version. Add new versions here; never
 # edit an old one (databases in the field were made with it).
-MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 
 
 def split_sql(script: str) -> list[str]:

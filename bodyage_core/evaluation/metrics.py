@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bodyage_core.models.ensemble import INTERVAL_LEVELS
+
 
 def _clean(y, p):
     y = np.asarray(y, dtype=np.float64)
@@ -65,47 +67,71 @@ def sparsification(abs_err: Sequence[float], sigma: Sequence[float],
             "ause": ause}
 
 
-def coverage(err: Sequence[float], sigma: Sequence[float]) -> dict[str, float]:
-    """Fraction of subjects whose error lies within the 68.3% (1 sigma) and 95% (1.96 sigma)
-    Gaussian intervals."""
-    e, s = _clean(err, sigma)
+def _multipliers(level: float, n: int, tables) -> np.ndarray:
+    """Each subject's multiplier of sigma for coverage ``level`` (``tables``: per subject its
+    ``interval_z``, None: Gaussian for all)."""
+    from bodyage_core.models.ensemble import interval_z
+
+    if tables is None:
+        return np.full(n, interval_z(level))
+    return np.array([interval_z(level, t) for t in tables], dtype=np.float64)
+
+
+def _clean_tables(err, sigma, tables):
+    e = np.asarray(err, dtype=np.float64)
+    s = np.asarray(sigma, dtype=np.float64)
+    ok = np.isfinite(e) & np.isfinite(s)
+    t = None if tables is None else [tables[i] for i in np.flatnonzero(ok)]
+    return e[ok], s[ok], t
+
+
+def coverage(err: Sequence[float], sigma: Sequence[float],
+             tables: Sequence[dict | None] | None = None) -> dict[str, float]:
+    """Fraction of subjects whose error lies within their 68.3 % (1 SD) and 95 % intervals:
+    ``+- z sigma`` with each prediction's own multipliers (``tables``: its ``interval_z``,
+    split-conformal when the model has them), else the Gaussian 1 and 1.96."""
+    e, s, t = _clean_tables(err, sigma, tables)
     if len(e) == 0:
         return {"coverage_68": float("nan"), "coverage_95": float("nan")}
-    return {"coverage_68": float(np.mean(np.abs(e) <= s)),
-            "coverage_95": float(np.mean(np.abs(e) <= 1.96 * s))}
+    return {"coverage_68": float(np.mean(np.abs(e) <= _multipliers(0.683, len(e), t) * s)),
+            "coverage_95": float(np.mean(np.abs(e) <= _multipliers(0.95, len(e), t) * s))}
 
 
-RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.683, 0.8, 0.9, 0.95, 0.99)
+RELIABILITY_LEVELS = INTERVAL_LEVELS
 
 
 def reliability(err: Sequence[float], sigma: Sequence[float],
-                levels: Sequence[float] = RELIABILITY_LEVELS) -> dict[str, list[float]]:
-    """Reliability (calibration) of the Gaussian intervals: for each nominal level, the share
-    of subjects whose error lies within the central interval of that level (mean +- z sigma).
-    A calibrated model lies on the diagonal; below it the intervals are too narrow."""
-    from scipy.stats import norm
-
-    e, s = _clean(err, sigma)
+                levels: Sequence[float] = RELIABILITY_LEVELS,
+                tables: Sequence[dict | None] | None = None) -> dict[str, list[float]]:
+    """Reliability (calibration) of the intervals: for each nominal level, the share of
+    subjects whose error lies within the central interval of that level (mean +- z sigma, z
+    each prediction's own multiplier, Gaussian without ``tables``). A calibrated model lies on
+    the diagonal; below it the intervals are too narrow."""
+    e, s, t = _clean_tables(err, sigma, tables)
     lv = [float(v) for v in levels]
     if len(e) == 0:
         return {"nominal": lv, "observed": [float("nan")] * len(lv), "n": 0}
-    z = np.abs(e) / np.maximum(s, 1e-12)
-    obs = [float(np.mean(z <= norm.ppf(0.5 + v / 2))) for v in lv]
-    return {"nominal": lv, "observed": obs, "n": int(len(e))}
+    a = np.abs(e)
+    obs = [float(np.mean(a <= _multipliers(v, len(e), t) * s)) for v in lv]
+    return {"nominal": lv, "observed": obs, "n": int(len(e)),
+            "intervals": "Gaussian" if not t or not any(t) else "the model's own "
+                         "(split-conformal) multipliers"}
 
 
 def uncertainty_metrics(age: Sequence[float], pred: Sequence[float],
-                        sigma: Sequence[float]) -> dict[str, Any]:
-    """Spearman(sigma, |error|), sparsification curve and coverage of 68/95% intervals."""
+                        sigma: Sequence[float],
+                        tables: Sequence[dict | None] | None = None) -> dict[str, Any]:
+    """Spearman(sigma, |error|), sparsification curve and coverage of 68/95% intervals
+    (``tables``: each prediction's interval multipliers, :func:`coverage`)."""
     y = np.asarray(age, dtype=float)
     p = np.asarray(pred, dtype=float)
     s = np.asarray(sigma, dtype=float)
     err = p - y
     out: dict[str, Any] = {"spearman_sigma_abs_error": spearman(s, np.abs(err)),
                            "mean_sigma": float(np.nanmean(s)) if len(s) else float("nan")}
-    out.update(coverage(err, s))
+    out.update(coverage(err, s, tables))
     out["sparsification"] = sparsification(np.abs(err), s)
-    out["reliability"] = reliability(err, s)
+    out["reliability"] = reliability(err, s, tables=tables)
     return out
 
 

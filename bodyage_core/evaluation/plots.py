@@ -81,12 +81,16 @@ def plot_sparsification(curve: dict, path: str | Path, title: str = "") -> Path:
 
 
 def plot_reliability(rel: dict, path: str | Path, title: str = "") -> Path:
-    """Observed against nominal coverage of the Gaussian intervals (the diagonal: calibrated)."""
+    """Observed against nominal coverage of the intervals (the diagonal: calibrated); the
+    legend says whether they are Gaussian or the model's split-conformal ones."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     nom = np.asarray(rel["nominal"]) * 100
     ax.plot([0, 100], [0, 100], "k--", lw=1, label="calibrated")
-    ax.plot(nom, np.asarray(rel["observed"]) * 100, "o-", ms=4, label="observed")
+    how = rel.get("intervals") or "Gaussian"
+    ax.plot(nom, np.asarray(rel["observed"]) * 100, "o-", ms=4,
+            label=f"observed ({'split-conformal' if 'conformal' in how else 'Gaussian'} "
+                  "intervals)")
     ax.set_xlabel("nominal coverage of the interval (%)")
     ax.set_ylabel("subjects inside it (%)")
     ax.set_xlim(0, 100)

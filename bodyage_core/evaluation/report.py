@@ -25,6 +25,7 @@ from bodyage_core.evaluation.plots import (
     plot_reliability,
     plot_sparsification,
 )
+from bodyage_core.models.ensemble import csv_interval_table
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 
 
@@ -41,11 +42,12 @@ def evaluate_predictions(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                      for r in rows], dtype=float)
     sig = np.array([r["sigma"] if r.get("sigma") is not None else np.nan for r in rows],
                    dtype=float)
+    tables = [r.get("interval_z") for r in rows]
     return {
         "n": len(rows),
         "raw": regression_metrics(age, raw),
         "corrected": regression_metrics(age, corr),
-        "uncertainty": uncertainty_metrics(age, corr, sig),
+        "uncertainty": uncertainty_metrics(age, corr, sig, tables),
         "uncertainty_raw": uncertainty_metrics(age, raw, sig),
         "subgroups": subgroup_table(age, raw, [r.get("sex") for r in rows],
                                     [r.get("bmi_group") for r in rows], corr),
@@ -224,5 +226,6 @@ def read_predictions_csv(path: str | Path) -> list[dict[str, Any]]:
             d["fold"] = int(r["fold"]) if r.get("fold") not in (None, "") else None
             for k in ("sex", "bmi_group", "site"):
                 d[k] = r.get(k) or None
+            d["interval_z"] = csv_interval_table(r)
             rows.append(d)
     return rows

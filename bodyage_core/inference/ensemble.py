@@ -28,6 +28,7 @@ from bodyage_core.models.ensemble import (
     apply_bias_correction,
     apply_variance_scale,
     combine_members,
+    interval_table,
 )
 from bodyage_core.preprocess.spec import InputSpec
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -316,6 +317,7 @@ class AgeRun:
         corrected = np.zeros(n)
         folds: list[int | None] = []
         splits: list[str] = []
+        tables: list[dict[str, float] | None] = []
         mu_used = mu.copy()
         for i, sid in enumerate(ids):
             f = self.fold_of(sid) if out_of_fold else None
@@ -331,6 +333,7 @@ class AgeRun:
             # without a QC score yet: a calibration with a QC term gives its scale-only one
             total_var[i] = apply_variance_scale(v_i, self.calibration_for(f))[0]
             corrected[i] = apply_bias_correction(m_i, bias)[0]
+            tables.append(interval_table(self.calibration_for(f)))
             folds.append(f)
             if f is not None:
                 splits.append(self.splits.get("split", {}).get(str(sid), "test"))
@@ -339,7 +342,7 @@ class AgeRun:
         sig = np.sqrt(var)
         sig_used = np.where(np.isfinite(mu_used), sig, np.nan)
         return Predictions(ids, mu_used.T, sig_used.T, mean, np.sqrt(total_var), corrected,
-                           folds, splits, raw_var)
+                           folds, splits, raw_var, tables)
 
     def calibration_for(self, fold: int | None) -> dict[str, Any]:
         """The variance calibration of a subject held out in ``fold`` (None: a new subject)."""

@@ -22,13 +22,14 @@ from typing import Any
 from bodyage_core.atomic import write_text
 from bodyage_core.cohort.paths import WorkspacePaths
 from bodyage_core.errors import BodyageError
+from bodyage_core.models.ensemble import interval_method
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 #: File names that are label maps or masks, not scans (skipped in folders).
 NOT_SCANS = re.compile(r"(label|labels|seg|mask|gradcam|gradxinput|occlusion)", re.I)
 CSV_COLUMNS = ("id", "status", "predicted_age", "predicted_age_raw", "sigma", "ci95_low",
-               "ci95_high", "chronological_age", "gap", "raw_gap", "qc_score", "qc_flags", "model",
+               "ci95_high", "ci68_low", "ci68_high", "intervals", "chronological_age", "gap", "raw_gap", "qc_score", "qc_flags", "model",
                "model_version", "model_sha", "path", "map", "qc_png", "seconds", "message")
 
 
@@ -270,7 +271,8 @@ def _predict_one(run, vol, scan: Scan, age, out_dir: Path, explain: bool, qc_png
 
         lo, hi = pred.interval95
         lines = [f"predicted {pred.corrected:.1f} y (raw {pred.mean:.1f}), sigma "
-                 f"{pred.sigma:.1f} y (1 SD), 95 % interval {lo:.1f}-{hi:.1f}",
+                 f"{pred.sigma:.1f} y (1 SD), 95 % interval {lo:.1f}-{hi:.1f} "
+                 f"({interval_method(pred.interval_z)})",
                  (f"chronological {pred.age:.1f} y, gap {pred.gap:+.1f} y"
                   if pred.age is not None else "chronological age not known"),
                  f"{run.describe()}; map: Grad-CAM (ReLU), top 10 %"]
@@ -285,9 +287,11 @@ def _predict_one(run, vol, scan: Scan, age, out_dir: Path, explain: bool, qc_png
 
 def _row_values(pred, run) -> dict[str, Any]:
     lo, hi = pred.interval95
+    lo68, hi68 = pred.interval(0.683)
     card = run.card or {}
     return {"predicted_age": pred.corrected, "predicted_age_raw": pred.mean,
-            "sigma": pred.sigma, "ci95_low": lo, "ci95_high": hi,
+            "sigma": pred.sigma, "ci95_low": lo, "ci95_high": hi, "ci68_low": lo68,
+            "ci68_high": hi68, "intervals": interval_method(pred.interval_z),
             "chronological_age": pred.age, "gap": pred.gap, "raw_gap": pred.raw_gap,
             "qc_score": pred.qc_score,
             "qc_flags": "; ".join(f"{f['flag']}: {f['message']}" for f in pred.qc),

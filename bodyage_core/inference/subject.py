@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.models.ensemble import Z95, variance_terms
+from bodyage_core.models.ensemble import interval_z, variance_terms
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -71,6 +71,9 @@ class SubjectPrediction:
     #: the model's validation subjects below it (None: the model has no QC reference)
     qc_score: float | None = None
     qc_percentile: float | None = None
+    #: the multipliers of sigma per coverage (``{"0.95": z, ...}``: the model's split-conformal
+    #: ones; None: Gaussian)
+    interval_z: dict[str, float] | None = None
     seconds: float = 0.0
 
     @property
@@ -81,10 +84,16 @@ class SubjectPrediction:
     def raw_gap(self) -> float | None:
         return None if self.age is None else self.mean - self.age
 
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The interval of coverage ``level`` around the corrected age: corrected +- z sigma,
+        z the model's own multiplier (:attr:`interval_z`) or the Gaussian one."""
+        z = interval_z(level, self.interval_z)
+        return (self.corrected - z * self.sigma, self.corrected + z * self.sigma)
+
     @property
     def interval95(self) -> tuple[float, float]:
-        """The 95 % interval around the corrected age: corrected +- 1.96 sigma."""
-        return (self.corrected - Z95 * self.sigma, self.corrected + Z95 * self.sigma)
+        """The 95 % interval around the corrected age."""
+        return self.interval(0.95)
 
     def row(self) -> dict[str, Any]:
         """The prediction row (the shape ``CohortDB.add_predictions`` and the CSVs take)."""
@@ -102,6 +111,8 @@ class SubjectPrediction:
         if self.qc_score is not None:
             r["qc_score"] = self.qc_score
             r["qc_percentile"] = self.qc_percentile
+        if self.interval_z:
+            r["interval_z"] = dict(self.interval_z)
         return r
 
 
@@ -194,7 +205,8 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
         member_mu=[float(mu[k]) for k in members],
         member_sigma=[float(pred.member_sigma[0][k]) for k in members],
         members_used=members, fold=pred.fold[0] if pred.fold else None,
-        split=pred.split[0] if pred.split else "new", qc=qc)
+        split=pred.split[0] if pred.split else "new", qc=qc,
+        interval_z=pred.interval_z[0] if pred.interval_z else None)
     stats = run.qc_stats if check else None
     if stats is not None and len(stats["members"]) == run.n_members:
         from bodyage_core.inference import ood

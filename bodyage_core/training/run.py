@@ -32,6 +32,8 @@ from bodyage_core.errors import BodyageError, CohortError, ConfigError
 from bodyage_core.inference.batch import predict_tta
 from bodyage_core.inference.ensemble import TEMPLATE_NAME
 from bodyage_core.models.ensemble import (
+    CONFORMAL_MIN_SUBJECTS,
+    CSV_LEVELS,
     MEMBER_FORMAT,
     MIN_FULL_SLOPE,
     RUN_FORMAT,
@@ -39,7 +41,10 @@ from bodyage_core.models.ensemble import (
     apply_variance_scale,
     combine_members,
     fit_bias_policy,
+    fit_intervals,
     fit_variance_calibration,
+    interval_table,
+    interval_z,
 )
 from bodyage_core.models.factory import build_model, is_3d, model_config
 from bodyage_core.progress import ProgressReporter, ensure_reporter
@@ -496,8 +501,6 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         calib["folds"][str(f)] = fit_variance_calibration(
             v_mean[use] - ages[v_idx[use]], v_var[use], covariates(v_idx[use]), **calib_how)
     bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
-    calib["global"] = fit_variance_calibration(
-        v_mean - ages[v_idx], v_var, covariates(v_idx), **calib_how)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
                     + ("predicted = a * age + b; corrected = (predicted - b) / a (where the "
@@ -523,7 +526,13 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
                        "'terms' are given, times (covariate / median) ** power for each (the "
                        "QC score, the body's head-foot extent on the model grid), the "
                        "covariate clipped to [low, high], kept where they lowered the held-out "
-                       "validation NLL ('chosen', 'why')")
+                       "validation NLL ('chosen', 'why'); the global fit (a new subject's) "
+                       "on every held-out prediction: the validation and out-of-fold "
+                       "subjects ('pool'). 'intervals': the multipliers of sigma for each "
+                       "coverage, split-conformal where there are "
+                       f"{CONFORMAL_MIN_SUBJECTS} or more held-out predictions (a fold's: "
+                       "the other folds' out-of-fold rows; the global fit's: its pool), "
+                       "else Gaussian")
 
     # -- out-of-fold rows ----------------------------------------------------------------------
     oof = []
@@ -542,6 +551,25 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
                     "age": float(ages[i]), "sex": sex[i], "bmi_group": bmi[i], "site": site[i],
                     "members": mem, "mean": float(fold_mean[i]), "sigma": float(math.sqrt(var_c)),
                     "corrected": float(corr), "gap": float(corr - ages[i])})
+
+    # -- what a new subject gets: the variance fitted on every held-out prediction -----------
+    # (the validation subjects and the out-of-fold ones: with --folds 1, 49 + 58 of 400
+    # synthetic subjects instead of 49; each out-of-fold row above kept its fold's own fit)
+    oof_idx = np.flatnonzero(fold_of >= 0)          # the rows of ``oof``, in order
+    g_idx = np.r_[v_idx, oof_idx]
+    calib["global"] = fit_variance_calibration(
+        np.r_[v_mean - ages[v_idx], fold_mean[oof_idx] - ages[oof_idx]],
+        np.r_[v_var, fold_var[oof_idx]], covariates(g_idx), **calib_how)
+    calib["global"]["pool"] = {"validation": int(len(v_idx)), "out_of_fold": int(len(oof_idx))}
+
+    # -- interval multipliers ------------------------------------------------------------------
+    _fit_run_intervals(calib, bias, oof, ages, np.r_[v_idx, oof_idx],
+                       np.r_[v_mean, fold_mean[oof_idx]], np.r_[v_var, fold_var[oof_idx]],
+                       covariates, n_fold_models)
+    for r in oof:
+        table = interval_table(calib["folds"][str(r["fold"])])
+        if table:
+            r["interval_z"] = table
 
     from bodyage_core.evaluation.metrics import regression_metrics
     metrics = {
@@ -565,6 +593,28 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     _publish(work, run_dir)
     return RunResult(run_dir, oof, metrics)
+
+
+def _fit_run_intervals(calib, bias, oof, ages, g_idx, g_mean, g_var, covariates,
+                       n_fold_models: int) -> None:
+    """Each calibration fit gains its ``intervals`` (:func:`fit_intervals`). A fold's come from
+    the other folds' out-of-fold rows (corrected and calibrated by their own folds' fits):
+    predictions no fit of theirs saw, and none of the fold's own test subjects. (The
+    validation subjects are left out there: the bias correction and the scale were fitted on
+    them, so their errors look smaller than a new subject's.) The global fit, which a new
+    subject gets, takes every held-out prediction it was fitted on: the validation and
+    out-of-fold subjects (``g_idx``, with their raw ensemble mean and variance), corrected and
+    calibrated by the global fits."""
+    oof_fold = np.array([r["fold"] for r in oof], dtype=int)
+    oof_err = np.array([r["corrected"] - r["age"] for r in oof], dtype=float)
+    oof_sig = np.array([r["sigma"] for r in oof], dtype=float)
+    for f in range(n_fold_models):
+        other = oof_fold != f
+        calib["folds"][str(f)]["intervals"] = fit_intervals(oof_err[other], oof_sig[other])
+    g = calib["global"]
+    err = apply_bias_correction(g_mean, bias["global"]) - ages[g_idx]
+    sig = np.sqrt(apply_variance_scale(g_var, g, covariates(g_idx)))
+    g["intervals"] = fit_intervals(err, sig)
 
 
 def _fit_qc(work: Path, plan, config: dict[str, Any], ds: AgeDataset,
@@ -609,13 +659,15 @@ def predictions_csv(rows: Sequence[dict[str, Any]]) -> str:
     cols = ["subject_id", "fold", "split", "age", "sex", "bmi_group", "site", "mean", "sigma",
             "corrected", "gap"]
     k = max((len(r.get("members") or []) for r in rows), default=0)
-    header = cols + [f"mu_{j}" for j in range(k)] + [f"sigma_{j}" for j in range(k)]
+    header = (cols + [f"z_{c}" for c in CSV_LEVELS] + [f"mu_{j}" for j in range(k)]
+              + [f"sigma_{j}" for j in range(k)])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         mem = r.get("members") or []
         vals = [r.get(c) for c in cols]
+        vals += [interval_z(CSV_LEVELS[c], r.get("interval_z")) for c in CSV_LEVELS]
         vals += [m["mu"] for m in mem] + [None] * (k - len(mem))
         vals += [m["sigma"] for m in mem] + [None] * (k - len(mem))
         w.writerow(["" if v is None else (f"{v:.4f}" if isinstance(v, float) else v)

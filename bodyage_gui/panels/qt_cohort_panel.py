@@ -67,8 +67,9 @@ def gap_classes(rows: list[dict[str, Any]], threshold: float | None,
     out: dict[str, list[str]] = {"accelerated": [], "decelerated": [], "aligned": []}
     thr, quantile, interval = gap_rule(threshold, quantile, interval)
     sigmas = [r.get("sigma") for r in rows] if interval is not None else None
+    tables = [r.get("interval_z") for r in rows] if interval is not None else None
     for r, c in zip(rows, core_gap_classes([r["gap"] for r in rows], thr, quantile, interval,
-                                           sigmas)):
+                                           sigmas, tables)):
         if c is not None:
             out[c].append(r["subject_id"])
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
-from bodyage_core.inference.subject import Z95
+from bodyage_core.models.ensemble import interval_z
 
 _Qt = QtCore.Qt
 
@@ -26,7 +26,8 @@ ROWS = (("subject", "Subject"), ("run", "Model"), ("raw", "Predicted (raw)"),
         ("age", "Chronological"), ("gap", "Age gap"), ("members", "Members"), ("qc", "QC"))
 SIGMA_TIP = ("± is one standard deviation (sigma) of the predicted age: the ensemble's "
              "calibrated predictive uncertainty; the 95 % interval is the bias-corrected age "
-             f"± {Z95:.2f} sigma")
+             "± z sigma, z the model's own split-conformal multiplier where it has one "
+             "(fitted on its held-out predictions), else the Gaussian 1.96")
 _SEVERITY_COLOUR = {"refuse": "#c00000", "warning": "#b05a00", "info": "#555555"}
 
 
@@ -37,7 +38,7 @@ def gap_verdict(p: ShownPrediction) -> str:
     if p.gap is None or not (p.sigma > 0):
         return ""
     z = p.gap / p.sigma
-    if abs(z) >= Z95:
+    if abs(z) >= p.z95:
         return f"<b>beyond the 95 % interval</b> ({z:+.1f} sigma; 1 in 40 by chance)"
     return f"within the 95 % interval: not significant ({z:+.1f} sigma)"
 
@@ -58,6 +59,13 @@ class ShownPrediction:
     qc: list[dict[str, str]] = field(default_factory=list)
     #: ``'computed'`` (now, in this window) or ``'stored'`` (read from cohort.sqlite)
     source: str = "computed"
+    #: the model's multipliers of sigma per coverage (None: Gaussian)
+    interval_z: dict[str, float] | None = None
+
+    @property
+    def z95(self) -> float:
+        """The multiplier of sigma of the 95 % interval."""
+        return interval_z(0.95, self.interval_z)
 
     @property
     def gap(self) -> float | None:
@@ -69,13 +77,13 @@ class ShownPrediction:
 
     @property
     def interval95(self) -> tuple[float, float]:
-        return (self.corrected - Z95 * self.sigma, self.corrected + Z95 * self.sigma)
+        return (self.corrected - self.z95 * self.sigma, self.corrected + self.z95 * self.sigma)
 
     @classmethod
     def from_result(cls, r: Any, model: str | None = None) -> ShownPrediction:
         return cls(r.subject_id, model or r.run, float(r.mean), float(r.sigma),
                    float(r.corrected), r.age, list(r.member_mu), list(r.member_sigma), r.fold,
-                   list(r.qc or []), "computed")
+                   list(r.qc or []), "computed", getattr(r, "interval_z", None))
 
     @classmethod
     def from_row(cls, row: dict[str, Any], model: str) -> ShownPrediction | None:
@@ -89,7 +97,8 @@ class ShownPrediction:
                    float(corrected if corrected is not None else row["mean"]), row.get("age"),
                    [float(m.get("mu")) for m in members if m.get("mu") is not None],
                    [float(m.get("sigma") or 0.0) for m in members if m.get("mu") is not None],
-                   row.get("fold"), list(row.get("qc") or []), "stored")
+                   row.get("fold"), list(row.get("qc") or []), "stored",
+                   row.get("interval_z"))
 
 
 def qc_text(flags: list[dict[str, str]]) -> str:
@@ -117,7 +126,7 @@ class QtPredictionResult(QtWidgets.QWidget):
         for key, label in ROWS:
             lab = QtWidgets.QLabel("–")
             lab.setTextInteractionFlags(_Qt.TextInteractionFlag.TextSelectableByMouse)
-            lab.setWordWrap(key in ("members", "qc", "run", "gap"))
+            lab.setWordWrap(key in ("members", "qc", "run", "gap", "interval"))
             self.values[key] = lab
             form.addRow(label, lab)
         self.values["corrected"].setStyleSheet("font-weight: bold;")
@@ -182,7 +191,9 @@ class QtPredictionResult(QtWidgets.QWidget):
         v["raw"].setText(f"{p.mean:.1f} ± {p.sigma:.1f} y (1 SD)")
         v["corrected"].setText(f"{p.corrected:.1f} ± {p.sigma:.1f} y (1 SD)")
         lo, hi = p.interval95
-        v["interval"].setText(f"{lo:.1f} – {hi:.1f} y")
+        how = (f"split-conformal, ± {p.z95:.2f} sigma" if p.interval_z else
+               "Gaussian, ± 1.96 sigma")
+        v["interval"].setText(f"{lo:.1f} – {hi:.1f} y  ({how})")
         v["age"].setText("–" if p.age is None else f"{p.age:.1f} y")
         if p.gap is None:
             v["gap"].setText("– (no chronological age)")

@@ -120,6 +120,8 @@ class PredictionResult:
     stored_row: dict[str, Any] | None = None
     #: QC flags of the input and the model's envelope (``{"flag", "message", "severity"}``)
     qc: list[dict[str, str]] = field(default_factory=list)
+    #: the model's multipliers of sigma per coverage (None: Gaussian)
+    interval_z: dict[str, float] | None = None
 
     @property
     def raw_gap(self) -> float | None:
@@ -191,7 +193,7 @@ def predict_subject(request: PredictionRequest,
             mean=pred.mean, sigma=pred.sigma, corrected=pred.corrected, age=pred.age,
             gap=pred.gap, member_mu=pred.member_mu, member_sigma=pred.member_sigma,
             members_used=pred.members_used, fold=pred.fold, split=pred.split, notes=notes,
-            qc=pred.qc)
+            qc=pred.qc, interval_z=pred.interval_z)
         if maps:
             prov = {"run": age_run.name, "subject": request.subject_id,
                     "layer": request.layer, "members": pred.members_used,

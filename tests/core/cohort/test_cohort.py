@@ -163,6 +163,23 @@ def test_predictions_gap_and_latest_run(tmp_path):
         db.add_predictions("r1", [{"subject_id": "zz", "mean": 1.0}])
 
 
+def test_predictions_keep_their_interval_multipliers(tmp_path):
+    """A prediction's split-conformal multipliers survive the database (and a new connection);
+    a table with a non-finite or non-positive entry is stored as Gaussian (None)."""
+    db = Workspace.create(tmp_path / "ws").db
+    db.add_subjects([{"subject_id": s, "age": 50.0} for s in "abc"])
+    table = {"0.683": 0.92, "0.95": 2.31}
+    db.add_predictions("r", [
+        {"subject_id": "a", "mean": 50.0, "sigma": 3.0, "interval_z": table},
+        {"subject_id": "b", "mean": 50.0, "sigma": 3.0, "interval_z": {"0.95": float("nan")}},
+        {"subject_id": "c", "mean": 50.0, "sigma": 3.0, "interval_z": {"0.95": -1.0}}])
+    db.close()
+    db = CohortDB.open(tmp_path / "ws" / "cohort.sqlite")
+    rows = {r["subject_id"]: r for r in db.predictions("r")}
+    assert rows["a"]["interval_z"] == table
+    assert rows["b"]["interval_z"] is None and rows["c"]["interval_z"] is None
+
+
 def test_predictions_of_more_subjects_than_sqlite_parameters(tmp_path):
     # ages are looked up for the rows' subjects only, in chunks under SQLite's 999 parameters
     db = Workspace.create(tmp_path / "ws").db
