@@ -27,6 +27,7 @@ from bodyage_core.models.ensemble import (
     Predictions,
     apply_bias_correction,
     apply_variance_scale,
+    centre_distance,
     combine_members,
     interval_table,
 )
@@ -331,7 +332,9 @@ class AgeRun:
             mean[i] = m_i[0]
             raw_var[i] = v_i[0]
             # without a QC score yet: a calibration with a QC term gives its scale-only one
-            total_var[i] = apply_variance_scale(v_i, self.calibration_for(f))[0]
+            fit = self.calibration_for(f)
+            total_var[i] = apply_variance_scale(
+                v_i, fit, {"centre": centre_distance(m_i, fit.get("centre_age"))})[0]
             corrected[i] = apply_bias_correction(m_i, bias)[0]
             tables.append(interval_table(self.calibration_for(f)))
             folds.append(f)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bodyage_core.errors import BodyageError
-from bodyage_core.models.ensemble import interval_z, variance_terms
+from bodyage_core.models.ensemble import centre_distance, interval_z, variance_terms
 from bodyage_core.progress import ProgressReporter, ensure_reporter
 from bodyage_core.volume import Volume
 
@@ -55,7 +55,7 @@ class SubjectPrediction:
     model_version: str | None
     model_sha: str | None
     mean: float                        # raw ensemble mean
-    sigma: float                       # calibrated predictive SD (1 SD) of the raw mean
+    sigma: float                       # calibrated predictive SD (1 SD) of the corrected age
     corrected: float                   # bias-corrected age
     age: float | None
     member_mu: list[float]
@@ -217,11 +217,13 @@ def predict_subject(run, volume: Volume | None = None, *, subject_id: str,
                        affine=None if mi is None else mi.affine)
         res.qc_score, res.qc_percentile = a["score"], a["percentile"]
         res.qc += a["flags"]
-    terms = variance_terms(run.calibration_for(res.fold))
+    fit = run.calibration_for(res.fold)
+    terms = variance_terms(fit)
     if pred.variance is not None and terms:
         from bodyage_core.qc.field_of_view import body_extent
 
-        covs = {"qc": res.qc_score, "extent": body_extent(x) if "extent" in terms else None}
+        covs = {"qc": res.qc_score, "extent": body_extent(x) if "extent" in terms else None,
+                "centre": centre_distance(res.mean, fit.get("centre_age"))}
         res.sigma = run.calibrated_sigma(float(pred.variance[0]), res.fold, covs)
     if maps:
         if mi is None or spec.mode != "3d":

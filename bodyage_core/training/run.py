@@ -39,6 +39,7 @@ from bodyage_core.models.ensemble import (
     RUN_FORMAT,
     apply_bias_correction,
     apply_variance_scale,
+    centre_distance,
     combine_members,
     fit_bias_policy,
     fit_intervals,
@@ -485,8 +486,9 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     for i in np.union1d(v_idx, np.flatnonzero(fold_of >= 0)):
         extent[i] = body_extent(ds.array(int(i), None))
 
-    def covariates(idx):
-        return {"qc": qc_all[idx] if qc_stats is not None else None, "extent": extent[idx]}
+    def covariates(idx, means, centre_age):
+        return {"qc": qc_all[idx] if qc_stats is not None else None, "extent": extent[idx],
+                "centre": centre_distance(means, centre_age)}
 
     # mean-variance members: their own variance ranks the subjects, so only a scale is fitted
     # (a floor fitted on ~45 subjects made one IXI fold's sigma a constant)
@@ -498,8 +500,14 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         use = fold_of[v_idx] != f
         bias["folds"][str(f)] = fit_bias_policy(ages[v_idx[use]], v_mean[use],
                                                 train.bias_correction)
-        calib["folds"][str(f)] = fit_variance_calibration(
-            v_mean[use] - ages[v_idx[use]], v_var[use], covariates(v_idx[use]), **calib_how)
+        # sigma is the SD of the corrected age (what the interval is around): fitted on the
+        # corrected errors, which shrink less for a prediction near the cohort's centre (a
+        # degraded scan regresses there whatever its age)
+        centre = float(np.mean(ages[v_idx[use]])) if use.any() else None
+        calib["folds"][str(f)] = dict(fit_variance_calibration(
+            apply_bias_correction(v_mean[use], bias["folds"][str(f)]) - ages[v_idx[use]],
+            v_var[use], covariates(v_idx[use], v_mean[use], centre), **calib_how),
+            centre_age=centre)
     bias["global"] = fit_bias_policy(ages[v_idx], v_mean, train.bias_correction)
     bias["note"] = ("fitted on validation subjects only (each fold: the validation "
                     "predictions of all folds' ensembles, without that fold's test subjects): "
@@ -519,12 +527,14 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         "qc_score": None if qc_stats is None else [None if not np.isfinite(v) else float(v)
                                                    for v in qc_all[v_idx]],
         "extent": extent[v_idx].tolist()})
-    calib["note"] = ("calibrated variance = scale * ensemble variance"
+    calib["note"] = ("the variance of the bias-corrected age: calibrated variance = scale * "
+                     "ensemble variance"
                      + (" (mean-variance members: scale only, their variance ranks the subjects)"
                         if use_var else " + floor, both by the Gaussian NLL")
-                     + " fitted on validation errors (pooled as for the bias fit); where "
-                       "'terms' are given, times (covariate / median) ** power for each (the "
-                       "QC score, the body's head-foot extent on the model grid), the "
+                     + " fitted on the corrected validation errors (pooled as for the bias "
+                       "fit); where 'terms' are given, times (covariate / median) ** power for "
+                       "each (the QC score, the body's head-foot extent on the model grid, the "
+                       "raw prediction's distance from 'centre_age' + 1 y), the "
                        "covariate clipped to [low, high], kept where they lowered the held-out "
                        "validation NLL ('chosen', 'why'); the global fit (a new subject's) "
                        "on every held-out prediction: the validation and out-of-fold "
@@ -543,7 +553,8 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
         key = str(f)
         sel = member_fold == f
         var_c = apply_variance_scale(fold_var[i:i + 1], calib["folds"][key],
-                                     covariates(slice(i, i + 1)))[0]
+                                     covariates(slice(i, i + 1), fold_mean[i:i + 1],
+                                                calib["folds"][key]["centre_age"]))[0]
         corr = apply_bias_correction(fold_mean[i:i + 1], bias["folds"][key])[0]
         mem = [{"mu": float(mu_all[j, i]), "sigma": float(math.sqrt(var_all[j, i]))}
                for j in np.where(sel)[0]]
@@ -557,14 +568,17 @@ def _finish_run(work: Path, run_dir: Path, config: dict[str, Any], plan: list[di
     # synthetic subjects instead of 49; each out-of-fold row above kept its fold's own fit)
     oof_idx = np.flatnonzero(fold_of >= 0)          # the rows of ``oof``, in order
     g_idx = np.r_[v_idx, oof_idx]
-    calib["global"] = fit_variance_calibration(
-        np.r_[v_mean - ages[v_idx], fold_mean[oof_idx] - ages[oof_idx]],
-        np.r_[v_var, fold_var[oof_idx]], covariates(g_idx), **calib_how)
+    g_mean = np.r_[v_mean, fold_mean[oof_idx]]
+    g_centre = float(np.mean(ages[v_idx])) if len(v_idx) else None
+    g_err = np.r_[apply_bias_correction(v_mean, bias["global"]) - ages[v_idx],
+                  np.array([r["corrected"] - r["age"] for r in oof], dtype=float)]
+    calib["global"] = dict(fit_variance_calibration(
+        g_err, np.r_[v_var, fold_var[oof_idx]], covariates(g_idx, g_mean, g_centre),
+        **calib_how), centre_age=g_centre)
     calib["global"]["pool"] = {"validation": int(len(v_idx)), "out_of_fold": int(len(oof_idx))}
 
     # -- interval multipliers ------------------------------------------------------------------
-    _fit_run_intervals(calib, bias, oof, ages, np.r_[v_idx, oof_idx],
-                       np.r_[v_mean, fold_mean[oof_idx]], np.r_[v_var, fold_var[oof_idx]],
+    _fit_run_intervals(calib, bias, oof, ages, g_idx, g_mean, np.r_[v_var, fold_var[oof_idx]],
                        covariates, n_fold_models)
     for r in oof:
         table = interval_table(calib["folds"][str(r["fold"])])
@@ -613,7 +627,8 @@ def _fit_run_intervals(calib, bias, oof, ages, g_idx, g_mean, g_var, covariates,
         calib["folds"][str(f)]["intervals"] = fit_intervals(oof_err[other], oof_sig[other])
     g = calib["global"]
     err = apply_bias_correction(g_mean, bias["global"]) - ages[g_idx]
-    sig = np.sqrt(apply_variance_scale(g_var, g, covariates(g_idx)))
+    sig = np.sqrt(apply_variance_scale(g_var, g, covariates(g_idx, g_mean,
+                                                          g.get("centre_age"))))
     g["intervals"] = fit_intervals(err, sig)
 
 

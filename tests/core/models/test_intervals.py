@@ -121,7 +121,7 @@ def test_run_intervals_leave_each_folds_test_subjects_out():
     bias = {"folds": {"0": ident, "1": ident}, "global": ident}
     _fit_run_intervals(calib, bias, oof, ages, np.r_[v_idx, oof_idx],
                        np.r_[v_mean, [r["mean"] for r in oof]], np.full(n_val + n_oof, 4.0),
-                       lambda idx: {"qc": None, "extent": None}, 2)
+                       lambda idx, means, centre: {"qc": None, "extent": None}, 2)
     z0 = calib["folds"]["0"]["intervals"]
     z1 = calib["folds"]["1"]["intervals"]
     zg = calib["global"]["intervals"]
@@ -134,6 +134,6 @@ def test_run_intervals_leave_each_folds_test_subjects_out():
     calib1 = {"folds": {"0": {"scale": 1.0}}, "global": {"scale": 1.0}}
     _fit_run_intervals(calib1, {"folds": {"0": ident}, "global": ident}, oof[:120], ages,
                        np.r_[v_idx, oof_idx[:120]], np.r_[v_mean, [r["mean"] for r in oof[:120]]],
-                       np.full(n_val + 120, 4.0), lambda idx: {"qc": None, "extent": None}, 1)
+                       np.full(n_val + 120, 4.0), lambda idx, means, centre: {"qc": None, "extent": None}, 1)
     assert calib1["folds"]["0"]["intervals"]["method"] == "gaussian"
     assert calib1["global"]["intervals"]["n"] == n_val + 120

@@ -212,6 +212,32 @@ def test_calibration_follows_a_qc_score_that_predicts_the_error():
     assert np.allclose(apply_variance_scale(v2, old, q2), sig ** 2)
 
 
+def test_calibration_widens_sigma_for_predictions_near_the_cohorts_centre():
+    """A degraded scan regresses to the cohort's centre whatever its age, so after the bias
+    correction the errors are largest there; the ``centre`` term (distance of the raw
+    prediction from the validation mean age) lets sigma follow it, and the run stores the
+    centre with the fit."""
+    from bodyage_core.models.ensemble import centre_distance
+
+    rng = np.random.default_rng(11)
+
+    def cohort(n):
+        mean = rng.uniform(40, 80, n)
+        d = np.abs(mean - 60.0)
+        return mean, rng.uniform(8, 12, n), rng.normal(0, 2.0 + 8.0 * np.exp(-d / 4))
+
+    mean, var, err = cohort(300)
+    cal = fit_variance_calibration(err, var, {"centre": centre_distance(mean, 60.0)},
+                                   floor=False)
+    assert cal["chosen"] == "terms" and cal["terms"]["centre"]["power"] < -0.5, cal["why"]
+    m2, v2, e2 = cohort(4000)
+    sig = np.sqrt(apply_variance_scale(v2, cal, {"centre": centre_distance(m2, 60.0)}))
+    assert spearman(sig, np.abs(e2)) > 0.3
+    assert sig[np.abs(m2 - 60) < 2].mean() > 1.5 * sig[np.abs(m2 - 60) > 15].mean()
+    assert centre_distance(61.5, 60.0) == pytest.approx(2.5)
+    assert centre_distance(61.5, None) is None
+
+
 def test_calibration_follows_the_extent_of_truncated_scans_beside_the_qc_score():
     """Two covariates: the QC score says nothing here, a truncated field of view (a smaller
     head-foot extent) doubles the error SD. The search keeps the extent's term alone, with a
